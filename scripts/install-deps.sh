@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, everything vmhpc needs to build, test and run.
+# Idempotent: packages already present are left alone and no network is used.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential meson ninja-build pkg-config clang-format
+  libssl-dev libzstd-dev libjansson-dev libarchive-dev libsqlite3-dev libcmocka-dev
+  # image builder
+  dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
+  # guests and MPI
+  qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "install-deps: run as root, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The image builder downloads packages with apt-get download: it needs package lists.
+if [ "$(id -u)" -eq 0 ] && ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  apt-get update -q
+fi

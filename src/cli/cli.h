@@ -1,0 +1,21 @@
+/* What the sub-commands share: where the store and the package cache are, and opening them. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "store/store.h"
+
+struct cli_context {
+	const char *store_dir; /* --store, $VMHPC_STORE, or the default for this user */
+	const char *cache_dir; /* $VMHPC_CACHE, or the default for this user */
+	bool json;             /* --json where a command supports it */
+};
+
+/* Fills ctx from the environment and the user's defaults (strings live for the process). */
+void cli_context_init(struct cli_context *ctx);
+
+/* Opens the store, logging the error with its path on failure. */
+int cli_open_store(const struct cli_context *ctx, struct store **ret_store);
+
+/* The sub-command groups; each returns the process exit code. */
+int cli_image_main(struct cli_context *ctx, int argc, char **argv);

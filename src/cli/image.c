@@ -1,0 +1,815 @@
+/* `vmhpc image VERB`: one function per verb, dispatched from one table. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "image/builder.h"
+#include "store/catalog.h"
+#include "store/check.h"
+#include "store/manifest.h"
+#include "store/transfer.h"
+#include "util/cleanup.h"
+#include "util/fsutil.h"
+#include "util/humanize.h"
+#include "util/log.h"
+
+#define INDEX_MAX_BYTES (512u * 1024 * 1024)
+
+struct verb {
+	const char *name;
+	int (*run)(struct cli_context *ctx, int argc, char **argv);
+	const char *args;
+	const char *summary;
+};
+
+static const struct verb verbs[];
+
+/* Parses the options every verb shares (--json, --help); returns -1 to go on, else an exit
+ * code. The verb's positional arguments start at optind. */
+static int parse_common(struct cli_context *ctx, int argc, char **argv, const struct verb *v,
+			bool allow_json)
+{
+	static const struct option options[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			if (!allow_json) {
+				log_error("`vmhpc image %s` has no --json", v->name);
+				return 2;
+			}
+			ctx->json = true;
+			break;
+		case 'h':
+			printf("usage: vmhpc image %s %s\n  %s\n", v->name, v->args, v->summary);
+			return 0;
+		default:
+			fprintf(stderr, "usage: vmhpc image %s %s\n", v->name, v->args);
+			return 2;
+		}
+	}
+	return -1;
+}
+
+static const struct verb *find_verb(const char *name);
+
+static int want_args(int argc, int min, int max, const char *verb)
+{
+	int n = argc - optind;
+	const struct verb *v = find_verb(verb);
+
+	if (n < min || n > max) {
+		log_error("`vmhpc image %s` takes %s; see --help", verb, v ? v->args : "other arguments");
+		return 2;
+	}
+	return -1;
+}
+
+static int load_ref(struct store *s, const char *ref, struct manifest **ret)
+{
+	_cleanup_free_ char *name = NULL, *error = NULL;
+	uint32_t version;
+	int r;
+
+	r = manifest_parse_ref(ref, &name, &version, &error);
+	if (r == 0)
+		r = catalog_load(s, name, version, ret, &error);
+	if (r < 0)
+		log_error("%s", error ? error : strerror(-r));
+	return r;
+}
+
+static char *default_init_path(void)
+{
+	const char *env = getenv("VMHPC_INIT");
+	char self[PATH_MAX];
+	ssize_t n;
+	char *slash, *out = NULL;
+
+	if (env && *env)
+		return strdup(env);
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n < 0)
+		return strdup("vmhpc-init");
+	self[n] = '\0';
+	slash = strrchr(self, '/');
+	if (slash)
+		*slash = '\0';
+	if (asprintf(&out, "%s/vmhpc-init", self) < 0)
+		return NULL;
+	return out;
+}
+
+static int parse_size(const char *text, size_t *ret)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(text, &end, 10);
+	if (errno || end == text)
+		return -EINVAL;
+	if (*end == 'k' || *end == 'K')
+		v <<= 10, end++;
+	else if (*end == 'm' || *end == 'M')
+		v <<= 20, end++;
+	if (*end)
+		return -EINVAL;
+	*ret = (size_t)v;
+	return 0;
+}
+
+static int verb_build(struct cli_context *ctx, int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "chunk-min", required_argument, NULL, 'n' },
+		{ "chunk-avg", required_argument, NULL, 'a' },
+		{ "chunk-max", required_argument, NULL, 'x' },
+		{ "level", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct builder_options opts = { .cache_dir = ctx->cache_dir,
+					.compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+					.progress = isatty(STDERR_FILENO) };
+	struct builder_result res = { 0 };
+	_cleanup_free_ char *init = default_init_path(), *error = NULL;
+	struct store *s = NULL;
+	char b[5][HUMANIZE_BYTES_LEN];
+	int c, r;
+
+	chunker_params_default(&opts.chunking);
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+		size_t *field = c == 'n' ? &opts.chunking.min_bytes
+			: c == 'a'	  ? &opts.chunking.avg_bytes
+			: c == 'x'	  ? &opts.chunking.max_bytes
+					  : NULL;
+
+		if (c == 'l') {
+			char *end;
+			long level = strtol(optarg, &end, 10);
+
+			if (*end || end == optarg || level < 1 || level > 19) {
+				log_error("--level '%s' is not a zstd level from 1 to 19", optarg);
+				return 2;
+			}
+			opts.compression_level = (int)level;
+			continue;
+		}
+		if (c == 'h') {
+			printf("usage: vmhpc image build [--level 1-19] [--chunk-min N] [--chunk-avg N] "
+			       "[--chunk-max N] SPEC\n"
+			       "  builds an image version from SPEC (see docs/image-spec.md)\n");
+			return 0;
+		}
+		if (!field)
+			return 2;
+		if (parse_size(optarg, field) < 0) {
+			log_error("--chunk-%s '%s' is not a size (e.g. 65536, 64k, 1M)",
+				  c == 'n' ? "min" : c == 'a' ? "avg" : "max", optarg);
+			return 2;
+		}
+	}
+	if (want_args(argc, 1, 1, "build") >= 0)
+		return 2;
+	if (chunker_params_validate(&opts.chunking) < 0) {
+		log_error("chunk sizes %zu/%zu/%zu are not usable: min <= avg <= max, avg a power of "
+			  "two, between %u bytes and %u MiB", opts.chunking.min_bytes,
+			  opts.chunking.avg_bytes, opts.chunking.max_bytes, CHUNKER_MIN_BYTES_LIMIT,
+			  CHUNKER_MAX_BYTES_LIMIT >> 20);
+		return 2;
+	}
+	opts.spec_path = argv[optind];
+	opts.init_path = init;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = builder_build(s, &opts, &res, &error);
+	if (r < 0) {
+		log_error("%s", error ? error : strerror(-r));
+		store_close(s);
+		return 1;
+	}
+	printf("built %s:%u\n", res.name, res.version);
+	printf("  kernel     %10s\n", humanize_bytes(res.plain_bytes[MANIFEST_PART_KERNEL], b[0]));
+	printf("  initramfs  %10s\n", humanize_bytes(res.plain_bytes[MANIFEST_PART_INITRAMFS], b[1]));
+	printf("  root       %10s  (ext4; %s in %" PRIu64 " entries)\n",
+	       humanize_bytes(res.plain_bytes[MANIFEST_PART_ROOT], b[2]),
+	       humanize_bytes(res.root_content_bytes, b[3]), res.n_files);
+	printf("  stored     %10s  (%s new in this build)\n", humanize_bytes(res.stored_total_bytes, b[4]),
+	       humanize_bytes(res.stored_new_bytes, b[0]));
+	builder_result_done(&res);
+	store_close(s);
+	return 0;
+}
+
+/* Stored and unique bytes of each listed version. */
+struct usage {
+	uint64_t stored_bytes;
+	uint64_t unique_bytes;
+	struct manifest *m;
+	char *error;
+};
+
+struct chunk_count {
+	uint8_t id[STORE_ID_BYTES];
+	uint32_t versions;
+	uint64_t stored_bytes;
+};
+
+static int compare_count(const void *a, const void *b)
+{
+	return memcmp(a, b, STORE_ID_BYTES);
+}
+
+static struct chunk_count *find_count(struct chunk_count *counts, size_t n, const uint8_t *id)
+{
+	return bsearch(id, counts, n, sizeof(*counts), compare_count);
+}
+
+static int compute_usage(struct store *s, struct catalog_entry *entries, size_t n,
+			 struct usage *usage)
+{
+	struct chunk_count *counts = NULL;
+	size_t n_counts = 0, out = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct store_chunk_ref *refs = NULL;
+		size_t nr = 0;
+
+		if (catalog_load(s, entries[i].name, entries[i].version, &usage[i].m,
+				 &usage[i].error) < 0)
+			continue;
+		if (manifest_distinct_chunks(usage[i].m, &refs, &nr) < 0)
+			return -ENOMEM;
+		struct chunk_count *grown = realloc(counts, (n_counts + nr + 1) * sizeof(*grown));
+		if (!grown) {
+			free(refs);
+			return -ENOMEM;
+		}
+		counts = grown;
+		for (size_t j = 0; j < nr; j++) {
+			memcpy(counts[n_counts].id, refs[j].id, STORE_ID_BYTES);
+			counts[n_counts].versions = 1;
+			counts[n_counts++].stored_bytes = 0;
+		}
+		free(refs);
+	}
+	if (n_counts > 0)
+		qsort(counts, n_counts, sizeof(*counts), compare_count);
+	for (size_t i = 0; i < n_counts; i++) {
+		if (out > 0 && memcmp(counts[out - 1].id, counts[i].id, STORE_ID_BYTES) == 0) {
+			counts[out - 1].versions++;
+			continue;
+		}
+		counts[out] = counts[i];
+		store_chunk_stored_bytes(s, counts[out].id, &counts[out].stored_bytes);
+		out++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct store_chunk_ref *refs = NULL;
+		size_t nr = 0;
+
+		if (!usage[i].m || manifest_distinct_chunks(usage[i].m, &refs, &nr) < 0)
+			continue;
+		for (size_t j = 0; j < nr; j++) {
+			struct chunk_count *cc = find_count(counts, out, refs[j].id);
+
+			if (!cc)
+				continue;
+			usage[i].stored_bytes += cc->stored_bytes;
+			if (cc->versions == 1)
+				usage[i].unique_bytes += cc->stored_bytes;
+		}
+		free(refs);
+	}
+	free(counts);
+	return 0;
+}
+
+static int verb_list(struct cli_context *ctx, int argc, char **argv)
+{
+	struct catalog_entry *entries = NULL;
+	struct usage *usage = NULL;
+	struct store *s = NULL;
+	size_t n = 0;
+	int r, code = parse_common(ctx, argc, argv, &verbs[1], true);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 0, 0, "list") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = catalog_list(s, &entries, &n);
+	usage = calloc(n + 1, sizeof(*usage));
+	if (r == 0 && !usage)
+		r = -ENOMEM;
+	if (r == 0)
+		r = compute_usage(s, entries, n, usage);
+	if (r < 0) {
+		log_error_errno(r, "listing the images in %s: %m", store_path(s));
+		code = 1;
+		goto out;
+	}
+	if (ctx->json) {
+		json_t *arr = json_array();
+
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(
+				arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:s?}", "name", entries[i].name,
+					       "version", (int)entries[i].version, "stored_bytes",
+					       (json_int_t)usage[i].stored_bytes, "unique_bytes",
+					       (json_int_t)usage[i].unique_bytes, "created",
+					       (json_int_t)(usage[i].m ? usage[i].m->created_s : 0),
+					       "error", usage[i].error));
+		json_dumpf(arr, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(arr);
+	} else {
+		printf("%-24s %7s %10s %10s  %s\n", "NAME", "VERSION", "STORED", "UNIQUE", "CREATED");
+		for (size_t i = 0; i < n; i++) {
+			char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], t[HUMANIZE_TIME_LEN];
+
+			if (!usage[i].m) {
+				printf("%-24s %7u %10s %10s  damaged: %s\n", entries[i].name,
+				       entries[i].version, "-", "-", usage[i].error ? usage[i].error : "?");
+				continue;
+			}
+			printf("%-24s %7u %10s %10s  %s\n", entries[i].name, entries[i].version,
+			       humanize_bytes(usage[i].stored_bytes, b1),
+			       humanize_bytes(usage[i].unique_bytes, b2),
+			       humanize_time((time_t)usage[i].m->created_s, t));
+		}
+	}
+	code = 0;
+out:
+	for (size_t i = 0; usage && i < n; i++) {
+		manifest_free(usage[i].m);
+		free(usage[i].error);
+	}
+	free(usage);
+	catalog_entries_free(entries, n);
+	store_close(s);
+	return code;
+}
+
+static void print_string_map(const char *title, json_t *obj)
+{
+	const char *key;
+	json_t *value;
+
+	if (!json_is_object(obj) || json_object_size(obj) == 0)
+		return;
+	printf("%s:\n", title);
+	json_object_foreach(obj, key, value)
+	{
+		if (json_is_string(value))
+			printf("  %-32s %s\n", key, json_string_value(value));
+		else if (json_is_object(value))
+			printf("  %-32s %s %s (%s)\n", key,
+			       json_string_value(json_object_get(value, "file")) ?: "",
+			       json_string_value(json_object_get(value, "version")) ?: "",
+			       json_string_value(json_object_get(value, "source")) ?: "");
+		else
+			printf("  %-32s -\n", key);
+	}
+}
+
+static int verb_show(struct cli_context *ctx, int argc, char **argv)
+{
+	struct manifest *m = NULL;
+	struct store *s = NULL;
+	int code = parse_common(ctx, argc, argv, &verbs[2], true);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 1, 1, "show") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	if (load_ref(s, argv[optind], &m) < 0) {
+		store_close(s);
+		return 1;
+	}
+	if (ctx->json) {
+		json_t *parts = json_object();
+
+		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
+			json_object_set_new(parts, manifest_part_kind_to_string((enum manifest_part_kind)p),
+					    json_pack("{s:I, s:I}", "size_bytes",
+						      (json_int_t)m->parts[p].size_bytes, "chunks",
+						      (json_int_t)m->parts[p].n_chunks));
+		json_t *out = json_pack("{s:s, s:i, s:I, s:s, s:s, s:O, s:o}", "name", m->name,
+					"version", (int)m->version, "created", (json_int_t)m->created_s,
+					"owner", m->owner, "boot_args", m->boot_args, "metadata",
+					m->metadata, "parts", parts);
+		json_dumpf(out, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+		putchar('\n');
+		json_decref(out);
+	} else {
+		char t[HUMANIZE_TIME_LEN], b[HUMANIZE_BYTES_LEN];
+		json_t *md = m->metadata;
+
+		printf("image      %s:%u\n", m->name, m->version);
+		printf("created    %s by %s\n", humanize_time((time_t)m->created_s, t), m->owner);
+		printf("os         %s\n", json_string_value(json_object_get(md, "os")) ?: "?");
+		printf("arch       %s\n", json_string_value(json_object_get(md, "arch")) ?: "?");
+		printf("kernel     %s\n", json_string_value(json_object_get(md, "kernel_release")) ?: "?");
+		printf("boot args  %s\n", *m->boot_args ? m->boot_args : "(none)");
+		if (json_string_value(json_object_get(md, "description")))
+			printf("about      %s\n", json_string_value(json_object_get(md, "description")));
+		printf("parts:\n");
+		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
+			printf("  %-10s %10s in %zu chunks\n",
+			       manifest_part_kind_to_string((enum manifest_part_kind)p),
+			       humanize_bytes(m->parts[p].size_bytes, b), m->parts[p].n_chunks);
+		print_string_map("packages", json_object_get(md, "packages"));
+		print_string_map("libraries", json_object_get(md, "libraries"));
+		print_string_map("files from this machine", json_object_get(md, "host_files"));
+	}
+	manifest_free(m);
+	store_close(s);
+	return 0;
+}
+
+static int verb_rm(struct cli_context *ctx, int argc, char **argv)
+{
+	_cleanup_free_ char *name = NULL, *error = NULL;
+	struct store *s = NULL;
+	uint32_t version;
+	int r, code = parse_common(ctx, argc, argv, &verbs[3], false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 1, 1, "rm") >= 0)
+		return 2;
+	if (manifest_parse_ref(argv[optind], &name, &version, &error) < 0) {
+		log_error("%s", error);
+		return 2;
+	}
+	if (version == 0) {
+		log_error("say which version of '%s' to remove: `vmhpc image rm %s:VERSION` (see "
+			  "`vmhpc image list`)", name, name);
+		return 2;
+	}
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = catalog_remove(s, name, version);
+	if (r == -ENOENT)
+		log_error("there is no image %s:%u; see `vmhpc image list`", name, version);
+	else if (r < 0)
+		log_error_errno(r, "removing %s:%u from %s: %m", name, version, store_path(s));
+	else
+		printf("removed %s:%u (its chunks go with `vmhpc image gc`)\n", name, version);
+	store_close(s);
+	return r < 0 ? 1 : 0;
+}
+
+static int verb_verify(struct cli_context *ctx, int argc, char **argv)
+{
+	struct check_verify_result res = { 0 };
+	struct store *s = NULL;
+	char b[HUMANIZE_BYTES_LEN];
+	int r, code = parse_common(ctx, argc, argv, &verbs[4], false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 0, 0, "verify") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = check_verify(s, &res);
+	if (r < 0) {
+		log_error_errno(r, "verifying %s: %m", store_path(s));
+		store_close(s);
+		return 1;
+	}
+	for (size_t i = 0; i < res.n_problems; i++) {
+		const struct check_problem *p = &res.problems[i];
+
+		if (p->kind == CHECK_MANIFEST_DAMAGED)
+			printf("manifest %s\n", p->detail ? p->detail : "?");
+		else
+			printf("chunk %s: %s; %s%s\n", p->id_hex, check_problem_kind_to_string(p->kind),
+			       *p->images ? "breaks " : "used by no image", p->images);
+	}
+	printf("checked %" PRIu64 " chunks (%s) of %zu image versions: %zu problem%s\n",
+	       res.chunks_checked, humanize_bytes(res.plain_bytes_checked, b), res.n_images,
+	       res.n_problems, res.n_problems == 1 ? "" : "s");
+	if (res.n_problems > 0)
+		fprintf(stderr, "vmhpc: the store has damage: remove the broken versions with "
+				"`vmhpc image rm`, or rebuild or import them again\n");
+	code = res.n_problems > 0 ? 1 : 0;
+	check_verify_result_done(&res);
+	store_close(s);
+	return code;
+}
+
+static int verb_gc(struct cli_context *ctx, int argc, char **argv)
+{
+	struct check_gc_result res = { 0 };
+	_cleanup_free_ char *error = NULL;
+	struct store *s = NULL;
+	char b[HUMANIZE_BYTES_LEN];
+	int r, code = parse_common(ctx, argc, argv, &verbs[5], false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 0, 0, "gc") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	builder_clean_stale(s);
+	r = check_gc(s, &res, &error);
+	if (r < 0)
+		log_error("gc of %s: %s", store_path(s), error ? error : strerror(-r));
+	else
+		printf("removed %" PRIu64 " unused chunks (%s); %" PRIu64 " chunks in use\n",
+		       res.chunks_removed, humanize_bytes(res.bytes_freed, b), res.chunks_kept);
+	store_close(s);
+	return r < 0 ? 1 : 0;
+}
+
+static int verb_export(struct cli_context *ctx, int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "output", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	_cleanup_free_ char *name = NULL, *error = NULL, *tmp = NULL;
+	const char *output = NULL;
+	struct store *s = NULL;
+	uint32_t version;
+	int c, fd = STDOUT_FILENO, r;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "+o:h", options, NULL)) != -1) {
+		if (c == 'o')
+			output = optarg;
+		else if (c == 'h') {
+			printf("usage: vmhpc image export NAME[:VERSION] [-o FILE]\n"
+			       "  writes one image version as a tar stream (to stdout without -o)\n");
+			return 0;
+		} else
+			return 2;
+	}
+	if (want_args(argc, 1, 1, "export") >= 0)
+		return 2;
+	if (manifest_parse_ref(argv[optind], &name, &version, &error) < 0) {
+		log_error("%s", error);
+		return 2;
+	}
+	if (!output && isatty(STDOUT_FILENO)) {
+		log_error("refusing to write a tar stream to a terminal; use -o FILE or a pipe");
+		return 2;
+	}
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	if (output) {
+		if (asprintf(&tmp, "%s.partial", output) < 0) {
+			store_close(s);
+			return 1;
+		}
+		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0) {
+			log_error_errno(-errno, "cannot write %s: %m", tmp);
+			store_close(s);
+			return 1;
+		}
+	}
+	r = transfer_export(s, name, version, fd, &error);
+	if (output) {
+		/* The file appears under its name only when complete. */
+		if (r == 0 && (fsync(fd) < 0 || rename(tmp, output) < 0))
+			r = -errno;
+		close(fd);
+		if (r < 0)
+			unlink(tmp);
+	}
+	if (r < 0)
+		log_error("%s", error ? error : strerror(-r));
+	store_close(s);
+	return r < 0 ? 1 : 0;
+}
+
+static int verb_import(struct cli_context *ctx, int argc, char **argv)
+{
+	_cleanup_free_ char *name = NULL, *error = NULL;
+	_cleanup_close_ int fd = -1;
+	struct store *s = NULL;
+	uint32_t version = 0;
+	int r, code = parse_common(ctx, argc, argv, &verbs[7], false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 0, 1, "import") >= 0)
+		return 2;
+	if (optind < argc) {
+		fd = open(argv[optind], O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			log_error_errno(-errno, "cannot read %s: %m", argv[optind]);
+			return 1;
+		}
+	} else if (isatty(STDIN_FILENO)) {
+		log_error("give a file made by `vmhpc image export`, or pipe one in");
+		return 2;
+	}
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = transfer_import(s, fd >= 0 ? fd : STDIN_FILENO, &name, &version, &error);
+	if (r < 0)
+		log_error("%s", error ? error : strerror(-r));
+	else
+		printf("imported %s:%u\n", name, version);
+	store_close(s);
+	return r < 0 ? 1 : 0;
+}
+
+/* Reads a part's bytes into memory (at most max_bytes), NUL-terminated; caller frees. */
+static int read_part(struct store *s, const struct store_part *part, size_t max_bytes,
+		     char **ret_data)
+{
+	char *buf;
+	size_t off = 0;
+
+	if (part->size_bytes > max_bytes)
+		return -EFBIG;
+	buf = malloc(part->size_bytes + 1);
+	if (!buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < part->n_chunks; i++) {
+		void *data = NULL;
+		size_t len = 0;
+		int r = store_get_chunk(s, part->chunks[i].id, &data, &len);
+
+		if (r == 0 && off + len > part->size_bytes)
+			r = -EBADMSG;
+		if (r < 0) {
+			free(data);
+			free(buf);
+			return r;
+		}
+		memcpy(buf + off, data, len);
+		off += len;
+		free(data);
+	}
+	buf[off] = '\0';
+	*ret_data = buf;
+	return 0;
+}
+
+static void mode_string(const char *type, int mode, char out[11])
+{
+	static const char rwx[] = "rwxrwxrwx";
+
+	out[0] = type[0] == 'd' ? 'd' : type[0] == 'l' ? 'l' : '-';
+	for (int i = 0; i < 9; i++)
+		out[i + 1] = (mode & (0400 >> i)) ? rwx[i] : '-';
+	if (mode & 04000)
+		out[3] = out[3] == 'x' ? 's' : 'S';
+	if (mode & 01000)
+		out[9] = out[9] == 'x' ? 't' : 'T';
+	out[10] = '\0';
+}
+
+static bool under(const char *path, const char *prefix)
+{
+	size_t n = strlen(prefix);
+
+	if (strcmp(prefix, "/") == 0)
+		return true;
+	while (n > 1 && prefix[n - 1] == '/')
+		n--;
+	return strncmp(path, prefix, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+static int verb_ls(struct cli_context *ctx, int argc, char **argv)
+{
+	_cleanup_free_ char *text = NULL;
+	struct manifest *m = NULL;
+	struct store *s = NULL;
+	json_t *index = NULL, *entry, *out = NULL;
+	const char *prefix;
+	size_t i, shown = 0;
+	int r, code = parse_common(ctx, argc, argv, &verbs[8], true);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 1, 2, "ls") >= 0)
+		return 2;
+	prefix = optind + 1 < argc ? argv[optind + 1] : "/";
+	if (prefix[0] != '/') {
+		log_error("path '%s' must be absolute (as in the image), e.g. /usr/bin", prefix);
+		return 2;
+	}
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	code = 1;
+	if (load_ref(s, argv[optind], &m) < 0)
+		goto out;
+	r = read_part(s, &m->parts[MANIFEST_PART_INDEX], INDEX_MAX_BYTES, &text);
+	if (r < 0) {
+		log_error_errno(r, "reading the file index of %s:%u: %m; run `vmhpc image verify`",
+				m->name, m->version);
+		goto out;
+	}
+	index = json_loads(text, 0, NULL);
+	if (!json_is_array(index)) {
+		log_error("the file index of %s:%u is damaged; run `vmhpc image verify`", m->name,
+			  m->version);
+		goto out;
+	}
+	out = json_array();
+	json_array_foreach(index, i, entry)
+	{
+		const char *path = json_string_value(json_object_get(entry, "path"));
+		const char *type = json_string_value(json_object_get(entry, "type"));
+		const char *target = json_string_value(json_object_get(entry, "target"));
+		char mode[11];
+
+		if (!path || !type || !under(path, prefix))
+			continue;
+		shown++;
+		if (ctx->json) {
+			json_array_append(out, entry);
+			continue;
+		}
+		mode_string(type, (int)json_integer_value(json_object_get(entry, "mode")), mode);
+		printf("%s %10" JSON_INTEGER_FORMAT " %s%s%s  [%s]\n", mode,
+		       json_integer_value(json_object_get(entry, "size")), path, target ? " -> " : "",
+		       target ? target : "", json_string_value(json_object_get(entry, "source")) ?: "?");
+	}
+	if (ctx->json) {
+		json_dumpf(out, stdout, JSON_INDENT(1));
+		putchar('\n');
+	}
+	if (shown == 0 && strcmp(prefix, "/") != 0) {
+		log_error("%s:%u has no %s; try `vmhpc image ls %s:%u /`", m->name, m->version, prefix,
+			  m->name, m->version);
+		goto out;
+	}
+	code = 0;
+out:
+	json_decref(out);
+	json_decref(index);
+	manifest_free(m);
+	store_close(s);
+	return code;
+}
+
+static const struct verb verbs[] = {
+	{ "build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec" },
+	{ "list", verb_list, "[--json]", "list image versions with stored and unique sizes" },
+	{ "show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata" },
+	{ "rm", verb_rm, "NAME:VERSION", "remove an image version (chunks stay until gc)" },
+	{ "verify", verb_verify, "", "re-hash every chunk; report damage and what it breaks" },
+	{ "gc", verb_gc, "", "remove chunks no image version uses" },
+	{ "export", verb_export, "NAME[:VERSION] [-o FILE]", "write an image version as a tar stream" },
+	{ "import", verb_import, "[FILE]", "add an image version from an export" },
+	{ "ls", verb_ls, "[--json] NAME[:VERSION] [PATH]", "list the files of an image's root" },
+};
+
+static const struct verb *find_verb(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
+		if (strcmp(verbs[i].name, name) == 0)
+			return &verbs[i];
+	return NULL;
+}
+
+int cli_image_main(struct cli_context *ctx, int argc, char **argv)
+{
+	const struct verb *v;
+
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		FILE *f = argc < 2 ? stderr : stdout;
+
+		fprintf(f, "usage: vmhpc image VERB [ARGS]\n\n");
+		for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
+			fprintf(f, "  %-7s %-34s %s\n", verbs[i].name, verbs[i].args, verbs[i].summary);
+		return argc < 2 ? 2 : 0;
+	}
+	v = find_verb(argv[1]);
+	if (!v) {
+		log_error("unknown verb 'image %s'; see `vmhpc image --help`", argv[1]);
+		return 2;
+	}
+	return v->run(ctx, argc - 1, argv + 1);
+}

@@ -1,0 +1,352 @@
+#include "image/builder.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "image/deb.h"
+#include "image/initramfs.h"
+#include "image/kernel.h"
+#include "image/rootfs.h"
+#include "image/spec.h"
+#include "store/catalog.h"
+#include "util/cleanup.h"
+#include "util/fsutil.h"
+#include "util/log.h"
+
+#define WORK_PREFIX "build-"
+#define WORK_LOCK ".lock"
+
+static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int set_error(char **ret_error, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ret_error && !*ret_error) {
+		va_start(ap, fmt);
+		if (vasprintf(ret_error, fmt, ap) < 0)
+			*ret_error = NULL;
+		va_end(ap);
+	}
+	return r;
+}
+
+void builder_result_done(struct builder_result *r)
+{
+	free(r->name);
+	memset(r, 0, sizeof(*r));
+}
+
+int builder_clean_stale(struct store *s)
+{
+	_cleanup_free_ char *tmp = fs_path_join(store_path(s), "tmp");
+	DIR *d = tmp ? opendir(tmp) : NULL;
+	struct dirent *de;
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		_cleanup_free_ char *dir = NULL, *lock = NULL;
+		_cleanup_close_ int fd = -1;
+
+		if (strncmp(de->d_name, WORK_PREFIX, strlen(WORK_PREFIX)) != 0)
+			continue;
+		dir = fs_path_join(tmp, de->d_name);
+		lock = dir ? fs_path_join(dir, WORK_LOCK) : NULL;
+		if (!lock)
+			continue;
+		fd = open(lock, O_RDONLY | O_CLOEXEC);
+		/* A live build holds its lock; a dead one's lock is free (or never made). */
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
+			continue;
+		log_debug("removing %s, left by a build that did not finish", dir);
+		fs_rm_rf(dir);
+	}
+	closedir(d);
+	return 0;
+}
+
+struct progress {
+	bool enabled;
+	const char *stage;
+	uint64_t total_bytes;
+};
+
+static void progress_update(uint64_t done_bytes, void *userdata)
+{
+	struct progress *p = userdata;
+
+	if (!p->enabled || p->total_bytes == 0)
+		return;
+	fprintf(stderr, "\r  %-10s %3u%%", p->stage,
+		(unsigned)(done_bytes * 100 / p->total_bytes));
+	fflush(stderr);
+}
+
+static void progress_stage(struct progress *p, const char *stage, const char *detail)
+{
+	p->stage = stage;
+	if (p->enabled)
+		fprintf(stderr, "\r\033[K");
+	log_info("build: %s", detail);
+}
+
+static int put_file(struct store *s, const char *path, const struct builder_options *opts,
+		    struct store_part *part, struct store_put_stats *stats, struct progress *p)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	off_t size;
+	int r;
+
+	if (fd < 0)
+		return -errno;
+	size = lseek(fd, 0, SEEK_END);
+	lseek(fd, 0, SEEK_SET);
+	p->total_bytes = size > 0 ? (uint64_t)size : 0;
+	r = store_put_fd(s, fd, &opts->chunking, part, stats, progress_update, p);
+	if (p->enabled)
+		fprintf(stderr, "\r\033[K");
+	return r;
+}
+
+static char *owner_name(void)
+{
+	struct passwd *pw = getpwuid(getuid());
+	char *out = NULL;
+
+	if (pw)
+		return strdup(pw->pw_name);
+	if (asprintf(&out, "uid %u", (unsigned)getuid()) < 0)
+		return NULL;
+	return out;
+}
+
+/* Explains a storage error the way the user can act on it. */
+static int storage_error(char **ret_error, int r, struct store *s, const char *what)
+{
+	if (r == -ENOSPC || r == -EDQUOT)
+		return set_error(ret_error, r,
+				 "no space left on the device holding the store %s (%s); free some "
+				 "space or run `vmhpc image gc`, then build again",
+				 store_path(s), what);
+	return set_error(ret_error, r, "store %s: %s: %s", store_path(s), what, strerror(-r));
+}
+
+static int build_into(struct store *s, const struct builder_options *opts,
+		      const struct image_spec *spec, const char *work, struct manifest *m,
+		      struct builder_result *ret, char **ret_error)
+{
+	struct progress prog = { .enabled = opts->progress };
+	struct store_put_stats stats = { 0 };
+	struct kernel_tree *k = NULL;
+	struct deb_package **pkgs = NULL;
+	char **labels = NULL;
+	struct rootfs_layer *layers = NULL;
+	struct rootfs_result root = { 0 };
+	char **module_paths = NULL;
+	size_t n_modules = 0, n_layers = 0;
+	void *initrd = NULL;
+	size_t initrd_len = 0, initrd_plain = 0;
+	json_t *packages = json_object();
+	int r;
+
+	if (!packages)
+		return -ENOMEM;
+	progress_stage(&prog, "kernel", "fetching the kernel");
+	r = kernel_fetch(opts->cache_dir, spec->kernel_package, &k, ret_error);
+	if (r < 0)
+		goto out;
+	json_object_set_new(packages, k->package, json_string(k->version));
+	r = kernel_resolve_modules(k, spec->modules, spec->n_modules, &module_paths, &n_modules,
+				   ret_error);
+	if (r < 0)
+		goto out;
+
+	labels = calloc(spec->n_packages + 1, sizeof(*labels));
+	layers = calloc(spec->n_packages + 2, sizeof(*layers));
+	if (!labels || !layers) {
+		r = -ENOMEM;
+		goto out;
+	}
+	progress_stage(&prog, "packages", "fetching packages");
+	r = deb_fetch_many(opts->cache_dir, spec->packages, spec->n_packages, &pkgs, ret_error);
+	if (r < 0)
+		goto out;
+	for (size_t i = 0; i < spec->n_packages; i++) {
+		json_object_set_new(packages, pkgs[i]->name, json_string(pkgs[i]->version));
+		/* The index names a package file's source "package version". */
+		if (asprintf(&labels[i], "%s %s", pkgs[i]->name, pkgs[i]->version) < 0) {
+			labels[i] = NULL;
+			r = -ENOMEM;
+			goto out;
+		}
+		layers[n_layers].root = pkgs[i]->root;
+		layers[n_layers++].source = labels[i];
+	}
+	if (spec->tree) {
+		layers[n_layers].root = spec->tree;
+		layers[n_layers++].source = "tree";
+	}
+	layers[n_layers].root = "/";
+	layers[n_layers++].source = "host";
+
+	progress_stage(&prog, "initramfs", "building the boot initramfs");
+	r = initramfs_build(opts->init_path, k, module_paths, n_modules, &initrd, &initrd_len,
+			    &initrd_plain);
+	if (r < 0) {
+		r = set_error(ret_error, r, "building the initramfs from %s: %s", opts->init_path,
+			      strerror(-r));
+		goto out;
+	}
+
+	progress_stage(&prog, "root", "building the root file system");
+	r = rootfs_build(spec, layers, n_layers, work, &root, ret_error);
+	if (r < 0)
+		goto out;
+
+	progress_stage(&prog, "storing", "storing the parts as chunks");
+	prog.stage = "kernel";
+	r = put_file(s, k->vmlinuz_path, opts, &m->parts[MANIFEST_PART_KERNEL], &stats, &prog);
+	if (r == 0)
+		r = store_put_buffer(s, initrd, initrd_len, &opts->chunking,
+				     &m->parts[MANIFEST_PART_INITRAMFS], &stats);
+	prog.stage = "root";
+	if (r == 0)
+		r = put_file(s, root.image_path, opts, &m->parts[MANIFEST_PART_ROOT], &stats, &prog);
+	if (r == 0)
+		r = store_put_buffer(s, root.index_json, strlen(root.index_json), &opts->chunking,
+				     &m->parts[MANIFEST_PART_INDEX], &stats);
+	if (r < 0) {
+		r = storage_error(ret_error, r, s, "writing chunks");
+		goto out;
+	}
+
+	json_object_set_new(m->metadata, "os", json_string(spec->os));
+	json_object_set_new(m->metadata, "arch", json_string("x86_64"));
+	json_object_set_new(m->metadata, "kernel_release", json_string(k->release));
+	json_object_set_new(m->metadata, "kernel_package", json_string(k->package));
+	json_object_set_new(m->metadata, "packages", json_incref(packages));
+	json_object_set_new(m->metadata, "libraries", json_incref(root.libraries));
+	json_object_set_new(m->metadata, "host_files", json_incref(root.host_sources));
+	json_object_set_new(m->metadata, "root_fs", json_string("ext4"));
+	json_object_set_new(m->metadata, "root_content_bytes", json_integer((json_int_t)root.content_bytes));
+	json_object_set_new(m->metadata, "root_files", json_integer((json_int_t)root.n_entries));
+	json_object_set_new(m->metadata, "initramfs_modules", json_integer((json_int_t)n_modules));
+	if (spec->description)
+		json_object_set_new(m->metadata, "description", json_string(spec->description));
+
+	ret->stored_new_bytes = stats.new_stored_bytes;
+	ret->root_content_bytes = root.content_bytes;
+	ret->n_files = root.n_entries;
+	r = 0;
+out:
+	for (size_t i = 0; module_paths && i < n_modules; i++)
+		free(module_paths[i]);
+	free(module_paths);
+	deb_packages_free(pkgs, pkgs ? spec->n_packages : 0);
+	for (size_t i = 0; labels && i < spec->n_packages; i++)
+		free(labels[i]);
+	free(labels);
+	free(layers);
+	free(initrd);
+	kernel_tree_free(k);
+	rootfs_result_done(&root);
+	json_decref(packages);
+	return r;
+}
+
+int builder_build(struct store *s, const struct builder_options *opts, struct builder_result *ret,
+		  char **ret_error)
+{
+	struct image_spec *spec = NULL;
+	struct manifest *m = NULL;
+	_cleanup_free_ char *tmp = NULL, *work = NULL, *lock = NULL;
+	_cleanup_close_ int store_lock_fd = -1, work_lock_fd = -1;
+	struct store_chunk_ref *refs = NULL;
+	size_t n_refs = 0;
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	r = spec_parse_file(opts->spec_path, &spec, ret_error);
+	if (r < 0)
+		return r;
+	if (access(opts->init_path, R_OK) < 0) {
+		r = set_error(ret_error, -errno,
+			      "vmhpc-init not found at %s; build vmhpc with meson/ninja, or set "
+			      "VMHPC_INIT to the static vmhpc-init", opts->init_path);
+		goto out;
+	}
+	builder_clean_stale(s);
+	store_set_compression_level(s, opts->compression_level);
+	/* Shared with other builds, exclusive against gc: chunks written here are not
+	 * named by any manifest until the commit, and gc must not take them meanwhile. */
+	r = store_lock(s, STORE_LOCK_WRITE, &store_lock_fd);
+	if (r < 0) {
+		r = storage_error(ret_error, r, s, "locking");
+		goto out;
+	}
+	tmp = fs_path_join(store_path(s), "tmp");
+	r = tmp ? fs_mkdir_p(tmp, 0755) : -ENOMEM;
+	if (r == 0)
+		r = fs_mkdtemp(tmp, WORK_PREFIX, &work);
+	if (r == 0) {
+		lock = fs_path_join(work, WORK_LOCK);
+		work_lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+		if (work_lock_fd < 0 || flock(work_lock_fd, LOCK_EX) < 0)
+			r = -errno;
+	}
+	if (r < 0) {
+		r = storage_error(ret_error, r, s, "making a work directory");
+		goto out;
+	}
+	m = manifest_new();
+	if (!m) {
+		r = -ENOMEM;
+		goto out;
+	}
+	m->name = strdup(spec->name);
+	m->owner = owner_name();
+	m->boot_args = strdup(spec->boot_args ? spec->boot_args : "");
+	m->created_s = time(NULL);
+	if (!m->name || !m->owner || !m->boot_args) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = build_into(s, opts, spec, work, m, ret, ret_error);
+	if (r < 0)
+		goto out;
+	r = catalog_commit(s, m);
+	if (r < 0) {
+		r = storage_error(ret_error, r, s, "saving the manifest");
+		goto out;
+	}
+	ret->name = strdup(m->name);
+	ret->version = m->version;
+	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
+		ret->plain_bytes[p] = m->parts[p].size_bytes;
+	if (manifest_distinct_chunks(m, &refs, &n_refs) == 0)
+		for (size_t i = 0; i < n_refs; i++) {
+			uint64_t b = 0;
+
+			if (store_chunk_stored_bytes(s, refs[i].id, &b) == 0)
+				ret->stored_total_bytes += b;
+		}
+	r = 0;
+out:
+	free(refs);
+	if (work)
+		fs_rm_rf(work);
+	manifest_free(m);
+	image_spec_free(spec);
+	if (r < 0 && ret_error && !*ret_error)
+		set_error(ret_error, r, "building %s: %s", opts->spec_path, strerror(-r));
+	return r;
+}

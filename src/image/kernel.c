@@ -1,0 +1,316 @@
+#include "image/kernel.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image/deb.h"
+#include "util/cleanup.h"
+#include "util/fsutil.h"
+#include "util/proc.h"
+
+#define MODULES_DEP_MAX_BYTES (16u * 1024 * 1024)
+#define MODULES_MAX 512
+
+struct kernel_tree *kernel_tree_free(struct kernel_tree *k)
+{
+	if (!k)
+		return NULL;
+	free(k->package);
+	free(k->version);
+	free(k->release);
+	free(k->vmlinuz_path);
+	free(k->modules_dir);
+	free(k);
+	return NULL;
+}
+
+static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int set_error(char **ret_error, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ret_error) {
+		va_start(ap, fmt);
+		if (vasprintf(ret_error, fmt, ap) < 0)
+			*ret_error = NULL;
+		va_end(ap);
+	}
+	return r;
+}
+
+/* The release of the first boot/vmlinuz-* in root, or NULL. */
+static char *find_release(const char *root)
+{
+	_cleanup_free_ char *boot = fs_path_join(root, "boot");
+	DIR *d = boot ? opendir(boot) : NULL;
+	struct dirent *de;
+	char *release = NULL;
+
+	if (!d)
+		return NULL;
+	while (!release && (de = readdir(d)))
+		if (strncmp(de->d_name, "vmlinuz-", 8) == 0 && de->d_name[8])
+			release = strdup(de->d_name + 8);
+	closedir(d);
+	return release;
+}
+
+/* First "linux-image-*" name in a Depends field value. */
+static char *first_image_dependency(const char *depends)
+{
+	const char *p = strstr(depends, "linux-image-");
+
+	if (!p)
+		return NULL;
+	return strndup(p, strcspn(p, " ,(|"));
+}
+
+int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree **ret_tree,
+		 char **ret_error)
+{
+	struct deb_package *p = NULL;
+	struct kernel_tree *k = NULL;
+	_cleanup_free_ char *release = NULL, *dep_file = NULL;
+	int r;
+
+	r = deb_fetch(cache_dir, package, &p, ret_error);
+	if (r < 0)
+		return r;
+	release = find_release(p->root);
+	if (!release) {
+		_cleanup_free_ char *depends = NULL, *real = NULL;
+
+		if (deb_read_field(p->deb_path, "Depends", &depends) == 0)
+			real = first_image_dependency(depends);
+		if (!real) {
+			r = set_error(ret_error, -ENOENT,
+				      "kernel package '%s' has no /boot/vmlinuz-* and depends on no "
+				      "linux-image package; name a Debian kernel package in [kernel] "
+				      "package", package);
+			goto out;
+		}
+		deb_package_free(p);
+		p = NULL;
+		r = deb_fetch(cache_dir, real, &p, ret_error);
+		if (r < 0)
+			goto out;
+		release = find_release(p->root);
+		if (!release) {
+			r = set_error(ret_error, -ENOENT, "kernel package '%s' has no /boot/vmlinuz-*",
+				      real);
+			goto out;
+		}
+	}
+	k = calloc(1, sizeof(*k));
+	if (!k) {
+		r = -ENOMEM;
+		goto out;
+	}
+	k->package = strdup(p->name);
+	k->version = strdup(p->version);
+	k->release = TAKE_PTR(release);
+	if (asprintf(&k->vmlinuz_path, "%s/boot/vmlinuz-%s", p->root, k->release) < 0 ||
+	    asprintf(&k->modules_dir, "%s/lib/modules/%s", p->root, k->release) < 0 ||
+	    asprintf(&dep_file, "%s/modules.dep", k->modules_dir) < 0) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (!fs_exists(dep_file)) {
+		/* Debian generates modules.dep in the package's postinst, which never runs
+		 * here (nothing is installed): generate it in the cache. */
+		_cleanup_free_ char *err = NULL, *last = NULL;
+		char *argv[] = { "depmod", "-b", p->root, k->release, NULL };
+		int code;
+
+		r = proc_run(argv, NULL, NULL, &err, &code);
+		if (r < 0 || code != 0) {
+			last = proc_last_line(err);
+			r = set_error(ret_error, r < 0 ? r : -EIO,
+				      "depmod for kernel %s failed (%s); install kmod", k->release,
+				      r < 0 ? strerror(-r) : last ? last : "?");
+			goto out;
+		}
+	}
+	*ret_tree = TAKE_PTR(k);
+	r = 0;
+out:
+	deb_package_free(p);
+	kernel_tree_free(k);
+	return r;
+}
+
+/* "kernel/drivers/nvdimm/nd_pmem.ko" -> "nd_pmem" (dashes folded to underscores). */
+static void module_name_of(const char *path, char *out, size_t size)
+{
+	const char *base = strrchr(path, '/');
+	size_t i = 0;
+
+	base = base ? base + 1 : path;
+	for (; base[i] && i + 1 < size; i++)
+		out[i] = base[i] == '-' ? '_' : base[i];
+	out[i] = '\0';
+	char *dot = strstr(out, ".ko");
+	if (dot)
+		*dot = '\0';
+}
+
+struct dep_entry {
+	char *path;
+	char **deps; /* paths, as modules.dep lists them (nearest first) */
+	size_t n_deps;
+};
+
+struct dep_table {
+	struct dep_entry *entries;
+	size_t n;
+	char *text;
+};
+
+static void dep_table_done(struct dep_table *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->entries[i].deps);
+	free(t->entries);
+	free(t->text);
+}
+
+static int dep_table_load(const char *modules_dir, struct dep_table *t)
+{
+	_cleanup_free_ char *path = fs_path_join(modules_dir, "modules.dep");
+	char *save = NULL;
+	int r;
+
+	if (!path)
+		return -ENOMEM;
+	r = fs_read_file(path, MODULES_DEP_MAX_BYTES, &t->text, NULL);
+	if (r < 0)
+		return r;
+	for (char *line = strtok_r(t->text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *colon = strchr(line, ':'), *save2 = NULL;
+		struct dep_entry *grown, *e;
+
+		if (!colon)
+			continue;
+		*colon = '\0';
+		grown = realloc(t->entries, (t->n + 1) * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		t->entries = grown;
+		e = &t->entries[t->n++];
+		memset(e, 0, sizeof(*e));
+		e->path = line;
+		for (char *d = strtok_r(colon + 1, " ", &save2); d; d = strtok_r(NULL, " ", &save2)) {
+			char **g = realloc(e->deps, (e->n_deps + 1) * sizeof(*g));
+
+			if (!g)
+				return -ENOMEM;
+			e->deps = g;
+			e->deps[e->n_deps++] = d;
+		}
+	}
+	return 0;
+}
+
+static struct dep_entry *dep_find(struct dep_table *t, const char *name_or_path)
+{
+	char want[256], have[256];
+
+	module_name_of(name_or_path, want, sizeof(want));
+	for (size_t i = 0; i < t->n; i++) {
+		module_name_of(t->entries[i].path, have, sizeof(have));
+		if (strcmp(want, have) == 0)
+			return &t->entries[i];
+	}
+	return NULL;
+}
+
+static bool is_builtin(const char *modules_dir, const char *name)
+{
+	_cleanup_free_ char *path = fs_path_join(modules_dir, "modules.builtin");
+	_cleanup_free_ char *text = NULL;
+	char want[256], have[256];
+	char *save = NULL;
+
+	if (!path || fs_read_file(path, MODULES_DEP_MAX_BYTES, &text, NULL) < 0)
+		return false;
+	module_name_of(name, want, sizeof(want));
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		module_name_of(line, have, sizeof(have));
+		if (strcmp(want, have) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int add_path(char ***paths, size_t *n, const char *path)
+{
+	char **grown;
+
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp((*paths)[i], path) == 0)
+			return 0;
+	if (*n >= MODULES_MAX)
+		return -E2BIG;
+	grown = realloc(*paths, (*n + 1) * sizeof(*grown));
+	if (!grown)
+		return -ENOMEM;
+	*paths = grown;
+	grown[*n] = strdup(path);
+	if (!grown[*n])
+		return -ENOMEM;
+	(*n)++;
+	return 0;
+}
+
+int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size_t n_names,
+			   char ***ret_paths, size_t *ret_n, char **ret_error)
+{
+	struct dep_table t = { 0 };
+	char **paths = NULL;
+	size_t n = 0;
+	int r;
+
+	r = dep_table_load(k->modules_dir, &t);
+	if (r < 0) {
+		r = set_error(ret_error, r, "reading modules.dep of kernel %s: %s", k->release,
+			      strerror(-r));
+		goto out;
+	}
+	for (size_t i = 0; i < n_names; i++) {
+		struct dep_entry *e = dep_find(&t, names[i]);
+
+		if (!e) {
+			if (is_builtin(k->modules_dir, names[i]))
+				continue;
+			r = set_error(ret_error, -ENOENT,
+				      "kernel module '%s' is not in kernel %s (neither a module nor "
+				      "built in); check [kernel] modules",
+				      names[i], k->release);
+			goto out;
+		}
+		/* modules.dep lists a module's whole dependency closure, nearest first:
+		 * loading it back to front satisfies every symbol before it is needed. */
+		for (size_t d = e->n_deps; d > 0; d--) {
+			r = add_path(&paths, &n, e->deps[d - 1]);
+			if (r < 0)
+				goto out;
+		}
+		r = add_path(&paths, &n, e->path);
+		if (r < 0)
+			goto out;
+	}
+	*ret_paths = TAKE_PTR(paths);
+	*ret_n = n;
+	r = 0;
+out:
+	for (size_t i = 0; paths && i < n; i++)
+		free(paths[i]);
+	free(paths);
+	dep_table_done(&t);
+	return r;
+}

@@ -1,0 +1,28 @@
+/* The guest kernel: a Debian kernel package (a meta package such as
+ * linux-image-cloud-amd64 is followed to the real one), its bzImage and its modules, with
+ * the load order of the modules a guest needs resolved from modules.dep. */
+#pragma once
+
+#include <stddef.h>
+
+struct kernel_tree {
+	char *package;      /* the real package, e.g. linux-image-6.1.0-56-cloud-amd64 */
+	char *version;      /* its Debian version */
+	char *release;      /* uname -r, e.g. 6.1.0-56-cloud-amd64 */
+	char *vmlinuz_path; /* the kernel image on this machine (in the package cache) */
+	char *modules_dir;  /* .../lib/modules/<release> */
+};
+
+/* Fetches package (following one level of meta-package dependency) into cache_dir and
+ * makes sure modules.dep exists (depmod -b). Caller frees with kernel_tree_free(). */
+int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree **ret_tree,
+		 char **ret_error);
+
+/* Resolves module names (dashes or underscores) and their dependencies into load order:
+ * *ret_paths (caller frees each and the array) are paths relative to modules_dir. A module
+ * built into the kernel is skipped; an unknown one is an error naming it. */
+int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size_t n_names,
+			   char ***ret_paths, size_t *ret_n, char **ret_error);
+
+/* Frees k; NULL is a no-op. Returns NULL. */
+struct kernel_tree *kernel_tree_free(struct kernel_tree *k);

@@ -1,0 +1,19 @@
+/* Moving one image version between stores as one tar stream: "manifest.json" first, then
+ * "chunks/<id>.zst" for each distinct chunk, compressed as stored. */
+#pragma once
+
+#include <stdint.h>
+
+#include "store/store.h"
+
+/* Writes name:version (0: latest) to out_fd. On failure *ret_error (caller frees) says why. */
+int transfer_export(struct store *s, const char *name, uint32_t version, int out_fd,
+		    char **ret_error);
+
+/* Reads a stream made by transfer_export from in_fd, verifies every chunk against its id,
+ * and adds the version: under its own number when that number was never used here, else as
+ * the next version (an identical version already present is not added twice). Nothing is
+ * committed unless every chunk arrived intact. *ret_name (caller frees) and *ret_version say
+ * what the store now has; *ret_error (caller frees) says why on failure. */
+int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_version,
+		    char **ret_error);

@@ -1,0 +1,25 @@
+/* Running helper programs (apt-get, dpkg-deb, mke2fs, depmod) and collecting what they say. */
+#pragma once
+
+#include <stddef.h>
+
+/* Largest output proc_run collects from one stream; the rest is dropped. */
+#define PROC_OUTPUT_MAX_BYTES (16u * 1024 * 1024)
+
+struct proc_options {
+	const char *cwd;         /* working directory, or NULL */
+	char *const *extra_env;  /* "K=V" entries added to the environment, NULL-terminated, or NULL */
+	int stdout_fd;           /* when >= 0, the child's stdout goes here instead of being collected */
+};
+
+/* Runs argv[0] (searched in PATH) with argv and waits for it. Its stdout (unless
+ * opts->stdout_fd) and stderr are collected into NUL-terminated buffers the caller frees
+ * (either ret pointer may be NULL to drop that stream). The child dies with us
+ * (PR_SET_PDEATHSIG), so a killed build leaves no helper running. Returns -errno when it
+ * could not be started, else 0 with *ret_exit_code its exit code (128+signal when
+ * killed; 127 when the program does not exist). */
+int proc_run(char *const argv[], const struct proc_options *opts, char **ret_stdout,
+	     char **ret_stderr, int *ret_exit_code);
+
+/* The last non-empty line of text (for short error messages), copied (caller frees). */
+char *proc_last_line(const char *text);
