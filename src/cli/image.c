@@ -46,7 +46,7 @@ static int parse_common(struct cli_context *ctx, int argc, char **argv, const st
 	int c;
 
 	optind = 0;
-	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			if (!allow_json) {
@@ -155,7 +155,7 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 
 	chunker_params_default(&opts.chunking);
 	optind = 0;
-	while ((c = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
 		size_t *field = c == 'n' ? &opts.chunking.min_bytes
 			: c == 'a'	  ? &opts.chunking.avg_bytes
 			: c == 'x'	  ? &opts.chunking.max_bytes
@@ -560,7 +560,7 @@ static int verb_export(struct cli_context *ctx, int argc, char **argv)
 	int c, fd = STDOUT_FILENO, r;
 
 	optind = 0;
-	while ((c = getopt_long(argc, argv, "+o:h", options, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
 		if (c == 'o')
 			output = optarg;
 		else if (c == 'h') {
@@ -774,6 +774,70 @@ out:
 	return code;
 }
 
+static int verb_cat(struct cli_context *ctx, int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "output", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	_cleanup_free_ char *tmp = NULL;
+	const char *output = NULL;
+	struct manifest *m = NULL;
+	struct store *s = NULL;
+	int c, fd = STDOUT_FILENO, r, part = -1;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "o:h", options, NULL)) != -1) {
+		if (c == 'o')
+			output = optarg;
+		else if (c == 'h') {
+			printf("usage: vmhpc image cat NAME[:VERSION] kernel|initramfs|root|index [-o FILE]\n"
+			       "  writes one part's bytes, verified chunk by chunk\n");
+			return 0;
+		} else
+			return 2;
+	}
+	if (want_args(argc, 2, 2, "cat") >= 0)
+		return 2;
+	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
+		if (strcmp(argv[optind + 1], manifest_part_kind_to_string((enum manifest_part_kind)p)) == 0)
+			part = p;
+	if (part < 0) {
+		log_error("unknown part '%s'; use kernel, initramfs, root or index", argv[optind + 1]);
+		return 2;
+	}
+	if (!output && isatty(STDOUT_FILENO)) {
+		log_error("refusing to write binary data to a terminal; use -o FILE or a pipe");
+		return 2;
+	}
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = load_ref(s, argv[optind], &m);
+	if (r == 0 && output) {
+		if (asprintf(&tmp, "%s.partial", output) < 0)
+			r = -ENOMEM;
+		else if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+			r = log_error_errno(-errno, "cannot write %s: %m", tmp);
+	}
+	if (r == 0) {
+		r = store_write_part(s, &m->parts[part], fd);
+		if (r < 0)
+			log_error_errno(r, "reading the %s of %s:%u: %m; run `vmhpc image verify`",
+					argv[optind + 1], m->name, m->version);
+	}
+	if (output && fd >= 0) {
+		if (r == 0 && rename(tmp, output) < 0)
+			r = log_error_errno(-errno, "cannot write %s: %m", output);
+		close(fd);
+		if (r < 0)
+			unlink(tmp);
+	}
+	manifest_free(m);
+	store_close(s);
+	return r < 0 ? 1 : 0;
+}
+
 static const struct verb verbs[] = {
 	{ "build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec" },
 	{ "list", verb_list, "[--json]", "list image versions with stored and unique sizes" },
@@ -784,6 +848,7 @@ static const struct verb verbs[] = {
 	{ "export", verb_export, "NAME[:VERSION] [-o FILE]", "write an image version as a tar stream" },
 	{ "import", verb_import, "[FILE]", "add an image version from an export" },
 	{ "ls", verb_ls, "[--json] NAME[:VERSION] [PATH]", "list the files of an image's root" },
+	{ "cat", verb_cat, "NAME[:VERSION] PART [-o FILE]", "write one part (kernel, initramfs, root, index)" },
 };
 
 static const struct verb *find_verb(const char *name)

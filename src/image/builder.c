@@ -209,6 +209,12 @@ static int build_into(struct store *s, const struct builder_options *opts,
 
 	progress_stage(&prog, "root", "building the root file system");
 	r = rootfs_build(spec, layers, n_layers, work, &root, ret_error);
+	if (r == -ENOSPC || r == -EDQUOT) {
+		/* The work directory lives in the store: say so, not which file hit it. */
+		free(*ret_error);
+		*ret_error = NULL;
+		r = storage_error(ret_error, r, s, "building the root file system");
+	}
 	if (r < 0)
 		goto out;
 

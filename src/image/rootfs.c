@@ -322,6 +322,37 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 		paths[n_paths] = strdup(spec->binaries[i]);
 		r = paths[n_paths++] ? 0 : -ENOMEM;
 	}
+	/* A binary must be a program or library for this machine: a script or data file
+	 * belongs in [root] files, where nothing is resolved. */
+	for (size_t i = 0; i < spec->n_binaries && r == 0; i++) {
+		_cleanup_free_ char *host = NULL, *real = NULL;
+		struct elf_info *info = NULL;
+		size_t layer;
+
+		r = closure_lookup(cl, n_layers, spec->binaries[i], &host, &real, &layer);
+		if (r == -ENOENT) {
+			r = set_error(st->ret_error, r,
+				      "[root] binaries: %s is in none of the spec's packages, its tree, "
+				      "nor on this machine; check the path or add the package that "
+				      "ships it", spec->binaries[i]);
+			break;
+		}
+		if (r == 0)
+			r = elf_read_file(host, &info);
+		elf_info_free(info);
+		if (r == -ENOEXEC)
+			r = set_error(st->ret_error, r,
+				      "[root] binaries: %s (found at %s) is not an ELF program or "
+				      "library; put scripts and data in [root] files",
+				      spec->binaries[i], host);
+		else if (r == -ENOTSUP)
+			r = set_error(st->ret_error, r,
+				      "[root] binaries: %s (found at %s) is built for another "
+				      "architecture; vmhpc images are x86-64", spec->binaries[i], host);
+		else if (r < 0)
+			r = set_error(st->ret_error, r, "[root] binaries: %s (%s): %s",
+				      spec->binaries[i], host ? host : "?", strerror(-r));
+	}
 	for (size_t i = 0; i < spec->n_plugin_dirs && r == 0; i++)
 		r = collect_plugin_dir(layers, n_layers, spec->plugin_dirs[i], &paths, &n_paths,
 				       st->ret_error);

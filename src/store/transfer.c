@@ -213,6 +213,12 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 				goto out;
 			}
 			r = read_entry(a, e, MANIFEST_MAX_BYTES, &data, &len);
+			if (r == -EBADMSG) {
+				r = set_error(ret_error, r,
+					      "import: the stream ends inside %s; it is truncated",
+					      MANIFEST_ENTRY);
+				goto out;
+			}
 			if (r == 0)
 				r = manifest_from_json(data, len, &m, &why);
 			free(data);

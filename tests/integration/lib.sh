@@ -1,0 +1,70 @@
+# Shared by the integration tests: a private work directory removed on exit (even on
+# failure), checks that say what they expected, and small image specs.
+set -u
+
+: "${VMHPC:?run through meson test, or set VMHPC to the vmhpc binary}"
+: "${VMHPC_SOURCE_ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}"
+
+WORK=$(mktemp -d /tmp/vmhpc-test.XXXXXX)
+export VMHPC_STORE="$WORK/store"
+CHECKS=0
+CLEANUPS=()
+
+cleanup() {
+	local c
+	for c in "${CLEANUPS[@]}"; do eval "$c" >/dev/null 2>&1 || true; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+on_exit() { CLEANUPS+=("$1"); }
+
+fail() {
+	echo "FAIL: $*" >&2
+	exit 1
+}
+
+ok() {
+	CHECKS=$((CHECKS + 1))
+	echo "ok $CHECKS - $*"
+}
+
+# expect_fail "what" "needle in stderr" CMD...: CMD must exit non-zero and say needle.
+expect_fail() {
+	local what=$1 needle=$2 out
+	shift 2
+	if out=$("$@" 2>&1); then
+		fail "$what: expected failure, got success: $out"
+	fi
+	case "$out" in
+	*"$needle"*) ok "$what: $(echo "$out" | tail -n 1 | cut -c1-150)" ;;
+	*) fail "$what: message lacks '$needle': $out" ;;
+	esac
+}
+
+# The versions `vmhpc image list` shows, one "name:version" per line.
+versions() {
+	"$VMHPC" image list --json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    print("%s:%d" % (e["name"], e["version"]))'
+}
+
+# A small spec (busybox only) that builds in a few seconds; $1 = name, rest = extra lines.
+small_spec() {
+	local name=$1
+	shift
+	printf '[image]\nname = %s\n[kernel]\npackage = linux-image-cloud-amd64\nmodules = virtio_pci virtio_pmem nd_pmem\n[root]\npackages = busybox-static\nbinaries = /usr/bin/busybox\n' "$name"
+	printf '%s\n' "$@"
+}
+
+# Temp files and directories under the store that a finished operation must not leave.
+leftovers() {
+	find "$VMHPC_STORE/tmp" -mindepth 1 2>/dev/null
+	find "$VMHPC_STORE/manifests" -name '*.tmp.*' 2>/dev/null
+}
+
+finish() {
+	echo "$CHECKS checks passed"
+}
