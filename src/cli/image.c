@@ -546,6 +546,52 @@ static int verb_gc(struct cli_context *ctx, int argc, char **argv)
 	return r < 0 ? 1 : 0;
 }
 
+/* Opens where a verb writes its bytes. A regular file (or a new one) is written as
+ * PATH.partial and renamed by close_output() only when complete; a device or pipe such as
+ * /dev/null is written in place (renaming onto it would replace it). Without a path:
+ * stdout. *ret_tmp (caller frees) is the temp path, or NULL. */
+static int open_output(const char *path, char **ret_tmp, int *ret_fd)
+{
+	struct stat sb;
+	int fd;
+
+	*ret_tmp = NULL;
+	if (!path) {
+		*ret_fd = STDOUT_FILENO;
+		return 0;
+	}
+	if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			return log_error_errno(-errno, "cannot write %s: %m", path);
+		*ret_fd = fd;
+		return 0;
+	}
+	if (asprintf(ret_tmp, "%s.partial", path) < 0) {
+		*ret_tmp = NULL;
+		return -ENOMEM;
+	}
+	fd = open(*ret_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return log_error_errno(-errno, "cannot write %s: %m", *ret_tmp);
+	*ret_fd = fd;
+	return 0;
+}
+
+/* Finishes what open_output() began: on success (r == 0) makes the file durable and gives
+ * it its name; on failure removes the temp file. Returns r or the new error. */
+static int close_output(int fd, const char *tmp, const char *path, int r)
+{
+	if (fd == STDOUT_FILENO || fd < 0)
+		return r;
+	if (tmp && r == 0 && (fsync(fd) < 0 || rename(tmp, path) < 0))
+		r = log_error_errno(-errno, "cannot write %s: %m", path);
+	close(fd);
+	if (tmp && r < 0)
+		unlink(tmp);
+	return r;
+}
+
 static int verb_export(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -582,29 +628,15 @@ static int verb_export(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
-	if (output) {
-		if (asprintf(&tmp, "%s.partial", output) < 0) {
-			store_close(s);
-			return 1;
-		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd < 0) {
-			log_error_errno(-errno, "cannot write %s: %m", tmp);
-			store_close(s);
-			return 1;
-		}
+	r = open_output(output, &tmp, &fd);
+	if (r < 0) {
+		store_close(s);
+		return 1;
 	}
 	r = transfer_export(s, name, version, fd, &error);
-	if (output) {
-		/* The file appears under its name only when complete. */
-		if (r == 0 && (fsync(fd) < 0 || rename(tmp, output) < 0))
-			r = -errno;
-		close(fd);
-		if (r < 0)
-			unlink(tmp);
-	}
 	if (r < 0)
 		log_error("%s", error ? error : strerror(-r));
+	r = close_output(fd, tmp, output, r);
 	store_close(s);
 	return r < 0 ? 1 : 0;
 }
@@ -814,24 +846,14 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
 	r = load_ref(s, argv[optind], &m);
-	if (r == 0 && output) {
-		if (asprintf(&tmp, "%s.partial", output) < 0)
-			r = -ENOMEM;
-		else if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
-			r = log_error_errno(-errno, "cannot write %s: %m", tmp);
-	}
+	if (r == 0)
+		r = open_output(output, &tmp, &fd);
 	if (r == 0) {
 		r = store_write_part(s, &m->parts[part], fd);
 		if (r < 0)
 			log_error_errno(r, "reading the %s of %s:%u: %m; run `vmhpc image verify`",
 					argv[optind + 1], m->name, m->version);
-	}
-	if (output && fd >= 0) {
-		if (r == 0 && rename(tmp, output) < 0)
-			r = log_error_errno(-errno, "cannot write %s: %m", output);
-		close(fd);
-		if (r < 0)
-			unlink(tmp);
+		r = close_output(fd, tmp, output, r);
 	}
 	manifest_free(m);
 	store_close(s);

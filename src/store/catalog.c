@@ -109,6 +109,10 @@ static int write_version(struct store *s, const struct manifest *m)
 
 	if (!dir || !path || !removed)
 		return -ENOMEM;
+	if (name_validate("image name", m->name, NULL) < 0)
+		return -EINVAL;
+	if (m->version == 0 || m->version > CATALOG_MAX_VERSIONS)
+		return -ERANGE;
 	if (fs_exists(removed))
 		return -EEXIST;
 	r = manifest_to_json(m, &text);
@@ -285,6 +289,10 @@ int catalog_list(struct store *s, struct catalog_entry **ret_entries, size_t *re
 		if (name_validate("", names[i]->d_name, NULL) < 0)
 			continue;
 		r = list_versions(s, names[i]->d_name, &l);
+		if (r == -ENOTDIR) {
+			r = 0; /* a stray file among the names: not an image */
+			continue;
+		}
 		for (size_t j = 0; r == 0 && j < l.n; j++) {
 			struct catalog_entry *grown = realloc(entries, (n + 1) * sizeof(*grown));
 
@@ -328,6 +336,8 @@ int catalog_remove(struct store *s, const char *name, uint32_t version)
 
 	if (!path || !removed || !dir)
 		return -ENOMEM;
+	if (name_validate("image name", name, NULL) < 0)
+		return -EINVAL;
 	if (!fs_exists(path))
 		return -ENOENT;
 	/* The marker goes first: a crash between the two steps leaves the version present

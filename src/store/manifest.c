@@ -238,6 +238,8 @@ int manifest_distinct_chunks(const struct manifest *m, struct store_chunk_ref **
 	if (!refs)
 		return -ENOMEM;
 	for (int i = 0; i < _MANIFEST_PART_KIND_MAX; i++) {
+		if (m->parts[i].n_chunks == 0)
+			continue; /* chunks may be NULL: memcpy must not see it */
 		memcpy(refs + n, m->parts[i].chunks, m->parts[i].n_chunks * sizeof(*refs));
 		n += m->parts[i].n_chunks;
 	}

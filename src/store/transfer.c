@@ -156,7 +156,7 @@ static int commit_imported(struct store *s, struct manifest *m, char **ret_error
 	r = catalog_last_version(s, m->name, &last);
 	if (r < 0)
 		return r;
-	if (m->version > last) {
+	if (m->version > last && m->version <= CATALOG_MAX_VERSIONS) {
 		r = catalog_commit_as(s, m);
 		if (r != -EEXIST)
 			return r;

@@ -145,12 +145,15 @@ static int write_atomic(const char *path, const void *data, size_t len, mode_t m
 	_cleanup_close_ int fd = -1;
 	int r;
 
-	if (!dir || asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+	if (!dir || asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
 		return -ENOMEM;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	/* A unique name: two writers of one path (processes or threads) never share it. */
+	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	r = fs_write_all(fd, data, len);
+	r = fchmod(fd, mode) < 0 ? -errno : 0;
+	if (r == 0)
+		r = fs_write_all(fd, data, len);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	if (r == 0 && close(TAKE_FD(fd)) < 0)

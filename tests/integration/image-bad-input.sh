@@ -80,6 +80,7 @@ ok "a damaged manifest is reported, blocks gc, and can be removed"
 
 # A manifest that names chunks the store lacks.
 "$VMHPC" image cat small index -o /dev/null
+[ -c /dev/null ] || fail "cat -o /dev/null replaced the device with a file"
 idx=$("$VMHPC" image show --json small | python3 -c 'import json,sys; print(json.load(sys.stdin)["parts"]["index"]["chunks"])')
 [ "$idx" -ge 1 ] || fail "no index chunks"
 python3 - "$VMHPC_STORE" <<'PY'

@@ -349,7 +349,9 @@ static void test_reject_syntax(void **state)
 	expect_text_bad("this is not json", "not valid JSON");
 	expect_text_bad_len("\x00\x01\x02", 3, "not valid JSON");
 	expect_text_bad_len("\x00{}", 3, "not valid JSON");
-	expect_text_bad_len("{\"name\": \"a\x00b\"}", 15, "not valid JSON");
+	expect_text_bad_len("{\"name\": \"a\x00"
+			    "b\"}",
+			    15, "not valid JSON");
 	expect_text_bad("[1, 2, 3]", "manifest");
 	expect_text_bad("\"tiny\"", "manifest");
 	expect_text_bad("null", "manifest");
