@@ -19,25 +19,12 @@
 #include "image/spec.h"
 #include "store/catalog.h"
 #include "util/cleanup.h"
+#include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 
 #define WORK_PREFIX "build-"
 #define WORK_LOCK ".lock"
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int set_error(char **ret_error, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error && !*ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return r;
-}
 
 void builder_result_done(struct builder_result *r)
 {
@@ -133,11 +120,11 @@ static char *owner_name(void)
 static int storage_error(char **ret_error, int r, struct store *s, const char *what)
 {
 	if (r == -ENOSPC || r == -EDQUOT)
-		return set_error(ret_error, r,
+		return error_set(ret_error, r,
 				 "no space left on the device holding the store %s (%s); free some "
 				 "space or run `vmhpc image gc`, then build again",
 				 store_path(s), what);
-	return set_error(ret_error, r, "store %s: %s: %s", store_path(s), what, strerror(-r));
+	return error_set(ret_error, r, "store %s: %s: %s", store_path(s), what, strerror(-r));
 }
 
 static int build_into(struct store *s, const struct builder_options *opts,
@@ -202,7 +189,7 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	r = initramfs_build(opts->init_path, k, module_paths, n_modules, &initrd, &initrd_len,
 			    &initrd_plain);
 	if (r < 0) {
-		r = set_error(ret_error, r, "building the initramfs from %s: %s", opts->init_path,
+		r = error_set(ret_error, r, "building the initramfs from %s: %s", opts->init_path,
 			      strerror(-r));
 		goto out;
 	}
@@ -285,7 +272,7 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 	if (r < 0)
 		return r;
 	if (access(opts->init_path, R_OK) < 0) {
-		r = set_error(ret_error, -errno,
+		r = error_set(ret_error, -errno,
 			      "vmhpc-init not found at %s; build vmhpc with meson/ninja, or set "
 			      "VMHPC_INIT to the static vmhpc-init", opts->init_path);
 		goto out;
@@ -353,6 +340,6 @@ out:
 	manifest_free(m);
 	image_spec_free(spec);
 	if (r < 0 && ret_error && !*ret_error)
-		set_error(ret_error, r, "building %s: %s", opts->spec_path, strerror(-r));
+		error_set(ret_error, r, "building %s: %s", opts->spec_path, strerror(-r));
 	return r;
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "util/cleanup.h"
+#include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/proc.h"
@@ -26,20 +27,6 @@ struct deb_package *deb_package_free(struct deb_package *p)
 	free(p->root);
 	free(p);
 	return NULL;
-}
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int set_error(char **ret_error, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return r;
 }
 
 /* Value of "Field: value" in a control-format text (first match), caller frees. */
@@ -101,7 +88,7 @@ static int ensure_downloaded(const char *cache_dir, struct deb_package *p, const
 		return 0;
 	if ((r = fs_mkdir_p(debs, 0755)) < 0 || (r = fs_mkdir_p(tmpparent, 0755)) < 0 ||
 	    (r = fs_mkdtemp(tmpparent, "download-", &tmp)) < 0)
-		return set_error(ret_error, r, "package cache %s: %s", cache_dir, strerror(-r));
+		return error_set(ret_error, r, "package cache %s: %s", cache_dir, strerror(-r));
 	/* apt drops privileges to _apt for downloads; let it write here. */
 	chmod(tmp, 0777);
 	opts.cwd = tmp;
@@ -109,13 +96,13 @@ static int ensure_downloaded(const char *cache_dir, struct deb_package *p, const
 	r = proc_run(argv, &opts, &out, &err, &code);
 	if (r < 0) {
 		fs_rm_rf(tmp);
-		return set_error(ret_error, r, "running apt-get: %s; is apt installed?", strerror(-r));
+		return error_set(ret_error, r, "running apt-get: %s; is apt installed?", strerror(-r));
 	}
 	got = fs_path_join(tmp, file);
 	if (code != 0 || !got || !fs_exists(got)) {
 		last = proc_last_line(err);
 		fs_rm_rf(tmp);
-		return set_error(ret_error, -EIO,
+		return error_set(ret_error, -EIO,
 				 "downloading Debian package '%s' failed (apt-get download: %s); "
 				 "check the network or run apt-get update",
 				 p->name, last && *last ? last : "no file");
@@ -123,7 +110,7 @@ static int ensure_downloaded(const char *cache_dir, struct deb_package *p, const
 	if (rename(got, p->deb_path) < 0) {
 		r = -errno;
 		fs_rm_rf(tmp);
-		return set_error(ret_error, r, "package cache %s: %s", debs, strerror(-r));
+		return error_set(ret_error, r, "package cache %s: %s", debs, strerror(-r));
 	}
 	fs_rm_rf(tmp);
 	return 0;
@@ -147,7 +134,7 @@ static int ensure_unpacked(const char *cache_dir, struct deb_package *p, const c
 	if (fs_exists(p->root))
 		return 0;
 	if ((r = fs_mkdir_p(unpacked, 0755)) < 0 || (r = fs_mkdtemp(tmpparent, "unpack-", &tmp)) < 0)
-		return set_error(ret_error, r, "package cache %s: %s", cache_dir, strerror(-r));
+		return error_set(ret_error, r, "package cache %s: %s", cache_dir, strerror(-r));
 	{
 		char *argv[] = { "dpkg-deb", "-x", p->deb_path, tmp, NULL };
 
@@ -157,7 +144,7 @@ static int ensure_unpacked(const char *cache_dir, struct deb_package *p, const c
 		last = proc_last_line(err);
 		fs_rm_rf(tmp);
 		unlink(p->deb_path); /* a damaged download: fetch it again next time */
-		return set_error(ret_error, r < 0 ? r : -EIO,
+		return error_set(ret_error, r < 0 ? r : -EIO,
 				 "unpacking Debian package '%s' failed (%s); it was removed from the "
 				 "cache, try again", p->name, last && *last ? last : strerror(-r));
 	}
@@ -166,7 +153,7 @@ static int ensure_unpacked(const char *cache_dir, struct deb_package *p, const c
 		r = -errno;
 		fs_rm_rf(tmp);
 		if (r != -EEXIST && r != -ENOTEMPTY)
-			return set_error(ret_error, r, "package cache %s: %s", unpacked, strerror(-r));
+			return error_set(ret_error, r, "package cache %s: %s", unpacked, strerror(-r));
 	}
 	return 0;
 }
@@ -189,7 +176,7 @@ static int query_candidates(char *const *names, size_t n, struct deb_package **p
 		argv[3 + i] = names[i];
 	r = proc_run(argv, NULL, &out, &err, &code);
 	if (r < 0)
-		return set_error(ret_error, r, "running apt-cache: %s; is apt installed?", strerror(-r));
+		return error_set(ret_error, r, "running apt-cache: %s; is apt installed?", strerror(-r));
 	/* Stanzas are separated by blank lines; each names its Package. */
 	for (char *stanza = out; stanza && *stanza;) {
 		char *end = strstr(stanza, "\n\n");
@@ -210,7 +197,7 @@ static int query_candidates(char *const *names, size_t n, struct deb_package **p
 		if (pkgs[i]->version && pkgs[i]->arch)
 			continue;
 		last = proc_last_line(err);
-		return set_error(ret_error, -ENOENT,
+		return error_set(ret_error, -ENOENT,
 				 "Debian package '%s' not found (apt-cache: %s); check the name with "
 				 "`apt-cache search`, or run `apt-get update`",
 				 pkgs[i]->name, last && *last ? last : "no candidate version");

@@ -10,6 +10,7 @@
 
 #include "image/deb.h"
 #include "util/cleanup.h"
+#include "util/error.h"
 #include "util/fsutil.h"
 #include "util/proc.h"
 
@@ -27,20 +28,6 @@ struct kernel_tree *kernel_tree_free(struct kernel_tree *k)
 	free(k->modules_dir);
 	free(k);
 	return NULL;
-}
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int set_error(char **ret_error, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return r;
 }
 
 /* The release of the first boot/vmlinuz-* in root, or NULL. */
@@ -88,7 +75,7 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 		if (deb_read_field(p->deb_path, "Depends", &depends) == 0)
 			real = first_image_dependency(depends);
 		if (!real) {
-			r = set_error(ret_error, -ENOENT,
+			r = error_set(ret_error, -ENOENT,
 				      "kernel package '%s' has no /boot/vmlinuz-* and depends on no "
 				      "linux-image package; name a Debian kernel package in [kernel] "
 				      "package", package);
@@ -101,7 +88,7 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 			goto out;
 		release = find_release(p->root);
 		if (!release) {
-			r = set_error(ret_error, -ENOENT, "kernel package '%s' has no /boot/vmlinuz-*",
+			r = error_set(ret_error, -ENOENT, "kernel package '%s' has no /boot/vmlinuz-*",
 				      real);
 			goto out;
 		}
@@ -130,7 +117,7 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 		r = proc_run(argv, NULL, NULL, &err, &code);
 		if (r < 0 || code != 0) {
 			last = proc_last_line(err);
-			r = set_error(ret_error, r < 0 ? r : -EIO,
+			r = error_set(ret_error, r < 0 ? r : -EIO,
 				      "depmod for kernel %s failed (%s); install kmod", k->release,
 				      r < 0 ? strerror(-r) : last ? last : "?");
 			goto out;
@@ -277,7 +264,7 @@ int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size
 
 	r = dep_table_load(k->modules_dir, &t);
 	if (r < 0) {
-		r = set_error(ret_error, r, "reading modules.dep of kernel %s: %s", k->release,
+		r = error_set(ret_error, r, "reading modules.dep of kernel %s: %s", k->release,
 			      strerror(-r));
 		goto out;
 	}
@@ -287,7 +274,7 @@ int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size
 		if (!e) {
 			if (is_builtin(k->modules_dir, names[i]))
 				continue;
-			r = set_error(ret_error, -ENOENT,
+			r = error_set(ret_error, -ENOENT,
 				      "kernel module '%s' is not in kernel %s (neither a module nor "
 				      "built in); check [kernel] modules",
 				      names[i], k->release);

@@ -17,6 +17,7 @@
 #include "image/elf.h"
 #include "store/store.h"
 #include "util/cleanup.h"
+#include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/proc.h"
@@ -44,20 +45,6 @@ struct build_state {
 	uint64_t n_inodes;
 	char **ret_error;
 };
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int set_error(char **ret_error, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error && !*ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return r;
-}
 
 static int note_origin(struct build_state *st, const char *path, const char *source)
 {
@@ -143,7 +130,7 @@ static int stage_file(struct build_state *st, const char *host_path, const char 
 	if (!dest)
 		return -ENOMEM;
 	if (stat(host_path, &sb) < 0)
-		return set_error(st->ret_error, -errno, "%s: %s", host_path, strerror(errno));
+		return error_set(st->ret_error, -errno, "%s: %s", host_path, strerror(errno));
 	r = make_parents(st, image_path);
 	if (r == 0) {
 		unlink(dest);
@@ -152,7 +139,7 @@ static int stage_file(struct build_state *st, const char *host_path, const char 
 	if (r == 0)
 		chmod(dest, sb.st_mode & 07777); /* undo the umask */
 	if (r < 0)
-		return set_error(st->ret_error, r, "copying %s into the image as %s: %s", host_path,
+		return error_set(st->ret_error, r, "copying %s into the image as %s: %s", host_path,
 				 image_path, strerror(-r));
 	return note_origin(st, image_path, source);
 }
@@ -171,7 +158,7 @@ static int stage_symlink(struct build_state *st, const char *image_path, const c
 	if (r == 0 && symlink(target, dest) < 0)
 		r = -errno;
 	if (r < 0)
-		return set_error(st->ret_error, r, "linking %s in the image: %s", image_path,
+		return error_set(st->ret_error, r, "linking %s in the image: %s", image_path,
 				 strerror(-r));
 	return source ? note_origin(st, image_path, source) : 0;
 }
@@ -197,10 +184,10 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 	int r = 0;
 
 	if (depth > 64)
-		return set_error(st->ret_error, -ELOOP, "%s: directories nested too deep", host_dir);
+		return error_set(st->ret_error, -ELOOP, "%s: directories nested too deep", host_dir);
 	d = opendir(host_dir);
 	if (!d)
-		return set_error(st->ret_error, -errno, "%s: %s; check the path in the spec", host_dir,
+		return error_set(st->ret_error, -errno, "%s: %s; check the path in the spec", host_dir,
 				 strerror(errno));
 	{
 		_cleanup_free_ char *dir = staged(st, image_dir);
@@ -220,7 +207,7 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 			break;
 		}
 		if (lstat(src, &sb) < 0) {
-			r = set_error(st->ret_error, -errno, "%s: %s", src, strerror(errno));
+			r = error_set(st->ret_error, -errno, "%s: %s", src, strerror(errno));
 			break;
 		}
 		if (S_ISDIR(sb.st_mode)) {
@@ -236,7 +223,7 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 			ssize_t n = readlink(src, target, sizeof(target) - 1);
 
 			if (n < 0) {
-				r = set_error(st->ret_error, -errno, "%s: %s", src, strerror(errno));
+				r = error_set(st->ret_error, -errno, "%s: %s", src, strerror(errno));
 				break;
 			}
 			target[n] = '\0';
@@ -291,7 +278,7 @@ static int collect_plugin_dir(const struct rootfs_layer *layers, size_t n_layers
 			return 0;
 		}
 	}
-	return set_error(ret_error, -ENOENT,
+	return error_set(ret_error, -ENOENT,
 			 "plugin directory %s is in none of the spec's packages, its tree, nor on "
 			 "this machine; check [root] plugin_dirs or add the package that ships it",
 			 image_dir);
@@ -331,7 +318,7 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 
 		r = closure_lookup(cl, n_layers, spec->binaries[i], &host, &real, &layer);
 		if (r == -ENOENT) {
-			r = set_error(st->ret_error, r,
+			r = error_set(st->ret_error, r,
 				      "[root] binaries: %s is in none of the spec's packages, its tree, "
 				      "nor on this machine; check the path or add the package that "
 				      "ships it", spec->binaries[i]);
@@ -341,16 +328,16 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 			r = elf_read_file(host, &info);
 		elf_info_free(info);
 		if (r == -ENOEXEC)
-			r = set_error(st->ret_error, r,
+			r = error_set(st->ret_error, r,
 				      "[root] binaries: %s (found at %s) is not an ELF program or "
 				      "library; put scripts and data in [root] files",
 				      spec->binaries[i], host);
 		else if (r == -ENOTSUP)
-			r = set_error(st->ret_error, r,
+			r = error_set(st->ret_error, r,
 				      "[root] binaries: %s (found at %s) is built for another "
 				      "architecture; vmhpc images are x86-64", spec->binaries[i], host);
 		else if (r < 0)
-			r = set_error(st->ret_error, r, "[root] binaries: %s (%s): %s",
+			r = error_set(st->ret_error, r, "[root] binaries: %s (%s): %s",
 				      spec->binaries[i], host ? host : "?", strerror(-r));
 	}
 	for (size_t i = 0; i < spec->n_plugin_dirs && r == 0; i++)
@@ -359,7 +346,7 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 	if (r == 0 && n_paths > 0) {
 		r = closure_resolve(cl, n_layers, paths, n_paths, &c, st->ret_error);
 		if (r < 0 && st->ret_error && !*st->ret_error)
-			set_error(st->ret_error, r, "resolving the binaries' libraries: %s", strerror(-r));
+			error_set(st->ret_error, r, "resolving the binaries' libraries: %s", strerror(-r));
 	}
 	for (size_t i = 0; r == 0 && i < c.n_files; i++) {
 		const struct closure_file *f = &c.files[i];
@@ -483,7 +470,7 @@ static int stage_base(struct build_state *st, const struct image_spec *spec)
 	    (r = stage_text(st, "/etc/nsswitch.conf",
 			    "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")) < 0 ||
 	    (r = stage_text(st, "/etc/os-release", os_release)) < 0)
-		return set_error(st->ret_error, r, "writing /etc into the image: %s", strerror(-r));
+		return error_set(st->ret_error, r, "writing /etc into the image: %s", strerror(-r));
 	return 0;
 }
 
@@ -580,11 +567,11 @@ static int run_mke2fs(struct build_state *st, const struct image_spec *spec, con
 		r = proc_run(argv, &opts, NULL, &err, &code);
 	}
 	if (r < 0)
-		return set_error(st->ret_error, r, "running mke2fs: %s; install e2fsprogs", strerror(-r));
+		return error_set(st->ret_error, r, "running mke2fs: %s; install e2fsprogs", strerror(-r));
 	if (code != 0) {
 		last = proc_last_line(err);
 		return strstr(err, "space") || strstr(err, "Could not allocate") ? -ENOSPC
-			: set_error(st->ret_error, -EIO, "mke2fs failed: %s", last ? last : "?");
+			: error_set(st->ret_error, -EIO, "mke2fs failed: %s", last ? last : "?");
 	}
 	return 0;
 }
@@ -652,7 +639,7 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		struct stat sb;
 
 		if (stat(spec->files[i].src, &sb) < 0) {
-			r = set_error(ret_error, -errno,
+			r = error_set(ret_error, -errno,
 				      "[root] files: %s: %s; check the path (relative paths start at "
 				      "the spec's folder)", spec->files[i].src, strerror(errno));
 			break;
@@ -683,7 +670,7 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		blocks += blocks / 2;
 	}
 	if (r == -ENOSPC)
-		r = set_error(ret_error, r,
+		r = error_set(ret_error, r,
 			      "mke2fs ran out of space building the root image in %s; the disk "
 			      "holding it may be full", work_dir);
 	if (r < 0)
@@ -710,7 +697,7 @@ out:
 	json_decref(libraries);
 	json_decref(host_sources);
 	if (r < 0 && ret_error && !*ret_error)
-		set_error(ret_error, r, "building the root file system in %s: %s", work_dir,
+		error_set(ret_error, r, "building the root file system in %s: %s", work_dir,
 			  strerror(-r));
 	return r;
 }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/error.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
 #include "util/name.h"
@@ -215,11 +216,10 @@ int catalog_load(struct store *s, const char *name, uint32_t version, struct man
 	if (r < 0)
 		goto out;
 	if (l.n == 0) {
-		if (ret_error && asprintf(ret_error,
+		error_set(ret_error, 0,
 					  "no image named '%s' in the store %s; see `vmhpc image "
 					  "list`, or build it with `vmhpc image build SPEC`",
-					  name, store_path(s)) < 0)
-			*ret_error = NULL;
+					  name, store_path(s));
 		r = -ENOENT;
 		goto out;
 	}
@@ -232,33 +232,29 @@ int catalog_load(struct store *s, const char *name, uint32_t version, struct man
 	}
 	r = fs_read_file(path, MANIFEST_MAX_BYTES, &text, &len);
 	if (r == -ENOENT) {
-		if (ret_error && asprintf(ret_error,
+		error_set(ret_error, 0,
 					  "image '%s' has no version %u (it has %zu version%s, the "
 					  "latest is %u); see `vmhpc image list`",
 					  name, version, l.n, l.n == 1 ? "" : "s",
-					  l.versions[l.n - 1]) < 0)
-			*ret_error = NULL;
+					  l.versions[l.n - 1]);
 		goto out;
 	}
 	if (r < 0) {
-		if (ret_error && asprintf(ret_error, "reading %s: %s", path, strerror(-r)) < 0)
-			*ret_error = NULL;
+		error_set(ret_error, 0, "reading %s: %s", path, strerror(-r));
 		goto out;
 	}
 	r = manifest_from_json(text, len, &m, &parse_error);
 	if (r < 0) {
-		if (ret_error && asprintf(ret_error, "%s:%u is damaged (%s): %s; remove it with "
+		error_set(ret_error, 0, "%s:%u is damaged (%s): %s; remove it with "
 					  "`vmhpc image rm %s:%u` or import it again",
 					  name, version, path, parse_error ? parse_error : "unreadable",
-					  name, version) < 0)
-			*ret_error = NULL;
+					  name, version);
 		goto out;
 	}
 	if (strcmp(m->name, name) != 0 || m->version != version) {
-		if (ret_error && asprintf(ret_error, "%s says it is %s:%u, not %s:%u; the store "
+		error_set(ret_error, 0, "%s says it is %s:%u, not %s:%u; the store "
 					  "is damaged", path, m->name, m->version, name,
-					  version) < 0)
-			*ret_error = NULL;
+					  version);
 		m = manifest_free(m);
 		r = -EBADMSG;
 		goto out;

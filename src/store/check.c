@@ -7,6 +7,7 @@
 
 #include "store/catalog.h"
 #include "store/manifest.h"
+#include "util/error.h"
 #include "util/cleanup.h"
 
 const char *check_problem_kind_to_string(enum check_problem_kind kind)
@@ -294,11 +295,10 @@ int check_gc(struct store *s, struct check_gc_result *ret, char **ret_error)
 	if (r < 0)
 		goto out;
 	if (t.n_damaged > 0) {
-		if (ret_error && asprintf(ret_error,
+		error_set(ret_error, 0,
 					  "gc refused: manifest %s is damaged, so the chunks it "
 					  "needs are unknown; remove it with `vmhpc image rm` first",
-					  t.damaged[0].detail ? t.damaged[0].detail : "?") < 0)
-			*ret_error = NULL;
+					  t.damaged[0].detail ? t.damaged[0].detail : "?");
 		r = -EBADMSG;
 		goto out;
 	}

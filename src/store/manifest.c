@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/error.h"
 #include "util/cleanup.h"
 #include "util/name.h"
 
@@ -102,8 +103,7 @@ int manifest_to_json(const struct manifest *m, char **ret_text)
 
 static int bad(char **ret_error, const char *fmt, const char *arg)
 {
-	if (ret_error && asprintf(ret_error, fmt, arg) < 0)
-		*ret_error = NULL;
+	error_set(ret_error, 0, fmt, arg);
 	return -EBADMSG;
 }
 
@@ -161,17 +161,15 @@ int manifest_from_json(const char *text, size_t len, struct manifest **ret_manif
 		return bad(ret_error, "manifest: %s", "larger than the 64 MiB limit");
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
-		if (ret_error && asprintf(ret_error, "manifest: not valid JSON (line %d: %s)",
-					  jerr.line, jerr.text) < 0)
-			*ret_error = NULL;
+		error_set(ret_error, 0, "manifest: not valid JSON (line %d: %s)",
+					  jerr.line, jerr.text);
 		return -EBADMSG;
 	}
 	if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:I, s:s, s:I, s:I, s:s, s:s, s:o, s:o}",
 			   "format", &format, "name", &name, "version", &version, "created",
 			   &created, "owner", &owner, "boot_args", &boot_args, "metadata",
 			   &metadata, "parts", &parts) < 0) {
-		if (ret_error && asprintf(ret_error, "manifest: %s", jerr.text) < 0)
-			*ret_error = NULL;
+		error_set(ret_error, 0, "manifest: %s", jerr.text);
 		r = -EBADMSG;
 		goto out;
 	}
@@ -271,12 +269,10 @@ int manifest_parse_ref(const char *ref, char **ret_name, uint32_t *ret_version, 
 		errno = 0;
 		v = strtoul(colon + 1, &end, 10);
 		if (colon[1] < '1' || colon[1] > '9' || *end || errno || v > UINT32_MAX) {
-			if (ret_error &&
-			    asprintf(ret_error,
+			error_set(ret_error, 0,
 				     "image '%s': version '%s' is not a positive whole number; write "
 				     "NAME or NAME:VERSION, e.g. %s:1",
-				     name, colon + 1, name) < 0)
-				*ret_error = NULL;
+				     name, colon + 1, name);
 			return -EINVAL;
 		}
 	}

@@ -12,22 +12,9 @@
 #include "store/catalog.h"
 #include "store/manifest.h"
 #include "util/cleanup.h"
+#include "util/error.h"
 
 #define MANIFEST_ENTRY "manifest.json"
-
-static int set_error(char **ret_error, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int set_error(char **ret_error, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return r;
-}
 
 static int write_entry(struct archive *a, const char *path, const void *data, size_t len)
 {
@@ -67,7 +54,7 @@ int transfer_export(struct store *s, const char *name, uint32_t version, int out
 	a = archive_write_new();
 	if (!a || archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
 	    archive_write_open_fd(a, out_fd) != ARCHIVE_OK) {
-		r = set_error(ret_error, -EIO, "export %s:%u: cannot start the tar stream: %s", name,
+		r = error_set(ret_error, -EIO, "export %s:%u: cannot start the tar stream: %s", name,
 			      m->version, a ? archive_error_string(a) : "out of memory");
 		goto out;
 	}
@@ -80,7 +67,7 @@ int transfer_export(struct store *s, const char *name, uint32_t version, int out
 		store_id_to_hex(refs[i].id, hex);
 		r = store_get_compressed_chunk(s, refs[i].id, &data, &len);
 		if (r < 0) {
-			r = set_error(ret_error, r,
+			r = error_set(ret_error, r,
 				      "export %s:%u: chunk %s: %s; run `vmhpc image verify`", name,
 				      m->version, hex, strerror(-r));
 			break;
@@ -92,7 +79,7 @@ int transfer_export(struct store *s, const char *name, uint32_t version, int out
 	if (r == 0 && archive_write_close(a) != ARCHIVE_OK)
 		r = -EIO;
 	if (r == -EIO && ret_error && !*ret_error)
-		set_error(ret_error, r, "export %s:%u: writing the tar stream failed: %s", name,
+		error_set(ret_error, r, "export %s:%u: writing the tar stream failed: %s", name,
 			  m->version, archive_error_string(a));
 out:
 	if (a)
@@ -181,7 +168,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		return -ENOMEM;
 	archive_read_support_format_tar(a);
 	if (archive_read_open_fd(a, in_fd, 65536) != ARCHIVE_OK) {
-		r = set_error(ret_error, -EBADMSG, "import: cannot read the stream: %s",
+		r = error_set(ret_error, -EBADMSG, "import: cannot read the stream: %s",
 			      archive_error_string(a));
 		goto out;
 	}
@@ -197,7 +184,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		if (ar == ARCHIVE_EOF)
 			break;
 		if (ar != ARCHIVE_OK) {
-			r = set_error(ret_error, -EBADMSG,
+			r = error_set(ret_error, -EBADMSG,
 				      "import: the stream is truncated or not an image export: %s",
 				      archive_error_string(a));
 			goto out;
@@ -207,14 +194,14 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 			_cleanup_free_ char *why = NULL;
 
 			if (!path || strcmp(path, MANIFEST_ENTRY) != 0) {
-				r = set_error(ret_error, -EBADMSG,
+				r = error_set(ret_error, -EBADMSG,
 					      "import: the stream does not start with %s; it is not "
 					      "made by `vmhpc image export`", MANIFEST_ENTRY);
 				goto out;
 			}
 			r = read_entry(a, e, MANIFEST_MAX_BYTES, &data, &len);
 			if (r == -EBADMSG) {
-				r = set_error(ret_error, r,
+				r = error_set(ret_error, r,
 					      "import: the stream ends inside %s; it is truncated",
 					      MANIFEST_ENTRY);
 				goto out;
@@ -223,7 +210,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 				r = manifest_from_json(data, len, &m, &why);
 			free(data);
 			if (r < 0) {
-				r = set_error(ret_error, r, "import: bad manifest: %s",
+				r = error_set(ret_error, r, "import: bad manifest: %s",
 					      why ? why : strerror(-r));
 				goto out;
 			}
@@ -244,14 +231,14 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 
 			if (!path || strncmp(path, "chunks/", 7) != 0 || strlen(path) != 7 + 64 + 4 ||
 			    strcmp(path + 7 + 64, ".zst") != 0) {
-				r = set_error(ret_error, -EBADMSG, "import: unexpected entry '%s'",
+				r = error_set(ret_error, -EBADMSG, "import: unexpected entry '%s'",
 					      path ? path : "?");
 				goto out;
 			}
 			memcpy(hex, path + 7, 64);
 			hex[64] = '\0';
 			if (store_id_from_hex(hex, id) < 0) {
-				r = set_error(ret_error, -EBADMSG, "import: bad chunk name '%s'", path);
+				r = error_set(ret_error, -EBADMSG, "import: bad chunk name '%s'", path);
 				goto out;
 			}
 			while (lo < hi) {
@@ -263,7 +250,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 					hi = mid;
 			}
 			if (lo == n || memcmp(refs[lo].id, id, STORE_ID_BYTES) != 0) {
-				r = set_error(ret_error, -EBADMSG,
+				r = error_set(ret_error, -EBADMSG,
 					      "import: chunk %s is not named by the manifest", hex);
 				goto out;
 			}
@@ -272,7 +259,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 				r = store_put_compressed_chunk(s, id, data, len, NULL);
 			free(data);
 			if (r < 0) {
-				r = set_error(ret_error, r,
+				r = error_set(ret_error, r,
 					      "import: chunk %s is damaged (%s); nothing was added",
 					      hex, strerror(-r));
 				goto out;
@@ -284,7 +271,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		}
 	}
 	if (!m) {
-		r = set_error(ret_error, -EBADMSG, "import: the stream is empty");
+		r = error_set(ret_error, -EBADMSG, "import: the stream is empty");
 		goto out;
 	}
 	for (size_t i = 0; i < n && n_received < n; i++) {
@@ -293,14 +280,14 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		if (received[i] || store_has_chunk(s, refs[i].id))
 			continue;
 		store_id_to_hex(refs[i].id, hex);
-		r = set_error(ret_error, -EBADMSG,
+		r = error_set(ret_error, -EBADMSG,
 			      "import: %s:%u lacks chunk %s (the stream is incomplete); nothing was "
 			      "added", m->name, m->version, hex);
 		goto out;
 	}
 	r = commit_imported(s, m, ret_error);
 	if (r < 0) {
-		r = set_error(ret_error, r, "import: saving %s: %s", m->name, strerror(-r));
+		r = error_set(ret_error, r, "import: saving %s: %s", m->name, strerror(-r));
 		goto out;
 	}
 	*ret_name = strdup(m->name);

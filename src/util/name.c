@@ -1,3 +1,4 @@
+#include "util/error.h"
 #include "util/name.h"
 
 #include <errno.h>
@@ -13,12 +14,10 @@ static int fail(char **ret_error, const char *what, const char *name, const char
 	for (i = 0; name[i] && i < sizeof(shown) - 1; i++)
 		shown[i] = (unsigned char)name[i] < 0x20 || name[i] == 0x7f ? '?' : name[i];
 	shown[i] = '\0';
-	if (ret_error &&
-	    asprintf(ret_error,
+	error_set(ret_error, 0,
 		     "%s '%s%s' %s; use 1-%d characters of A-Z a-z 0-9 . _ -, starting with a "
 		     "letter or digit",
-		     what, shown, name[i] ? "..." : "", why, NAME_MAX_CHARS) < 0)
-		*ret_error = NULL;
+		     what, shown, name[i] ? "..." : "", why, NAME_MAX_CHARS);
 	return -EINVAL;
 }
 

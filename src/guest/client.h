@@ -1,0 +1,57 @@
+/* A blocking client of vmhpc-init's exec service (docs/guest.md): used by vmhpc-exec in the
+ * guest and by the host runtime over TCP or the virtio-serial control port. libc only: it is
+ * linked statically into vmhpc-exec without the rest of libvmhpc. Every call that waits takes
+ * a timeout in milliseconds (-1 waits forever). Errors are -errno; when the service sent an
+ * ERROR frame, exec_client_error() has its text. */
+#pragma once
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "guest/frame.h"
+
+struct exec_client;
+
+/* Wraps a connected stream fd (made non-blocking; the client owns and closes it). */
+int exec_client_new(int fd, struct exec_client **ret);
+
+/* Closes the fd and frees the client; NULL is fine; returns NULL. */
+struct exec_client *exec_client_free(struct exec_client *c);
+
+/* Connects to addr (struct sockaddr_in/in6/un) within timeout_ms; returns the fd in *ret_fd. */
+int exec_client_connect(const struct sockaddr *addr, socklen_t addr_len, int timeout_ms,
+			int *ret_fd);
+
+/* Waits for the READY frame the guest sends on the control port when the host connects. */
+int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_info *ret_info);
+
+/* Authenticates with the 32-byte token: 0 on WELCOME, -EACCES when the service refused it. */
+int exec_client_hello(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYTES],
+		      int timeout_ms);
+
+/* Asks the guest's memory and uptime. */
+int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *ret_info);
+
+/* Asks the guest to kill its jobs, sync and power off; 0 once it acknowledged or hung up. */
+int exec_client_shutdown(struct exec_client *c, int timeout_ms);
+
+/* Where a remote command's streams come from and go to. */
+struct exec_client_io {
+	int stdin_fd;  /* read until EOF and sent as STDIN; -1: the command gets EOF at once */
+	int stdout_fd; /* STDOUT bytes are written here; -1 drops them */
+	int stderr_fd; /* STDERR bytes; -1 drops them */
+	int signal_fd; /* a signalfd: each signal read from it is forwarded as SIGNAL; -1: none */
+};
+
+/* Runs one command (argc/envc of req are ignored) and streams its I/O until it ends; returns
+ * 0 with *ret_status = exit code, or 128 + signal when it was killed. After timeout_ms the
+ * command is sent SIGKILL and -ETIMEDOUT is returned once it ended (or 5 s later). -EPIPE
+ * when stdout_fd or stderr_fd was closed by its reader (the command is killed likewise). */
+int exec_client_run(struct exec_client *c, const struct frame_exec *req,
+		    const struct exec_client_io *io, int timeout_ms, int *ret_status);
+
+/* The text of the last ERROR frame the service sent, or NULL. Owned by the client. */
+const char *exec_client_error(const struct exec_client *c);
+
+/* The info of the last READY frame seen (ready arrived at any point), or NULL. */
+const struct frame_info *exec_client_ready(const struct exec_client *c);
