@@ -17,5 +17,11 @@ void cli_context_init(struct cli_context *ctx);
 /* Opens the store, logging the error with its path on failure. */
 int cli_open_store(const struct cli_context *ctx, struct store **ret_store);
 
+/* A helper binary shipped next to vmhpc (vmhpc-init, vmhpc-exec), or $env when set.
+ * Caller frees. */
+char *cli_sibling_path(const char *env, const char *name);
+
 /* The sub-command groups; each returns the process exit code. */
 int cli_image_main(struct cli_context *ctx, int argc, char **argv);
+int cli_run_main(struct cli_context *ctx, int argc, char **argv);
+int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv);

@@ -94,27 +94,6 @@ static int load_ref(struct store *s, const char *ref, struct manifest **ret)
 	return r;
 }
 
-static char *default_init_path(void)
-{
-	const char *env = getenv("VMHPC_INIT");
-	char self[PATH_MAX];
-	ssize_t n;
-	char *slash, *out = NULL;
-
-	if (env && *env)
-		return strdup(env);
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n < 0)
-		return strdup("vmhpc-init");
-	self[n] = '\0';
-	slash = strrchr(self, '/');
-	if (slash)
-		*slash = '\0';
-	if (asprintf(&out, "%s/vmhpc-init", self) < 0)
-		return NULL;
-	return out;
-}
-
 static int parse_size(const char *text, size_t *ret)
 {
 	char *end;
@@ -148,7 +127,9 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 					.compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
 					.progress = isatty(STDERR_FILENO) };
 	struct builder_result res = { 0 };
-	_cleanup_free_ char *init = default_init_path(), *error = NULL;
+	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
+	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	_cleanup_free_ char *error = NULL;
 	struct store *s = NULL;
 	char b[5][HUMANIZE_BYTES_LEN];
 	int c, r;
@@ -197,6 +178,7 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	}
 	opts.spec_path = argv[optind];
 	opts.init_path = init;
+	opts.exec_path = exec;
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
 	r = builder_build(s, &opts, &res, &error);

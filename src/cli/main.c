@@ -1,6 +1,7 @@
 /* vmhpc: run HPC (MPI) jobs in small VMs built from users' own images. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+	{ "run", cli_run_main, "run an MPI program across small VMs on this machine" },
+	{ "cleanup", cli_cleanup_main, "remove what killed jobs left (VMs, taps, sockets)" },
 	{ "image", cli_image_main, "build, list, inspect, verify and move images" },
 };
 
@@ -62,6 +65,27 @@ void cli_context_init(struct cli_context *ctx)
 			snprintf(cache_buf, sizeof(cache_buf), "%s/.cache/vmhpc", home);
 		ctx->cache_dir = cache_buf;
 	}
+}
+
+char *cli_sibling_path(const char *env, const char *name)
+{
+	const char *v = getenv(env);
+	char self[PATH_MAX];
+	ssize_t n;
+	char *slash, *out = NULL;
+
+	if (v && *v)
+		return strdup(v);
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n < 0)
+		return strdup(name);
+	self[n] = '\0';
+	slash = strrchr(self, '/');
+	if (slash)
+		*slash = '\0';
+	if (asprintf(&out, "%s/%s", self, name) < 0)
+		return NULL;
+	return out;
 }
 
 int cli_open_store(const struct cli_context *ctx, struct store **ret_store)

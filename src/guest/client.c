@@ -1,1 +1,544 @@
-/* placeholder: being written */
+/* Blocking client of the exec service. The socket itself is non-blocking and every wait is a
+ * poll(): while a command runs the client must keep reading the service's output even when
+ * the service is not taking stdin, or both ends could block writing to each other. libc only. */
+#include "guest/client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/cleanup.h"
+
+#define READ_CHUNK	 (64u * 1024u)
+#define STDIN_HIGH_WATER (256u * 1024u) /* stop reading stdin while this much is unsent */
+#define KILL_GRACE_MS	 5000
+
+struct exec_client {
+	int fd;
+	struct frame_decoder *dec;
+	struct frame_buf out;
+	uint8_t *in; /* bytes read from fd, not yet fed to the decoder */
+	size_t in_pos, in_len;
+	char *error; /* text of the last ERROR frame */
+	bool have_ready;
+	struct frame_info ready;
+	bool resync; /* skipping input up to the next READY header */
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t deadline_after(int timeout_ms)
+{
+	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+}
+
+/* poll() timeout until deadline (-1: none); 0 once it passed. */
+static int remaining_ms(int64_t deadline)
+{
+	int64_t left;
+
+	if (deadline < 0)
+		return -1;
+	left = deadline - now_ms();
+	if (left <= 0)
+		return 0;
+	return left > INT32_MAX ? INT32_MAX : (int)left;
+}
+
+int exec_client_new(int fd, struct exec_client **ret)
+{
+	struct exec_client *c;
+	int flags, r;
+
+	if (fd < 0)
+		return -EBADF;
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -errno;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = -1;
+	c->in = malloc(READ_CHUNK);
+	r = c->in ? frame_decoder_new(&c->dec) : -ENOMEM;
+	if (r < 0) {
+		exec_client_free(c);
+		return r;
+	}
+	c->fd = fd;
+	*ret = c;
+	return 0;
+}
+
+struct exec_client *exec_client_free(struct exec_client *c)
+{
+	if (!c)
+		return NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	frame_decoder_free(c->dec);
+	frame_buf_clear(&c->out);
+	free(c->in);
+	free(c->error);
+	free(c);
+	return NULL;
+}
+
+const char *exec_client_error(const struct exec_client *c)
+{
+	return c->error;
+}
+
+const struct frame_info *exec_client_ready(const struct exec_client *c)
+{
+	return c->have_ready ? &c->ready : NULL;
+}
+
+int exec_client_connect(const struct sockaddr *addr, socklen_t addr_len, int timeout_ms,
+			int *ret_fd)
+{
+	_cleanup_close_ int fd = -1;
+	struct pollfd p;
+	int err = 0, r;
+	socklen_t err_len = sizeof(err);
+
+	fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (addr->sa_family == AF_INET || addr->sa_family == AF_INET6) {
+		int one = 1;
+
+		/* Frames are small and interactive (a launcher's handshakes): no Nagle delay. */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	if (connect(fd, addr, addr_len) < 0) {
+		if (errno != EINPROGRESS)
+			return -errno;
+		p = (struct pollfd){.fd = fd, .events = POLLOUT};
+		do
+			r = poll(&p, 1, timeout_ms);
+		while (r < 0 && errno == EINTR);
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) < 0)
+			return -errno;
+		if (err)
+			return -err;
+	}
+	*ret_fd = TAKE_FD(fd);
+	return 0;
+}
+
+int exec_client_resync(struct exec_client *c)
+{
+	struct frame_decoder *fresh = NULL;
+	int r = frame_decoder_new(&fresh);
+
+	if (r < 0)
+		return r;
+	frame_decoder_free(c->dec);
+	c->dec = fresh;
+	c->resync = true;
+	return 0;
+}
+
+/* Drops buffered input up to the next READY header; keeps a tail that may be its start. */
+static void skip_to_ready(struct exec_client *c)
+{
+	static const uint8_t header[FRAME_HEADER_BYTES] = {
+	    FRAME_MAGIC0, FRAME_MAGIC1, FRAME_READY, 0, 0, 0, 0, FRAME_INFO_BYTES};
+	size_t avail = c->in_len - c->in_pos, keep;
+
+	for (size_t i = 0; i + FRAME_HEADER_BYTES <= avail; i++) {
+		if (memcmp(c->in + c->in_pos + i, header, FRAME_HEADER_BYTES) == 0) {
+			c->in_pos += i;
+			c->resync = false;
+			return;
+		}
+	}
+	keep = avail < FRAME_HEADER_BYTES - 1 ? avail : FRAME_HEADER_BYTES - 1;
+	memmove(c->in, c->in + c->in_len - keep, keep);
+	c->in_pos = 0;
+	c->in_len = keep;
+}
+
+/* Feeds buffered bytes to the decoder, reading the socket once when they run out: 1 and
+ * *f for a frame, 0 when the socket has nothing more now, -errno otherwise (-ECONNRESET at
+ * EOF, -EPROTO at EOF inside a frame or for a malformed stream). */
+static int pump(struct exec_client *c, struct frame *f)
+{
+	for (;;) {
+		ssize_t n;
+		size_t used;
+		int r;
+
+		if (c->resync)
+			skip_to_ready(c);
+		if (!c->resync && c->in_pos < c->in_len) {
+			r = frame_decoder_feed(c->dec, c->in + c->in_pos, c->in_len - c->in_pos,
+					       &used, f);
+			c->in_pos += used;
+			if (r != 0)
+				return r < 0 ? -EPROTO : 1;
+			continue;
+		}
+		if (c->in_pos == c->in_len)
+			c->in_pos = c->in_len = 0;
+		n = read(c->fd, c->in + c->in_len, READ_CHUNK - c->in_len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			return -errno;
+		}
+		if (n == 0)
+			return frame_decoder_partial(c->dec) ? -EPROTO : -ECONNRESET;
+		c->in_len += (size_t)n;
+	}
+}
+
+static void note_error(struct exec_client *c, const struct frame *f)
+{
+	char *text = malloc((size_t)f->len + 1);
+
+	if (!text)
+		return;
+	if (f->len)
+		memcpy(text, f->payload, f->len);
+	text[f->len] = '\0';
+	/* The text is shown to people: no terminal control characters from a peer. */
+	for (char *p = text; *p; p++)
+		if ((unsigned char)*p < 0x20 && *p != '\n' && *p != '\t')
+			*p = '?';
+	free(c->error);
+	c->error = text;
+}
+
+/* Waits for the next frame that is not READY (READY is recorded on the way), flushing
+ * queued output meanwhile. ERROR frames are recorded and returned like any other. */
+static int wait_frame(struct exec_client *c, int64_t deadline, struct frame *f)
+{
+	for (;;) {
+		struct pollfd p = {.fd = c->fd, .events = POLLIN};
+		int r = frame_buf_flush(&c->out, c->fd);
+
+		if (r < 0)
+			return r;
+		r = pump(c, f);
+		if (r < 0)
+			return r;
+		if (r > 0) {
+			if (f->type == FRAME_READY) {
+				if (frame_info_decode(f->payload, f->len, &c->ready) == 0)
+					c->have_ready = true;
+				continue;
+			}
+			if (f->type == FRAME_ERROR)
+				note_error(c, f);
+			return 0;
+		}
+		if (c->out.len)
+			p.events |= POLLOUT;
+		r = poll(&p, 1, remaining_ms(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+	}
+}
+
+int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_info *ret_info)
+{
+	int64_t deadline = deadline_after(timeout_ms);
+
+	while (!c->have_ready) {
+		struct pollfd p = {.fd = c->fd, .events = POLLIN};
+		struct frame f;
+		int r = pump(c, &f);
+
+		if (r < 0)
+			return r;
+		if (r > 0) {
+			if (f.type != FRAME_READY)
+				return -EPROTO; /* nothing else may come before READY */
+			r = frame_info_decode(f.payload, f.len, &c->ready);
+			if (r < 0)
+				return -EPROTO;
+			c->have_ready = true;
+			break;
+		}
+		r = poll(&p, 1, remaining_ms(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+	}
+	if (ret_info)
+		*ret_info = c->ready;
+	return 0;
+}
+
+int exec_client_hello(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYTES], int timeout_ms)
+{
+	struct frame f;
+	int r;
+
+	r = frame_buf_put(&c->out, FRAME_HELLO, token, FRAME_TOKEN_BYTES);
+	if (r < 0)
+		return r;
+	r = wait_frame(c, deadline_after(timeout_ms), &f);
+	if (r == -ECONNRESET && c->error)
+		return -EACCES;
+	if (r < 0)
+		return r;
+	if (f.type == FRAME_ERROR)
+		return -EACCES;
+	if (f.type != FRAME_WELCOME)
+		return -EPROTO;
+	if (frame_get_u32(f.payload) != FRAME_PROTO_VERSION)
+		return -EPROTONOSUPPORT;
+	return 0;
+}
+
+int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *ret_info)
+{
+	struct frame f;
+	int r;
+
+	r = frame_buf_put(&c->out, FRAME_INFO, NULL, 0);
+	if (r < 0)
+		return r;
+	r = wait_frame(c, deadline_after(timeout_ms), &f);
+	if (r < 0)
+		return r;
+	if (f.type != FRAME_INFO || f.len != FRAME_INFO_BYTES)
+		return -EPROTO;
+	return frame_info_decode(f.payload, f.len, ret_info) < 0 ? -EPROTO : 0;
+}
+
+int exec_client_shutdown(struct exec_client *c, int timeout_ms)
+{
+	int64_t deadline = deadline_after(timeout_ms);
+	struct frame f;
+	int r;
+
+	r = frame_buf_put(&c->out, FRAME_SHUTDOWN, NULL, 0);
+	if (r < 0)
+		return r;
+	for (;;) {
+		r = wait_frame(c, deadline, &f);
+		/* A guest that powers off may take the connection down before its ack arrives. */
+		if (r == -ECONNRESET || r == -EPIPE)
+			return 0;
+		if (r < 0)
+			return r;
+		if (f.type == FRAME_SHUTDOWN)
+			return 0;
+		if (f.type == FRAME_ERROR)
+			return -EPROTO;
+		/* Output of a command still running on this connection: not ours to show. */
+	}
+}
+
+/* Writes all of data to fd, waiting when fd is non-blocking. */
+static int write_all(int fd, const uint8_t *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+
+		if (n < 0) {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				return -errno;
+			poll(&p, 1, -1);
+			continue;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int send_signal(struct exec_client *c, int sig)
+{
+	uint8_t payload[4];
+
+	frame_put_u32(payload, (uint32_t)sig);
+	return frame_buf_put(&c->out, FRAME_SIGNAL, payload, sizeof(payload));
+}
+
+struct run_state {
+	bool stdin_open;
+	bool broken_pipe;
+	bool timed_out;
+	bool done;
+	int status;
+	int64_t deadline;
+};
+
+/* Handles one frame of a running command. */
+static int run_frame(struct exec_client *c, const struct exec_client_io *io, struct run_state *s,
+		     const struct frame *f)
+{
+	enum frame_exit_kind kind;
+	uint32_t value;
+	int fd, r;
+
+	switch (f->type) {
+	case FRAME_STDOUT:
+	case FRAME_STDERR:
+		fd = f->type == FRAME_STDOUT ? io->stdout_fd : io->stderr_fd;
+		if (fd < 0 || s->broken_pipe || f->len == 0)
+			return 0;
+		r = write_all(fd, f->payload, f->len);
+		if (r == -EPIPE) {
+			/* Our reader is gone (`vmhpc-exec ... | head`): end the command as a
+			 * local pipeline would, and keep draining until its EXIT. */
+			s->broken_pipe = true;
+			return send_signal(c, SIGKILL);
+		}
+		return r;
+	case FRAME_EXIT:
+		if (frame_exit_decode(f->payload, f->len, &kind, &value) < 0)
+			return -EPROTO;
+		s->status = kind == FRAME_EXIT_CODE ? (int)value : 128 + (int)value;
+		s->done = true;
+		return 0;
+	case FRAME_ERROR:
+		return -EPROTO;
+	case FRAME_INFO:
+	case FRAME_SHUTDOWN:
+		return 0; /* answers to requests someone else queued on this connection */
+	default:
+		return -EPROTO;
+	}
+}
+
+int exec_client_run(struct exec_client *c, const struct frame_exec *req,
+		    const struct exec_client_io *io, int timeout_ms, int *ret_status)
+{
+	struct run_state s = {.stdin_open = io->stdin_fd >= 0,
+			      .deadline = deadline_after(timeout_ms)};
+	_cleanup_free_ uint8_t *payload = NULL;
+	_cleanup_free_ uint8_t *chunk = NULL;
+	size_t len;
+	int r;
+
+	r = frame_exec_encode(req, &payload, &len);
+	if (r < 0)
+		return r;
+	r = frame_buf_put(&c->out, FRAME_EXEC, payload, len);
+	if (r == 0 && !s.stdin_open)
+		r = frame_buf_put(&c->out, FRAME_STDIN_EOF, NULL, 0);
+	if (r < 0)
+		return r;
+	chunk = malloc(READ_CHUNK);
+	if (!chunk)
+		return -ENOMEM;
+
+	while (!s.done) {
+		struct pollfd p[3];
+		nfds_t n = 0;
+		struct frame f;
+		int timeout;
+
+		r = frame_buf_flush(&c->out, c->fd);
+		if (r < 0)
+			return r;
+		/* Every whole frame already here first: output is never held back by input. */
+		while (!s.done && (r = pump(c, &f)) > 0) {
+			if (f.type == FRAME_READY) {
+				if (frame_info_decode(f.payload, f.len, &c->ready) == 0)
+					c->have_ready = true;
+				continue;
+			}
+			if (f.type == FRAME_ERROR)
+				note_error(c, &f);
+			r = run_frame(c, io, &s, &f);
+			if (r < 0)
+				return r;
+		}
+		if (r < 0)
+			return r;
+		if (s.done)
+			break;
+
+		timeout = remaining_ms(s.deadline);
+		if (timeout == 0) {
+			if (s.timed_out)
+				return -ETIMEDOUT;
+			s.timed_out = true;
+			s.deadline = now_ms() + KILL_GRACE_MS;
+			r = send_signal(c, SIGKILL);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		p[n++] = (struct pollfd){.fd = c->fd,
+					 .events = (short)(POLLIN | (c->out.len ? POLLOUT : 0))};
+		if (s.stdin_open && c->out.len < STDIN_HIGH_WATER)
+			p[n++] = (struct pollfd){.fd = io->stdin_fd, .events = POLLIN};
+		if (io->signal_fd >= 0)
+			p[n++] = (struct pollfd){.fd = io->signal_fd, .events = POLLIN};
+		r = poll(p, n, timeout);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		for (nfds_t i = 1; i < n; i++) {
+			if (!p[i].revents)
+				continue;
+			if (p[i].fd == io->stdin_fd && s.stdin_open) {
+				ssize_t got = read(io->stdin_fd, chunk, READ_CHUNK);
+
+				if (got < 0 && (errno == EINTR || errno == EAGAIN))
+					continue;
+				if (got <= 0) {
+					/* EOF, or an error that ends our stdin just the same. */
+					s.stdin_open = false;
+					r = frame_buf_put(&c->out, FRAME_STDIN_EOF, NULL, 0);
+				} else {
+					r = frame_buf_put(&c->out, FRAME_STDIN, chunk, (size_t)got);
+				}
+				if (r < 0)
+					return r;
+			} else if (p[i].fd == io->signal_fd) {
+				struct signalfd_siginfo si;
+
+				if (read(io->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+					r = send_signal(c, (int)si.ssi_signo);
+					if (r < 0)
+						return r;
+				}
+			}
+		}
+	}
+	if (s.timed_out)
+		return -ETIMEDOUT;
+	if (s.broken_pipe)
+		return -EPIPE;
+	*ret_status = s.status;
+	return 0;
+}

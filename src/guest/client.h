@@ -22,7 +22,14 @@ struct exec_client *exec_client_free(struct exec_client *c);
 int exec_client_connect(const struct sockaddr *addr, socklen_t addr_len, int timeout_ms,
 			int *ret_fd);
 
-/* Waits for the READY frame the guest sends on the control port when the host connects. */
+/* For the control port, right after connecting: skips whatever arrives before the guest's
+ * next READY (an earlier host session's output may still be in flight). The guest answers
+ * every HELLO there with READY first, so resync + exec_client_hello is the whole handshake;
+ * exec_client_ready() then has the guest's info. */
+int exec_client_resync(struct exec_client *c);
+
+/* Waits for a READY frame (the guest sends one when it sees the host connect, and before
+ * answering HELLO on the control port); other frames before it are -EPROTO unless resyncing. */
 int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_info *ret_info);
 
 /* Authenticates with the 32-byte token: 0 on WELCOME, -EACCES when the service refused it. */

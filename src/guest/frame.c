@@ -12,11 +12,11 @@
 #include "util/cleanup.h"
 
 static const char *const type_names[_FRAME_TYPE_MAX] = {
-	[FRAME_HELLO] = "HELLO",   [FRAME_WELCOME] = "WELCOME",     [FRAME_EXEC] = "EXEC",
-	[FRAME_STDIN] = "STDIN",   [FRAME_STDIN_EOF] = "STDIN_EOF", [FRAME_STDOUT] = "STDOUT",
-	[FRAME_STDERR] = "STDERR", [FRAME_EXIT] = "EXIT",           [FRAME_SIGNAL] = "SIGNAL",
-	[FRAME_SHUTDOWN] = "SHUTDOWN", [FRAME_INFO] = "INFO",       [FRAME_READY] = "READY",
-	[FRAME_ERROR] = "ERROR",
+    [FRAME_HELLO] = "HELLO",	   [FRAME_WELCOME] = "WELCOME",	    [FRAME_EXEC] = "EXEC",
+    [FRAME_STDIN] = "STDIN",	   [FRAME_STDIN_EOF] = "STDIN_EOF", [FRAME_STDOUT] = "STDOUT",
+    [FRAME_STDERR] = "STDERR",	   [FRAME_EXIT] = "EXIT",	    [FRAME_SIGNAL] = "SIGNAL",
+    [FRAME_SHUTDOWN] = "SHUTDOWN", [FRAME_INFO] = "INFO",	    [FRAME_READY] = "READY",
+    [FRAME_ERROR] = "ERROR",
 };
 
 const char *frame_type_to_string(int type)

@@ -17,13 +17,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FRAME_MAGIC0        'V'
-#define FRAME_MAGIC1        'H'
+#define FRAME_MAGIC0	    'V'
+#define FRAME_MAGIC1	    'H'
 #define FRAME_HEADER_BYTES  8
 #define FRAME_MAX_PAYLOAD   (256u * 1024u)
 #define FRAME_TOKEN_BYTES   32
 #define FRAME_PROTO_VERSION 1
-#define FRAME_ERROR_MAX     4096 /* bytes of text in an ERROR frame */
+#define FRAME_ERROR_MAX	    4096 /* bytes of text in an ERROR frame */
 
 /* Bounds of an EXEC request (the payload limit bounds the total as well). */
 #define FRAME_EXEC_MAX_ARGS   4096
@@ -34,16 +34,16 @@
 enum frame_type {
 	FRAME_HELLO = 1,     /* c->s: 32-byte token; must be the first frame */
 	FRAME_WELCOME = 2,   /* s->c: u32 protocol version */
-	FRAME_EXEC = 3,      /* c->s: struct frame_exec, encoded */
+	FRAME_EXEC = 3,	     /* c->s: struct frame_exec, encoded */
 	FRAME_STDIN = 4,     /* c->s: bytes for the command's stdin */
 	FRAME_STDIN_EOF = 5, /* c->s: empty; closes the command's stdin */
 	FRAME_STDOUT = 6,    /* s->c: bytes */
 	FRAME_STDERR = 7,    /* s->c: bytes */
-	FRAME_EXIT = 8,      /* s->c: u32 kind (enum frame_exit_kind), u32 code or signal */
+	FRAME_EXIT = 8,	     /* s->c: u32 kind (enum frame_exit_kind), u32 code or signal */
 	FRAME_SIGNAL = 9,    /* c->s: u32 signal number, sent to the command's process group */
 	FRAME_SHUTDOWN = 10, /* c->s: empty; s->c: empty acknowledgement before power-off */
 	FRAME_INFO = 11,     /* c->s: empty request; s->c: struct frame_info, encoded */
-	FRAME_READY = 12,    /* s->c on the control port: struct frame_info, encoded */
+	FRAME_READY = 12,    /* s->c, control port: struct frame_info; see docs/guest.md */
 	FRAME_ERROR = 13,    /* s->c: text (not NUL-terminated), at most FRAME_ERROR_MAX bytes */
 	_FRAME_TYPE_MAX,
 };
@@ -56,7 +56,7 @@ enum frame_exit_kind {
 
 /* Flags of an EXEC request. */
 #define FRAME_EXEC_CWD_OPTIONAL 0x1u /* cwd missing in the guest: run in / instead of failing */
-#define FRAME_EXEC_KNOWN_FLAGS  FRAME_EXEC_CWD_OPTIONAL
+#define FRAME_EXEC_KNOWN_FLAGS	FRAME_EXEC_CWD_OPTIONAL
 
 /* "HELLO", "EXEC", ...; "?" for a value outside the enum. */
 const char *frame_type_to_string(int type);
@@ -124,9 +124,9 @@ void frame_buf_clear(struct frame_buf *b);
 struct frame_exec {
 	uint32_t flags; /* FRAME_EXEC_* */
 	uint32_t uid, gid;
-	char *cwd;      /* absolute path; empty means "/" */
-	char **argv;    /* at least one element */
-	char **envp;    /* "NAME=value" each; may be empty */
+	char *cwd;   /* absolute path; empty means "/" */
+	char **argv; /* at least one element */
+	char **envp; /* "NAME=value" each; may be empty */
 	size_t argc, envc;
 };
 
@@ -143,9 +143,9 @@ struct frame_exec *frame_exec_free(struct frame_exec *e);
 
 /* The guest's state in INFO replies and READY. */
 struct frame_info {
-	uint64_t mem_total_kb;     /* MemTotal of /proc/meminfo */
+	uint64_t mem_total_kb;	   /* MemTotal of /proc/meminfo */
 	uint64_t mem_available_kb; /* MemAvailable */
-	uint64_t uptime_ms;        /* /proc/uptime */
+	uint64_t uptime_ms;	   /* /proc/uptime */
 };
 #define FRAME_INFO_BYTES 24
 

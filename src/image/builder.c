@@ -195,7 +195,11 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	}
 
 	progress_stage(&prog, "root", "building the root file system");
-	r = rootfs_build(spec, layers, n_layers, work, &root, ret_error);
+	{
+		const struct spec_file own[] = { { (char *)opts->exec_path, "/usr/bin/vmhpc-exec" } };
+
+		r = rootfs_build(spec, layers, n_layers, own, ARRAY_SIZE(own), work, &root, ret_error);
+	}
 	if (r == -ENOSPC || r == -EDQUOT) {
 		/* The work directory lives in the store: say so, not which file hit it. */
 		free(*ret_error);
@@ -271,10 +275,11 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 	r = spec_parse_file(opts->spec_path, &spec, ret_error);
 	if (r < 0)
 		return r;
-	if (access(opts->init_path, R_OK) < 0) {
+	if (access(opts->init_path, R_OK) < 0 || access(opts->exec_path, R_OK) < 0) {
 		r = error_set(ret_error, -errno,
-			      "vmhpc-init not found at %s; build vmhpc with meson/ninja, or set "
-			      "VMHPC_INIT to the static vmhpc-init", opts->init_path);
+			      "%s not found; build vmhpc with meson/ninja (it builds vmhpc-init and "
+			      "vmhpc-exec next to vmhpc), or set VMHPC_INIT and VMHPC_EXEC",
+			      access(opts->init_path, R_OK) < 0 ? opts->init_path : opts->exec_path);
 		goto out;
 	}
 	builder_clean_stale(s);

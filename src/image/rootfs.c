@@ -608,7 +608,8 @@ static int fill_host_owners(json_t *host_sources)
 }
 
 int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layers, size_t n_layers,
-		 const char *work_dir, struct rootfs_result *ret, char **ret_error)
+		 const struct spec_file *own_files, size_t n_own_files, const char *work_dir,
+		 struct rootfs_result *ret, char **ret_error)
 {
 	struct build_state st = { .ret_error = ret_error };
 	_cleanup_free_ char *staging = fs_path_join(work_dir, "root");
@@ -647,6 +648,8 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		r = S_ISDIR(sb.st_mode) ? stage_tree(&st, spec->files[i].src, spec->files[i].dest, "spec", 0)
 					: stage_file(&st, spec->files[i].src, spec->files[i].dest, "spec");
 	}
+	for (size_t i = 0; r == 0 && i < n_own_files; i++)
+		r = stage_file(&st, own_files[i].src, own_files[i].dest, "vmhpc");
 	if (r == 0)
 		r = stage_busybox_links(&st);
 	if (r == 0) {

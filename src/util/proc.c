@@ -141,6 +141,30 @@ int proc_run(char *const argv[], const struct proc_options *opts, char **ret_std
 	return 0;
 }
 
+int proc_spawn(char *const argv[], const char *log_path, pid_t *ret_pid)
+{
+	pid_t parent = getpid(), pid;
+	int log_fd = open(log_path ? log_path : "/dev/null",
+			  O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+	if (log_fd < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		int r = -errno;
+
+		close(log_fd);
+		return r;
+	}
+	if (pid == 0) {
+		setpgid(0, 0); /* a terminal's Ctrl-C reaches vmhpc, which then stops us in order */
+		child_exec(argv, NULL, log_fd, log_fd, parent);
+	}
+	close(log_fd);
+	*ret_pid = pid;
+	return 0;
+}
+
 char *proc_last_line(const char *text)
 {
 	const char *end, *start;

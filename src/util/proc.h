@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* Largest output proc_run collects from one stream; the rest is dropped. */
 #define PROC_OUTPUT_MAX_BYTES (16u * 1024 * 1024)
@@ -20,6 +21,13 @@ struct proc_options {
  * killed; 127 when the program does not exist). */
 int proc_run(char *const argv[], const struct proc_options *opts, char **ret_stdout,
 	     char **ret_stderr, int *ret_exit_code);
+
+/* Starts argv[0] in the background in its own process group, stdin from /dev/null, stdout
+ * and stderr appended to log_path (or /dev/null when NULL). It dies with the calling
+ * thread's process (PR_SET_PDEATHSIG), so a killed vmhpc leaves no helper behind. The
+ * caller reaps it (waitpid). Returns -errno when fork failed; exec failures show as
+ * exit code 127. */
+int proc_spawn(char *const argv[], const char *log_path, pid_t *ret_pid);
 
 /* The last non-empty line of text (for short error messages), copied (caller frees). */
 char *proc_last_line(const char *text);

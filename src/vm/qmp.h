@@ -103,8 +103,8 @@ size_t qmp_pending(const struct qmp_client *client);
  * "return" value (caller json_decref()s). A QMP error returns as in qmp_reply_fn, its
  * description kept for qmp_last_error(); a timeout returns -ETIMEDOUT (the command is
  * cancelled, the connection stays usable). */
-int qmp_command(struct qmp_client *client, const char *command, json_t *args,
-		json_t **ret_reply, int timeout_ms);
+int qmp_command(struct qmp_client *client, const char *command, json_t *args, json_t **ret_reply,
+		int timeout_ms);
 
 /* The description of the last QMP error qmp_command() returned ("Class: desc"), or
  * NULL. Borrowed; valid until the next qmp_command(). */

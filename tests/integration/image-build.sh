@@ -42,6 +42,7 @@ ok "show and show --json carry the metadata"
 grep -q ' /usr/bin/mpiexec.hydra  \[mpich 4' "$WORK/ls.txt" || fail "ls lacks mpiexec.hydra from mpich"
 grep -q ' /usr/bin/busybox  \[busybox-static' "$WORK/ls.txt" || fail "ls lacks busybox"
 grep -q ' /usr/bin/sh -> /usr/bin/busybox' "$WORK/ls.txt" || fail "ls lacks the sh applet link"
+grep -q ' /usr/bin/vmhpc-exec  \[vmhpc\]' "$WORK/ls.txt" || fail "ls lacks vmhpc's own vmhpc-exec"
 "$VMHPC" image ls --json tiny-mpi:1 /usr/lib/x86_64-linux-gnu | python3 -c '
 import json, sys
 entries = {e["path"]: e for e in json.load(sys.stdin)}

@@ -1,0 +1,498 @@
+/* `vmhpc run`: head and node in one process. Checks everything it can before booting,
+ * boots the job's VMs (src/vm/job.h), runs mpiexec in VM 0, streams the output, prints
+ * the timing table, and tears everything down on every path. `vmhpc cleanup` removes what
+ * a killed run left. */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/run-options.h"
+#include "image/builder.h"
+#include "store/catalog.h"
+#include "util/cleanup.h"
+#include "util/fsutil.h"
+#include "util/humanize.h"
+#include "util/log.h"
+#include "vm/job.h"
+#include "vm/runstate.h"
+
+#define BOOT_TIMEOUT_MS_DEFAULT 120000
+#define SHUTDOWN_TIMEOUT_MS 10000
+#define EXIT_TIME_LIMIT 124 /* as timeout(1) */
+#define INDEX_MAX_BYTES (512u * 1024 * 1024)
+
+static const char *const program_dirs[] = { "/usr/local/bin", "/usr/bin", "/usr/sbin" };
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static char *node_cache_dir(const struct cli_context *ctx)
+{
+	return fs_path_join(ctx->cache_dir, "node");
+}
+
+/* Loads the image, building the default one from its shipped spec when the store lacks it. */
+static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
+		      struct manifest **ret)
+{
+	_cleanup_free_ char *name = NULL, *error = NULL, *init = NULL, *exec = NULL, *spec = NULL;
+	struct builder_options bo = { .cache_dir = ctx->cache_dir,
+				      .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+				      .progress = isatty(STDERR_FILENO) };
+	struct builder_result res = { 0 };
+	uint32_t version;
+	int r;
+
+	r = manifest_parse_ref(ref, &name, &version, &error);
+	if (r < 0)
+		return log_error_errno(r, "--image: %s", error);
+	r = catalog_load(s, name, version, ret, &error);
+	if (r != -ENOENT || version != 0 || strcmp(name, "tiny-mpi") != 0 ||
+	    catalog_last_version(s, name, &version) < 0 || version != 0) {
+		if (r < 0)
+			log_error("%s", error ? error : strerror(-r));
+		return r;
+	}
+	free(TAKE_PTR(error));
+	spec = cli_sibling_path("VMHPC_DEFAULT_SPEC", "../examples/tiny-mpi.ini");
+	init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
+	exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	if (!spec || !init || !exec)
+		return -ENOMEM;
+	log_info("the store has no tiny-mpi yet: building it from %s", spec);
+	chunker_params_default(&bo.chunking);
+	bo.spec_path = spec;
+	bo.init_path = init;
+	bo.exec_path = exec;
+	r = builder_build(s, &bo, &res, &error);
+	if (r < 0)
+		return log_error_errno(r, "building the default image: %s", error ? error : strerror(-r));
+	builder_result_done(&res);
+	return catalog_load(s, name, 0, ret, NULL);
+}
+
+/* True when the image's file index has path (any type). */
+static int image_has_path(struct store *s, const struct manifest *m, const char *path, bool *ret)
+{
+	const struct store_part *part = &m->parts[MANIFEST_PART_INDEX];
+	_cleanup_free_ char *text = NULL;
+	char needle[PATH_MAX + 16];
+	size_t off = 0;
+
+	if (part->size_bytes > INDEX_MAX_BYTES)
+		return -EFBIG;
+	text = malloc(part->size_bytes + 1);
+	if (!text)
+		return -ENOMEM;
+	for (size_t i = 0; i < part->n_chunks; i++) {
+		void *data = NULL;
+		size_t len = 0;
+		int r = store_get_chunk(s, part->chunks[i].id, &data, &len);
+
+		if (r == 0 && off + len > part->size_bytes)
+			r = -EBADMSG;
+		if (r < 0) {
+			free(data);
+			return r;
+		}
+		memcpy(text + off, data, len);
+		off += len;
+		free(data);
+	}
+	text[off] = '\0';
+	/* The index is JSON with "path":"..." entries; an exact quoted match is enough here. */
+	snprintf(needle, sizeof(needle), "\"path\":\"%s\"", path);
+	*ret = strstr(text, needle) != NULL;
+	return 0;
+}
+
+/* Says before booting whether PROGRAM can be found: in the job folder (a path with '/')
+ * or in the image's program directories (a bare name). */
+static int check_program(struct store *s, const struct manifest *m, const struct run_options *o,
+			 const char *workdir)
+{
+	const char *prog = o->argv[0];
+	bool found = false;
+	int r;
+
+	if (strchr(prog, '/')) {
+		_cleanup_free_ char *host = NULL;
+		struct stat sb;
+
+		if (prog[0] != '/' && !workdir) {
+			log_error("PROGRAM '%s' is a relative path, but --no-share gives the VMs no job "
+				  "folder; use a program in the image or drop --no-share", prog);
+			return -ENOENT;
+		}
+		if (workdir && (prog[0] != '/' || strncmp(prog, workdir, strlen(workdir)) == 0)) {
+			host = prog[0] == '/' ? strdup(prog) : fs_path_join(workdir, prog);
+			if (!host)
+				return -ENOMEM;
+			if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111))
+				return 0;
+			log_error("PROGRAM '%s' is not an executable file in the job folder %s; build "
+				  "it there or give its path", prog, workdir);
+			return -ENOENT;
+		}
+		{
+			_cleanup_free_ char *merged = strdup(prog);
+
+			r = merged ? image_has_path(s, m, prog, &found) : -ENOMEM;
+		}
+		if (r == 0 && !found) {
+			log_error("PROGRAM '%s' is not in the image %s:%u (see `vmhpc image ls %s:%u`)",
+				  prog, m->name, m->version, m->name, m->version);
+			return -ENOENT;
+		}
+		return r;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(program_dirs) && !found; i++) {
+		char path[PATH_MAX];
+
+		snprintf(path, sizeof(path), "%s/%s", program_dirs[i], prog);
+		r = image_has_path(s, m, path, &found);
+		if (r < 0)
+			return log_error_errno(r, "reading the file index of %s:%u: %m", m->name,
+					       m->version);
+	}
+	if (!found) {
+		log_error("PROGRAM '%s' is not in the image %s:%u's /usr/bin, /usr/sbin or "
+			  "/usr/local/bin; give a path in the job folder (./%s) or add it to the "
+			  "image", prog, m->name, m->version, prog);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+struct boot_progress {
+	bool tty;
+	int signal_fd;
+	int signal; /* the first signal seen, 0 if none */
+};
+
+static void show_progress(unsigned ready, unsigned n, void *ud)
+{
+	struct boot_progress *p = ud;
+
+	if (p->tty) {
+		fprintf(stderr, "\r\033[Kvmhpc: booting %u VM%s: %u ready", n, n == 1 ? "" : "s", ready);
+		if (ready == n)
+			fputc('\n', stderr);
+	}
+}
+
+static bool check_cancelled(void *ud)
+{
+	struct boot_progress *p = ud;
+	struct signalfd_siginfo si;
+
+	if (p->signal)
+		return true;
+	if (read(p->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		p->signal = (int)si.ssi_signo;
+	return p->signal != 0;
+}
+
+/* The mpiexec command line that runs PROGRAM over every VM's VCPUs. */
+static char **mpiexec_argv(const struct run_options *o, struct job *j)
+{
+	size_t n = 0, cap = (size_t)o->argc + 20;
+	char **argv = calloc(cap, sizeof(char *));
+	char *hosts = malloc((size_t)o->vms * 24 + 1), ranks[16];
+	size_t len = 0;
+
+	if (!argv || !hosts) {
+		free(argv);
+		free(hosts);
+		return NULL;
+	}
+	hosts[0] = '\0';
+	for (unsigned i = 0; i < o->vms; i++)
+		len += (size_t)sprintf(hosts + len, "%s%s:%u", i ? "," : "", job_vm_name(j, i), o->vcpus);
+	snprintf(ranks, sizeof(ranks), "%u", o->ranks);
+	argv[n++] = strdup("/usr/bin/mpiexec.hydra");
+	/* hydra reaches the other VMs "by ssh" through vmhpc-exec and their exec services. */
+	argv[n++] = strdup("-launcher");
+	argv[n++] = strdup("ssh");
+	argv[n++] = strdup("-launcher-exec");
+	argv[n++] = strdup("/usr/bin/vmhpc-exec");
+	argv[n++] = strdup("-iface");
+	argv[n++] = strdup("eth0");
+	argv[n++] = strdup("-hosts");
+	argv[n++] = hosts;
+	argv[n++] = strdup("-n");
+	argv[n++] = strdup(ranks);
+	if (o->label) {
+		argv[n++] = strdup("-prepend-pattern");
+		argv[n++] = strdup("[%r@%h] ");
+	}
+	for (int i = 0; i < o->argc; i++)
+		argv[n++] = strdup(o->argv[i]);
+	argv[n] = NULL;
+	for (size_t i = 0; i < n; i++)
+		if (!argv[i]) {
+			for (size_t k = 0; k < n; k++)
+				free(argv[k]);
+			free(argv);
+			return NULL;
+		}
+	return argv;
+}
+
+static void print_report(const struct run_options *o, struct job *j, const struct manifest *m,
+			 double boot_s, double run_s, double shutdown_s,
+			 const struct job_vm_stats *stats, int exit_code)
+{
+	uint64_t pss_total = 0, used_total = 0;
+	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], b3[HUMANIZE_BYTES_LEN];
+
+	for (unsigned i = 0; i < o->vms; i++) {
+		pss_total += stats[i].host_pss_kb;
+		used_total += stats[i].guest_used_kb;
+	}
+	if (o->json) {
+		json_t *vms = json_array(), *out;
+
+		for (unsigned i = 0; i < o->vms; i++)
+			json_array_append_new(
+				vms, json_pack("{s:s, s:f, s:I, s:I, s:I}", "name", job_vm_name(j, i),
+					       "ready_s", stats[i].ready_s, "guest_used_kb",
+					       (json_int_t)stats[i].guest_used_kb, "host_rss_kb",
+					       (json_int_t)stats[i].host_rss_kb, "host_pss_kb",
+					       (json_int_t)stats[i].host_pss_kb));
+		out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:o, s:I}",
+				"job", job_id(j), "image", m->name, "version", (int)m->version, "vms",
+				(int)o->vms, "vcpus", (int)o->vcpus, "exit_code", exit_code, "accel",
+				accel_to_string(job_accel(j)), "materialize_s", job_materialize_s(j),
+				"boot_s", boot_s, "run_s", run_s, "shutdown_s", shutdown_s, "vm", vms,
+				"host_pss_total_kb", (json_int_t)pss_total);
+		json_dumpf(out, stderr, JSON_COMPACT);
+		fputc('\n', stderr);
+		json_decref(out);
+		return;
+	}
+	fprintf(stderr,
+		"\nvmhpc: job %s: %u VM%s x %u VCPU, %u MB each, %s, image %s:%u, exit %d\n"
+		"  image materialize %7.2f s\n  boot (slowest VM) %7.2f s\n  run               %7.2f s\n"
+		"  shutdown          %7.2f s\n",
+		job_id(j), o->vms, o->vms == 1 ? "" : "s", o->vcpus, o->mem_mb,
+		accel_to_string(job_accel(j)), m->name, m->version, exit_code, job_materialize_s(j),
+		boot_s, run_s, shutdown_s);
+	fprintf(stderr, "  %-6s %8s %12s %10s %10s\n", "VM", "ready", "guest used", "QEMU RSS",
+		"QEMU PSS");
+	for (unsigned i = 0; i < o->vms; i++)
+		fprintf(stderr, "  %-6s %6.2f s %12s %10s %10s\n", job_vm_name(j, i), stats[i].ready_s,
+			humanize_bytes(stats[i].guest_used_kb * 1024, b1),
+			humanize_bytes(stats[i].host_rss_kb * 1024, b2),
+			humanize_bytes(stats[i].host_pss_kb * 1024, b3));
+	fprintf(stderr,
+		"  all VMs: guest used %s; host memory %s (sum of PSS: the shared root counted once)\n",
+		humanize_bytes(used_total * 1024, b1), humanize_bytes(pss_total * 1024, b2));
+}
+
+int cli_run_main(struct cli_context *ctx, int argc, char **argv)
+{
+	struct run_options o;
+	_cleanup_free_ char *error = NULL, *workdir = NULL, *cache = NULL;
+	_cleanup_close_ int sfd = -1;
+	struct store *s = NULL;
+	struct manifest *m = NULL;
+	struct job *j = NULL;
+	struct job_vm_stats stats[JOB_MAX_VMS] = { 0 };
+	struct boot_progress bp = { .tty = isatty(STDERR_FILENO) };
+	struct job_config cfg = { 0 };
+	char **mpi_argv = NULL;
+	sigset_t mask;
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	double t_boot, boot_s = 0, run_s = 0, shutdown_s = 0;
+	int r, code = 1, status = 0;
+
+	r = run_options_parse(argc, argv, &o, &error);
+	if (r == 1)
+		return 0;
+	if (r < 0) {
+		log_error("%s", error ? error : strerror(-r));
+		return 2;
+	}
+	/* The paper's rule: no more virtual CPUs than physical ones, unless asked. */
+	if ((long)o.vms * o.vcpus > cores && !o.oversubscribe) {
+		log_error("%u VM%s x %u VCPU%s = %u virtual CPUs, but this machine has %ld cores; use "
+			  "fewer VMs or VCPUs, or --oversubscribe", o.vms, o.vms == 1 ? "" : "s",
+			  o.vcpus, o.vcpus == 1 ? "" : "s", o.vms * o.vcpus, cores);
+		return 2;
+	}
+	if (o.mem_mb < JOB_MIN_MEM_MB) {
+		log_error("--mem %uM is below what a guest needs (%uM: kernel, initramfs and the "
+			  "writable overlay); give at least --mem %uM", o.mem_mb, JOB_MIN_MEM_MB,
+			  JOB_MIN_MEM_MB);
+		return 2;
+	}
+	if (o.share) {
+		char resolved[PATH_MAX];
+		struct stat sb;
+		const char *dir = o.workdir ? o.workdir : ".";
+
+		if (!realpath(dir, resolved) || stat(resolved, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+			log_error("--workdir %s: %s; give an existing directory (or --no-share)", dir,
+				  errno ? strerror(errno) : "not a directory");
+			return 2;
+		}
+		workdir = strdup(resolved);
+		if (!workdir)
+			return 1;
+	}
+	cache = node_cache_dir(ctx);
+	if (!cache || cli_open_store(ctx, &s) < 0)
+		return 1;
+	if (load_image(ctx, s, o.image, &m) < 0)
+		goto out;
+	if (check_program(s, m, &o, workdir) < 0)
+		goto out;
+
+	/* Signals become events: during the boot they cancel it, during the run they are
+	 * forwarded to mpiexec in VM 0, and the teardown below always runs. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		log_error_errno(-errno, "signalfd: %m");
+		goto out;
+	}
+	bp.signal_fd = sfd;
+
+	r = job_clean_stale(runstate_default_dir());
+	if (r > 0)
+		log_info("removed what %d earlier job%s left behind", r, r == 1 ? "" : "s");
+
+	cfg.store = s;
+	cfg.image = m;
+	cfg.cache_dir = cache;
+	cfg.run_dir = runstate_default_dir();
+	cfg.n_vms = o.vms;
+	cfg.vcpus = o.vcpus;
+	cfg.mem_mb = o.mem_mb;
+	cfg.workdir = workdir;
+	cfg.accel = o.accel;
+	cfg.boot_timeout_ms = getenv("VMHPC_BOOT_TIMEOUT_MS") ? atoi(getenv("VMHPC_BOOT_TIMEOUT_MS"))
+							    : BOOT_TIMEOUT_MS_DEFAULT;
+	cfg.progress = show_progress;
+	cfg.cancelled = check_cancelled;
+	cfg.userdata = &bp;
+	t_boot = now_s();
+	r = job_boot(&cfg, &j, &error);
+	if (r < 0) {
+		if (r == -ECANCELED)
+			log_error("interrupted by %s while booting; nothing is left running",
+				  strsignal(bp.signal));
+		else
+			log_error("%s", error ? error : strerror(-r));
+		code = r == -ECANCELED ? 128 + bp.signal : 1;
+		goto out;
+	}
+	boot_s = now_s() - t_boot;
+	for (unsigned i = 0; i < o.vms; i++)
+		job_vm_stats(j, i, &stats[i]);
+
+	mpi_argv = mpiexec_argv(&o, j);
+	if (!mpi_argv)
+		goto out;
+	{
+		char *envp[] = { "PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
+				 /* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory
+				  * inside one (docs/guest.md). */
+				 "UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
+				 "UCX_WARN_UNUSED_ENV_VARS=n", NULL };
+		const char *sudo_uid = getenv("SUDO_UID"), *sudo_gid = getenv("SUDO_GID");
+		struct frame_exec req = {
+			.uid = geteuid() == 0 && sudo_uid ? (uint32_t)atoi(sudo_uid) : getuid(),
+			.gid = geteuid() == 0 && sudo_gid ? (uint32_t)atoi(sudo_gid) : getgid(),
+			.cwd = workdir ? workdir : "/",
+			.argv = mpi_argv,
+			.envp = envp,
+		};
+		struct exec_client_io io = { .stdin_fd = -1, .stdout_fd = STDOUT_FILENO,
+					     .stderr_fd = STDERR_FILENO, .signal_fd = sfd };
+		double t_run = now_s();
+
+		free(TAKE_PTR(error));
+		r = job_exec(j, 0, &req, &io, o.time_limit_s ? (int)o.time_limit_s * 1000 : -1, &status,
+			     &error);
+		run_s = now_s() - t_run;
+	}
+	if (r == -ETIMEDOUT) {
+		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
+		code = EXIT_TIME_LIMIT;
+	} else if (r < 0) {
+		log_error("%s", error ? error : strerror(-r));
+		code = 1;
+	} else {
+		code = status;
+		/* mpiexec's own status: a rank's exit code, or 255 when hydra reports a rank
+		 * killed by a signal; 128+N only when mpiexec itself was killed. */
+		if (status > 128 && status <= 128 + 64)
+			log_error("the job failed with exit code %d (mpiexec ended by signal %d, %s)",
+				  status, status - 128, strsignal(status - 128));
+		else if (status != 0)
+			log_error("the job failed with exit code %d", status);
+	}
+	for (unsigned i = 0; i < o.vms; i++) {
+		double ready_s = stats[i].ready_s;
+		uint64_t used = stats[i].guest_used_kb;
+
+		job_vm_stats(j, i, &stats[i]); /* host memory now, after the run */
+		stats[i].ready_s = ready_s;
+		stats[i].guest_used_kb = used;
+	}
+	job_shutdown(j, SHUTDOWN_TIMEOUT_MS, &shutdown_s);
+	print_report(&o, j, m, boot_s, run_s, shutdown_s, stats, code);
+out:
+	if (mpi_argv) {
+		for (char **p = mpi_argv; *p; p++)
+			free(*p);
+		free(mpi_argv);
+	}
+	job_free(j);
+	manifest_free(m);
+	store_close(s);
+	return code;
+}
+
+int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv)
+{
+	int r;
+
+	if (argc > 1) {
+		if (strcmp(argv[1], "--help") == 0) {
+			printf("usage: vmhpc cleanup\n  removes the VMs, virtiofsd processes, taps, "
+			       "bridges, sockets and job folders that killed `vmhpc run`s left\n");
+			return 0;
+		}
+		log_error("`vmhpc cleanup` takes no arguments");
+		return 2;
+	}
+	r = job_clean_stale(runstate_default_dir());
+	if (r < 0) {
+		log_error_errno(r, "cleaning %s: %m", runstate_default_dir());
+		return 1;
+	}
+	printf("cleaned up %d job%s\n", r, r == 1 ? "" : "s");
+	return 0;
+}

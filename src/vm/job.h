@@ -1,0 +1,81 @@
+/* A job's VMs on this node: the runtime library's narrow interface, called by `vmhpc run`
+ * (and later by the node daemon and the Slurm plugin): boot the VMs of one image, wait
+ * until each reports ready, run commands in them, shut them down, and undo everything.
+ * Every resource is recorded in the job's runstate before it is made, so a killed owner
+ * leaves nothing `vmhpc cleanup` cannot find. Nothing here assumes it runs inside
+ * `vmhpc run`. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "guest/client.h"
+#include "store/manifest.h"
+#include "store/store.h"
+#include "vm/accel.h"
+
+#define JOB_MAX_VMS 64
+/* The guest's floor: kernel, initramfs unpacked, the writable overlay's first pages. */
+#define JOB_MIN_MEM_MB 128
+#define JOB_EXEC_PORT 7000
+#define JOB_SUBNET_PREFIX "10.77.0."
+
+struct job_config {
+	struct store *store;
+	const struct manifest *image;
+	const char *cache_dir; /* node cache: materialized parts, accelerator probe */
+	const char *run_dir;   /* runstate (runstate_default_dir()) */
+	unsigned n_vms;
+	unsigned vcpus;
+	unsigned mem_mb;
+	const char *workdir;   /* shared at the same path in every VM; NULL: no share */
+	const char *accel;     /* "kvm" or "tcg"; NULL: probe */
+	int boot_timeout_ms;
+	/* Called while VMs come up: how many are ready of n_vms. May be NULL. */
+	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
+	/* Polled while VMs come up: true stops the boot with -ECANCELED. May be NULL. */
+	bool (*cancelled)(void *userdata);
+	void *userdata;
+};
+
+struct job_vm_stats {
+	double ready_s;            /* from QEMU's start to the guest's ready report */
+	uint64_t guest_used_kb;    /* MemTotal - MemAvailable reported with ready */
+	uint64_t guest_total_kb;
+	uint64_t host_rss_kb;      /* QEMU's resident memory now */
+	uint64_t host_pss_kb;      /* QEMU's proportional share (shared pages split) */
+};
+
+struct job;
+
+/* Boots the job's VMs and waits until all are ready. On failure everything made so far
+ * is undone and *ret_error (caller frees) says what failed; when a guest did not come up
+ * it ends with the last lines of its console. Free with job_free(). */
+int job_boot(const struct job_config *config, struct job **ret_job, char **ret_error);
+
+/* The job id, its directory, the accelerator in use, and the materialize time. */
+const char *job_id(const struct job *j);
+const char *job_dir(const struct job *j);
+enum accel job_accel(const struct job *j);
+double job_materialize_s(const struct job *j);
+/* The name and address of VM index vm ("vm0", "10.77.0.1"). */
+const char *job_vm_name(const struct job *j, unsigned vm);
+
+/* Runs one command in VM index vm through its control port (see exec_client_run). */
+int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
+	     const struct exec_client_io *io, int timeout_ms, int *ret_status, char **ret_error);
+
+/* Fills the VM's memory figures (host side measured now). */
+int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret);
+
+/* Asks every guest to power off and waits up to timeout_ms for QEMU to exit (then kills
+ * it); *ret_seconds is the wall time it took. */
+int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds);
+
+/* Kills whatever still runs, removes taps, bridge, sockets and the job directory, frees j;
+ * NULL is a no-op. */
+void job_free(struct job *j);
+
+/* Removes what jobs whose owner died left on this node; returns how many. */
+int job_clean_stale(const char *run_dir);

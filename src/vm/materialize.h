@@ -1,0 +1,26 @@
+/* The node's copies of image parts that VMs map: kernel, initramfs and root written once
+ * from the store into <cache>/parts/<digest> (read-only, temp file + rename), where the
+ * digest names the part's content. Every VM of an image on this node maps the same root
+ * file, so the host page cache holds one copy of it. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "store/manifest.h"
+#include "store/store.h"
+
+struct materialized_image {
+	char *kernel_path;
+	char *initrd_path;
+	char *root_path;
+	uint64_t root_bytes;
+	bool written; /* false when every part was already in the cache */
+};
+
+/* Makes sure the parts of m are in cache_dir and fills ret (release with
+ * materialized_image_done). On failure *ret_error (caller frees) says what failed. */
+int materialize_image(struct store *s, const struct manifest *m, const char *cache_dir,
+		      struct materialized_image *ret, char **ret_error);
+
+void materialized_image_done(struct materialized_image *mi);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `vmhpc run` end to end under TCG: MPI across 2 VMs, the job folder, exit codes, the time
+# limit, Ctrl-C, SIGKILL + cleanup, DAX, and the checks made before booting. After every
+# case nothing may be left: no QEMU, virtiofsd, tap, bridge, job directory or socket.
+. "$(dirname "$0")/lib.sh"
+set -e
+
+[ "$(id -u)" -eq 0 ] || { echo "skip: needs root (taps, bridges, virtiofsd)"; exit 77; }
+ring="${VMHPC_BUILD_ROOT:?}/mpi-ring"
+[ -x "$ring" ] || fail "no $ring: build with libmpich-dev installed"
+
+export VMHPC_CACHE="${VMHPC_CACHE:-/var/cache/vmhpc}"
+"$VMHPC" image build --level 1 "$VMHPC_SOURCE_ROOT/examples/tiny-mpi.ini" >/dev/null
+job="$WORK/job"
+mkdir -p "$job"
+chmod 0777 "$job"
+cp "$ring" "$job/ring"
+on_exit "'$VMHPC' cleanup"
+
+nothing_left() {
+	local what=$1 left
+	left=$( (pgrep -a -f 'qemu-system-x86_64 .*/run/vmhpc/jobs/' || true;
+		pgrep -a -f 'virtiofsd .*/run/vmhpc/jobs/' || true;
+		ls /sys/class/net | grep '^vmhpc' || true; ls /run/vmhpc/jobs 2>/dev/null || true) | head -5)
+	[ -z "$left" ] || fail "$what left: $left"
+}
+
+run() { (cd "$job" && "$VMHPC" run "$@"); }
+
+# 1. MPI hello across 2 VMs: ranks and size right, one rank per VM.
+run --vms 2 -- ./ring --hello >"$WORK/hello.out" 2>"$WORK/hello.err" || fail "hello: $(cat "$WORK/hello.err")"
+grep -q "hello from rank 0 of 2 on vm0" "$WORK/hello.out" || fail "no rank 0 on vm0: $(cat "$WORK/hello.out")"
+grep -q "hello from rank 1 of 2 on vm1" "$WORK/hello.out" || fail "no rank 1 on vm1: $(cat "$WORK/hello.out")"
+grep -q "boot (slowest VM)" "$WORK/hello.err" || fail "no timing table: $(cat "$WORK/hello.err")"
+nothing_left "hello"
+ok "2-VM MPI hello: rank 0 on vm0, rank 1 on vm1, timing table printed"
+
+# 2. Ring + reduction, result file in the job folder, owned by the submitting user.
+SUDO_UID=4321 SUDO_GID=4321 run --vms 2 --label -- ./ring >"$WORK/ring.out" 2>"$WORK/ring.err" || fail "ring: $(cat "$WORK/ring.err")"
+grep -q "VERIFIED" "$WORK/ring.out" || fail "ring not verified: $(cat "$WORK/ring.out")"
+grep -q '^\[0@vm0\]' "$WORK/ring.out" || fail "--label did not prefix output: $(cat "$WORK/ring.out")"
+grep -q "ranks=2 token=1 sum=3 VERIFIED" "$job/ring-result.txt" || fail "result file: $(cat "$job/ring-result.txt" 2>&1)"
+[ "$(stat -c %u:%g "$job/ring-result.txt")" = "4321:4321" ] || fail "result file owned by $(stat -c %u:%g "$job/ring-result.txt")"
+nothing_left "ring"
+ok "ring + allreduce verified; ring-result.txt appears on the host owned by the user (4321)"
+
+# 3. A failing rank's exit code comes back; a crashing rank fails the job.
+set +e
+run --vms 2 --time 120 -- ./ring --fail-rank 1 >/dev/null 2>"$WORK/fail.err"
+code=$?
+set -e
+[ "$code" -eq 3 ] || fail "failing rank: exit $code, expected 3: $(tail -3 "$WORK/fail.err")"
+grep -q "the job failed with exit code 3" "$WORK/fail.err" || fail "no failure message"
+set +e
+run --vms 2 --time 120 -- ./ring --crash-rank 1 >/dev/null 2>"$WORK/crash.err"
+code=$?
+set -e
+[ "$code" -ne 0 ] && [ "$code" -ne 124 ] || fail "crashing rank: exit $code: $(tail -3 "$WORK/crash.err")"
+grep -q "Segmentation fault" "$WORK/crash.err" || fail "the crash is not reported: $(tail -5 "$WORK/crash.err")"
+nothing_left "failing rank"
+ok "a rank failing with code 3 makes vmhpc run exit 3; a crashing rank fails the job (exit $code)"
+
+# 4. The time limit kills the job.
+start=$(date +%s)
+set +e
+run --vms 2 --time 8s -- ./ring --sleep 300 >/dev/null 2>"$WORK/time.err"
+code=$?
+set -e
+[ "$code" -eq 124 ] || fail "time limit: exit $code: $(tail -3 "$WORK/time.err")"
+grep -q "time limit of 8 s reached" "$WORK/time.err" || fail "no time-limit message"
+[ $(($(date +%s) - start)) -lt 120 ] || fail "time limit took too long"
+nothing_left "time limit"
+ok "--time 8s stops a 300 s job with exit 124 and a message"
+
+# 5. Ctrl-C (SIGINT) during the run.
+(cd "$job" && exec "$VMHPC" run --vms 2 -- ./ring --sleep 300) >/dev/null 2>"$WORK/int.err" &
+pid=$!
+for _ in $(seq 1 120); do grep -q "ready" "$WORK/int.err" 2>/dev/null && break; pgrep -f "ring --sleep 300" >/dev/null && break; sleep 1; done
+sleep 8
+kill -INT "$pid"
+set +e
+wait "$pid"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "Ctrl-C: exit 0"
+nothing_left "Ctrl-C"
+ok "Ctrl-C stops the job (exit $code) and leaves nothing"
+
+# 6. SIGKILL of vmhpc run, then `vmhpc cleanup`.
+(cd "$job" && exec "$VMHPC" run --vms 2 -- ./ring --sleep 300) >/dev/null 2>"$WORK/kill.err" &
+pid=$!
+for _ in $(seq 1 60); do ls /sys/class/net | grep -q '^vmhpc' && break; sleep 0.5; done
+sleep 3
+kill -KILL "$pid"
+wait "$pid" 2>/dev/null || true
+ls /sys/class/net | grep -q '^vmhpc' || fail "expected the killed run to leave its taps"
+"$VMHPC" cleanup | grep -q "cleaned up 1 job" || fail "cleanup found nothing"
+sleep 0.5
+nothing_left "SIGKILL + cleanup"
+ok "SIGKILL of vmhpc run leaves taps behind; vmhpc cleanup removes everything"
+
+# 7. DAX: reading a 41 MB library from the root does not grow the guest's page cache.
+run --vms 1 -n 1 -- sh -c 'grep ^Cached: /proc/meminfo; cat /usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2 >/dev/null; grep ^Cached: /proc/meminfo; grep " / \| /rom" /proc/mounts' >"$WORK/dax.out" 2>"$WORK/dax.err" || fail "dax: $(cat "$WORK/dax.err")"
+before=$(grep Cached "$WORK/dax.out" | head -1 | awk '{print $2}')
+after=$(grep Cached "$WORK/dax.out" | tail -1 | awk '{print $2}')
+[ -n "$before" ] && [ -n "$after" ] || fail "no meminfo: $(cat "$WORK/dax.out")"
+[ $((after - before)) -lt 8192 ] || fail "page cache grew by $((after - before)) kB reading libmpich: DAX is not in effect"
+ok "reading libmpich (41 MB) grew the guest page cache by $((after - before)) kB (DAX)"
+
+# 8. Refused before booting.
+expect_fail "too many VCPUs" "virtual CPUs, but this machine has" run --vms 4 --vcpus 4 -- ./ring
+expect_fail "unknown image" "no image named 'nosuch'" run --image nosuch -- ./ring
+expect_fail "unknown version" "has no version 99" run --image tiny-mpi:99 -- ./ring
+expect_fail "program not in the job folder" "not an executable file in the job folder" run -- ./no-such-program
+expect_fail "program not in the image" "is not in the image" run -- no-such-program
+expect_fail "memory below the floor" "below what a guest needs" run --mem 64M -- ./ring
+expect_fail "missing workdir" "--workdir /no/such/dir" run --workdir /no/such/dir -- ./ring
+nothing_left "refusals"
+finish
