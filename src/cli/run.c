@@ -408,6 +408,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		goto out;
 	}
 	boot_s = now_s() - t_boot;
+	log_info("%u VM%s ready after %.2f s; running %s", o.vms, o.vms == 1 ? "" : "s", boot_s,
+		 o.argv[0]);
 	for (unsigned i = 0; i < o.vms; i++)
 		job_vm_stats(j, i, &stats[i]);
 
@@ -437,7 +439,13 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 			     &error);
 		run_s = now_s() - t_run;
 	}
-	if (r == -ETIMEDOUT) {
+	if (r >= 0 && job_forwarded_signal(j, 0)) {
+		int sig = job_forwarded_signal(j, 0);
+
+		log_error("interrupted by %s: the job was stopped (mpiexec exited %d)", strsignal(sig),
+			  status);
+		code = 128 + sig;
+	} else if (r == -ETIMEDOUT) {
 		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
 		code = EXIT_TIME_LIMIT;
 	} else if (r < 0) {

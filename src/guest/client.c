@@ -32,6 +32,7 @@ struct exec_client {
 	bool have_ready;
 	struct frame_info ready;
 	bool resync; /* skipping input up to the next READY header */
+	int forwarded_signal; /* the last signal exec_client_run passed on, 0 if none */
 };
 
 static int64_t now_ms(void)
@@ -528,6 +529,7 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 				struct signalfd_siginfo si;
 
 				if (read(io->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+					c->forwarded_signal = (int)si.ssi_signo;
 					r = send_signal(c, (int)si.ssi_signo);
 					if (r < 0)
 						return r;
@@ -541,4 +543,9 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		return -EPIPE;
 	*ret_status = s.status;
 	return 0;
+}
+
+int exec_client_forwarded_signal(const struct exec_client *c)
+{
+	return c->forwarded_signal;
 }

@@ -57,6 +57,10 @@ struct exec_client_io {
 int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		    const struct exec_client_io *io, int timeout_ms, int *ret_status);
 
+/* The last signal exec_client_run read from io->signal_fd and passed on, or 0: how the
+ * caller tells "the user interrupted it" from an ordinary exit status. */
+int exec_client_forwarded_signal(const struct exec_client *c);
+
 /* The text of the last ERROR frame the service sent, or NULL. Owned by the client. */
 const char *exec_client_error(const struct exec_client *c);
 

@@ -463,6 +463,13 @@ int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	return r;
 }
 
+int job_forwarded_signal(const struct job *j, unsigned vm)
+{
+	if (vm >= j->n_vms || !j->vms[vm].ctl)
+		return 0;
+	return exec_client_forwarded_signal(j->vms[vm].ctl);
+}
+
 int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret)
 {
 	struct job_vm *v;

@@ -66,6 +66,9 @@ const char *job_vm_name(const struct job *j, unsigned vm);
 int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	     const struct exec_client_io *io, int timeout_ms, int *ret_status, char **ret_error);
 
+/* The signal job_exec last forwarded to the command in VM index vm (0: none). */
+int job_forwarded_signal(const struct job *j, unsigned vm);
+
 /* Fills the VM's memory figures (host side measured now). */
 int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret);
 

@@ -27,7 +27,16 @@ nothing_left() {
 
 run() { (cd "$job" && "$VMHPC" run "$@"); }
 
-# 1. MPI hello across 2 VMs: ranks and size right, one rank per VM.
+# 1. MPI hello across 2 VMs: ranks and size right, one rank per VM; the report as JSON.
+run --vms 2 --json -- ./ring --hello >"$WORK/hello.out" 2>"$WORK/hello.err" || fail "hello: $(cat "$WORK/hello.err")"
+tail -n 1 "$WORK/hello.err" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+assert r["exit_code"] == 0 and r["vms"] == 2 and len(r["vm"]) == 2, r
+for vm in r["vm"]:
+    assert vm["ready_s"] > 0 and 0 < vm["guest_used_kb"] < 200000 and vm["host_pss_kb"] > 0, vm
+assert r["boot_s"] > 0 and r["shutdown_s"] >= 0 and r["host_pss_total_kb"] > 0, r
+' || fail "--json report: $(tail -n 1 "$WORK/hello.err")"
 run --vms 2 -- ./ring --hello >"$WORK/hello.out" 2>"$WORK/hello.err" || fail "hello: $(cat "$WORK/hello.err")"
 grep -q "hello from rank 0 of 2 on vm0" "$WORK/hello.out" || fail "no rank 0 on vm0: $(cat "$WORK/hello.out")"
 grep -q "hello from rank 1 of 2 on vm1" "$WORK/hello.out" || fail "no rank 1 on vm1: $(cat "$WORK/hello.out")"
@@ -75,16 +84,31 @@ ok "--time 8s stops a 300 s job with exit 124 and a message"
 # 5. Ctrl-C (SIGINT) during the run.
 (cd "$job" && exec "$VMHPC" run --vms 2 -- ./ring --sleep 300) >/dev/null 2>"$WORK/int.err" &
 pid=$!
-for _ in $(seq 1 120); do grep -q "ready" "$WORK/int.err" 2>/dev/null && break; pgrep -f "ring --sleep 300" >/dev/null && break; sleep 1; done
-sleep 8
+for _ in $(seq 1 240); do grep -q "VMs ready" "$WORK/int.err" 2>/dev/null && break; sleep 0.5; done
+grep -q "VMs ready" "$WORK/int.err" || fail "the job never became ready: $(cat "$WORK/int.err")"
+sleep 4
 kill -INT "$pid"
 set +e
 wait "$pid"
 code=$?
 set -e
-[ "$code" -ne 0 ] || fail "Ctrl-C: exit 0"
+[ "$code" -eq 130 ] || fail "Ctrl-C: exit $code, expected 130: $(tail -3 "$WORK/int.err")"
+grep -q "interrupted by Interrupt" "$WORK/int.err" || fail "no interruption message: $(tail -3 "$WORK/int.err")"
 nothing_left "Ctrl-C"
-ok "Ctrl-C stops the job (exit $code) and leaves nothing"
+
+# Ctrl-C while the VMs boot.
+(cd "$job" && exec "$VMHPC" run --vms 2 -- ./ring) >/dev/null 2>"$WORK/int2.err" &
+pid=$!
+for _ in $(seq 1 60); do ls /sys/class/net | grep -q '^vmhpc' && break; sleep 0.2; done
+sleep 1
+kill -INT "$pid"
+set +e
+wait "$pid"
+code=$?
+set -e
+[ "$code" -eq 130 ] || fail "Ctrl-C at boot: exit $code: $(tail -3 "$WORK/int2.err")"
+nothing_left "Ctrl-C at boot"
+ok "Ctrl-C during the run or the boot stops the job (exit 130) and leaves nothing"
 
 # 6. SIGKILL of vmhpc run, then `vmhpc cleanup`.
 (cd "$job" && exec "$VMHPC" run --vms 2 -- ./ring --sleep 300) >/dev/null 2>"$WORK/kill.err" &
