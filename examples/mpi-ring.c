@@ -72,11 +72,13 @@ int main(int argc, char **argv)
 		sleep((unsigned)sleep_s);
 
 	if (rank == 0) {
-		long want_token = (long)size * (size - 1) / 2, want_sum = (long)size * (size + 1) / 2;
+		long want_token = (long)size * (size - 1) / 2,
+		     want_sum = (long)size * (size + 1) / 2;
 		int ok = token == want_token && sum == want_sum;
 		FILE *f;
 
-		printf("ring of %d ranks: token %ld (expected %ld), allreduce %ld (expected %ld): %s\n",
+		printf("ring of %d ranks: token %ld (expected %ld), allreduce %ld (expected %ld): "
+		       "%s\n",
 		       size, token, want_token, sum, want_sum, ok ? "VERIFIED" : "WRONG");
 		f = fopen("ring-result.txt", "w");
 		if (f) {

@@ -8,7 +8,13 @@ summarize() {
 	# meson's JSON test log: one object per test with its result.
 	python3 - "$@" <<'PY'
 import json, sys
+import os
 passed = failed = skipped = 0
+if os.environ.get("FORMAT_FAILED") == "1":
+    failed += 1
+    print("failed: clang-format check")
+else:
+    passed += 1
 for path in sys.argv[1:]:
     try:
         lines = open(path).read().splitlines()
@@ -42,12 +48,14 @@ if [ ! -d build-asan/meson-info ]; then
 fi
 ninja -C build-asan || exit 1
 
-echo "== format check (clang-format)"
-if command -v clang-format >/dev/null; then
-	bad=$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c' 'bench/*.c' | while read -r f; do
-		clang-format --dry-run "$f" 2>&1 | grep -q warning && echo "$f"
-	done)
-	[ -z "$bad" ] || echo "note: not clang-formatted: $(echo $bad)"
+echo "== format check (clang-format, .clang-format)"
+format_failed=0
+bad=$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c' 'bench/*.c' 'examples/*.c' | while read -r f; do
+	clang-format --dry-run "$f" 2>&1 | grep -q warning && echo "$f"
+done)
+if [ -n "$bad" ]; then
+	echo "not clang-formatted (run clang-format -i on them): $(echo $bad)"
+	format_failed=1
 fi
 
 echo "== unit tests under ASan+UBSan"
@@ -57,5 +65,5 @@ echo "== all tests"
 meson test -C build --print-errorlogs --num-processes 1
 
 echo "== summary"
-summarize build-asan/meson-logs/testlog.json build/meson-logs/testlog.json || status=1
+FORMAT_FAILED=$format_failed summarize build-asan/meson-logs/testlog.json build/meson-logs/testlog.json || status=1
 exit $status

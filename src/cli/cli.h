@@ -8,7 +8,7 @@
 struct cli_context {
 	const char *store_dir; /* --store, $VMHPC_STORE, or the default for this user */
 	const char *cache_dir; /* $VMHPC_CACHE, or the default for this user */
-	bool json;             /* --json where a command supports it */
+	bool json;	       /* --json where a command supports it */
 };
 
 /* Fills ctx from the environment and the user's defaults (strings live for the process). */

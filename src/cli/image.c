@@ -39,9 +39,9 @@ static int parse_common(struct cli_context *ctx, int argc, char **argv, const st
 			bool allow_json)
 {
 	static const struct option options[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 
@@ -74,7 +74,8 @@ static int want_args(int argc, int min, int max, const char *verb)
 	const struct verb *v = find_verb(verb);
 
 	if (n < min || n > max) {
-		log_error("`vmhpc image %s` takes %s; see --help", verb, v ? v->args : "other arguments");
+		log_error("`vmhpc image %s` takes %s; see --help", verb,
+			  v ? v->args : "other arguments");
 		return 2;
 	}
 	return -1;
@@ -116,17 +117,17 @@ static int parse_size(const char *text, size_t *ret)
 static int verb_build(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "chunk-min", required_argument, NULL, 'n' },
-		{ "chunk-avg", required_argument, NULL, 'a' },
-		{ "chunk-max", required_argument, NULL, 'x' },
-		{ "level", required_argument, NULL, 'l' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"chunk-min", required_argument, NULL, 'n'},
+	    {"chunk-avg", required_argument, NULL, 'a'},
+	    {"chunk-max", required_argument, NULL, 'x'},
+	    {"level", required_argument, NULL, 'l'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	struct builder_options opts = { .cache_dir = ctx->cache_dir,
-					.compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
-					.progress = isatty(STDERR_FILENO) };
-	struct builder_result res = { 0 };
+	struct builder_options opts = {.cache_dir = ctx->cache_dir,
+				       .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+				       .progress = isatty(STDERR_FILENO)};
+	struct builder_result res = {0};
 	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
 	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
 	_cleanup_free_ char *error = NULL;
@@ -137,10 +138,10 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	chunker_params_default(&opts.chunking);
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-		size_t *field = c == 'n' ? &opts.chunking.min_bytes
-			: c == 'a'	  ? &opts.chunking.avg_bytes
-			: c == 'x'	  ? &opts.chunking.max_bytes
-					  : NULL;
+		size_t *field = c == 'n'   ? &opts.chunking.min_bytes
+				: c == 'a' ? &opts.chunking.avg_bytes
+				: c == 'x' ? &opts.chunking.max_bytes
+					   : NULL;
 
 		if (c == 'l') {
 			char *end;
@@ -154,7 +155,8 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 			continue;
 		}
 		if (c == 'h') {
-			printf("usage: vmhpc image build [--level 1-19] [--chunk-min N] [--chunk-avg N] "
+			printf("usage: vmhpc image build [--level 1-19] [--chunk-min N] "
+			       "[--chunk-avg N] "
 			       "[--chunk-max N] SPEC\n"
 			       "  builds an image version from SPEC (see docs/image-spec.md)\n");
 			return 0;
@@ -163,17 +165,21 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 			return 2;
 		if (parse_size(optarg, field) < 0) {
 			log_error("--chunk-%s '%s' is not a size (e.g. 65536, 64k, 1M)",
-				  c == 'n' ? "min" : c == 'a' ? "avg" : "max", optarg);
+				  c == 'n'   ? "min"
+				  : c == 'a' ? "avg"
+					     : "max",
+				  optarg);
 			return 2;
 		}
 	}
 	if (want_args(argc, 1, 1, "build") >= 0)
 		return 2;
 	if (chunker_params_validate(&opts.chunking) < 0) {
-		log_error("chunk sizes %zu/%zu/%zu are not usable: min <= avg <= max, avg a power of "
-			  "two, between %u bytes and %u MiB", opts.chunking.min_bytes,
-			  opts.chunking.avg_bytes, opts.chunking.max_bytes, CHUNKER_MIN_BYTES_LIMIT,
-			  CHUNKER_MAX_BYTES_LIMIT >> 20);
+		log_error(
+		    "chunk sizes %zu/%zu/%zu are not usable: min <= avg <= max, avg a power of "
+		    "two, between %u bytes and %u MiB",
+		    opts.chunking.min_bytes, opts.chunking.avg_bytes, opts.chunking.max_bytes,
+		    CHUNKER_MIN_BYTES_LIMIT, CHUNKER_MAX_BYTES_LIMIT >> 20);
 		return 2;
 	}
 	opts.spec_path = argv[optind];
@@ -189,11 +195,13 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	}
 	printf("built %s:%u\n", res.name, res.version);
 	printf("  kernel     %10s\n", humanize_bytes(res.plain_bytes[MANIFEST_PART_KERNEL], b[0]));
-	printf("  initramfs  %10s\n", humanize_bytes(res.plain_bytes[MANIFEST_PART_INITRAMFS], b[1]));
+	printf("  initramfs  %10s\n",
+	       humanize_bytes(res.plain_bytes[MANIFEST_PART_INITRAMFS], b[1]));
 	printf("  root       %10s  (ext4; %s in %" PRIu64 " entries)\n",
 	       humanize_bytes(res.plain_bytes[MANIFEST_PART_ROOT], b[2]),
 	       humanize_bytes(res.root_content_bytes, b[3]), res.n_files);
-	printf("  stored     %10s  (%s new in this build)\n", humanize_bytes(res.stored_total_bytes, b[4]),
+	printf("  stored     %10s  (%s new in this build)\n",
+	       humanize_bytes(res.stored_total_bytes, b[4]),
 	       humanize_bytes(res.stored_new_bytes, b[0]));
 	builder_result_done(&res);
 	store_close(s);
@@ -314,23 +322,26 @@ static int verb_list(struct cli_context *ctx, int argc, char **argv)
 
 		for (size_t i = 0; i < n; i++)
 			json_array_append_new(
-				arr, json_pack("{s:s, s:i, s:I, s:I, s:I, s:s?}", "name", entries[i].name,
-					       "version", (int)entries[i].version, "stored_bytes",
-					       (json_int_t)usage[i].stored_bytes, "unique_bytes",
-					       (json_int_t)usage[i].unique_bytes, "created",
-					       (json_int_t)(usage[i].m ? usage[i].m->created_s : 0),
-					       "error", usage[i].error));
+			    arr,
+			    json_pack("{s:s, s:i, s:I, s:I, s:I, s:s?}", "name", entries[i].name,
+				      "version", (int)entries[i].version, "stored_bytes",
+				      (json_int_t)usage[i].stored_bytes, "unique_bytes",
+				      (json_int_t)usage[i].unique_bytes, "created",
+				      (json_int_t)(usage[i].m ? usage[i].m->created_s : 0), "error",
+				      usage[i].error));
 		json_dumpf(arr, stdout, JSON_INDENT(2));
 		putchar('\n');
 		json_decref(arr);
 	} else {
-		printf("%-24s %7s %10s %10s  %s\n", "NAME", "VERSION", "STORED", "UNIQUE", "CREATED");
+		printf("%-24s %7s %10s %10s  %s\n", "NAME", "VERSION", "STORED", "UNIQUE",
+		       "CREATED");
 		for (size_t i = 0; i < n; i++) {
 			char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], t[HUMANIZE_TIME_LEN];
 
 			if (!usage[i].m) {
 				printf("%-24s %7u %10s %10s  damaged: %s\n", entries[i].name,
-				       entries[i].version, "-", "-", usage[i].error ? usage[i].error : "?");
+				       entries[i].version, "-", "-",
+				       usage[i].error ? usage[i].error : "?");
 				continue;
 			}
 			printf("%-24s %7u %10s %10s  %s\n", entries[i].name, entries[i].version,
@@ -393,14 +404,15 @@ static int verb_show(struct cli_context *ctx, int argc, char **argv)
 		json_t *parts = json_object();
 
 		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
-			json_object_set_new(parts, manifest_part_kind_to_string((enum manifest_part_kind)p),
-					    json_pack("{s:I, s:I}", "size_bytes",
-						      (json_int_t)m->parts[p].size_bytes, "chunks",
-						      (json_int_t)m->parts[p].n_chunks));
+			json_object_set_new(
+			    parts, manifest_part_kind_to_string((enum manifest_part_kind)p),
+			    json_pack("{s:I, s:I}", "size_bytes",
+				      (json_int_t)m->parts[p].size_bytes, "chunks",
+				      (json_int_t)m->parts[p].n_chunks));
 		json_t *out = json_pack("{s:s, s:i, s:I, s:s, s:s, s:O, s:o}", "name", m->name,
-					"version", (int)m->version, "created", (json_int_t)m->created_s,
-					"owner", m->owner, "boot_args", m->boot_args, "metadata",
-					m->metadata, "parts", parts);
+					"version", (int)m->version, "created",
+					(json_int_t)m->created_s, "owner", m->owner, "boot_args",
+					m->boot_args, "metadata", m->metadata, "parts", parts);
 		json_dumpf(out, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 		putchar('\n');
 		json_decref(out);
@@ -412,10 +424,12 @@ static int verb_show(struct cli_context *ctx, int argc, char **argv)
 		printf("created    %s by %s\n", humanize_time((time_t)m->created_s, t), m->owner);
 		printf("os         %s\n", json_string_value(json_object_get(md, "os")) ?: "?");
 		printf("arch       %s\n", json_string_value(json_object_get(md, "arch")) ?: "?");
-		printf("kernel     %s\n", json_string_value(json_object_get(md, "kernel_release")) ?: "?");
+		printf("kernel     %s\n",
+		       json_string_value(json_object_get(md, "kernel_release")) ?: "?");
 		printf("boot args  %s\n", *m->boot_args ? m->boot_args : "(none)");
 		if (json_string_value(json_object_get(md, "description")))
-			printf("about      %s\n", json_string_value(json_object_get(md, "description")));
+			printf("about      %s\n",
+			       json_string_value(json_object_get(md, "description")));
 		printf("parts:\n");
 		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
 			printf("  %-10s %10s in %zu chunks\n",
@@ -447,7 +461,8 @@ static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (version == 0) {
 		log_error("say which version of '%s' to remove: `vmhpc image rm %s:VERSION` (see "
-			  "`vmhpc image list`)", name, name);
+			  "`vmhpc image list`)",
+			  name, name);
 		return 2;
 	}
 	if (cli_open_store(ctx, &s) < 0)
@@ -465,7 +480,7 @@ static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 
 static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 {
-	struct check_verify_result res = { 0 };
+	struct check_verify_result res = {0};
 	struct store *s = NULL;
 	char b[HUMANIZE_BYTES_LEN];
 	int r, code = parse_common(ctx, argc, argv, &verbs[4], false);
@@ -488,7 +503,8 @@ static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 		if (p->kind == CHECK_MANIFEST_DAMAGED)
 			printf("manifest %s\n", p->detail ? p->detail : "?");
 		else
-			printf("chunk %s: %s; %s%s\n", p->id_hex, check_problem_kind_to_string(p->kind),
+			printf("chunk %s: %s; %s%s\n", p->id_hex,
+			       check_problem_kind_to_string(p->kind),
 			       *p->images ? "breaks " : "used by no image", p->images);
 	}
 	printf("checked %" PRIu64 " chunks (%s) of %zu image versions: %zu problem%s\n",
@@ -505,7 +521,7 @@ static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 
 static int verb_gc(struct cli_context *ctx, int argc, char **argv)
 {
-	struct check_gc_result res = { 0 };
+	struct check_gc_result res = {0};
 	_cleanup_free_ char *error = NULL;
 	struct store *s = NULL;
 	char b[HUMANIZE_BYTES_LEN];
@@ -577,9 +593,9 @@ static int close_output(int fd, const char *tmp, const char *path, int r)
 static int verb_export(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"output", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	_cleanup_free_ char *name = NULL, *error = NULL, *tmp = NULL;
 	const char *output = NULL;
@@ -592,8 +608,9 @@ static int verb_export(struct cli_context *ctx, int argc, char **argv)
 		if (c == 'o')
 			output = optarg;
 		else if (c == 'h') {
-			printf("usage: vmhpc image export NAME[:VERSION] [-o FILE]\n"
-			       "  writes one image version as a tar stream (to stdout without -o)\n");
+			printf(
+			    "usage: vmhpc image export NAME[:VERSION] [-o FILE]\n"
+			    "  writes one image version as a tar stream (to stdout without -o)\n");
 			return 0;
 		} else
 			return 2;
@@ -767,16 +784,17 @@ static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 		}
 		mode_string(type, (int)json_integer_value(json_object_get(entry, "mode")), mode);
 		printf("%s %10" JSON_INTEGER_FORMAT " %s%s%s  [%s]\n", mode,
-		       json_integer_value(json_object_get(entry, "size")), path, target ? " -> " : "",
-		       target ? target : "", json_string_value(json_object_get(entry, "source")) ?: "?");
+		       json_integer_value(json_object_get(entry, "size")), path,
+		       target ? " -> " : "", target ? target : "",
+		       json_string_value(json_object_get(entry, "source")) ?: "?");
 	}
 	if (ctx->json) {
 		json_dumpf(out, stdout, JSON_INDENT(1));
 		putchar('\n');
 	}
 	if (shown == 0 && strcmp(prefix, "/") != 0) {
-		log_error("%s:%u has no %s; try `vmhpc image ls %s:%u /`", m->name, m->version, prefix,
-			  m->name, m->version);
+		log_error("%s:%u has no %s; try `vmhpc image ls %s:%u /`", m->name, m->version,
+			  prefix, m->name, m->version);
 		goto out;
 	}
 	code = 0;
@@ -791,9 +809,9 @@ out:
 static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"output", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	_cleanup_free_ char *tmp = NULL;
 	const char *output = NULL;
@@ -806,7 +824,8 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 		if (c == 'o')
 			output = optarg;
 		else if (c == 'h') {
-			printf("usage: vmhpc image cat NAME[:VERSION] kernel|initramfs|root|index [-o FILE]\n"
+			printf("usage: vmhpc image cat NAME[:VERSION] kernel|initramfs|root|index "
+			       "[-o FILE]\n"
 			       "  writes one part's bytes, verified chunk by chunk\n");
 			return 0;
 		} else
@@ -815,10 +834,12 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 	if (want_args(argc, 2, 2, "cat") >= 0)
 		return 2;
 	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
-		if (strcmp(argv[optind + 1], manifest_part_kind_to_string((enum manifest_part_kind)p)) == 0)
+		if (strcmp(argv[optind + 1],
+			   manifest_part_kind_to_string((enum manifest_part_kind)p)) == 0)
 			part = p;
 	if (part < 0) {
-		log_error("unknown part '%s'; use kernel, initramfs, root or index", argv[optind + 1]);
+		log_error("unknown part '%s'; use kernel, initramfs, root or index",
+			  argv[optind + 1]);
 		return 2;
 	}
 	if (!output && isatty(STDOUT_FILENO)) {
@@ -843,16 +864,17 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 }
 
 static const struct verb verbs[] = {
-	{ "build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec" },
-	{ "list", verb_list, "[--json]", "list image versions with stored and unique sizes" },
-	{ "show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata" },
-	{ "rm", verb_rm, "NAME:VERSION", "remove an image version (chunks stay until gc)" },
-	{ "verify", verb_verify, "", "re-hash every chunk; report damage and what it breaks" },
-	{ "gc", verb_gc, "", "remove chunks no image version uses" },
-	{ "export", verb_export, "NAME[:VERSION] [-o FILE]", "write an image version as a tar stream" },
-	{ "import", verb_import, "[FILE]", "add an image version from an export" },
-	{ "ls", verb_ls, "[--json] NAME[:VERSION] [PATH]", "list the files of an image's root" },
-	{ "cat", verb_cat, "NAME[:VERSION] PART [-o FILE]", "write one part (kernel, initramfs, root, index)" },
+    {"build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec"},
+    {"list", verb_list, "[--json]", "list image versions with stored and unique sizes"},
+    {"show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata"},
+    {"rm", verb_rm, "NAME:VERSION", "remove an image version (chunks stay until gc)"},
+    {"verify", verb_verify, "", "re-hash every chunk; report damage and what it breaks"},
+    {"gc", verb_gc, "", "remove chunks no image version uses"},
+    {"export", verb_export, "NAME[:VERSION] [-o FILE]", "write an image version as a tar stream"},
+    {"import", verb_import, "[FILE]", "add an image version from an export"},
+    {"ls", verb_ls, "[--json] NAME[:VERSION] [PATH]", "list the files of an image's root"},
+    {"cat", verb_cat, "NAME[:VERSION] PART [-o FILE]",
+     "write one part (kernel, initramfs, root, index)"},
 };
 
 static const struct verb *find_verb(const char *name)
@@ -872,7 +894,8 @@ int cli_image_main(struct cli_context *ctx, int argc, char **argv)
 
 		fprintf(f, "usage: vmhpc image VERB [ARGS]\n\n");
 		for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
-			fprintf(f, "  %-7s %-34s %s\n", verbs[i].name, verbs[i].args, verbs[i].summary);
+			fprintf(f, "  %-7s %-34s %s\n", verbs[i].name, verbs[i].args,
+				verbs[i].summary);
 		return argc < 2 ? 2 : 0;
 	}
 	v = find_verb(argv[1]);

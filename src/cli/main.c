@@ -18,9 +18,9 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "run", cli_run_main, "run an MPI program across small VMs on this machine" },
-	{ "cleanup", cli_cleanup_main, "remove what killed jobs left (VMs, taps, sockets)" },
-	{ "image", cli_image_main, "build, list, inspect, verify and move images" },
+    {"run", cli_run_main, "run an MPI program across small VMs on this machine"},
+    {"cleanup", cli_cleanup_main, "remove what killed jobs left (VMs, taps, sockets)"},
+    {"image", cli_image_main, "build, list, inspect, verify and move images"},
 };
 
 static void usage(FILE *f)
@@ -28,9 +28,10 @@ static void usage(FILE *f)
 	fprintf(f, "usage: vmhpc [--store DIR] [-v] COMMAND [ARGS]\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
-	fprintf(f, "\nenvironment: VMHPC_STORE (image store), VMHPC_CACHE (package cache),\n"
-		   "             VMHPC_INIT (vmhpc-init binary), VMHPC_LOG=debug|info|warning|error\n"
-		   "`vmhpc COMMAND --help` describes a command.\n");
+	fprintf(f,
+		"\nenvironment: VMHPC_STORE (image store), VMHPC_CACHE (package cache),\n"
+		"             VMHPC_INIT (vmhpc-init binary), VMHPC_LOG=debug|info|warning|error\n"
+		"`vmhpc COMMAND --help` describes a command.\n");
 }
 
 void cli_context_init(struct cli_context *ctx)
@@ -93,20 +94,22 @@ int cli_open_store(const struct cli_context *ctx, struct store **ret_store)
 	int r = store_open(ctx->store_dir, ret_store);
 
 	if (r < 0)
-		return log_error_errno(r, "cannot open the image store %s: %m; choose another with "
-					  "--store DIR or VMHPC_STORE", ctx->store_dir);
+		return log_error_errno(r,
+				       "cannot open the image store %s: %m; choose another with "
+				       "--store DIR or VMHPC_STORE",
+				       ctx->store_dir);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "store", required_argument, NULL, 's' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"store", required_argument, NULL, 's'},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	struct cli_context ctx = { 0 };
+	struct cli_context ctx = {0};
 	int c;
 
 	log_setup_from_env();

@@ -10,12 +10,12 @@
 #include "util/error.h"
 
 static const char usage[] =
-	"usage: vmhpc run [--vms N] [--vcpus V] [--mem SIZE] [-n RANKS] [--image NAME[:VER]]\n"
-	"                 [--time DURATION] [--workdir DIR | --no-share] [--oversubscribe]\n"
-	"                 [--label] [--json] [--accel kvm|tcg] -- PROGRAM [ARGS...]\n"
-	"  boots N small VMs from the image, runs PROGRAM across them with MPI (mpiexec in\n"
-	"  VM 0), streams its output, returns its exit code and tears everything down.\n"
-	"  PROGRAM is a path in the job folder (e.g. ./ring) or a program in the image.\n";
+    "usage: vmhpc run [--vms N] [--vcpus V] [--mem SIZE] [-n RANKS] [--image NAME[:VER]]\n"
+    "                 [--time DURATION] [--workdir DIR | --no-share] [--oversubscribe]\n"
+    "                 [--label] [--json] [--accel kvm|tcg] -- PROGRAM [ARGS...]\n"
+    "  boots N small VMs from the image, runs PROGRAM across them with MPI (mpiexec in\n"
+    "  VM 0), streams its output, returns its exit code and tears everything down.\n"
+    "  PROGRAM is a path in the job folder (e.g. ./ring) or a program in the image.\n";
 
 static int parse_uint(const char *text, unsigned min, unsigned max, unsigned *ret)
 {
@@ -94,22 +94,26 @@ int run_parse_mem(const char *text, unsigned *ret_mb)
 int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret_error)
 {
 	static const struct option options[] = {
-		{ "vms", required_argument, NULL, 'N' },
-		{ "vcpus", required_argument, NULL, 'c' },
-		{ "mem", required_argument, NULL, 'm' },
-		{ "image", required_argument, NULL, 'i' },
-		{ "time", required_argument, NULL, 't' },
-		{ "workdir", required_argument, NULL, 'w' },
-		{ "no-share", no_argument, NULL, 'S' },
-		{ "oversubscribe", no_argument, NULL, 'o' },
-		{ "label", no_argument, NULL, 'l' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "accel", required_argument, NULL, 'a' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"vms", required_argument, NULL, 'N'},
+	    {"vcpus", required_argument, NULL, 'c'},
+	    {"mem", required_argument, NULL, 'm'},
+	    {"image", required_argument, NULL, 'i'},
+	    {"time", required_argument, NULL, 't'},
+	    {"workdir", required_argument, NULL, 'w'},
+	    {"no-share", no_argument, NULL, 'S'},
+	    {"oversubscribe", no_argument, NULL, 'o'},
+	    {"label", no_argument, NULL, 'l'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"accel", required_argument, NULL, 'a'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct run_options o = {
-		.vms = 2, .vcpus = 1, .mem_mb = 256, .image = "tiny-mpi", .share = true,
+	    .vms = 2,
+	    .vcpus = 1,
+	    .mem_mb = 256,
+	    .image = "tiny-mpi",
+	    .share = true,
 	};
 	int c;
 
@@ -121,33 +125,36 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 		case 'N':
 			if (parse_uint(optarg, 1, RUN_MAX_VMS, &o.vms) < 0)
 				return error_set(ret_error, -EINVAL,
-						 "--vms '%s': give a whole number from 1 to %d", optarg,
-						 RUN_MAX_VMS);
+						 "--vms '%s': give a whole number from 1 to %d",
+						 optarg, RUN_MAX_VMS);
 			break;
 		case 'c':
 			if (parse_uint(optarg, 1, RUN_MAX_VCPUS, &o.vcpus) < 0)
 				return error_set(ret_error, -EINVAL,
-						 "--vcpus '%s': give a whole number from 1 to %d", optarg,
-						 RUN_MAX_VCPUS);
+						 "--vcpus '%s': give a whole number from 1 to %d",
+						 optarg, RUN_MAX_VCPUS);
 			break;
 		case 'm':
 			if (run_parse_mem(optarg, &o.mem_mb) < 0)
-				return error_set(ret_error, -EINVAL,
-						 "--mem '%s': give a size such as 256M or 1G, from %dM to %dG",
-						 optarg, RUN_MIN_MEM_MB, RUN_MAX_MEM_MB / 1024);
+				return error_set(
+				    ret_error, -EINVAL,
+				    "--mem '%s': give a size such as 256M or 1G, from %dM to %dG",
+				    optarg, RUN_MIN_MEM_MB, RUN_MAX_MEM_MB / 1024);
 			break;
 		case 'n':
 			if (parse_uint(optarg, 1, RUN_MAX_VMS * RUN_MAX_VCPUS, &o.ranks) < 0)
-				return error_set(ret_error, -EINVAL,
-						 "-n '%s': give the number of MPI ranks (1 or more)", optarg);
+				return error_set(
+				    ret_error, -EINVAL,
+				    "-n '%s': give the number of MPI ranks (1 or more)", optarg);
 			break;
 		case 'i':
 			o.image = optarg;
 			break;
 		case 't':
 			if (run_parse_duration(optarg, &o.time_limit_s) < 0)
-				return error_set(ret_error, -EINVAL,
-						 "--time '%s': give a duration such as 90s, 10m or 2h", optarg);
+				return error_set(
+				    ret_error, -EINVAL,
+				    "--time '%s': give a duration such as 90s, 10m or 2h", optarg);
 			break;
 		case 'w':
 			o.workdir = optarg;
@@ -166,14 +173,16 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 			break;
 		case 'a':
 			if (strcmp(optarg, "kvm") != 0 && strcmp(optarg, "tcg") != 0)
-				return error_set(ret_error, -EINVAL, "--accel '%s': use kvm or tcg", optarg);
+				return error_set(ret_error, -EINVAL, "--accel '%s': use kvm or tcg",
+						 optarg);
 			o.accel = optarg;
 			break;
 		case 'h':
 			fputs(usage, stdout);
 			return 1;
 		default:
-			return error_set(ret_error, -EINVAL, "unknown option '%s'; see `vmhpc run --help`",
+			return error_set(ret_error, -EINVAL,
+					 "unknown option '%s'; see `vmhpc run --help`",
 					 argv[optind - 1]);
 		}
 	}
@@ -182,8 +191,9 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 	if (optind < argc && strcmp(argv[optind], "--") == 0)
 		optind++;
 	if (optind >= argc)
-		return error_set(ret_error, -EINVAL,
-				 "no program to run; write `vmhpc run [OPTIONS] -- PROGRAM [ARGS]`");
+		return error_set(
+		    ret_error, -EINVAL,
+		    "no program to run; write `vmhpc run [OPTIONS] -- PROGRAM [ARGS]`");
 	o.argc = argc - optind;
 	o.argv = argv + optind;
 	if (o.ranks == 0)

@@ -4,26 +4,26 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RUN_MAX_VMS 64
-#define RUN_MAX_VCPUS 64
+#define RUN_MAX_VMS    64
+#define RUN_MAX_VCPUS  64
 #define RUN_MIN_MEM_MB 64
 #define RUN_MAX_MEM_MB (256 * 1024)
 #define RUN_MAX_TIME_S (30 * 24 * 3600)
 
 struct run_options {
-	unsigned vms;          /* --vms N (default 2) */
-	unsigned vcpus;        /* --vcpus V per VM (default 1) */
+	unsigned vms;	       /* --vms N (default 2) */
+	unsigned vcpus;	       /* --vcpus V per VM (default 1) */
 	unsigned mem_mb;       /* --mem SIZE per VM (default 256M) */
-	unsigned ranks;        /* -n N (default vms * vcpus) */
+	unsigned ranks;	       /* -n N (default vms * vcpus) */
 	const char *image;     /* --image NAME[:VER] (default tiny-mpi) */
 	unsigned time_limit_s; /* --time DURATION (0: none) */
 	const char *workdir;   /* --workdir DIR (default: the current directory) */
-	bool share;            /* false with --no-share */
+	bool share;	       /* false with --no-share */
 	bool oversubscribe;    /* --oversubscribe */
-	bool label;            /* --label */
-	bool json;             /* --json */
+	bool label;	       /* --label */
+	bool json;	       /* --json */
 	const char *accel;     /* --accel kvm|tcg (default: probe) */
-	int argc;              /* PROGRAM ARGS after "--" (or the first non-option) */
+	int argc;	       /* PROGRAM ARGS after "--" (or the first non-option) */
 	char **argv;
 };
 

@@ -27,11 +27,11 @@
 #include "vm/runstate.h"
 
 #define BOOT_TIMEOUT_MS_DEFAULT 120000
-#define SHUTDOWN_TIMEOUT_MS 10000
-#define EXIT_TIME_LIMIT 124 /* as timeout(1) */
-#define INDEX_MAX_BYTES (512u * 1024 * 1024)
+#define SHUTDOWN_TIMEOUT_MS	10000
+#define EXIT_TIME_LIMIT		124 /* as timeout(1) */
+#define INDEX_MAX_BYTES		(512u * 1024 * 1024)
 
-static const char *const program_dirs[] = { "/usr/local/bin", "/usr/bin", "/usr/sbin" };
+static const char *const program_dirs[] = {"/usr/local/bin", "/usr/bin", "/usr/sbin"};
 
 static double now_s(void)
 {
@@ -51,10 +51,10 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 		      struct manifest **ret)
 {
 	_cleanup_free_ char *name = NULL, *error = NULL, *init = NULL, *exec = NULL, *spec = NULL;
-	struct builder_options bo = { .cache_dir = ctx->cache_dir,
-				      .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
-				      .progress = isatty(STDERR_FILENO) };
-	struct builder_result res = { 0 };
+	struct builder_options bo = {.cache_dir = ctx->cache_dir,
+				     .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+				     .progress = isatty(STDERR_FILENO)};
+	struct builder_result res = {0};
 	uint32_t version;
 	int r;
 
@@ -81,7 +81,8 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	bo.exec_path = exec;
 	r = builder_build(s, &bo, &res, &error);
 	if (r < 0)
-		return log_error_errno(r, "building the default image: %s", error ? error : strerror(-r));
+		return log_error_errno(r, "building the default image: %s",
+				       error ? error : strerror(-r));
 	builder_result_done(&res);
 	return catalog_load(s, name, 0, ret, NULL);
 }
@@ -135,8 +136,10 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 		struct stat sb;
 
 		if (prog[0] != '/' && !workdir) {
-			log_error("PROGRAM '%s' is a relative path, but --no-share gives the VMs no job "
-				  "folder; use a program in the image or drop --no-share", prog);
+			log_error(
+			    "PROGRAM '%s' is a relative path, but --no-share gives the VMs no job "
+			    "folder; use a program in the image or drop --no-share",
+			    prog);
 			return -ENOENT;
 		}
 		if (workdir && (prog[0] != '/' || strncmp(prog, workdir, strlen(workdir)) == 0)) {
@@ -145,8 +148,10 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 				return -ENOMEM;
 			if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111))
 				return 0;
-			log_error("PROGRAM '%s' is not an executable file in the job folder %s; build "
-				  "it there or give its path", prog, workdir);
+			log_error(
+			    "PROGRAM '%s' is not an executable file in the job folder %s; build "
+			    "it there or give its path",
+			    prog, workdir);
 			return -ENOENT;
 		}
 		{
@@ -155,8 +160,9 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 			r = merged ? image_has_path(s, m, prog, &found) : -ENOMEM;
 		}
 		if (r == 0 && !found) {
-			log_error("PROGRAM '%s' is not in the image %s:%u (see `vmhpc image ls %s:%u`)",
-				  prog, m->name, m->version, m->name, m->version);
+			log_error(
+			    "PROGRAM '%s' is not in the image %s:%u (see `vmhpc image ls %s:%u`)",
+			    prog, m->name, m->version, m->name, m->version);
 			return -ENOENT;
 		}
 		return r;
@@ -173,7 +179,8 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 	if (!found) {
 		log_error("PROGRAM '%s' is not in the image %s:%u's /usr/bin, /usr/sbin or "
 			  "/usr/local/bin; give a path in the job folder (./%s) or add it to the "
-			  "image", prog, m->name, m->version, prog);
+			  "image",
+			  prog, m->name, m->version, prog);
 		return -ENOENT;
 	}
 	return 0;
@@ -190,7 +197,8 @@ static void show_progress(unsigned ready, unsigned n, void *ud)
 	struct boot_progress *p = ud;
 
 	if (p->tty) {
-		fprintf(stderr, "\r\033[Kvmhpc: booting %u VM%s: %u ready", n, n == 1 ? "" : "s", ready);
+		fprintf(stderr, "\r\033[Kvmhpc: booting %u VM%s: %u ready", n, n == 1 ? "" : "s",
+			ready);
 		if (ready == n)
 			fputc('\n', stderr);
 	}
@@ -223,7 +231,8 @@ static char **mpiexec_argv(const struct run_options *o, struct job *j)
 	}
 	hosts[0] = '\0';
 	for (unsigned i = 0; i < o->vms; i++)
-		len += (size_t)sprintf(hosts + len, "%s%s:%u", i ? "," : "", job_vm_name(j, i), o->vcpus);
+		len += (size_t)sprintf(hosts + len, "%s%s:%u", i ? "," : "", job_vm_name(j, i),
+				       o->vcpus);
 	snprintf(ranks, sizeof(ranks), "%u", o->ranks);
 	argv[n++] = strdup("/usr/bin/mpiexec.hydra");
 	/* hydra reaches the other VMs "by ssh" through vmhpc-exec and their exec services. */
@@ -270,17 +279,18 @@ static void print_report(const struct run_options *o, struct job *j, const struc
 
 		for (unsigned i = 0; i < o->vms; i++)
 			json_array_append_new(
-				vms, json_pack("{s:s, s:f, s:I, s:I, s:I}", "name", job_vm_name(j, i),
-					       "ready_s", stats[i].ready_s, "guest_used_kb",
-					       (json_int_t)stats[i].guest_used_kb, "host_rss_kb",
-					       (json_int_t)stats[i].host_rss_kb, "host_pss_kb",
-					       (json_int_t)stats[i].host_pss_kb));
-		out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:o, s:I}",
-				"job", job_id(j), "image", m->name, "version", (int)m->version, "vms",
-				(int)o->vms, "vcpus", (int)o->vcpus, "exit_code", exit_code, "accel",
-				accel_to_string(job_accel(j)), "materialize_s", job_materialize_s(j),
-				"boot_s", boot_s, "run_s", run_s, "shutdown_s", shutdown_s, "vm", vms,
-				"host_pss_total_kb", (json_int_t)pss_total);
+			    vms, json_pack("{s:s, s:f, s:I, s:I, s:I}", "name", job_vm_name(j, i),
+					   "ready_s", stats[i].ready_s, "guest_used_kb",
+					   (json_int_t)stats[i].guest_used_kb, "host_rss_kb",
+					   (json_int_t)stats[i].host_rss_kb, "host_pss_kb",
+					   (json_int_t)stats[i].host_pss_kb));
+		out =
+		    json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:o, s:I}",
+			      "job", job_id(j), "image", m->name, "version", (int)m->version, "vms",
+			      (int)o->vms, "vcpus", (int)o->vcpus, "exit_code", exit_code, "accel",
+			      accel_to_string(job_accel(j)), "materialize_s", job_materialize_s(j),
+			      "boot_s", boot_s, "run_s", run_s, "shutdown_s", shutdown_s, "vm", vms,
+			      "host_pss_total_kb", (json_int_t)pss_total);
 		json_dumpf(out, stderr, JSON_COMPACT);
 		fputc('\n', stderr);
 		json_decref(out);
@@ -288,7 +298,8 @@ static void print_report(const struct run_options *o, struct job *j, const struc
 	}
 	fprintf(stderr,
 		"\nvmhpc: job %s: %u VM%s x %u VCPU, %u MB each, %s, image %s:%u, exit %d\n"
-		"  image materialize %7.2f s\n  boot (slowest VM) %7.2f s\n  run               %7.2f s\n"
+		"  image materialize %7.2f s\n  boot (slowest VM) %7.2f s\n  run               "
+		"%7.2f s\n"
 		"  shutdown          %7.2f s\n",
 		job_id(j), o->vms, o->vms == 1 ? "" : "s", o->vcpus, o->mem_mb,
 		accel_to_string(job_accel(j)), m->name, m->version, exit_code, job_materialize_s(j),
@@ -296,13 +307,14 @@ static void print_report(const struct run_options *o, struct job *j, const struc
 	fprintf(stderr, "  %-6s %8s %12s %10s %10s\n", "VM", "ready", "guest used", "QEMU RSS",
 		"QEMU PSS");
 	for (unsigned i = 0; i < o->vms; i++)
-		fprintf(stderr, "  %-6s %6.2f s %12s %10s %10s\n", job_vm_name(j, i), stats[i].ready_s,
-			humanize_bytes(stats[i].guest_used_kb * 1024, b1),
+		fprintf(stderr, "  %-6s %6.2f s %12s %10s %10s\n", job_vm_name(j, i),
+			stats[i].ready_s, humanize_bytes(stats[i].guest_used_kb * 1024, b1),
 			humanize_bytes(stats[i].host_rss_kb * 1024, b2),
 			humanize_bytes(stats[i].host_pss_kb * 1024, b3));
-	fprintf(stderr,
-		"  all VMs: guest used %s; host memory %s (sum of PSS: the shared root counted once)\n",
-		humanize_bytes(used_total * 1024, b1), humanize_bytes(pss_total * 1024, b2));
+	fprintf(
+	    stderr,
+	    "  all VMs: guest used %s; host memory %s (sum of PSS: the shared root counted once)\n",
+	    humanize_bytes(used_total * 1024, b1), humanize_bytes(pss_total * 1024, b2));
 }
 
 int cli_run_main(struct cli_context *ctx, int argc, char **argv)
@@ -313,9 +325,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	struct store *s = NULL;
 	struct manifest *m = NULL;
 	struct job *j = NULL;
-	struct job_vm_stats stats[JOB_MAX_VMS] = { 0 };
-	struct boot_progress bp = { .tty = isatty(STDERR_FILENO) };
-	struct job_config cfg = { 0 };
+	struct job_vm_stats stats[JOB_MAX_VMS] = {0};
+	struct boot_progress bp = {.tty = isatty(STDERR_FILENO)};
+	struct job_config cfg = {0};
 	char **mpi_argv = NULL;
 	sigset_t mask;
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -331,15 +343,17 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	}
 	/* The paper's rule: no more virtual CPUs than physical ones, unless asked. */
 	if ((long)o.vms * o.vcpus > cores && !o.oversubscribe) {
-		log_error("%u VM%s x %u VCPU%s = %u virtual CPUs, but this machine has %ld cores; use "
-			  "fewer VMs or VCPUs, or --oversubscribe", o.vms, o.vms == 1 ? "" : "s",
-			  o.vcpus, o.vcpus == 1 ? "" : "s", o.vms * o.vcpus, cores);
+		log_error(
+		    "%u VM%s x %u VCPU%s = %u virtual CPUs, but this machine has %ld cores; use "
+		    "fewer VMs or VCPUs, or --oversubscribe",
+		    o.vms, o.vms == 1 ? "" : "s", o.vcpus, o.vcpus == 1 ? "" : "s", o.vms * o.vcpus,
+		    cores);
 		return 2;
 	}
 	if (o.mem_mb < JOB_MIN_MEM_MB) {
 		log_error("--mem %uM is below what a guest needs (%uM: kernel, initramfs and the "
-			  "writable overlay); give at least --mem %uM", o.mem_mb, JOB_MIN_MEM_MB,
-			  JOB_MIN_MEM_MB);
+			  "writable overlay); give at least --mem %uM",
+			  o.mem_mb, JOB_MIN_MEM_MB, JOB_MIN_MEM_MB);
 		return 2;
 	}
 	if (o.share) {
@@ -348,8 +362,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		const char *dir = o.workdir ? o.workdir : ".";
 
 		if (!realpath(dir, resolved) || stat(resolved, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-			log_error("--workdir %s: %s; give an existing directory (or --no-share)", dir,
-				  errno ? strerror(errno) : "not a directory");
+			log_error("--workdir %s: %s; give an existing directory (or --no-share)",
+				  dir, errno ? strerror(errno) : "not a directory");
 			return 2;
 		}
 		workdir = strdup(resolved);
@@ -391,8 +405,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	cfg.mem_mb = o.mem_mb;
 	cfg.workdir = workdir;
 	cfg.accel = o.accel;
-	cfg.boot_timeout_ms = getenv("VMHPC_BOOT_TIMEOUT_MS") ? atoi(getenv("VMHPC_BOOT_TIMEOUT_MS"))
-							    : BOOT_TIMEOUT_MS_DEFAULT;
+	cfg.boot_timeout_ms = getenv("VMHPC_BOOT_TIMEOUT_MS")
+				  ? atoi(getenv("VMHPC_BOOT_TIMEOUT_MS"))
+				  : BOOT_TIMEOUT_MS_DEFAULT;
 	cfg.progress = show_progress;
 	cfg.cancelled = check_cancelled;
 	cfg.userdata = &bp;
@@ -417,33 +432,35 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	if (!mpi_argv)
 		goto out;
 	{
-		char *envp[] = { "PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
-				 /* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory
-				  * inside one (docs/guest.md). */
-				 "UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
-				 "UCX_WARN_UNUSED_ENV_VARS=n", NULL };
+		char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
+				/* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory
+				 * inside one (docs/guest.md). */
+				"UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
+				"UCX_WARN_UNUSED_ENV_VARS=n", NULL};
 		const char *sudo_uid = getenv("SUDO_UID"), *sudo_gid = getenv("SUDO_GID");
 		struct frame_exec req = {
-			.uid = geteuid() == 0 && sudo_uid ? (uint32_t)atoi(sudo_uid) : getuid(),
-			.gid = geteuid() == 0 && sudo_gid ? (uint32_t)atoi(sudo_gid) : getgid(),
-			.cwd = workdir ? workdir : "/",
-			.argv = mpi_argv,
-			.envp = envp,
+		    .uid = geteuid() == 0 && sudo_uid ? (uint32_t)atoi(sudo_uid) : getuid(),
+		    .gid = geteuid() == 0 && sudo_gid ? (uint32_t)atoi(sudo_gid) : getgid(),
+		    .cwd = workdir ? workdir : "/",
+		    .argv = mpi_argv,
+		    .envp = envp,
 		};
-		struct exec_client_io io = { .stdin_fd = -1, .stdout_fd = STDOUT_FILENO,
-					     .stderr_fd = STDERR_FILENO, .signal_fd = sfd };
+		struct exec_client_io io = {.stdin_fd = -1,
+					    .stdout_fd = STDOUT_FILENO,
+					    .stderr_fd = STDERR_FILENO,
+					    .signal_fd = sfd};
 		double t_run = now_s();
 
 		free(TAKE_PTR(error));
-		r = job_exec(j, 0, &req, &io, o.time_limit_s ? (int)o.time_limit_s * 1000 : -1, &status,
-			     &error);
+		r = job_exec(j, 0, &req, &io, o.time_limit_s ? (int)o.time_limit_s * 1000 : -1,
+			     &status, &error);
 		run_s = now_s() - t_run;
 	}
 	if (r >= 0 && job_forwarded_signal(j, 0)) {
 		int sig = job_forwarded_signal(j, 0);
 
-		log_error("interrupted by %s: the job was stopped (mpiexec exited %d)", strsignal(sig),
-			  status);
+		log_error("interrupted by %s: the job was stopped (mpiexec exited %d)",
+			  strsignal(sig), status);
 		code = 128 + sig;
 	} else if (r == -ETIMEDOUT) {
 		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
@@ -456,8 +473,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		/* mpiexec's own status: a rank's exit code, or 255 when hydra reports a rank
 		 * killed by a signal; 128+N only when mpiexec itself was killed. */
 		if (status > 128 && status <= 128 + 64)
-			log_error("the job failed with exit code %d (mpiexec ended by signal %d, %s)",
-				  status, status - 128, strsignal(status - 128));
+			log_error(
+			    "the job failed with exit code %d (mpiexec ended by signal %d, %s)",
+			    status, status - 128, strsignal(status - 128));
 		else if (status != 0)
 			log_error("the job failed with exit code %d", status);
 	}
@@ -489,8 +507,9 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv)
 
 	if (argc > 1) {
 		if (strcmp(argv[1], "--help") == 0) {
-			printf("usage: vmhpc cleanup\n  removes the VMs, virtiofsd processes, taps, "
-			       "bridges, sockets and job folders that killed `vmhpc run`s left\n");
+			printf(
+			    "usage: vmhpc cleanup\n  removes the VMs, virtiofsd processes, taps, "
+			    "bridges, sockets and job folders that killed `vmhpc run`s left\n");
 			return 0;
 		}
 		log_error("`vmhpc cleanup` takes no arguments");

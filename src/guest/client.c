@@ -31,7 +31,7 @@ struct exec_client {
 	char *error; /* text of the last ERROR frame */
 	bool have_ready;
 	struct frame_info ready;
-	bool resync; /* skipping input up to the next READY header */
+	bool resync;	      /* skipping input up to the next READY header */
 	int forwarded_signal; /* the last signal exec_client_run passed on, 0 if none */
 };
 

@@ -24,7 +24,7 @@
 #include "util/log.h"
 
 #define WORK_PREFIX "build-"
-#define WORK_LOCK ".lock"
+#define WORK_LOCK   ".lock"
 
 void builder_result_done(struct builder_result *r)
 {
@@ -73,8 +73,7 @@ static void progress_update(uint64_t done_bytes, void *userdata)
 
 	if (!p->enabled || p->total_bytes == 0)
 		return;
-	fprintf(stderr, "\r  %-10s %3u%%", p->stage,
-		(unsigned)(done_bytes * 100 / p->total_bytes));
+	fprintf(stderr, "\r  %-10s %3u%%", p->stage, (unsigned)(done_bytes * 100 / p->total_bytes));
 	fflush(stderr);
 }
 
@@ -131,13 +130,13 @@ static int build_into(struct store *s, const struct builder_options *opts,
 		      const struct image_spec *spec, const char *work, struct manifest *m,
 		      struct builder_result *ret, char **ret_error)
 {
-	struct progress prog = { .enabled = opts->progress };
-	struct store_put_stats stats = { 0 };
+	struct progress prog = {.enabled = opts->progress};
+	struct store_put_stats stats = {0};
 	struct kernel_tree *k = NULL;
 	struct deb_package **pkgs = NULL;
 	char **labels = NULL;
 	struct rootfs_layer *layers = NULL;
-	struct rootfs_result root = { 0 };
+	struct rootfs_result root = {0};
 	char **module_paths = NULL;
 	size_t n_modules = 0, n_layers = 0;
 	void *initrd = NULL;
@@ -196,9 +195,10 @@ static int build_into(struct store *s, const struct builder_options *opts,
 
 	progress_stage(&prog, "root", "building the root file system");
 	{
-		const struct spec_file own[] = { { (char *)opts->exec_path, "/usr/bin/vmhpc-exec" } };
+		const struct spec_file own[] = {{(char *)opts->exec_path, "/usr/bin/vmhpc-exec"}};
 
-		r = rootfs_build(spec, layers, n_layers, own, ARRAY_SIZE(own), work, &root, ret_error);
+		r = rootfs_build(spec, layers, n_layers, own, ARRAY_SIZE(own), work, &root,
+				 ret_error);
 	}
 	if (r == -ENOSPC || r == -EDQUOT) {
 		/* The work directory lives in the store: say so, not which file hit it. */
@@ -217,7 +217,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 				     &m->parts[MANIFEST_PART_INITRAMFS], &stats);
 	prog.stage = "root";
 	if (r == 0)
-		r = put_file(s, root.image_path, opts, &m->parts[MANIFEST_PART_ROOT], &stats, &prog);
+		r = put_file(s, root.image_path, opts, &m->parts[MANIFEST_PART_ROOT], &stats,
+			     &prog);
 	if (r == 0)
 		r = store_put_buffer(s, root.index_json, strlen(root.index_json), &opts->chunking,
 				     &m->parts[MANIFEST_PART_INDEX], &stats);
@@ -234,7 +235,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "libraries", json_incref(root.libraries));
 	json_object_set_new(m->metadata, "host_files", json_incref(root.host_sources));
 	json_object_set_new(m->metadata, "root_fs", json_string("ext4"));
-	json_object_set_new(m->metadata, "root_content_bytes", json_integer((json_int_t)root.content_bytes));
+	json_object_set_new(m->metadata, "root_content_bytes",
+			    json_integer((json_int_t)root.content_bytes));
 	json_object_set_new(m->metadata, "root_files", json_integer((json_int_t)root.n_entries));
 	json_object_set_new(m->metadata, "initramfs_modules", json_integer((json_int_t)n_modules));
 	if (spec->description)
@@ -276,10 +278,11 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 	if (r < 0)
 		return r;
 	if (access(opts->init_path, R_OK) < 0 || access(opts->exec_path, R_OK) < 0) {
-		r = error_set(ret_error, -errno,
-			      "%s not found; build vmhpc with meson/ninja (it builds vmhpc-init and "
-			      "vmhpc-exec next to vmhpc), or set VMHPC_INIT and VMHPC_EXEC",
-			      access(opts->init_path, R_OK) < 0 ? opts->init_path : opts->exec_path);
+		r = error_set(
+		    ret_error, -errno,
+		    "%s not found; build vmhpc with meson/ninja (it builds vmhpc-init and "
+		    "vmhpc-exec next to vmhpc), or set VMHPC_INIT and VMHPC_EXEC",
+		    access(opts->init_path, R_OK) < 0 ? opts->init_path : opts->exec_path);
 		goto out;
 	}
 	builder_clean_stale(s);

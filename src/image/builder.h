@@ -14,12 +14,12 @@
 
 struct builder_options {
 	const char *spec_path;
-	const char *cache_dir;  /* Debian package cache */
-	const char *init_path;  /* the static vmhpc-init to put in the initramfs */
-	const char *exec_path;  /* the static vmhpc-exec to put in the root (/usr/bin) */
+	const char *cache_dir; /* Debian package cache */
+	const char *init_path; /* the static vmhpc-init to put in the initramfs */
+	const char *exec_path; /* the static vmhpc-exec to put in the root (/usr/bin) */
 	struct chunker_params chunking;
-	int compression_level;  /* zstd level for the chunks this build writes */
-	bool progress;          /* print a progress line on stderr */
+	int compression_level; /* zstd level for the chunks this build writes */
+	bool progress;	       /* print a progress line on stderr */
 };
 
 /* Images are built once and copied to many nodes: spend CPU here to send fewer bytes. */
@@ -29,7 +29,7 @@ struct builder_result {
 	char *name;
 	uint32_t version;
 	uint64_t plain_bytes[_MANIFEST_PART_KIND_MAX];
-	uint64_t stored_new_bytes; /* compressed bytes this build added to the store */
+	uint64_t stored_new_bytes;   /* compressed bytes this build added to the store */
 	uint64_t stored_total_bytes; /* compressed bytes of all its distinct chunks */
 	uint64_t root_content_bytes;
 	uint64_t n_files;

@@ -11,16 +11,19 @@ struct closure_layer {
 };
 
 struct closure_file {
-	char *image_path;     /* where the loader looks for it in the image, e.g. /usr/lib/x86_64-linux-gnu/libc.so.6 */
-	char *real_image_path; /* the same after symlinks, e.g. .../libc.so.6 or libmpich.so.12.2.2 */
-	char *host_path;      /* the regular file on this machine to copy from */
-	size_t layer;         /* index into the layers it was found in */
-	int is_elf;           /* 1 when it is an ELF object (a program or a library) */
+	char *image_path; /* where the loader looks for it in the image, e.g.
+			     /usr/lib/x86_64-linux-gnu/libc.so.6 */
+	char *
+	    real_image_path; /* the same after symlinks, e.g. .../libc.so.6 or libmpich.so.12.2.2 */
+	char *host_path;     /* the regular file on this machine to copy from */
+	size_t layer;	     /* index into the layers it was found in */
+	int is_elf;	     /* 1 when it is an ELF object (a program or a library) */
 };
 
 struct closure {
 	size_t n_files;
-	struct closure_file *files; /* requested paths first, then libraries, no duplicate image_path */
+	struct closure_file
+	    *files; /* requested paths first, then libraries, no duplicate image_path */
 };
 
 /* Resolves each of paths (absolute paths as seen in the image, e.g. /usr/bin/mpiexec.hydra)

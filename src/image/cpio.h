@@ -19,9 +19,11 @@ struct cpio_writer *cpio_writer_free(struct cpio_writer *w);
 /* Each adds one entry; path is relative ("init", "lib/modules/x.ko"); a leading '/' is
  * dropped. mode holds permission bits only. -EINVAL for an empty or over-long path. */
 int cpio_add_directory(struct cpio_writer *w, const char *path, mode_t mode);
-int cpio_add_file(struct cpio_writer *w, const char *path, mode_t mode, const void *data, size_t len);
+int cpio_add_file(struct cpio_writer *w, const char *path, mode_t mode, const void *data,
+		  size_t len);
 /* Reads src_path from the host and adds its bytes under path. */
-int cpio_add_file_from_path(struct cpio_writer *w, const char *path, mode_t mode, const char *src_path);
+int cpio_add_file_from_path(struct cpio_writer *w, const char *path, mode_t mode,
+			    const char *src_path);
 int cpio_add_symlink(struct cpio_writer *w, const char *path, const char *target);
 int cpio_add_char_device(struct cpio_writer *w, const char *path, mode_t mode, unsigned major,
 			 unsigned minor);

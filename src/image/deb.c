@@ -34,7 +34,8 @@ static char *control_field(const char *text, const char *field)
 {
 	size_t flen = strlen(field);
 
-	for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+	for (const char *line = text; line && *line;
+	     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
 		if (strncmp(line, field, flen) == 0 && line[flen] == ':') {
 			const char *v = line + flen + 1;
 			const char *end = strchr(v, '\n');
@@ -75,11 +76,12 @@ static int ensure_downloaded(const char *cache_dir, struct deb_package *p, const
 {
 	_cleanup_free_ char *debs = NULL, *tmpparent = NULL, *tmp = NULL, *got = NULL;
 	_cleanup_free_ char *out = NULL, *err = NULL, *last = NULL;
-	char *argv[] = { "apt-get", "download", "-q", p->name, NULL };
-	struct proc_options opts = { .stdout_fd = -1 };
+	char *argv[] = {"apt-get", "download", "-q", p->name, NULL};
+	struct proc_options opts = {.stdout_fd = -1};
 	int r, code;
 
-	if (asprintf(&debs, "%s/debs", cache_dir) < 0 || asprintf(&tmpparent, "%s/tmp", cache_dir) < 0)
+	if (asprintf(&debs, "%s/debs", cache_dir) < 0 ||
+	    asprintf(&tmpparent, "%s/tmp", cache_dir) < 0)
 		return -ENOMEM;
 	p->deb_path = fs_path_join(debs, file);
 	if (!p->deb_path)
@@ -96,7 +98,8 @@ static int ensure_downloaded(const char *cache_dir, struct deb_package *p, const
 	r = proc_run(argv, &opts, &out, &err, &code);
 	if (r < 0) {
 		fs_rm_rf(tmp);
-		return error_set(ret_error, r, "running apt-get: %s; is apt installed?", strerror(-r));
+		return error_set(ret_error, r, "running apt-get: %s; is apt installed?",
+				 strerror(-r));
 	}
 	got = fs_path_join(tmp, file);
 	if (code != 0 || !got || !fs_exists(got)) {
@@ -133,10 +136,11 @@ static int ensure_unpacked(const char *cache_dir, struct deb_package *p, const c
 	sprintf(p->root, "%s/%.*s", unpacked, (int)(flen - 4), file); /* without ".deb" */
 	if (fs_exists(p->root))
 		return 0;
-	if ((r = fs_mkdir_p(unpacked, 0755)) < 0 || (r = fs_mkdtemp(tmpparent, "unpack-", &tmp)) < 0)
+	if ((r = fs_mkdir_p(unpacked, 0755)) < 0 ||
+	    (r = fs_mkdtemp(tmpparent, "unpack-", &tmp)) < 0)
 		return error_set(ret_error, r, "package cache %s: %s", cache_dir, strerror(-r));
 	{
-		char *argv[] = { "dpkg-deb", "-x", p->deb_path, tmp, NULL };
+		char *argv[] = {"dpkg-deb", "-x", p->deb_path, tmp, NULL};
 
 		r = proc_run(argv, NULL, NULL, &err, &code);
 	}
@@ -144,16 +148,19 @@ static int ensure_unpacked(const char *cache_dir, struct deb_package *p, const c
 		last = proc_last_line(err);
 		fs_rm_rf(tmp);
 		unlink(p->deb_path); /* a damaged download: fetch it again next time */
-		return error_set(ret_error, r < 0 ? r : -EIO,
-				 "unpacking Debian package '%s' failed (%s); it was removed from the "
-				 "cache, try again", p->name, last && *last ? last : strerror(-r));
+		return error_set(
+		    ret_error, r < 0 ? r : -EIO,
+		    "unpacking Debian package '%s' failed (%s); it was removed from the "
+		    "cache, try again",
+		    p->name, last && *last ? last : strerror(-r));
 	}
 	/* Another build may have unpacked the same package meanwhile: theirs is as good. */
 	if (rename(tmp, p->root) < 0) {
 		r = -errno;
 		fs_rm_rf(tmp);
 		if (r != -EEXIST && r != -ENOTEMPTY)
-			return error_set(ret_error, r, "package cache %s: %s", unpacked, strerror(-r));
+			return error_set(ret_error, r, "package cache %s: %s", unpacked,
+					 strerror(-r));
 	}
 	return 0;
 }
@@ -176,7 +183,8 @@ static int query_candidates(char *const *names, size_t n, struct deb_package **p
 		argv[3 + i] = names[i];
 	r = proc_run(argv, NULL, &out, &err, &code);
 	if (r < 0)
-		return error_set(ret_error, r, "running apt-cache: %s; is apt installed?", strerror(-r));
+		return error_set(ret_error, r, "running apt-cache: %s; is apt installed?",
+				 strerror(-r));
 	/* Stanzas are separated by blank lines; each names its Package. */
 	for (char *stanza = out; stanza && *stanza;) {
 		char *end = strstr(stanza, "\n\n");
@@ -197,10 +205,11 @@ static int query_candidates(char *const *names, size_t n, struct deb_package **p
 		if (pkgs[i]->version && pkgs[i]->arch)
 			continue;
 		last = proc_last_line(err);
-		return error_set(ret_error, -ENOENT,
-				 "Debian package '%s' not found (apt-cache: %s); check the name with "
-				 "`apt-cache search`, or run `apt-get update`",
-				 pkgs[i]->name, last && *last ? last : "no candidate version");
+		return error_set(
+		    ret_error, -ENOENT,
+		    "Debian package '%s' not found (apt-cache: %s); check the name with "
+		    "`apt-cache search`, or run `apt-get update`",
+		    pkgs[i]->name, last && *last ? last : "no candidate version");
 	}
 	return 0; /* apt-cache exits non-zero when any name is unknown: judged above */
 }
@@ -221,7 +230,8 @@ int deb_fetch_many(const char *cache_dir, char *const *names, size_t n,
 	if (r == 0 && n > 0)
 		r = query_candidates(names, n, pkgs, ret_error);
 	for (size_t i = 0; i < n && r == 0; i++) {
-		_cleanup_free_ char *file = deb_file_name(pkgs[i]->name, pkgs[i]->version, pkgs[i]->arch);
+		_cleanup_free_ char *file =
+		    deb_file_name(pkgs[i]->name, pkgs[i]->version, pkgs[i]->arch);
 
 		r = file ? ensure_downloaded(cache_dir, pkgs[i], file, ret_error) : -ENOMEM;
 		if (r == 0)
@@ -246,7 +256,7 @@ int deb_fetch(const char *cache_dir, const char *name, struct deb_package **ret_
 	      char **ret_error)
 {
 	struct deb_package **pkgs = NULL;
-	char *names[] = { (char *)name };
+	char *names[] = {(char *)name};
 	int r = deb_fetch_many(cache_dir, names, 1, &pkgs, ret_error);
 
 	if (r < 0)
@@ -259,7 +269,7 @@ int deb_fetch(const char *cache_dir, const char *name, struct deb_package **ret_
 int deb_read_field(const char *deb_path, const char *field, char **ret_value)
 {
 	_cleanup_free_ char *out = NULL;
-	char *argv[] = { "dpkg-deb", "-f", (char *)deb_path, (char *)field, NULL };
+	char *argv[] = {"dpkg-deb", "-f", (char *)deb_path, (char *)field, NULL};
 	int r, code;
 
 	r = proc_run(argv, NULL, &out, NULL, &code);
@@ -275,7 +285,7 @@ int deb_read_field(const char *deb_path, const char *field, char **ret_value)
 static char *package_version(const char *pkg)
 {
 	_cleanup_free_ char *out = NULL;
-	char *argv[] = { "dpkg-query", "-W", "-f", "${Version}", (char *)pkg, NULL };
+	char *argv[] = {"dpkg-query", "-W", "-f", "${Version}", (char *)pkg, NULL};
 	int code;
 
 	if (proc_run(argv, NULL, &out, NULL, &code) < 0 || code != 0)

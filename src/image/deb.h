@@ -10,7 +10,7 @@ struct deb_package {
 	char *version;
 	char *arch;
 	char *deb_path; /* the .deb in the cache */
-	char *root;     /* its unpacked tree in the cache */
+	char *root;	/* its unpacked tree in the cache */
 };
 
 /* Fetches (or finds in cache_dir) the candidate version of package name and unpacks it.

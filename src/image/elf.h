@@ -11,15 +11,15 @@
 #define ELF_MAX_FILE_BYTES (2ull * 1024 * 1024 * 1024)
 
 struct elf_info {
-	uint16_t machine;  /* e_machine, EM_X86_64 for every file that elf_read_file accepts */
-	uint16_t type;     /* e_type: ET_EXEC or ET_DYN */
-	bool is_dynamic;   /* has a PT_DYNAMIC segment */
-	char *interp;      /* PT_INTERP, or NULL (static or a shared library) */
-	char *soname;      /* DT_SONAME, or NULL */
-	char *rpath;       /* DT_RPATH (':'-separated), or NULL */
-	char *runpath;     /* DT_RUNPATH, or NULL */
+	uint16_t machine; /* e_machine, EM_X86_64 for every file that elf_read_file accepts */
+	uint16_t type;	  /* e_type: ET_EXEC or ET_DYN */
+	bool is_dynamic;  /* has a PT_DYNAMIC segment */
+	char *interp;	  /* PT_INTERP, or NULL (static or a shared library) */
+	char *soname;	  /* DT_SONAME, or NULL */
+	char *rpath;	  /* DT_RPATH (':'-separated), or NULL */
+	char *runpath;	  /* DT_RUNPATH, or NULL */
 	size_t n_needed;
-	char **needed;     /* DT_NEEDED in file order */
+	char **needed; /* DT_NEEDED in file order */
 };
 
 /* Reads path. Errors: -ENOEXEC not an ELF file; -ENOTSUP an ELF file that is not

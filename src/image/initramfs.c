@@ -13,7 +13,7 @@
 
 /* The kernel's zstd unpacker works with windows up to 8 MiB; 4 MiB keeps it comfortable
  * and loses nothing on an archive of a few MiB. */
-#define INITRAMFS_ZSTD_LEVEL 19
+#define INITRAMFS_ZSTD_LEVEL	  19
 #define INITRAMFS_ZSTD_WINDOW_LOG 22
 
 static int compress(const void *data, size_t len, void **ret_data, size_t *ret_len)
@@ -77,7 +77,7 @@ static int add_parents(struct cpio_writer *w, const char *path, char ***seen, si
 int initramfs_build(const char *init_path, const struct kernel_tree *k, char *const *module_paths,
 		    size_t n_modules, void **ret_data, size_t *ret_len, size_t *ret_plain_bytes)
 {
-	static const char *const dirs[] = { "dev", "proc", "sys", "run", "tmp", "newroot" };
+	static const char *const dirs[] = {"dev", "proc", "sys", "run", "tmp", "newroot"};
 	struct cpio_writer *w = NULL;
 	char **seen = NULL;
 	size_t n_seen = 0, list_len = 0, plain_len = 0;

@@ -15,7 +15,7 @@
 #include "util/proc.h"
 
 #define MODULES_DEP_MAX_BYTES (16u * 1024 * 1024)
-#define MODULES_MAX 512
+#define MODULES_MAX	      512
 
 struct kernel_tree *kernel_tree_free(struct kernel_tree *k)
 {
@@ -75,10 +75,12 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 		if (deb_read_field(p->deb_path, "Depends", &depends) == 0)
 			real = first_image_dependency(depends);
 		if (!real) {
-			r = error_set(ret_error, -ENOENT,
-				      "kernel package '%s' has no /boot/vmlinuz-* and depends on no "
-				      "linux-image package; name a Debian kernel package in [kernel] "
-				      "package", package);
+			r = error_set(
+			    ret_error, -ENOENT,
+			    "kernel package '%s' has no /boot/vmlinuz-* and depends on no "
+			    "linux-image package; name a Debian kernel package in [kernel] "
+			    "package",
+			    package);
 			goto out;
 		}
 		deb_package_free(p);
@@ -88,8 +90,8 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 			goto out;
 		release = find_release(p->root);
 		if (!release) {
-			r = error_set(ret_error, -ENOENT, "kernel package '%s' has no /boot/vmlinuz-*",
-				      real);
+			r = error_set(ret_error, -ENOENT,
+				      "kernel package '%s' has no /boot/vmlinuz-*", real);
 			goto out;
 		}
 	}
@@ -111,7 +113,7 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 		/* Debian generates modules.dep in the package's postinst, which never runs
 		 * here (nothing is installed): generate it in the cache. */
 		_cleanup_free_ char *err = NULL, *last = NULL;
-		char *argv[] = { "depmod", "-b", p->root, k->release, NULL };
+		char *argv[] = {"depmod", "-b", p->root, k->release, NULL};
 		int code;
 
 		r = proc_run(argv, NULL, NULL, &err, &code);
@@ -119,7 +121,9 @@ int kernel_fetch(const char *cache_dir, const char *package, struct kernel_tree 
 			last = proc_last_line(err);
 			r = error_set(ret_error, r < 0 ? r : -EIO,
 				      "depmod for kernel %s failed (%s); install kmod", k->release,
-				      r < 0 ? strerror(-r) : last ? last : "?");
+				      r < 0  ? strerror(-r)
+				      : last ? last
+					     : "?");
 			goto out;
 		}
 	}
@@ -177,7 +181,8 @@ static int dep_table_load(const char *modules_dir, struct dep_table *t)
 	r = fs_read_file(path, MODULES_DEP_MAX_BYTES, &t->text, NULL);
 	if (r < 0)
 		return r;
-	for (char *line = strtok_r(t->text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+	for (char *line = strtok_r(t->text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
 		char *colon = strchr(line, ':'), *save2 = NULL;
 		struct dep_entry *grown, *e;
 
@@ -191,7 +196,8 @@ static int dep_table_load(const char *modules_dir, struct dep_table *t)
 		e = &t->entries[t->n++];
 		memset(e, 0, sizeof(*e));
 		e->path = line;
-		for (char *d = strtok_r(colon + 1, " ", &save2); d; d = strtok_r(NULL, " ", &save2)) {
+		for (char *d = strtok_r(colon + 1, " ", &save2); d;
+		     d = strtok_r(NULL, " ", &save2)) {
 			char **g = realloc(e->deps, (e->n_deps + 1) * sizeof(*g));
 
 			if (!g)
@@ -257,7 +263,7 @@ static int add_path(char ***paths, size_t *n, const char *path)
 int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size_t n_names,
 			   char ***ret_paths, size_t *ret_n, char **ret_error)
 {
-	struct dep_table t = { 0 };
+	struct dep_table t = {0};
 	char **paths = NULL;
 	size_t n = 0;
 	int r;
@@ -274,10 +280,11 @@ int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size
 		if (!e) {
 			if (is_builtin(k->modules_dir, names[i]))
 				continue;
-			r = error_set(ret_error, -ENOENT,
-				      "kernel module '%s' is not in kernel %s (neither a module nor "
-				      "built in); check [kernel] modules",
-				      names[i], k->release);
+			r = error_set(
+			    ret_error, -ENOENT,
+			    "kernel module '%s' is not in kernel %s (neither a module nor "
+			    "built in); check [kernel] modules",
+			    names[i], k->release);
 			goto out;
 		}
 		/* modules.dep lists a module's whole dependency closure, nearest first:

@@ -6,9 +6,9 @@
 #include <stddef.h>
 
 struct kernel_tree {
-	char *package;      /* the real package, e.g. linux-image-6.1.0-56-cloud-amd64 */
-	char *version;      /* its Debian version */
-	char *release;      /* uname -r, e.g. 6.1.0-56-cloud-amd64 */
+	char *package;	    /* the real package, e.g. linux-image-6.1.0-56-cloud-amd64 */
+	char *version;	    /* its Debian version */
+	char *release;	    /* uname -r, e.g. 6.1.0-56-cloud-amd64 */
 	char *vmlinuz_path; /* the kernel image on this machine (in the package cache) */
 	char *modules_dir;  /* .../lib/modules/<release> */
 };

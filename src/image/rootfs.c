@@ -184,11 +184,12 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 	int r = 0;
 
 	if (depth > 64)
-		return error_set(st->ret_error, -ELOOP, "%s: directories nested too deep", host_dir);
+		return error_set(st->ret_error, -ELOOP, "%s: directories nested too deep",
+				 host_dir);
 	d = opendir(host_dir);
 	if (!d)
-		return error_set(st->ret_error, -errno, "%s: %s; check the path in the spec", host_dir,
-				 strerror(errno));
+		return error_set(st->ret_error, -errno, "%s: %s; check the path in the spec",
+				 host_dir, strerror(errno));
 	{
 		_cleanup_free_ char *dir = staged(st, image_dir);
 
@@ -223,7 +224,8 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 			ssize_t n = readlink(src, target, sizeof(target) - 1);
 
 			if (n < 0) {
-				r = error_set(st->ret_error, -errno, "%s: %s", src, strerror(errno));
+				r = error_set(st->ret_error, -errno, "%s: %s", src,
+					      strerror(errno));
 				break;
 			}
 			target[n] = '\0';
@@ -241,14 +243,16 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 /* Adds the regular files (and links) of a plugin directory, found in the first layer
  * that has it, to the request list. */
 static int collect_plugin_dir(const struct rootfs_layer *layers, size_t n_layers,
-			      const char *image_dir, char ***paths, size_t *n_paths, char **ret_error)
+			      const char *image_dir, char ***paths, size_t *n_paths,
+			      char **ret_error)
 {
 	for (size_t l = 0; l < n_layers; l++) {
 		_cleanup_free_ char *merged = closure_usrmerge_path(image_dir);
-		const char *candidates[2] = { image_dir, merged };
+		const char *candidates[2] = {image_dir, merged};
 
 		for (int c = 0; c < 2; c++) {
-			_cleanup_free_ char *dir = candidates[c] ? fs_path_join(layers[l].root, candidates[c]) : NULL;
+			_cleanup_free_ char *dir =
+			    candidates[c] ? fs_path_join(layers[l].root, candidates[c]) : NULL;
 			struct dirent **names = NULL;
 			int count;
 
@@ -263,11 +267,13 @@ static int collect_plugin_dir(const struct rootfs_layer *layers, size_t n_layers
 
 				if (full && names[i]->d_name[0] != '.' && stat(full, &sb) == 0 &&
 				    S_ISREG(sb.st_mode)) {
-					char **grown = realloc(*paths, (*n_paths + 1) * sizeof(*grown));
+					char **grown =
+					    realloc(*paths, (*n_paths + 1) * sizeof(*grown));
 
 					if (grown) {
 						*paths = grown;
-						grown[*n_paths] = fs_path_join(image_dir, names[i]->d_name);
+						grown[*n_paths] =
+						    fs_path_join(image_dir, names[i]->d_name);
 						if (grown[*n_paths])
 							(*n_paths)++;
 					}
@@ -291,7 +297,7 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 	struct closure_layer *cl = calloc(n_layers, sizeof(*cl));
 	char **paths = NULL;
 	size_t n_paths = 0;
-	struct closure c = { 0 };
+	struct closure c = {0};
 	int r = 0;
 
 	if (!cl)
@@ -318,10 +324,12 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 
 		r = closure_lookup(cl, n_layers, spec->binaries[i], &host, &real, &layer);
 		if (r == -ENOENT) {
-			r = error_set(st->ret_error, r,
-				      "[root] binaries: %s is in none of the spec's packages, its tree, "
-				      "nor on this machine; check the path or add the package that "
-				      "ships it", spec->binaries[i]);
+			r = error_set(
+			    st->ret_error, r,
+			    "[root] binaries: %s is in none of the spec's packages, its tree, "
+			    "nor on this machine; check the path or add the package that "
+			    "ships it",
+			    spec->binaries[i]);
 			break;
 		}
 		if (r == 0)
@@ -335,7 +343,8 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 		else if (r == -ENOTSUP)
 			r = error_set(st->ret_error, r,
 				      "[root] binaries: %s (found at %s) is built for another "
-				      "architecture; vmhpc images are x86-64", spec->binaries[i], host);
+				      "architecture; vmhpc images are x86-64",
+				      spec->binaries[i], host);
 		else if (r < 0)
 			r = error_set(st->ret_error, r, "[root] binaries: %s (%s): %s",
 				      spec->binaries[i], host ? host : "?", strerror(-r));
@@ -346,7 +355,8 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 	if (r == 0 && n_paths > 0) {
 		r = closure_resolve(cl, n_layers, paths, n_paths, &c, st->ret_error);
 		if (r < 0 && st->ret_error && !*st->ret_error)
-			error_set(st->ret_error, r, "resolving the binaries' libraries: %s", strerror(-r));
+			error_set(st->ret_error, r, "resolving the binaries' libraries: %s",
+				  strerror(-r));
 	}
 	for (size_t i = 0; r == 0 && i < c.n_files; i++) {
 		const struct closure_file *f = &c.files[i];
@@ -354,7 +364,8 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 
 		r = stage_file(st, f->host_path, f->real_image_path, source);
 		if (r == 0 && strcmp(f->image_path, f->real_image_path) != 0) {
-			_cleanup_free_ char *target = link_target(f->image_path, f->real_image_path);
+			_cleanup_free_ char *target =
+			    link_target(f->image_path, f->real_image_path);
 
 			r = target ? stage_symlink(st, f->image_path, target, source) : -ENOMEM;
 		}
@@ -368,8 +379,9 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 				const char *so = strstr(base, ".so.");
 
 				json_object_set_new(libraries, info->soname,
-						    json_pack("{s:s, s:s, s:s}", "file", base, "version",
-							      so ? so + 4 : "", "source", source));
+						    json_pack("{s:s, s:s, s:s}", "file", base,
+							      "version", so ? so + 4 : "", "source",
+							      source));
 			}
 			elf_info_free(info);
 		}
@@ -387,7 +399,7 @@ static int stage_busybox_links(struct build_state *st)
 {
 	_cleanup_free_ char *busybox = staged(st, "/usr/bin/busybox");
 	_cleanup_free_ char *out = NULL;
-	char *argv[] = { busybox, "--list-full", NULL };
+	char *argv[] = {busybox, "--list-full", NULL};
 	char *save = NULL;
 	int code, r;
 
@@ -435,11 +447,14 @@ static int stage_text(struct build_state *st, const char *image_path, const char
 
 static int stage_base(struct build_state *st, const struct image_spec *spec)
 {
-	static const char *const dirs[] = { "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64",
-					    "/proc", "/sys", "/dev", "/run", "/tmp", "/mnt",
-					    "/home", "/root", "/var/tmp", "/etc/vmhpc", "/job" };
-	static const char *const merged[][2] = { { "/bin", "usr/bin" }, { "/sbin", "usr/sbin" },
-						 { "/lib", "usr/lib" }, { "/lib64", "usr/lib64" } };
+	static const char *const dirs[] = {"/usr/bin", "/usr/sbin",  "/usr/lib", "/usr/lib64",
+					   "/proc",    "/sys",	     "/dev",	 "/run",
+					   "/tmp",     "/mnt",	     "/home",	 "/root",
+					   "/var/tmp", "/etc/vmhpc", "/job"};
+	static const char *const merged[][2] = {{"/bin", "usr/bin"},
+						{"/sbin", "usr/sbin"},
+						{"/lib", "usr/lib"},
+						{"/lib64", "usr/lib64"}};
 	_cleanup_free_ char *os_release = NULL;
 	int r = 0;
 
@@ -460,15 +475,17 @@ static int stage_base(struct build_state *st, const struct image_spec *spec)
 		if (vtmp)
 			chmod(vtmp, 01777);
 	}
-	if (asprintf(&os_release, "NAME=\"vmhpc %s\"\nID=vmhpc\nVARIANT_ID=%s\nIMAGE_ID=%s\n", spec->os,
-		     spec->os, spec->name) < 0)
+	if (asprintf(&os_release, "NAME=\"vmhpc %s\"\nID=vmhpc\nVARIANT_ID=%s\nIMAGE_ID=%s\n",
+		     spec->os, spec->os, spec->name) < 0)
 		return -ENOMEM;
 	if ((r = stage_text(st, "/etc/passwd",
-			    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")) < 0 ||
+			    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/"
+			    "nonexistent:/bin/false\n")) < 0 ||
 	    (r = stage_text(st, "/etc/group", "root:x:0:\nnogroup:x:65534:\n")) < 0 ||
 	    (r = stage_text(st, "/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n")) < 0 ||
 	    (r = stage_text(st, "/etc/nsswitch.conf",
-			    "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")) < 0 ||
+			    "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")) <
+		0 ||
 	    (r = stage_text(st, "/etc/os-release", os_release)) < 0)
 		return error_set(st->ret_error, r, "writing /etc into the image: %s", strerror(-r));
 	return 0;
@@ -488,12 +505,13 @@ static int walk_staged(struct build_state *st, const char *image_dir)
 		return -errno;
 	for (int i = 0; i < count; i++) {
 		_cleanup_free_ char *ipath = NULL, *hpath = NULL;
-		struct timespec times[2] = { { ROOTFS_FIXED_TIME_S, 0 }, { ROOTFS_FIXED_TIME_S, 0 } };
+		struct timespec times[2] = {{ROOTFS_FIXED_TIME_S, 0}, {ROOTFS_FIXED_TIME_S, 0}};
 		char type[2] = "f", target[PATH_MAX] = "";
 		struct stat sb;
 		json_t *entry;
 
-		if (r < 0 || strcmp(names[i]->d_name, ".") == 0 || strcmp(names[i]->d_name, "..") == 0) {
+		if (r < 0 || strcmp(names[i]->d_name, ".") == 0 ||
+		    strcmp(names[i]->d_name, "..") == 0) {
 			free(names[i]);
 			continue;
 		}
@@ -520,7 +538,8 @@ static int walk_staged(struct build_state *st, const char *image_dir)
 				st->alloc_blocks += 1;
 		} else {
 			st->content_bytes += (uint64_t)sb.st_size;
-			st->alloc_blocks += ((uint64_t)sb.st_size + ROOTFS_BLOCK_BYTES - 1) / ROOTFS_BLOCK_BYTES;
+			st->alloc_blocks +=
+			    ((uint64_t)sb.st_size + ROOTFS_BLOCK_BYTES - 1) / ROOTFS_BLOCK_BYTES;
 		}
 		utimensat(AT_FDCWD, hpath, times, AT_SYMLINK_NOFOLLOW);
 		entry = json_pack("{s:s, s:s, s:i, s:I, s:s}", "path", ipath, "type", type, "mode",
@@ -543,8 +562,8 @@ static int run_mke2fs(struct build_state *st, const struct image_spec *spec, con
 	_cleanup_free_ char *ext = NULL;
 	unsigned char digest[32];
 	char uuid[37];
-	char *env[] = { "E2FSPROGS_FAKE_TIME=946684800", NULL };
-	struct proc_options opts = { .extra_env = env, .stdout_fd = -1 };
+	char *env[] = {"E2FSPROGS_FAKE_TIME=946684800", NULL};
+	struct proc_options opts = {.extra_env = env, .stdout_fd = -1};
 	int r, code;
 
 	/* A UUID and hash seed derived from the name keep equal inputs byte-identical. */
@@ -552,26 +571,50 @@ static int run_mke2fs(struct build_state *st, const struct image_spec *spec, con
 	snprintf(uuid, sizeof(uuid),
 		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", digest[0],
 		 digest[1], digest[2], digest[3], digest[4], digest[5], (digest[6] & 0x0f) | 0x40,
-		 digest[7], (digest[8] & 0x3f) | 0x80, digest[9], digest[10], digest[11], digest[12],
-		 digest[13], digest[14], digest[15]);
+		 digest[7], (digest[8] & 0x3f) | 0x80, digest[9], digest[10], digest[11],
+		 digest[12], digest[13], digest[14], digest[15]);
 	if (asprintf(&blocks_s, "%" PRIu64, blocks) < 0 ||
 	    asprintf(&inodes_s, "%" PRIu64, st->n_inodes + 256) < 0 ||
 	    asprintf(&ext, "root_owner=0:0,hash_seed=%s", uuid) < 0)
 		return -ENOMEM;
 	{
-		char *argv[] = { "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
-				 "-I", "256", "-N", inodes_s, "-O", "^has_journal,^resize_inode",
-				 "-U", uuid, "-E", ext, "-L", "vmhpc-root", "-d", (char *)st->staging,
-				 (char *)image, blocks_s, NULL };
+		char *argv[] = {"mke2fs",
+				"-q",
+				"-F",
+				"-t",
+				"ext4",
+				"-b",
+				"4096",
+				"-m",
+				"0",
+				"-I",
+				"256",
+				"-N",
+				inodes_s,
+				"-O",
+				"^has_journal,^resize_inode",
+				"-U",
+				uuid,
+				"-E",
+				ext,
+				"-L",
+				"vmhpc-root",
+				"-d",
+				(char *)st->staging,
+				(char *)image,
+				blocks_s,
+				NULL};
 
 		r = proc_run(argv, &opts, NULL, &err, &code);
 	}
 	if (r < 0)
-		return error_set(st->ret_error, r, "running mke2fs: %s; install e2fsprogs", strerror(-r));
+		return error_set(st->ret_error, r, "running mke2fs: %s; install e2fsprogs",
+				 strerror(-r));
 	if (code != 0) {
 		last = proc_last_line(err);
-		return strstr(err, "space") || strstr(err, "Could not allocate") ? -ENOSPC
-			: error_set(st->ret_error, -EIO, "mke2fs failed: %s", last ? last : "?");
+		return strstr(err, "space") || strstr(err, "Could not allocate")
+			   ? -ENOSPC
+			   : error_set(st->ret_error, -EIO, "mke2fs failed: %s", last ? last : "?");
 	}
 	return 0;
 }
@@ -611,7 +654,7 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		 const struct spec_file *own_files, size_t n_own_files, const char *work_dir,
 		 struct rootfs_result *ret, char **ret_error)
 {
-	struct build_state st = { .ret_error = ret_error };
+	struct build_state st = {.ret_error = ret_error};
 	_cleanup_free_ char *staging = fs_path_join(work_dir, "root");
 	_cleanup_free_ char *image = fs_path_join(work_dir, "root.ext4");
 	json_t *libraries = json_object(), *host_sources = json_object();
@@ -640,13 +683,16 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		struct stat sb;
 
 		if (stat(spec->files[i].src, &sb) < 0) {
-			r = error_set(ret_error, -errno,
-				      "[root] files: %s: %s; check the path (relative paths start at "
-				      "the spec's folder)", spec->files[i].src, strerror(errno));
+			r = error_set(
+			    ret_error, -errno,
+			    "[root] files: %s: %s; check the path (relative paths start at "
+			    "the spec's folder)",
+			    spec->files[i].src, strerror(errno));
 			break;
 		}
-		r = S_ISDIR(sb.st_mode) ? stage_tree(&st, spec->files[i].src, spec->files[i].dest, "spec", 0)
-					: stage_file(&st, spec->files[i].src, spec->files[i].dest, "spec");
+		r = S_ISDIR(sb.st_mode)
+			? stage_tree(&st, spec->files[i].src, spec->files[i].dest, "spec", 0)
+			: stage_file(&st, spec->files[i].src, spec->files[i].dest, "spec");
 	}
 	for (size_t i = 0; r == 0 && i < n_own_files; i++)
 		r = stage_file(&st, own_files[i].src, own_files[i].dest, "vmhpc");
@@ -675,7 +721,8 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 	if (r == -ENOSPC)
 		r = error_set(ret_error, r,
 			      "mke2fs ran out of space building the root image in %s; the disk "
-			      "holding it may be full", work_dir);
+			      "holding it may be full",
+			      work_dir);
 	if (r < 0)
 		goto out;
 	ret->index_json = json_dumps(st.index, JSON_COMPACT);

@@ -15,19 +15,19 @@ struct rootfs_layer {
 };
 
 struct rootfs_result {
-	char *image_path;       /* the ext4 image, inside work_dir */
-	uint64_t image_bytes;   /* its size */
+	char *image_path;	/* the ext4 image, inside work_dir */
+	uint64_t image_bytes;	/* its size */
 	uint64_t content_bytes; /* sum of regular files' sizes */
-	size_t n_entries;       /* entries in the index */
-	char *index_json;       /* [{"path","type","mode","size","target","source"}, ...] */
-	json_t *libraries;      /* {"libmpich.so.12": {"file", "version", "source"}, ...} */
-	json_t *host_sources;   /* host files used: {"/usr/lib/...": "package version"} */
+	size_t n_entries;	/* entries in the index */
+	char *index_json;	/* [{"path","type","mode","size","target","source"}, ...] */
+	json_t *libraries;	/* {"libmpich.so.12": {"file", "version", "source"}, ...} */
+	json_t *host_sources;	/* host files used: {"/usr/lib/...": "package version"} */
 };
 
 /* Builds the root in work_dir (which the caller removes). layers: the spec's packages in
  * order, then the imported tree, then the host. own_files: what vmhpc itself puts into
- * every image (its exec client), copied last with source "vmhpc". On failure *ret_error (caller frees) names
- * what is wrong and what to do. Release ret with rootfs_result_done(). */
+ * every image (its exec client), copied last with source "vmhpc". On failure *ret_error (caller
+ * frees) names what is wrong and what to do. Release ret with rootfs_result_done(). */
 int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layers, size_t n_layers,
 		 const struct spec_file *own_files, size_t n_own_files, const char *work_dir,
 		 struct rootfs_result *ret, char **ret_error);

@@ -16,31 +16,34 @@
 #include <stddef.h>
 
 /* Limits on what a spec may hold (every size a user controls has one). */
-#define SPEC_MAX_BYTES (1024 * 1024)
+#define SPEC_MAX_BYTES	    (1024 * 1024)
 #define SPEC_MAX_LIST_ITEMS 4096
-#define SPEC_NAME_MAX 64
+#define SPEC_NAME_MAX	    64
 
 struct spec_file {
-	char *src;  /* absolute path on the host (relative ones are made absolute against the spec's folder) */
+	char *src;  /* absolute path on the host (relative ones are made absolute against the spec's
+		       folder) */
 	char *dest; /* absolute path in the image */
 };
 
 struct image_spec {
-	char *origin;      /* the spec's path, for messages */
-	char *name;        /* [image] name: required */
-	char *os;          /* [image] os: metadata, default "tiny" */
+	char *origin;	   /* the spec's path, for messages */
+	char *name;	   /* [image] name: required */
+	char *os;	   /* [image] os: metadata, default "tiny" */
 	char *description; /* [image] description, or NULL */
 	char *boot_args;   /* [image] boot_args: extra kernel command line, or NULL */
 
 	char *kernel_package; /* [kernel] package: Debian package with /boot/vmlinuz-*: required */
-	char **modules;       /* [kernel] modules: names as in modules.dep (dependencies are added) */
+	char **modules; /* [kernel] modules: names as in modules.dep (dependencies are added) */
 	size_t n_modules;
 
 	char **packages; /* [root] packages: Debian packages to take files from */
 	size_t n_packages;
-	char **binaries; /* [root] binaries: absolute paths of programs/libraries; their closure goes in */
+	char **binaries; /* [root] binaries: absolute paths of programs/libraries; their closure
+			    goes in */
 	size_t n_binaries;
-	char **plugin_dirs; /* [root] plugin_dirs: directories copied whole, with their libraries' closure */
+	char **plugin_dirs; /* [root] plugin_dirs: directories copied whole, with their libraries'
+			       closure */
 	size_t n_plugin_dirs;
 	struct spec_file *files; /* [root] files: SRC:DEST pairs copied as they are */
 	size_t n_files;

@@ -30,7 +30,7 @@ static int run_ip(char **ret_error, char *const argv[])
 
 static int link_delete(const char *name)
 {
-	char *argv[] = { "ip", "link", "del", (char *)name, NULL };
+	char *argv[] = {"ip", "link", "del", (char *)name, NULL};
 
 	return run_ip(NULL, argv);
 }
@@ -66,8 +66,8 @@ int net_bridge_create(const char *job_id, size_t n_vms, struct net_bridge **ret_
 	}
 	snprintf(b->bridge, sizeof(b->bridge), "vmhpc%sb", job_id);
 	{
-		char *add[] = { "ip", "link", "add", b->bridge, "type", "bridge", NULL };
-		char *up[] = { "ip", "link", "set", b->bridge, "up", NULL };
+		char *add[] = {"ip", "link", "add", b->bridge, "type", "bridge", NULL};
+		char *up[] = {"ip", "link", "set", b->bridge, "up", NULL};
 
 		r = run_ip(ret_error, add);
 		if (r < 0) {
@@ -80,8 +80,8 @@ int net_bridge_create(const char *job_id, size_t n_vms, struct net_bridge **ret_
 	}
 	for (size_t i = 0; i < n_vms; i++) {
 		char tap[16];
-		char *add[] = { "ip", "tuntap", "add", "dev", tap, "mode", "tap", NULL };
-		char *master[] = { "ip", "link", "set", tap, "master", b->bridge, "up", NULL };
+		char *add[] = {"ip", "tuntap", "add", "dev", tap, "mode", "tap", NULL};
+		char *master[] = {"ip", "link", "set", tap, "master", b->bridge, "up", NULL};
 
 		snprintf(tap, sizeof(tap), "vmhpc%st%zu", job_id, i);
 		r = run_ip(ret_error, add);

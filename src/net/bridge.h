@@ -6,12 +6,12 @@
 #include <stddef.h>
 
 #define NET_JOB_ID_LEN 8 /* hex chars of a job id in interface names */
-#define NET_MAX_VMS 256
+#define NET_MAX_VMS    256
 
 struct net_bridge {
-	char bridge[16];   /* "vmhpc<id>b" */
+	char bridge[16]; /* "vmhpc<id>b" */
 	size_t n_taps;
-	char (*taps)[16];  /* "vmhpc<id>t<n>" */
+	char (*taps)[16]; /* "vmhpc<id>t<n>" */
 };
 
 /* Creates the bridge and n_vms taps, all up, taps enslaved. On failure everything

@@ -198,10 +198,10 @@ static int list_versions(struct store *s, const char *name, struct present_list 
 	return 0;
 }
 
-int catalog_load(struct store *s, const char *name, uint32_t version, struct manifest **ret_manifest,
-		 char **ret_error)
+int catalog_load(struct store *s, const char *name, uint32_t version,
+		 struct manifest **ret_manifest, char **ret_error)
 {
-	struct present_list l = { 0 };
+	struct present_list l = {0};
 	_cleanup_free_ char *path = NULL;
 	_cleanup_free_ char *text = NULL;
 	_cleanup_free_ char *parse_error = NULL;
@@ -217,9 +217,9 @@ int catalog_load(struct store *s, const char *name, uint32_t version, struct man
 		goto out;
 	if (l.n == 0) {
 		error_set(ret_error, 0,
-					  "no image named '%s' in the store %s; see `vmhpc image "
-					  "list`, or build it with `vmhpc image build SPEC`",
-					  name, store_path(s));
+			  "no image named '%s' in the store %s; see `vmhpc image "
+			  "list`, or build it with `vmhpc image build SPEC`",
+			  name, store_path(s));
 		r = -ENOENT;
 		goto out;
 	}
@@ -233,10 +233,9 @@ int catalog_load(struct store *s, const char *name, uint32_t version, struct man
 	r = fs_read_file(path, MANIFEST_MAX_BYTES, &text, &len);
 	if (r == -ENOENT) {
 		error_set(ret_error, 0,
-					  "image '%s' has no version %u (it has %zu version%s, the "
-					  "latest is %u); see `vmhpc image list`",
-					  name, version, l.n, l.n == 1 ? "" : "s",
-					  l.versions[l.n - 1]);
+			  "image '%s' has no version %u (it has %zu version%s, the "
+			  "latest is %u); see `vmhpc image list`",
+			  name, version, l.n, l.n == 1 ? "" : "s", l.versions[l.n - 1]);
 		goto out;
 	}
 	if (r < 0) {
@@ -245,16 +244,18 @@ int catalog_load(struct store *s, const char *name, uint32_t version, struct man
 	}
 	r = manifest_from_json(text, len, &m, &parse_error);
 	if (r < 0) {
-		error_set(ret_error, 0, "%s:%u is damaged (%s): %s; remove it with "
-					  "`vmhpc image rm %s:%u` or import it again",
-					  name, version, path, parse_error ? parse_error : "unreadable",
-					  name, version);
+		error_set(ret_error, 0,
+			  "%s:%u is damaged (%s): %s; remove it with "
+			  "`vmhpc image rm %s:%u` or import it again",
+			  name, version, path, parse_error ? parse_error : "unreadable", name,
+			  version);
 		goto out;
 	}
 	if (strcmp(m->name, name) != 0 || m->version != version) {
-		error_set(ret_error, 0, "%s says it is %s:%u, not %s:%u; the store "
-					  "is damaged", path, m->name, m->version, name,
-					  version);
+		error_set(ret_error, 0,
+			  "%s says it is %s:%u, not %s:%u; the store "
+			  "is damaged",
+			  path, m->name, m->version, name, version);
 		m = manifest_free(m);
 		r = -EBADMSG;
 		goto out;
@@ -280,7 +281,7 @@ int catalog_list(struct store *s, struct catalog_entry **ret_entries, size_t *re
 	if (count < 0)
 		return errno == ENOENT ? (*ret_entries = NULL, *ret_n = 0, 0) : -errno;
 	for (int i = 0; i < count && r == 0; i++) {
-		struct present_list l = { 0 };
+		struct present_list l = {0};
 
 		if (name_validate("", names[i]->d_name, NULL) < 0)
 			continue;

@@ -26,8 +26,8 @@ int catalog_commit_as(struct store *s, const struct manifest *m);
 
 /* Loads name:version (version 0: the latest). -ENOENT with *ret_error naming what exists;
  * -EBADMSG when the file is damaged. The caller frees *ret_manifest. */
-int catalog_load(struct store *s, const char *name, uint32_t version, struct manifest **ret_manifest,
-		 char **ret_error);
+int catalog_load(struct store *s, const char *name, uint32_t version,
+		 struct manifest **ret_manifest, char **ret_error);
 
 /* The highest version ever given to name (removed ones included), 0 if none. */
 int catalog_last_version(struct store *s, const char *name, uint32_t *ret_version);

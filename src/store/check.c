@@ -13,9 +13,9 @@
 const char *check_problem_kind_to_string(enum check_problem_kind kind)
 {
 	static const char *const names[_CHECK_PROBLEM_KIND_MAX] = {
-		[CHECK_CHUNK_CORRUPT] = "corrupt",
-		[CHECK_CHUNK_MISSING] = "missing",
-		[CHECK_MANIFEST_DAMAGED] = "damaged manifest",
+	    [CHECK_CHUNK_CORRUPT] = "corrupt",
+	    [CHECK_CHUNK_MISSING] = "missing",
+	    [CHECK_MANIFEST_DAMAGED] = "damaged manifest",
 	};
 
 	return (unsigned)kind < _CHECK_PROBLEM_KIND_MAX ? names[kind] : NULL;
@@ -39,7 +39,8 @@ struct ref_table {
 
 static int compare_use(const void *a, const void *b)
 {
-	return memcmp(((const struct ref_use *)a)->id, ((const struct ref_use *)b)->id, STORE_ID_BYTES);
+	return memcmp(((const struct ref_use *)a)->id, ((const struct ref_use *)b)->id,
+		      STORE_ID_BYTES);
 }
 
 static void ref_table_done(struct ref_table *t)
@@ -93,7 +94,8 @@ static int ref_table_load(struct store *s, struct ref_table *t)
 			return r;
 		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++) {
 			size_t n = m->parts[p].n_chunks;
-			struct ref_use *grown = realloc(t->uses, (t->n_uses + n + 1) * sizeof(*grown));
+			struct ref_use *grown =
+			    realloc(t->uses, (t->n_uses + n + 1) * sizeof(*grown));
 
 			if (!grown) {
 				manifest_free(m);
@@ -139,8 +141,8 @@ static char *describe_uses(const struct ref_table *t, const uint8_t id[STORE_ID_
 	char *out = strdup("");
 	size_t first = ref_table_find(t, id);
 
-	for (size_t i = first; out && i < t->n_uses && memcmp(t->uses[i].id, id, STORE_ID_BYTES) == 0;
-	     i++) {
+	for (size_t i = first;
+	     out && i < t->n_uses && memcmp(t->uses[i].id, id, STORE_ID_BYTES) == 0; i++) {
 		char *next = NULL;
 		const struct ref_use *u = &t->uses[i];
 
@@ -193,7 +195,8 @@ static int verify_one(const uint8_t id[STORE_ID_BYTES], void *ud)
 	free(data);
 	st->result->chunks_checked++;
 	if (r == -EBADMSG)
-		return add_problem(st->result, CHECK_CHUNK_CORRUPT, id, describe_uses(st->table, id));
+		return add_problem(st->result, CHECK_CHUNK_CORRUPT, id,
+				   describe_uses(st->table, id));
 	if (r < 0)
 		return r;
 	st->result->plain_bytes_checked += len;
@@ -202,8 +205,8 @@ static int verify_one(const uint8_t id[STORE_ID_BYTES], void *ud)
 
 int check_verify(struct store *s, struct check_verify_result *ret)
 {
-	struct ref_table t = { 0 };
-	struct verify_state st = { .store = s, .table = &t, .result = ret };
+	struct ref_table t = {0};
+	struct verify_state st = {.store = s, .table = &t, .result = ret};
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
@@ -219,13 +222,14 @@ int check_verify(struct store *s, struct check_verify_result *ret)
 			continue;
 		if (store_has_chunk(s, t.uses[i].id))
 			continue;
-		r = add_problem(ret, CHECK_CHUNK_MISSING, t.uses[i].id, describe_uses(&t, t.uses[i].id));
+		r = add_problem(ret, CHECK_CHUNK_MISSING, t.uses[i].id,
+				describe_uses(&t, t.uses[i].id));
 		if (r < 0)
 			goto out;
 	}
 	for (size_t i = 0; i < t.n_damaged; i++) {
 		struct check_problem *grown =
-			realloc(ret->problems, (ret->n_problems + 1) * sizeof(*grown));
+		    realloc(ret->problems, (ret->n_problems + 1) * sizeof(*grown));
 
 		if (!grown) {
 			r = -ENOMEM;
@@ -280,8 +284,8 @@ static int gc_one(const uint8_t id[STORE_ID_BYTES], void *ud)
 
 int check_gc(struct store *s, struct check_gc_result *ret, char **ret_error)
 {
-	struct ref_table t = { 0 };
-	struct gc_state st = { .store = s, .table = &t, .result = ret };
+	struct ref_table t = {0};
+	struct gc_state st = {.store = s, .table = &t, .result = ret};
 	_cleanup_close_ int lock_fd = -1;
 	int r;
 
@@ -296,9 +300,9 @@ int check_gc(struct store *s, struct check_gc_result *ret, char **ret_error)
 		goto out;
 	if (t.n_damaged > 0) {
 		error_set(ret_error, 0,
-					  "gc refused: manifest %s is damaged, so the chunks it "
-					  "needs are unknown; remove it with `vmhpc image rm` first",
-					  t.damaged[0].detail ? t.damaged[0].detail : "?");
+			  "gc refused: manifest %s is damaged, so the chunks it "
+			  "needs are unknown; remove it with `vmhpc image rm` first",
+			  t.damaged[0].detail ? t.damaged[0].detail : "?");
 		r = -EBADMSG;
 		goto out;
 	}

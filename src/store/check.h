@@ -7,8 +7,8 @@
 #include "store/store.h"
 
 enum check_problem_kind {
-	CHECK_CHUNK_CORRUPT,    /* present but does not decompress or hash to its id */
-	CHECK_CHUNK_MISSING,    /* named by a manifest, absent */
+	CHECK_CHUNK_CORRUPT,	/* present but does not decompress or hash to its id */
+	CHECK_CHUNK_MISSING,	/* named by a manifest, absent */
 	CHECK_MANIFEST_DAMAGED, /* a manifest that does not parse */
 	_CHECK_PROBLEM_KIND_MAX,
 };
@@ -19,8 +19,8 @@ const char *check_problem_kind_to_string(enum check_problem_kind kind);
 struct check_problem {
 	enum check_problem_kind kind;
 	char id_hex[STORE_ID_HEX_LEN + 1]; /* the chunk (empty for a manifest) */
-	char *detail;                      /* for a manifest: its name:version and the error */
-	char *images;                      /* "tiny-mpi:1 (root), tiny-mpi:2 (root)" or "" when unused */
+	char *detail;			   /* for a manifest: its name:version and the error */
+	char *images; /* "tiny-mpi:1 (root), tiny-mpi:2 (root)" or "" when unused */
 };
 
 struct check_verify_result {

@@ -10,10 +10,10 @@
 #include "util/name.h"
 
 static const char *const part_names[_MANIFEST_PART_KIND_MAX] = {
-	[MANIFEST_PART_KERNEL] = "kernel",
-	[MANIFEST_PART_INITRAMFS] = "initramfs",
-	[MANIFEST_PART_ROOT] = "root",
-	[MANIFEST_PART_INDEX] = "index",
+    [MANIFEST_PART_KERNEL] = "kernel",
+    [MANIFEST_PART_INITRAMFS] = "initramfs",
+    [MANIFEST_PART_ROOT] = "root",
+    [MANIFEST_PART_INDEX] = "index",
 };
 
 const char *manifest_part_kind_to_string(enum manifest_part_kind kind)
@@ -62,8 +62,9 @@ static json_t *part_to_json(const struct store_part *part)
 		char hex[STORE_ID_HEX_LEN + 1];
 
 		store_id_to_hex(part->chunks[i].id, hex);
-		if (json_array_append_new(chunks, json_pack("[s, I]", hex,
-							    (json_int_t)part->chunks[i].size_bytes)) < 0) {
+		if (json_array_append_new(
+			chunks, json_pack("[s, I]", hex, (json_int_t)part->chunks[i].size_bytes)) <
+		    0) {
 			json_decref(chunks);
 			return NULL;
 		}
@@ -88,9 +89,8 @@ int manifest_to_json(const struct manifest *m, char **ret_text)
 	}
 	root = json_pack("{s:i, s:s, s:I, s:I, s:s, s:s, s:O, s:o}", "format", MANIFEST_FORMAT,
 			 "name", m->name, "version", (json_int_t)m->version, "created",
-			 (json_int_t)m->created_s, "owner", m->owner ? m->owner : "",
-			 "boot_args", m->boot_args ? m->boot_args : "", "metadata", m->metadata,
-			 "parts", parts);
+			 (json_int_t)m->created_s, "owner", m->owner ? m->owner : "", "boot_args",
+			 m->boot_args ? m->boot_args : "", "metadata", m->metadata, "parts", parts);
 	if (!root)
 		return -ENOMEM;
 	text = json_dumps(root, JSON_INDENT(1) | JSON_SORT_KEYS);
@@ -122,8 +122,8 @@ static int part_from_json(json_t *obj, const char *name, struct store_part *part
 		return bad(ret_error, "manifest: part '%s' lacks a valid size or chunk list", name);
 	if (json_array_size(chunks) > MANIFEST_MAX_CHUNKS_PER_PART)
 		return bad(ret_error, "manifest: part '%s' has too many chunks", name);
-	part->chunks = calloc(json_array_size(chunks) ? json_array_size(chunks) : 1,
-			      sizeof(*part->chunks));
+	part->chunks =
+	    calloc(json_array_size(chunks) ? json_array_size(chunks) : 1, sizeof(*part->chunks));
 	if (!part->chunks)
 		return -ENOMEM;
 	json_array_foreach(chunks, i, entry)
@@ -135,7 +135,8 @@ static int part_from_json(json_t *obj, const char *name, struct store_part *part
 		    !json_is_integer(sz) || json_integer_value(sz) <= 0 ||
 		    json_integer_value(sz) > STORE_CHUNK_MAX_BYTES ||
 		    store_id_from_hex(hex, part->chunks[i].id) < 0)
-			return bad(ret_error, "manifest: part '%s' has a malformed chunk entry", name);
+			return bad(ret_error, "manifest: part '%s' has a malformed chunk entry",
+				   name);
 		part->chunks[i].size_bytes = (uint32_t)json_integer_value(sz);
 		sum += part->chunks[i].size_bytes;
 		part->n_chunks = i + 1;
@@ -161,8 +162,8 @@ int manifest_from_json(const char *text, size_t len, struct manifest **ret_manif
 		return bad(ret_error, "manifest: %s", "larger than the 64 MiB limit");
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
-		error_set(ret_error, 0, "manifest: not valid JSON (line %d: %s)",
-					  jerr.line, jerr.text);
+		error_set(ret_error, 0, "manifest: not valid JSON (line %d: %s)", jerr.line,
+			  jerr.text);
 		return -EBADMSG;
 	}
 	if (json_unpack_ex(root, &jerr, JSON_STRICT, "{s:I, s:s, s:I, s:I, s:s, s:s, s:o, s:o}",
@@ -220,8 +221,8 @@ out:
 
 static int compare_refs(const void *a, const void *b)
 {
-	return memcmp(((const struct store_chunk_ref *)a)->id, ((const struct store_chunk_ref *)b)->id,
-		      STORE_ID_BYTES);
+	return memcmp(((const struct store_chunk_ref *)a)->id,
+		      ((const struct store_chunk_ref *)b)->id, STORE_ID_BYTES);
 }
 
 int manifest_distinct_chunks(const struct manifest *m, struct store_chunk_ref **ret_refs,
@@ -270,9 +271,9 @@ int manifest_parse_ref(const char *ref, char **ret_name, uint32_t *ret_version, 
 		v = strtoul(colon + 1, &end, 10);
 		if (colon[1] < '1' || colon[1] > '9' || *end || errno || v > UINT32_MAX) {
 			error_set(ret_error, 0,
-				     "image '%s': version '%s' is not a positive whole number; write "
-				     "NAME or NAME:VERSION, e.g. %s:1",
-				     name, colon + 1, name);
+				  "image '%s': version '%s' is not a positive whole number; write "
+				  "NAME or NAME:VERSION, e.g. %s:1",
+				  name, colon + 1, name);
 			return -EINVAL;
 		}
 	}

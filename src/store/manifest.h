@@ -8,16 +8,16 @@
 
 #include "store/store.h"
 
-#define MANIFEST_FORMAT 1
-#define MANIFEST_NAME_MAX 64
-#define MANIFEST_MAX_BYTES (64u * 1024 * 1024)
+#define MANIFEST_FORMAT		     1
+#define MANIFEST_NAME_MAX	     64
+#define MANIFEST_MAX_BYTES	     (64u * 1024 * 1024)
 #define MANIFEST_MAX_CHUNKS_PER_PART (4u * 1024 * 1024)
 
 enum manifest_part_kind {
-	MANIFEST_PART_KERNEL,    /* the kernel image (bzImage) */
+	MANIFEST_PART_KERNEL,	 /* the kernel image (bzImage) */
 	MANIFEST_PART_INITRAMFS, /* the boot initramfs: vmhpc-init and modules, zstd cpio */
-	MANIFEST_PART_ROOT,      /* the read-only root file system image (ext4) */
-	MANIFEST_PART_INDEX,     /* the root's file index (JSON), for `image ls` without a mount */
+	MANIFEST_PART_ROOT,	 /* the read-only root file system image (ext4) */
+	MANIFEST_PART_INDEX,	 /* the root's file index (JSON), for `image ls` without a mount */
 	_MANIFEST_PART_KIND_MAX,
 };
 
@@ -26,11 +26,12 @@ const char *manifest_part_kind_to_string(enum manifest_part_kind kind);
 
 struct manifest {
 	char *name;
-	uint32_t version;    /* 1, 2, ... per name; 0 until committed */
-	int64_t created_s;   /* Unix time */
-	char *owner;         /* user name of the builder */
-	char *boot_args;     /* kernel command line the image asks for (may be "") */
-	json_t *metadata;    /* object: os, kernel_release, arch, packages{}, libraries{}, ... (owned ref) */
+	uint32_t version;  /* 1, 2, ... per name; 0 until committed */
+	int64_t created_s; /* Unix time */
+	char *owner;	   /* user name of the builder */
+	char *boot_args;   /* kernel command line the image asks for (may be "") */
+	json_t *metadata;  /* object: os, kernel_release, arch, packages{}, libraries{}, ... (owned
+			      ref) */
 	struct store_part parts[_MANIFEST_PART_KIND_MAX];
 };
 

@@ -10,7 +10,7 @@
 
 #include "store/chunker.h"
 
-#define STORE_ID_BYTES 32
+#define STORE_ID_BYTES	 32
 #define STORE_ID_HEX_LEN 64
 /* Upper bound on a chunk's plain size that the store accepts when reading (corrupt input). */
 #define STORE_CHUNK_MAX_BYTES CHUNKER_MAX_BYTES_LIMIT
@@ -66,7 +66,8 @@ int store_get_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES], void **re
 /* True when a chunk file with this id exists (contents not checked). */
 bool store_has_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]);
 /* Compressed size on disk of a chunk; -ENOENT when absent. */
-int store_chunk_stored_bytes(struct store *s, const uint8_t id[STORE_ID_BYTES], uint64_t *ret_bytes);
+int store_chunk_stored_bytes(struct store *s, const uint8_t id[STORE_ID_BYTES],
+			     uint64_t *ret_bytes);
 /* Deletes a chunk; absent is fine. */
 int store_remove_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]);
 /* Adds an already-compressed chunk file's bytes (as found in an export) after verifying
@@ -78,14 +79,15 @@ int store_get_compressed_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]
 			       size_t *ret_len);
 
 /* Calls fn for every chunk id in the store; stops and returns fn's value if negative. */
-int store_foreach_chunk(struct store *s, int (*fn)(const uint8_t id[STORE_ID_BYTES], void *userdata),
+int store_foreach_chunk(struct store *s,
+			int (*fn)(const uint8_t id[STORE_ID_BYTES], void *userdata),
 			void *userdata);
 
 /* Chunks everything readable from fd and stores it; fills ret_part (caller calls
  * store_part_done). progress may be NULL. */
 int store_put_fd(struct store *s, int fd, const struct chunker_params *params,
-		 struct store_part *ret_part, struct store_put_stats *stats, store_progress_fn progress,
-		 void *userdata);
+		 struct store_part *ret_part, struct store_put_stats *stats,
+		 store_progress_fn progress, void *userdata);
 /* Same for a memory buffer. */
 int store_put_buffer(struct store *s, const void *data, size_t len,
 		     const struct chunker_params *params, struct store_part *ret_part,

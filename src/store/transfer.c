@@ -54,8 +54,8 @@ int transfer_export(struct store *s, const char *name, uint32_t version, int out
 	a = archive_write_new();
 	if (!a || archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
 	    archive_write_open_fd(a, out_fd) != ARCHIVE_OK) {
-		r = error_set(ret_error, -EIO, "export %s:%u: cannot start the tar stream: %s", name,
-			      m->version, a ? archive_error_string(a) : "out of memory");
+		r = error_set(ret_error, -EIO, "export %s:%u: cannot start the tar stream: %s",
+			      name, m->version, a ? archive_error_string(a) : "out of memory");
 		goto out;
 	}
 	r = write_entry(a, MANIFEST_ENTRY, text, strlen(text));
@@ -194,9 +194,11 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 			_cleanup_free_ char *why = NULL;
 
 			if (!path || strcmp(path, MANIFEST_ENTRY) != 0) {
-				r = error_set(ret_error, -EBADMSG,
-					      "import: the stream does not start with %s; it is not "
-					      "made by `vmhpc image export`", MANIFEST_ENTRY);
+				r = error_set(
+				    ret_error, -EBADMSG,
+				    "import: the stream does not start with %s; it is not "
+				    "made by `vmhpc image export`",
+				    MANIFEST_ENTRY);
 				goto out;
 			}
 			r = read_entry(a, e, MANIFEST_MAX_BYTES, &data, &len);
@@ -229,8 +231,8 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 			char hex[STORE_ID_HEX_LEN + 1];
 			size_t lo = 0, hi = n;
 
-			if (!path || strncmp(path, "chunks/", 7) != 0 || strlen(path) != 7 + 64 + 4 ||
-			    strcmp(path + 7 + 64, ".zst") != 0) {
+			if (!path || strncmp(path, "chunks/", 7) != 0 ||
+			    strlen(path) != 7 + 64 + 4 || strcmp(path + 7 + 64, ".zst") != 0) {
 				r = error_set(ret_error, -EBADMSG, "import: unexpected entry '%s'",
 					      path ? path : "?");
 				goto out;
@@ -238,7 +240,8 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 			memcpy(hex, path + 7, 64);
 			hex[64] = '\0';
 			if (store_id_from_hex(hex, id) < 0) {
-				r = error_set(ret_error, -EBADMSG, "import: bad chunk name '%s'", path);
+				r = error_set(ret_error, -EBADMSG, "import: bad chunk name '%s'",
+					      path);
 				goto out;
 			}
 			while (lo < hi) {
@@ -280,9 +283,11 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		if (received[i] || store_has_chunk(s, refs[i].id))
 			continue;
 		store_id_to_hex(refs[i].id, hex);
-		r = error_set(ret_error, -EBADMSG,
-			      "import: %s:%u lacks chunk %s (the stream is incomplete); nothing was "
-			      "added", m->name, m->version, hex);
+		r = error_set(
+		    ret_error, -EBADMSG,
+		    "import: %s:%u lacks chunk %s (the stream is incomplete); nothing was "
+		    "added",
+		    m->name, m->version, hex);
 		goto out;
 	}
 	r = commit_imported(s, m, ret_error);

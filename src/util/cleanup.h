@@ -8,7 +8,10 @@
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
-static inline void cleanup_freep(void *p) { free(*(void **)p); }
+static inline void cleanup_freep(void *p)
+{
+	free(*(void **)p);
+}
 static inline void cleanup_closep(int *fd)
 {
 	if (*fd >= 0)
@@ -20,8 +23,8 @@ static inline void cleanup_fclosep(FILE **f)
 		fclose(*f);
 }
 
-#define _cleanup_free_ _cleanup_(cleanup_freep)
-#define _cleanup_close_ _cleanup_(cleanup_closep)
+#define _cleanup_free_	 _cleanup_(cleanup_freep)
+#define _cleanup_close_	 _cleanup_(cleanup_closep)
 #define _cleanup_fclose_ _cleanup_(cleanup_fclosep)
 
 /* Returns the pointer and leaves NULL behind, so the cleanup handler does nothing. */

@@ -77,7 +77,10 @@ static int rm_rf_at(int at_fd, const char *name)
 	return 0;
 }
 
-int fs_rm_rf(const char *path) { return rm_rf_at(AT_FDCWD, path); }
+int fs_rm_rf(const char *path)
+{
+	return rm_rf_at(AT_FDCWD, path);
+}
 
 int fs_fsync_dir(const char *path)
 {
@@ -138,7 +141,8 @@ static char *dir_of(const char *path)
 	return strndup(path, (size_t)(slash - path));
 }
 
-static int write_atomic(const char *path, const void *data, size_t len, mode_t mode, bool no_replace)
+static int write_atomic(const char *path, const void *data, size_t len, mode_t mode,
+			bool no_replace)
 {
 	_cleanup_free_ char *dir = dir_of(path);
 	_cleanup_free_ char *tmp = NULL;

@@ -4,7 +4,7 @@
 
 char *humanize_bytes(uint64_t bytes, char buf[HUMANIZE_BYTES_LEN])
 {
-	static const char *const units[] = { "kB", "MB", "GB", "TB", "PB" };
+	static const char *const units[] = {"kB", "MB", "GB", "TB", "PB"};
 	double v = (double)bytes;
 	int u = -1;
 
@@ -16,8 +16,11 @@ char *humanize_bytes(uint64_t bytes, char buf[HUMANIZE_BYTES_LEN])
 		v /= 1000;
 		u++;
 	}
-	snprintf(buf, HUMANIZE_BYTES_LEN, v < 10 ? "%.2f %s" : v < 100 ? "%.1f %s" : "%.0f %s", v,
-		 units[u]);
+	snprintf(buf, HUMANIZE_BYTES_LEN,
+		 v < 10	   ? "%.2f %s"
+		 : v < 100 ? "%.1f %s"
+			   : "%.0f %s",
+		 v, units[u]);
 	return buf;
 }
 

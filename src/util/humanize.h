@@ -5,7 +5,7 @@
 #include <time.h>
 
 #define HUMANIZE_BYTES_LEN 16
-#define HUMANIZE_TIME_LEN 32
+#define HUMANIZE_TIME_LEN  32
 
 /* "0 B", "812 B", "12.3 kB", "41.6 MB", "2.10 GB" (SI units); returns buf. */
 char *humanize_bytes(uint64_t bytes, char buf[HUMANIZE_BYTES_LEN]);

@@ -15,7 +15,7 @@ void log_set_level(enum log_level level)
 
 void log_setup_from_env(void)
 {
-	static const char *const names[_LOG_LEVEL_MAX] = { "error", "warning", "info", "debug" };
+	static const char *const names[_LOG_LEVEL_MAX] = {"error", "warning", "info", "debug"};
 	const char *v = getenv("VMHPC_LOG");
 
 	if (!v)
@@ -25,11 +25,14 @@ void log_setup_from_env(void)
 			max_level = (enum log_level)i;
 }
 
-bool log_enabled(enum log_level level) { return level <= max_level; }
+bool log_enabled(enum log_level level)
+{
+	return level <= max_level;
+}
 
 static void log_vprint(enum log_level level, const char *fmt, va_list ap)
 {
-	static const char *const prefixes[_LOG_LEVEL_MAX] = { "", "warning: ", "", "debug: " };
+	static const char *const prefixes[_LOG_LEVEL_MAX] = {"", "warning: ", "", "debug: "};
 
 	fprintf(stderr, "vmhpc: %s", prefixes[level]);
 	vfprintf(stderr, fmt, ap);

@@ -15,9 +15,9 @@ static int fail(char **ret_error, const char *what, const char *name, const char
 		shown[i] = (unsigned char)name[i] < 0x20 || name[i] == 0x7f ? '?' : name[i];
 	shown[i] = '\0';
 	error_set(ret_error, 0,
-		     "%s '%s%s' %s; use 1-%d characters of A-Z a-z 0-9 . _ -, starting with a "
-		     "letter or digit",
-		     what, shown, name[i] ? "..." : "", why, NAME_MAX_CHARS);
+		  "%s '%s%s' %s; use 1-%d characters of A-Z a-z 0-9 . _ -, starting with a "
+		  "letter or digit",
+		  what, shown, name[i] ? "..." : "", why, NAME_MAX_CHARS);
 	return -EINVAL;
 }
 

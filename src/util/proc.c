@@ -70,8 +70,8 @@ static void child_exec(char *const argv[], const struct proc_options *opts, int 
 int proc_run(char *const argv[], const struct proc_options *opts, char **ret_stdout,
 	     char **ret_stderr, int *ret_exit_code)
 {
-	int out_pipe[2] = { -1, -1 }, err_pipe[2] = { -1, -1 };
-	struct sink out = { .fd = -1 }, err = { .fd = -1 };
+	int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+	struct sink out = {.fd = -1}, err = {.fd = -1};
 	bool collect_out = !(opts && opts->stdout_fd >= 0);
 	pid_t parent = getpid(), pid;
 	int status;
@@ -98,15 +98,16 @@ int proc_run(char *const argv[], const struct proc_options *opts, char **ret_std
 		return r;
 	}
 	if (pid == 0)
-		child_exec(argv, opts, collect_out ? out_pipe[1] : opts->stdout_fd, err_pipe[1], parent);
+		child_exec(argv, opts, collect_out ? out_pipe[1] : opts->stdout_fd, err_pipe[1],
+			   parent);
 	if (collect_out)
 		close(out_pipe[1]);
 	close(err_pipe[1]);
 	out.fd = collect_out ? out_pipe[0] : -1;
 	err.fd = err_pipe[0];
 	while (out.fd >= 0 || err.fd >= 0) {
-		struct pollfd pfd[2] = { { .fd = out.fd, .events = POLLIN },
-					 { .fd = err.fd, .events = POLLIN } };
+		struct pollfd pfd[2] = {{.fd = out.fd, .events = POLLIN},
+					{.fd = err.fd, .events = POLLIN}};
 
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)

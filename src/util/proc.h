@@ -8,9 +8,10 @@
 #define PROC_OUTPUT_MAX_BYTES (16u * 1024 * 1024)
 
 struct proc_options {
-	const char *cwd;         /* working directory, or NULL */
-	char *const *extra_env;  /* "K=V" entries added to the environment, NULL-terminated, or NULL */
-	int stdout_fd;           /* when >= 0, the child's stdout goes here instead of being collected */
+	const char *cwd; /* working directory, or NULL */
+	char *const
+	    *extra_env; /* "K=V" entries added to the environment, NULL-terminated, or NULL */
+	int stdout_fd;	/* when >= 0, the child's stdout goes here instead of being collected */
 };
 
 /* Runs argv[0] (searched in PATH) with argv and waits for it. Its stdout (unless

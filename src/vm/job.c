@@ -25,7 +25,7 @@
 #include "vm/virtiofsd.h"
 
 #define CONSOLE_TAIL_LINES 15
-#define OVERLAY_MAX_MB 256
+#define OVERLAY_MAX_MB	   256
 
 struct job_vm {
 	char name[16];
@@ -63,10 +63,22 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-const char *job_id(const struct job *j) { return runstate_job_id(j->rs); }
-const char *job_dir(const struct job *j) { return runstate_job_dir(j->rs); }
-enum accel job_accel(const struct job *j) { return j->accel; }
-double job_materialize_s(const struct job *j) { return j->materialize_s; }
+const char *job_id(const struct job *j)
+{
+	return runstate_job_id(j->rs);
+}
+const char *job_dir(const struct job *j)
+{
+	return runstate_job_dir(j->rs);
+}
+enum accel job_accel(const struct job *j)
+{
+	return j->accel;
+}
+double job_materialize_s(const struct job *j)
+{
+	return j->materialize_s;
+}
 
 const char *job_vm_name(const struct job *j, unsigned vm)
 {
@@ -134,8 +146,8 @@ static char *hosts_list(const struct job *j)
 		return NULL;
 	out[0] = '\0';
 	for (unsigned i = 0; i < j->n_vms; i++)
-		len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", i ? "," : "", j->vms[i].name,
-					j->vms[i].ip);
+		len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", i ? "," : "",
+					j->vms[i].name, j->vms[i].ip);
 	return out;
 }
 
@@ -145,7 +157,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	struct job_vm *v = &j->vms[i];
 	_cleanup_free_ char *fs_sock = NULL, *fs_log = NULL, *qemu_log = NULL, *cmdline = NULL;
 	char token_hex[2 * FRAME_TOKEN_BYTES + 1], mac[18], mcast[32];
-	struct qemu_vm_config qc = { 0 };
+	struct qemu_vm_config qc = {0};
 	unsigned overlay_mb = cfg->mem_mb / 4 < OVERLAY_MAX_MB ? cfg->mem_mb / 4 : OVERLAY_MAX_MB;
 	int r;
 
@@ -232,7 +244,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 /* Connects to a VM's control socket once QEMU has made it (ENOENT, ECONNREFUSED: not yet). */
 static int try_connect(struct job_vm *v)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, r;
 
 	if (strlen(v->ctl_path) >= sizeof(sa.sun_path))
@@ -274,7 +286,8 @@ static int wait_all_ready(struct job *j, const struct job_config *cfg, char **re
 				if (!j->vms[i].ready) {
 					char what[96];
 
-					snprintf(what, sizeof(what), "did not report ready within %d s",
+					snprintf(what, sizeof(what),
+						 "did not report ready within %d s",
 						 cfg->boot_timeout_ms / 1000);
 					return vm_failed(&j->vms[i], -ETIMEDOUT, what, ret_error);
 				}
@@ -288,7 +301,8 @@ static int wait_all_ready(struct job *j, const struct job_config *cfg, char **re
 			if (qemu_vm_wait(v->qemu, 0, &status) == 0) {
 				char what[64];
 
-				snprintf(what, sizeof(what), "stopped while booting (QEMU exit %d)", status);
+				snprintf(what, sizeof(what), "stopped while booting (QEMU exit %d)",
+					 status);
 				return vm_failed(v, -EIO, what, ret_error);
 			}
 			if (!v->ctl && try_connect(v) < 0)
@@ -325,7 +339,8 @@ static int wait_all_ready(struct job *j, const struct job_config *cfg, char **re
 					r = -EIO;
 				json_decref(st);
 				if (r < 0)
-					return vm_failed(v, r, "is not running according to QMP", ret_error);
+					return vm_failed(v, r, "is not running according to QMP",
+							 ret_error);
 			}
 			v->ready = true;
 			v->ready_s = now_s() - v->start_s;
@@ -383,8 +398,8 @@ int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_erro
 	} else {
 		_cleanup_free_ char *detail = NULL;
 
-		r = accel_detect(cfg->cache_dir, j->image.kernel_path, j->image.initrd_path, &j->accel,
-				 &detail);
+		r = accel_detect(cfg->cache_dir, j->image.kernel_path, j->image.initrd_path,
+				 &j->accel, &detail);
 		log_debug("accelerator %s: %s", accel_to_string(j->accel), detail ? detail : "");
 	}
 	if (r < 0) {
@@ -439,7 +454,8 @@ static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char 
 	r = exec_client_hello(v->ctl, token, 10000);
 	if (r < 0)
 		return error_set(ret_error, r, "%s refused the job's token: %s", v->name,
-				 exec_client_error(v->ctl) ? exec_client_error(v->ctl) : strerror(-r));
+				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
+							   : strerror(-r));
 	v->greeted = true;
 	return 0;
 }
@@ -459,7 +475,8 @@ int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	r = exec_client_run(v->ctl, req, io, timeout_ms, ret_status);
 	if (r < 0 && r != -ETIMEDOUT)
 		return error_set(ret_error, r, "running %s in %s: %s", req->argv[0], v->name,
-				 exec_client_error(v->ctl) ? exec_client_error(v->ctl) : strerror(-r));
+				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
+							   : strerror(-r));
 	return r;
 }
 
@@ -494,7 +511,8 @@ int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 	for (unsigned i = 0; i < j->n_vms; i++) {
 		struct job_vm *v = &j->vms[i];
 
-		if (v->ctl && greet(v, j->token, NULL) == 0 && exec_client_shutdown(v->ctl, 2000) == 0)
+		if (v->ctl && greet(v, j->token, NULL) == 0 &&
+		    exec_client_shutdown(v->ctl, 2000) == 0)
 			continue;
 		/* No orderly way through the guest: ask QEMU to stop (nothing in the guest
 		 * is worth syncing: the root is read-only, the job folder is the host's). */

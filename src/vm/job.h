@@ -17,8 +17,8 @@
 
 #define JOB_MAX_VMS 64
 /* The guest's floor: kernel, initramfs unpacked, the writable overlay's first pages. */
-#define JOB_MIN_MEM_MB 128
-#define JOB_EXEC_PORT 7000
+#define JOB_MIN_MEM_MB	  128
+#define JOB_EXEC_PORT	  7000
 #define JOB_SUBNET_PREFIX "10.77.0."
 
 struct job_config {
@@ -29,8 +29,8 @@ struct job_config {
 	unsigned n_vms;
 	unsigned vcpus;
 	unsigned mem_mb;
-	const char *workdir;   /* shared at the same path in every VM; NULL: no share */
-	const char *accel;     /* "kvm" or "tcg"; NULL: probe */
+	const char *workdir; /* shared at the same path in every VM; NULL: no share */
+	const char *accel;   /* "kvm" or "tcg"; NULL: probe */
 	int boot_timeout_ms;
 	/* Called while VMs come up: how many are ready of n_vms. May be NULL. */
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
@@ -40,11 +40,11 @@ struct job_config {
 };
 
 struct job_vm_stats {
-	double ready_s;            /* from QEMU's start to the guest's ready report */
-	uint64_t guest_used_kb;    /* MemTotal - MemAvailable reported with ready */
+	double ready_s;		/* from QEMU's start to the guest's ready report */
+	uint64_t guest_used_kb; /* MemTotal - MemAvailable reported with ready */
 	uint64_t guest_total_kb;
-	uint64_t host_rss_kb;      /* QEMU's resident memory now */
-	uint64_t host_pss_kb;      /* QEMU's proportional share (shared pages split) */
+	uint64_t host_rss_kb; /* QEMU's resident memory now */
+	uint64_t host_pss_kb; /* QEMU's proportional share (shared pages split) */
 };
 
 struct job;

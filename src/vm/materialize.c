@@ -56,9 +56,11 @@ static int materialize_part(struct store *s, const struct store_part *part, cons
 	if (r < 0) {
 		unlink(tmp);
 		if (r == -EBADMSG || r == -ENOENT)
-			return error_set(ret_error, r,
-					 "the image's %s is damaged in the store (%s); run `vmhpc image "
-					 "verify`", what, strerror(-r));
+			return error_set(
+			    ret_error, r,
+			    "the image's %s is damaged in the store (%s); run `vmhpc image "
+			    "verify`",
+			    what, strerror(-r));
 		return error_set(ret_error, r, "writing the image's %s to the node cache %s: %s",
 				 what, dir, strerror(-r));
 	}
@@ -71,7 +73,7 @@ int materialize_image(struct store *s, const struct manifest *m, const char *cac
 		      struct materialized_image *ret, char **ret_error)
 {
 	_cleanup_free_ char *dir = fs_path_join(cache_dir, "parts");
-	struct materialized_image mi = { 0 };
+	struct materialized_image mi = {0};
 	int r;
 
 	if (!dir)

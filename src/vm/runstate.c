@@ -43,8 +43,14 @@ const char *runstate_default_dir(void)
 	return buf;
 }
 
-const char *runstate_job_id(const struct runstate *rs) { return rs->job_id; }
-const char *runstate_job_dir(const struct runstate *rs) { return rs->dir; }
+const char *runstate_job_id(const struct runstate *rs)
+{
+	return rs->job_id;
+}
+const char *runstate_job_dir(const struct runstate *rs)
+{
+	return rs->dir;
+}
 
 int runstate_create(const char *run_dir, struct runstate **ret_state)
 {
@@ -159,9 +165,15 @@ int runstate_add_pid(struct runstate *rs, pid_t pid)
 	return append(rs, "pid", value);
 }
 
-int runstate_add_link(struct runstate *rs, const char *ifname) { return append(rs, "link", ifname); }
+int runstate_add_link(struct runstate *rs, const char *ifname)
+{
+	return append(rs, "link", ifname);
+}
 
-int runstate_add_path(struct runstate *rs, const char *path) { return append(rs, "path", path); }
+int runstate_add_path(struct runstate *rs, const char *path)
+{
+	return append(rs, "path", path);
+}
 
 /* Kills a recorded process if it is still the same process, and waits for it to go. */
 static void kill_recorded(pid_t pid, unsigned long long start)
@@ -205,13 +217,15 @@ static void undo_job_dir(const char *dir)
 					if (sscanf(value, "%d %llu", &pid, &start) == 2)
 						kill_recorded(pid, start);
 				} else if (pass == 1 && strcmp(line, "link") == 0) {
-					char *argv[] = { "ip", "link", "del", value, NULL };
-					_cleanup_free_ char *sys = fs_path_join("/sys/class/net", value);
+					char *argv[] = {"ip", "link", "del", value, NULL};
+					_cleanup_free_ char *sys =
+					    fs_path_join("/sys/class/net", value);
 					int code;
 
 					if (sys && fs_exists(sys))
 						proc_run(argv, NULL, NULL, NULL, &code);
-				} else if (pass == 2 && strcmp(line, "path") == 0 && value[0] == '/') {
+				} else if (pass == 2 && strcmp(line, "path") == 0 &&
+					   value[0] == '/') {
 					fs_rm_rf(value);
 				}
 			}

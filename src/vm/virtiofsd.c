@@ -23,8 +23,8 @@ static long now_ms(void)
 	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int virtiofsd_start(const char *dir, const char *socket_path, const char *log_path,
-		    int timeout_ms, pid_t *ret_pid, char **ret_error)
+int virtiofsd_start(const char *dir, const char *socket_path, const char *log_path, int timeout_ms,
+		    pid_t *ret_pid, char **ret_error)
 {
 	_cleanup_free_ char *sock_opt = NULL, *source_opt = NULL;
 	long deadline = now_ms() + timeout_ms;
@@ -41,8 +41,9 @@ int virtiofsd_start(const char *dir, const char *socket_path, const char *log_pa
 	{
 		/* cache=auto: the guest may cache, but revalidates, so files written on the
 		 * host meanwhile are seen; the job folder is the user's ordinary directory. */
-		char *argv[] = { VIRTIOFSD_PATH, sock_opt, "-o", source_opt, "-o", "cache=auto",
-				 "-o", "log_level=warn", NULL };
+		char *argv[] = {
+		    VIRTIOFSD_PATH, sock_opt,	      "-o", source_opt, "-o", "cache=auto",
+		    "-o",	    "log_level=warn", NULL};
 
 		r = proc_spawn(argv, log_path, &pid);
 	}
@@ -50,14 +51,15 @@ int virtiofsd_start(const char *dir, const char *socket_path, const char *log_pa
 		return error_set(ret_error, r, "starting virtiofsd: %s", strerror(-r));
 	while (!fs_exists(socket_path)) {
 		if (waitpid(pid, &status, WNOHANG) == pid)
-			return error_set(ret_error, -EIO,
-					 "virtiofsd for %s exited at start (exit %d); see %s", dir,
-					 WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
-					 log_path ? log_path : "its log");
+			return error_set(
+			    ret_error, -EIO, "virtiofsd for %s exited at start (exit %d); see %s",
+			    dir, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+			    log_path ? log_path : "its log");
 		if (now_ms() > deadline) {
 			virtiofsd_stop(pid);
-			return error_set(ret_error, -ETIMEDOUT, "virtiofsd for %s did not start; see %s",
-					 dir, log_path ? log_path : "its log");
+			return error_set(ret_error, -ETIMEDOUT,
+					 "virtiofsd for %s did not start; see %s", dir,
+					 log_path ? log_path : "its log");
 		}
 		usleep(5000);
 	}

@@ -12,8 +12,8 @@
 
 #include "cli/run-options.h"
 
-#define ARGV(...) ((char *[]){ "run", __VA_ARGS__, NULL })
-#define ARGC(...) ((int)(sizeof((char *[]){ "run", __VA_ARGS__ }) / sizeof(char *)))
+#define ARGV(...)	   ((char *[]){"run", __VA_ARGS__, NULL})
+#define ARGC(...)	   ((int)(sizeof((char *[]){"run", __VA_ARGS__}) / sizeof(char *)))
 #define PARSE(o, err, ...) run_options_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), (o), (err))
 
 static void test_defaults(void **state)
@@ -132,11 +132,11 @@ static void test_durations_and_sizes(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_defaults),
-		cmocka_unit_test(test_all_options),
-		cmocka_unit_test(test_program_without_dashes),
-		cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_durations_and_sizes),
+	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_all_options),
+	    cmocka_unit_test(test_program_without_dashes),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_durations_and_sizes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
