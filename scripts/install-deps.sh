@@ -11,6 +11,8 @@ packages=(
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
   # guests and MPI
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
+  # the tests' own tools
+  python3 file procps
 )
 
 missing=()
