@@ -33,6 +33,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The image builder downloads packages with apt-get download: it needs package lists.
-if [ "$(id -u)" -eq 0 ] && ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ "$(id -u)" -eq 0 ] && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   apt-get update -q
 fi
