@@ -131,7 +131,25 @@ after=$(grep Cached "$WORK/dax.out" | tail -1 | awk '{print $2}')
 [ $((after - before)) -lt 8192 ] || fail "page cache grew by $((after - before)) kB reading libmpich: DAX is not in effect"
 ok "reading libmpich (41 MB) grew the guest page cache by $((after - before)) kB (DAX)"
 
-# 8. Refused before booting.
+# 8. Without root: no taps or bridge; the job's segment is a multicast group on loopback.
+if command -v setpriv >/dev/null; then
+	[ -e /tmp/vmhpc-65534 ] || on_exit "rm -rf /tmp/vmhpc-65534"
+	mkdir -p "$WORK/nobody/bin" "$WORK/nobody/cache"
+	cp "$VMHPC" "$WORK/nobody/bin/vmhpc"
+	chmod -R a+rX "$VMHPC_STORE" "$WORK/nobody"
+	chmod a+rx "$WORK"
+	chown 65534:65534 "$WORK/nobody/cache"
+	setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/nobody" \
+		VMHPC_STORE="$VMHPC_STORE" VMHPC_CACHE="$WORK/nobody/cache" \
+		"$WORK/nobody/bin/vmhpc" run --no-share --vms 2 -- hostname >"$WORK/nobody.out" 2>"$WORK/nobody.err" ||
+		fail "unprivileged run: $(cat "$WORK/nobody.err")"
+	[ "$(sort "$WORK/nobody.out" | tr '\n' ' ')" = "vm0 vm1 " ] || fail "unprivileged run printed: $(cat "$WORK/nobody.out")"
+	ls /sys/class/net | grep -q '^vmhpc' && fail "an unprivileged run made interfaces"
+	[ -z "$(ls "/tmp/vmhpc-65534/jobs" 2>/dev/null)" ] || fail "the unprivileged run left its job directory"
+	ok "an unprivileged run (multicast segment, no share) reaches both VMs"
+fi
+
+# 9. Refused before booting.
 expect_fail "too many VCPUs" "virtual CPUs, but this machine has" run --vms 4 --vcpus 4 -- ./ring
 expect_fail "unknown image" "no image named 'nosuch'" run --image nosuch -- ./ring
 expect_fail "unknown version" "has no version 99" run --image tiny-mpi:99 -- ./ring
