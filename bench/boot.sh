@@ -72,6 +72,16 @@ kill_listed() {
 	done <"$work/pids"
 }
 
+# Removes a (possibly half-made) Debian tree. An interrupted debootstrap may have left mounts
+# in it (proc, sys, bound device nodes): unmount them first, and never delete through one.
+remove_tree() {
+	local t=${1%/}
+	[ -e "$t" ] || return 0
+	awk -v t="$t/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r |
+		xargs -r -n1 umount -l
+	rm -rf --one-file-system "$t"
+}
+
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
@@ -84,13 +94,7 @@ cleanup() {
 		wait "$bgpid" 2>/dev/null || true
 	fi
 	kill_listed
-	if [ -n "$tree_tmp" ]; then
-		# debootstrap may have left mounts (proc, sys) in the tree: never delete through them
-		grep -qF " $tree_tmp/" /proc/self/mounts &&
-			awk -v t="$tree_tmp/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts |
-			sort -r | xargs -r -n1 umount -l
-		rm -rf --one-file-system "$tree_tmp"
-	fi
+	[ -n "$tree_tmp" ] && remove_tree "$tree_tmp"
 	rm -rf "$work" "$VMHPC_STORE"
 	exit "$rc"
 }
@@ -218,9 +222,10 @@ prepare_debian() {
 			say "installing debootstrap"
 			apt-get install -y -q debootstrap >&2
 		fi
-		rm -rf "$deb/tree" "$deb/tree.ok" "$deb/debian.ext4" "$deb/debian.ext4.zst-bytes"
+		rm -f "$deb/tree.ok" "$deb/debian.ext4" "$deb/debian.ext4.zst-bytes"
+		remove_tree "$deb/tree"
 		tree_tmp=$deb/tree.tmp
-		rm -rf "$tree_tmp"
+		remove_tree "$tree_tmp"
 		say "debootstrap bookworm into $tree_tmp (minutes; cached afterwards)"
 		long debootstrap --variant=minbase --include=systemd-sysv,linux-image-cloud-amd64,udev,dbus \
 			bookworm "$tree_tmp" "$mirror" >&2
@@ -557,17 +562,25 @@ def make_debian(cfg, name, accel):
 def after_ready(v, first=False):
     """Guest memory, QMP, host memory: right after the ready line."""
     if v.kind == "tiny":
+        # HELLO at once; the guest sends READY (its memory and uptime) when the host
+        # connects and/or before its answer to HELLO (docs/guest.md): skip everything
+        # until WELCOME, keep the first READY.
         c = FrameConn(v.ctl, time.monotonic() + 10)
-        t, p = c.recv(15)
-        if t != F_READY or len(p) != 24:
-            raise RuntimeError(f"{v.name}: expected READY on the control port, got type {t}")
-        total, avail, up = struct.unpack(">QQQ", p)
+        c.send(F_HELLO, bytes.fromhex(v.token))
+        info = None
+        while True:
+            t, p = c.recv(15)
+            if t == F_READY and len(p) == 24 and info is None:
+                info = struct.unpack(">QQQ", p)
+            elif t == F_WELCOME:
+                break
+            elif t == F_ERROR:
+                raise RuntimeError(f"{v.name}: HELLO refused: {p.decode(errors='replace')}")
+        if info is None:
+            raise RuntimeError(f"{v.name}: no READY frame on the control port")
+        total, avail, up = info
         v.res.update(mem_total_kb=total, mem_available_kb=avail, guest_used_kb=total - avail,
                      guest_uptime_s=up / 1000)
-        c.send(F_HELLO, bytes.fromhex(v.token))
-        t, p = c.recv(15)
-        if t != F_WELCOME:
-            raise RuntimeError(f"{v.name}: HELLO refused: {p!r}")
         v.conn = c
     else:
         f = dict(kv.split("=", 1) for kv in v.ready_line.split()[1:] if "=" in kv)
