@@ -1,0 +1,219 @@
+/* The kernel command line's vmhpc.* keys into a struct config (cmdline.h). The kernel does
+ * not pass dotted keys to init, so they are read from /proc/cmdline. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "guest/cmdline.h"
+#include "guest/console.h"
+#include "util/cleanup.h"
+
+#define MAX_OVERLAY_MB (1u << 20)
+#define MAX_HOSTS      4096
+
+/* Host and VM names: what /etc/hosts and sethostname take. */
+static bool valid_name(const char *s, size_t len)
+{
+	if (len == 0 || len > 63)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.'))
+			return false;
+	}
+	return s[0] != '-' && s[0] != '.';
+}
+
+bool cmdline_parse_uint(const char *s, unsigned long max, unsigned long *ret)
+{
+	char *end;
+	unsigned long v;
+
+	if (!s[0] || s[0] < '0' || s[0] > '9')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v > max)
+		return false;
+	*ret = v;
+	return true;
+}
+
+/* vmhpc.share: an absolute path without . or .. parts, not /, not in the kernel's trees. */
+static bool valid_share(const char *p)
+{
+	static const char *const reserved[] = {"/proc", "/sys", "/dev", "/run"};
+	size_t len = strlen(p);
+
+	if (p[0] != '/' || len < 2 || len > CMDLINE_MAX_SHARE_PATH)
+		return false;
+	if (strstr(p, "/./") || strstr(p, "/../") || strstr(p, "//") ||
+	    (len >= 2 && strcmp(p + len - 2, "/.") == 0) ||
+	    (len >= 3 && strcmp(p + len - 3, "/..") == 0) || p[len - 1] == '/')
+		return false;
+	for (size_t i = 0; i < ARRAY_SIZE(reserved); i++) {
+		size_t n = strlen(reserved[i]);
+
+		if (strncmp(p, reserved[i], n) == 0 && (p[n] == '\0' || p[n] == '/'))
+			return false;
+	}
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)p[i] < 0x20)
+			return false;
+	return true;
+}
+
+static void parse_hosts(struct config *cfg, const char *list)
+{
+	const char *p = list;
+
+	while (*p) {
+		size_t len = strcspn(p, ","), eq;
+		char item[160];
+		struct in6_addr a6;
+		struct in_addr a4;
+		struct host_entry *grown;
+
+		if (len == 0 || len >= sizeof(item)) {
+			if (len)
+				console_say("vmhpc.hosts: entry of %zu characters skipped", len);
+			p += len + (p[len] == ',');
+			continue;
+		}
+		memcpy(item, p, len);
+		item[len] = '\0';
+		p += len + (p[len] == ',');
+		eq = strcspn(item, "=");
+		if (!item[eq] || !valid_name(item, eq) ||
+		    (inet_pton(AF_INET, item + eq + 1, &a4) != 1 &&
+		     inet_pton(AF_INET6, item + eq + 1, &a6) != 1)) {
+			console_say("vmhpc.hosts: \"%s\" is not NAME=ADDRESS; skipped", item);
+			continue;
+		}
+		if (cfg->n_hosts >= MAX_HOSTS) {
+			console_say("vmhpc.hosts: more than %d entries; the rest skipped",
+				    MAX_HOSTS);
+			return;
+		}
+		grown = realloc(cfg->hosts, (cfg->n_hosts + 1) * sizeof(*grown));
+		if (!grown)
+			return;
+		cfg->hosts = grown;
+		item[eq] = '\0';
+		snprintf(grown[cfg->n_hosts].name, sizeof(grown->name), "%.63s", item);
+		snprintf(grown[cfg->n_hosts].addr, sizeof(grown->addr), "%.45s", item + eq + 1);
+		cfg->n_hosts++;
+	}
+}
+
+static void parse_key(struct config *cfg, const char *key, const char *value)
+{
+	unsigned long v;
+
+	if (strcmp(key, "token") == 0) {
+		cfg->have_token = frame_token_from_hex(value, cfg->token) == 0;
+		if (!cfg->have_token)
+			console_say(
+			    "vmhpc.token is not 64 hex digits; every exec request will be refused");
+	} else if (strcmp(key, "name") == 0) {
+		if (valid_name(value, strlen(value)))
+			snprintf(cfg->name, sizeof(cfg->name), "%s", value);
+		else
+			console_say("vmhpc.name \"%.64s\" is not a host name; ignored", value);
+	} else if (strcmp(key, "ip") == 0) {
+		char addr[INET_ADDRSTRLEN + 4];
+		char *slash;
+		unsigned long prefix = 24;
+
+		snprintf(addr, sizeof(addr), "%s", value);
+		slash = strchr(addr, '/');
+		if (slash)
+			*slash++ = '\0';
+		if (inet_pton(AF_INET, addr, &cfg->ip) == 1 &&
+		    (!slash || cmdline_parse_uint(slash, 32, &prefix))) {
+			cfg->have_ip = true;
+			cfg->prefix = (unsigned)prefix;
+		} else {
+			console_say("vmhpc.ip \"%.64s\" is not A.B.C.D/PREFIX; eth0 stays down",
+				    value);
+		}
+	} else if (strcmp(key, "hosts") == 0) {
+		parse_hosts(cfg, value);
+	} else if (strcmp(key, "root") == 0) {
+		if (strcmp(value, "pmem") == 0)
+			cfg->root = ROOT_PMEM;
+		else if (strcmp(value, "blk") == 0)
+			cfg->root = ROOT_BLK;
+		else if (strcmp(value, "none") == 0)
+			cfg->root = ROOT_NONE;
+		else
+			console_say("vmhpc.root \"%.64s\" is not pmem, blk or none; trying both",
+				    value);
+	} else if (strcmp(key, "overlay_mb") == 0) {
+		if (cmdline_parse_uint(value, MAX_OVERLAY_MB, &v) && v > 0)
+			cfg->overlay_mb = (unsigned)v;
+		else
+			console_say("vmhpc.overlay_mb \"%.64s\" is not 1..%u; using %u", value,
+				    MAX_OVERLAY_MB, cfg->overlay_mb);
+	} else if (strcmp(key, "share") == 0) {
+		if (valid_share(value))
+			snprintf(cfg->share, sizeof(cfg->share), "%s", value);
+		else
+			console_say(
+			    "vmhpc.share \"%.64s\" is not an absolute path outside /proc /sys /dev "
+			    "/run; not mounted",
+			    value);
+	} else if (strcmp(key, "exec_port") == 0) {
+		if (cmdline_parse_uint(value, 65535, &v) && v > 0)
+			cfg->exec_port = (uint16_t)v;
+		else
+			console_say("vmhpc.exec_port \"%.64s\" is not 1..65535; using %u", value,
+				    cfg->exec_port);
+	} else {
+		console_say("unknown key vmhpc.%.64s ignored", key);
+	}
+}
+
+void cmdline_parse(struct config *cfg)
+{
+	_cleanup_close_ int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	char buf[16384];
+	ssize_t n;
+	char *save = NULL;
+
+	if (fd < 0) {
+		console_say("reading /proc/cmdline: %s", strerror(errno));
+		return;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return;
+	buf[n] = '\0';
+	for (char *word = strtok_r(buf, " \t\n", &save); word;
+	     word = strtok_r(NULL, " \t\n", &save)) {
+		char *eq, *value;
+		size_t vlen;
+
+		if (strncmp(word, "vmhpc.", 6) != 0)
+			continue;
+		eq = strchr(word, '=');
+		if (!eq) {
+			console_say("kernel command line: \"%.64s\" has no value; ignored", word);
+			continue;
+		}
+		*eq = '\0';
+		value = eq + 1;
+		vlen = strlen(value);
+		/* The kernel passes key="value" through with its quotes. */
+		if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
+			value[vlen - 1] = '\0';
+			value++;
+		}
+		parse_key(cfg, word + 6, value);
+	}
+}
