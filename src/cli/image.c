@@ -22,8 +22,6 @@
 #include "util/humanize.h"
 #include "util/log.h"
 
-#define INDEX_MAX_BYTES (512u * 1024 * 1024)
-
 struct verb {
 	const char *name;
 	int (*run)(struct cli_context *ctx, int argc, char **argv);
@@ -673,39 +671,6 @@ static int verb_import(struct cli_context *ctx, int argc, char **argv)
 	return r < 0 ? 1 : 0;
 }
 
-/* Reads a part's bytes into memory (at most max_bytes), NUL-terminated; caller frees. */
-static int read_part(struct store *s, const struct store_part *part, size_t max_bytes,
-		     char **ret_data)
-{
-	char *buf;
-	size_t off = 0;
-
-	if (part->size_bytes > max_bytes)
-		return -EFBIG;
-	buf = malloc(part->size_bytes + 1);
-	if (!buf)
-		return -ENOMEM;
-	for (size_t i = 0; i < part->n_chunks; i++) {
-		void *data = NULL;
-		size_t len = 0;
-		int r = store_get_chunk(s, part->chunks[i].id, &data, &len);
-
-		if (r == 0 && off + len > part->size_bytes)
-			r = -EBADMSG;
-		if (r < 0) {
-			free(data);
-			free(buf);
-			return r;
-		}
-		memcpy(buf + off, data, len);
-		off += len;
-		free(data);
-	}
-	buf[off] = '\0';
-	*ret_data = buf;
-	return 0;
-}
-
 static void mode_string(const char *type, int mode, char out[11])
 {
 	static const char rwx[] = "rwxrwxrwx";
@@ -755,7 +720,7 @@ static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 	code = 1;
 	if (load_ref(s, argv[optind], &m) < 0)
 		goto out;
-	r = read_part(s, &m->parts[MANIFEST_PART_INDEX], INDEX_MAX_BYTES, &text);
+	r = store_read_part(s, &m->parts[MANIFEST_PART_INDEX], MANIFEST_INDEX_MAX_BYTES, &text);
 	if (r < 0) {
 		log_error_errno(r, "reading the file index of %s:%u: %m; run `vmhpc image verify`",
 				m->name, m->version);

@@ -29,7 +29,6 @@
 #define BOOT_TIMEOUT_MS_DEFAULT 120000
 #define SHUTDOWN_TIMEOUT_MS	10000
 #define EXIT_TIME_LIMIT		124 /* as timeout(1) */
-#define INDEX_MAX_BYTES		(512u * 1024 * 1024)
 
 static const char *const program_dirs[] = {"/usr/local/bin", "/usr/bin", "/usr/sbin"};
 
@@ -87,39 +86,14 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	return catalog_load(s, name, 0, ret, NULL);
 }
 
-/* True when the image's file index has path (any type). */
-static int image_has_path(struct store *s, const struct manifest *m, const char *path, bool *ret)
+/* True when the image's file index (JSON text) lists path. */
+static bool index_has_path(const char *index, const char *path)
 {
-	const struct store_part *part = &m->parts[MANIFEST_PART_INDEX];
-	_cleanup_free_ char *text = NULL;
 	char needle[PATH_MAX + 16];
-	size_t off = 0;
 
-	if (part->size_bytes > INDEX_MAX_BYTES)
-		return -EFBIG;
-	text = malloc(part->size_bytes + 1);
-	if (!text)
-		return -ENOMEM;
-	for (size_t i = 0; i < part->n_chunks; i++) {
-		void *data = NULL;
-		size_t len = 0;
-		int r = store_get_chunk(s, part->chunks[i].id, &data, &len);
-
-		if (r == 0 && off + len > part->size_bytes)
-			r = -EBADMSG;
-		if (r < 0) {
-			free(data);
-			return r;
-		}
-		memcpy(text + off, data, len);
-		off += len;
-		free(data);
-	}
-	text[off] = '\0';
-	/* The index is JSON with "path":"..." entries; an exact quoted match is enough here. */
+	/* Entries are {"path":"...",...}: an exact quoted match is enough here. */
 	snprintf(needle, sizeof(needle), "\"path\":\"%s\"", path);
-	*ret = strstr(text, needle) != NULL;
-	return 0;
+	return strstr(index, needle) != NULL;
 }
 
 /* Says before booting whether PROGRAM can be found: in the job folder (a path with '/')
@@ -128,59 +102,58 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 			 const char *workdir)
 {
 	const char *prog = o->argv[0];
+	_cleanup_free_ char *index = NULL;
 	bool found = false;
 	int r;
 
-	if (strchr(prog, '/')) {
-		_cleanup_free_ char *host = NULL;
+	if (strchr(prog, '/') && prog[0] != '/' && !workdir) {
+		log_error("PROGRAM '%s' is a relative path, but --no-share gives the VMs no job "
+			  "folder; use a program in the image or drop --no-share",
+			  prog);
+		return -ENOENT;
+	}
+	if (strchr(prog, '/') && workdir &&
+	    (prog[0] != '/' || strncmp(prog, workdir, strlen(workdir)) == 0)) {
+		_cleanup_free_ char *host =
+		    prog[0] == '/' ? strdup(prog) : fs_path_join(workdir, prog);
 		struct stat sb;
 
-		if (prog[0] != '/' && !workdir) {
-			log_error(
-			    "PROGRAM '%s' is a relative path, but --no-share gives the VMs no job "
-			    "folder; use a program in the image or drop --no-share",
-			    prog);
-			return -ENOENT;
-		}
-		if (workdir && (prog[0] != '/' || strncmp(prog, workdir, strlen(workdir)) == 0)) {
-			host = prog[0] == '/' ? strdup(prog) : fs_path_join(workdir, prog);
-			if (!host)
-				return -ENOMEM;
-			if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111))
-				return 0;
-			log_error(
-			    "PROGRAM '%s' is not an executable file in the job folder %s; build "
-			    "it there or give its path",
-			    prog, workdir);
-			return -ENOENT;
-		}
-		{
-			_cleanup_free_ char *merged = strdup(prog);
+		if (!host)
+			return -ENOMEM;
+		if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111))
+			return 0;
+		log_error(
+		    "PROGRAM '%s' is not an executable file in the job folder %s; build it there "
+		    "or give its path",
+		    prog, workdir);
+		return -ENOENT;
+	}
+	r = store_read_part(s, &m->parts[MANIFEST_PART_INDEX], MANIFEST_INDEX_MAX_BYTES, &index);
+	if (r < 0)
+		return log_error_errno(
+		    r, "reading the file index of %s:%u: %m; run `vmhpc image verify`", m->name,
+		    m->version);
+	if (prog[0] == '/') {
+		found = index_has_path(index, prog);
+	} else {
+		for (size_t i = 0; i < ARRAY_SIZE(program_dirs) && !found; i++) {
+			char path[PATH_MAX];
 
-			r = merged ? image_has_path(s, m, prog, &found) : -ENOMEM;
+			snprintf(path, sizeof(path), "%s/%s", program_dirs[i], prog);
+			found = index_has_path(index, path);
 		}
-		if (r == 0 && !found) {
+	}
+	if (!found) {
+		if (prog[0] == '/')
 			log_error(
 			    "PROGRAM '%s' is not in the image %s:%u (see `vmhpc image ls %s:%u`)",
 			    prog, m->name, m->version, m->name, m->version);
-			return -ENOENT;
-		}
-		return r;
-	}
-	for (size_t i = 0; i < ARRAY_SIZE(program_dirs) && !found; i++) {
-		char path[PATH_MAX];
-
-		snprintf(path, sizeof(path), "%s/%s", program_dirs[i], prog);
-		r = image_has_path(s, m, path, &found);
-		if (r < 0)
-			return log_error_errno(r, "reading the file index of %s:%u: %m", m->name,
-					       m->version);
-	}
-	if (!found) {
-		log_error("PROGRAM '%s' is not in the image %s:%u's /usr/bin, /usr/sbin or "
-			  "/usr/local/bin; give a path in the job folder (./%s) or add it to the "
-			  "image",
-			  prog, m->name, m->version, prog);
+		else
+			log_error(
+			    "PROGRAM '%s' is not in the image %s:%u's /usr/bin, /usr/sbin or "
+			    "/usr/local/bin; give a path in the job folder (./%s) or add it to the "
+			    "image",
+			    prog, m->name, m->version, prog);
 		return -ENOENT;
 	}
 	return 0;

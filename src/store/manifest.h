@@ -12,6 +12,8 @@
 #define MANIFEST_NAME_MAX	     64
 #define MANIFEST_MAX_BYTES	     (64u * 1024 * 1024)
 #define MANIFEST_MAX_CHUNKS_PER_PART (4u * 1024 * 1024)
+/* Largest file index a reader loads (a whole OS tree's index is a few MB). */
+#define MANIFEST_INDEX_MAX_BYTES (512u * 1024 * 1024)
 
 enum manifest_part_kind {
 	MANIFEST_PART_KERNEL,	 /* the kernel image (bzImage) */

@@ -855,3 +855,31 @@ int store_lock(struct store *s, enum store_lock_kind kind, int *ret_fd)
 	*ret_fd = TAKE_FD(fd);
 	return 0;
 }
+
+int store_read_part(struct store *s, const struct store_part *part, size_t max_bytes,
+		    char **ret_data)
+{
+	_cleanup_free_ char *buf = NULL;
+	size_t off = 0;
+
+	if (part->size_bytes > max_bytes)
+		return -EFBIG;
+	buf = malloc(part->size_bytes + 1);
+	if (!buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < part->n_chunks; i++) {
+		_cleanup_free_ void *data = NULL;
+		size_t len = 0;
+		int r = store_get_chunk(s, part->chunks[i].id, &data, &len);
+
+		if (r < 0)
+			return r;
+		if (off + len > part->size_bytes)
+			return -EBADMSG;
+		memcpy(buf + off, data, len);
+		off += len;
+	}
+	buf[off] = '\0';
+	*ret_data = TAKE_PTR(buf);
+	return 0;
+}

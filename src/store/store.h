@@ -94,6 +94,10 @@ int store_put_buffer(struct store *s, const void *data, size_t len,
 		     struct store_put_stats *stats);
 /* Writes the plain bytes of part to fd, verifying every chunk (-EBADMSG, -ENOENT). */
 int store_write_part(struct store *s, const struct store_part *part, int fd);
+/* Reads the plain bytes of part into a NUL-terminated buffer the caller frees, verifying
+ * every chunk (-EBADMSG, -ENOENT); -EFBIG when the part is larger than max_bytes. */
+int store_read_part(struct store *s, const struct store_part *part, size_t max_bytes,
+		    char **ret_data);
 /* Releases part's chunk list; leaves part empty. */
 void store_part_done(struct store_part *part);
 
