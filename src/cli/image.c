@@ -29,11 +29,11 @@ struct verb {
 	const char *summary;
 };
 
-static const struct verb verbs[];
+static const struct verb *find_verb(const char *name);
 
 /* Parses the options every verb shares (--json, --help); returns -1 to go on, else an exit
  * code. The verb's positional arguments start at optind. */
-static int parse_common(struct cli_context *ctx, int argc, char **argv, const struct verb *v,
+static int parse_common(struct cli_context *ctx, int argc, char **argv, const char *verb,
 			bool allow_json)
 {
 	static const struct option options[] = {
@@ -41,6 +41,7 @@ static int parse_common(struct cli_context *ctx, int argc, char **argv, const st
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
+	const struct verb *v = find_verb(verb);
 	int c;
 
 	optind = 0;
@@ -63,8 +64,6 @@ static int parse_common(struct cli_context *ctx, int argc, char **argv, const st
 	}
 	return -1;
 }
-
-static const struct verb *find_verb(const char *name);
 
 static int want_args(int argc, int min, int max, const char *verb)
 {
@@ -212,6 +211,8 @@ struct usage {
 	uint64_t unique_bytes;
 	struct manifest *m;
 	char *error;
+	struct store_chunk_ref *refs; /* the version's distinct chunks */
+	size_t n_refs;
 };
 
 struct chunk_count {
@@ -233,30 +234,26 @@ static struct chunk_count *find_count(struct chunk_count *counts, size_t n, cons
 static int compute_usage(struct store *s, struct catalog_entry *entries, size_t n,
 			 struct usage *usage)
 {
-	struct chunk_count *counts = NULL;
+	_cleanup_free_ struct chunk_count *counts = NULL;
 	size_t n_counts = 0, out = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		struct store_chunk_ref *refs = NULL;
-		size_t nr = 0;
+		struct chunk_count *grown;
 
 		if (catalog_load(s, entries[i].name, entries[i].version, &usage[i].m,
 				 &usage[i].error) < 0)
 			continue;
-		if (manifest_distinct_chunks(usage[i].m, &refs, &nr) < 0)
+		if (manifest_distinct_chunks(usage[i].m, &usage[i].refs, &usage[i].n_refs) < 0)
 			return -ENOMEM;
-		struct chunk_count *grown = realloc(counts, (n_counts + nr + 1) * sizeof(*grown));
-		if (!grown) {
-			free(refs);
+		grown = realloc(counts, (n_counts + usage[i].n_refs + 1) * sizeof(*grown));
+		if (!grown)
 			return -ENOMEM;
-		}
 		counts = grown;
-		for (size_t j = 0; j < nr; j++) {
-			memcpy(counts[n_counts].id, refs[j].id, STORE_ID_BYTES);
+		for (size_t j = 0; j < usage[i].n_refs; j++) {
+			memcpy(counts[n_counts].id, usage[i].refs[j].id, STORE_ID_BYTES);
 			counts[n_counts].versions = 1;
 			counts[n_counts++].stored_bytes = 0;
 		}
-		free(refs);
 	}
 	if (n_counts > 0)
 		qsort(counts, n_counts, sizeof(*counts), compare_count);
@@ -270,13 +267,8 @@ static int compute_usage(struct store *s, struct catalog_entry *entries, size_t 
 		out++;
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct store_chunk_ref *refs = NULL;
-		size_t nr = 0;
-
-		if (!usage[i].m || manifest_distinct_chunks(usage[i].m, &refs, &nr) < 0)
-			continue;
-		for (size_t j = 0; j < nr; j++) {
-			struct chunk_count *cc = find_count(counts, out, refs[j].id);
+		for (size_t j = 0; j < usage[i].n_refs; j++) {
+			struct chunk_count *cc = find_count(counts, out, usage[i].refs[j].id);
 
 			if (!cc)
 				continue;
@@ -284,9 +276,7 @@ static int compute_usage(struct store *s, struct catalog_entry *entries, size_t 
 			if (cc->versions == 1)
 				usage[i].unique_bytes += cc->stored_bytes;
 		}
-		free(refs);
 	}
-	free(counts);
 	return 0;
 }
 
@@ -296,7 +286,7 @@ static int verb_list(struct cli_context *ctx, int argc, char **argv)
 	struct usage *usage = NULL;
 	struct store *s = NULL;
 	size_t n = 0;
-	int r, code = parse_common(ctx, argc, argv, &verbs[1], true);
+	int r, code = parse_common(ctx, argc, argv, "list", true);
 
 	if (code >= 0)
 		return code;
@@ -353,6 +343,7 @@ out:
 	for (size_t i = 0; usage && i < n; i++) {
 		manifest_free(usage[i].m);
 		free(usage[i].error);
+		free(usage[i].refs);
 	}
 	free(usage);
 	catalog_entries_free(entries, n);
@@ -386,7 +377,7 @@ static int verb_show(struct cli_context *ctx, int argc, char **argv)
 {
 	struct manifest *m = NULL;
 	struct store *s = NULL;
-	int code = parse_common(ctx, argc, argv, &verbs[2], true);
+	int code = parse_common(ctx, argc, argv, "show", true);
 
 	if (code >= 0)
 		return code;
@@ -447,7 +438,7 @@ static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 	_cleanup_free_ char *name = NULL, *error = NULL;
 	struct store *s = NULL;
 	uint32_t version;
-	int r, code = parse_common(ctx, argc, argv, &verbs[3], false);
+	int r, code = parse_common(ctx, argc, argv, "rm", false);
 
 	if (code >= 0)
 		return code;
@@ -481,7 +472,7 @@ static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 	struct check_verify_result res = {0};
 	struct store *s = NULL;
 	char b[HUMANIZE_BYTES_LEN];
-	int r, code = parse_common(ctx, argc, argv, &verbs[4], false);
+	int r, code = parse_common(ctx, argc, argv, "verify", false);
 
 	if (code >= 0)
 		return code;
@@ -523,7 +514,7 @@ static int verb_gc(struct cli_context *ctx, int argc, char **argv)
 	_cleanup_free_ char *error = NULL;
 	struct store *s = NULL;
 	char b[HUMANIZE_BYTES_LEN];
-	int r, code = parse_common(ctx, argc, argv, &verbs[5], false);
+	int r, code = parse_common(ctx, argc, argv, "gc", false);
 
 	if (code >= 0)
 		return code;
@@ -644,7 +635,7 @@ static int verb_import(struct cli_context *ctx, int argc, char **argv)
 	_cleanup_close_ int fd = -1;
 	struct store *s = NULL;
 	uint32_t version = 0;
-	int r, code = parse_common(ctx, argc, argv, &verbs[7], false);
+	int r, code = parse_common(ctx, argc, argv, "import", false);
 
 	if (code >= 0)
 		return code;
@@ -704,7 +695,7 @@ static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 	json_t *index = NULL, *entry, *out = NULL;
 	const char *prefix;
 	size_t i, shown = 0;
-	int r, code = parse_common(ctx, argc, argv, &verbs[8], true);
+	int r, code = parse_common(ctx, argc, argv, "ls", true);
 
 	if (code >= 0)
 		return code;
