@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential meson ninja-build pkg-config clang-format
-  libssl-dev libzstd-dev libjansson-dev libarchive-dev libsqlite3-dev libcmocka-dev
+  libssl-dev libzstd-dev libjansson-dev libarchive-dev libseccomp-dev libsqlite3-dev libcmocka-dev
   # image builder
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
   # guests and MPI

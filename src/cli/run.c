@@ -189,6 +189,16 @@ static bool check_cancelled(void *ud)
 	return p->signal != 0;
 }
 
+/* The submitting user: the one sudo ran us for, else ourselves. The ranks run as them and
+ * the job folder is shared with their rights only. */
+static void submitting_user(uid_t *ret_uid, gid_t *ret_gid)
+{
+	const char *sudo_uid = getenv("SUDO_UID"), *sudo_gid = getenv("SUDO_GID");
+
+	*ret_uid = geteuid() == 0 && sudo_uid ? (uid_t)atoi(sudo_uid) : getuid();
+	*ret_gid = geteuid() == 0 && sudo_gid ? (gid_t)atoi(sudo_gid) : getgid();
+}
+
 /* The mpiexec command line that runs PROGRAM over every VM's VCPUs. */
 static char **mpiexec_argv(const struct run_options *o, struct job *j)
 {
@@ -342,7 +352,10 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		workdir = strdup(resolved);
 		if (!workdir)
 			return 1;
+		cfg.workdir_dev = sb.st_dev;
+		cfg.workdir_ino = sb.st_ino;
 	}
+	submitting_user(&cfg.owner_uid, &cfg.owner_gid);
 	cache = node_cache_dir(ctx);
 	if (!cache || cli_open_store(ctx, &s) < 0)
 		return 1;
@@ -410,10 +423,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 				 * inside one (docs/guest.md). */
 				"UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
 				"UCX_WARN_UNUSED_ENV_VARS=n", NULL};
-		const char *sudo_uid = getenv("SUDO_UID"), *sudo_gid = getenv("SUDO_GID");
 		struct frame_exec req = {
-		    .uid = geteuid() == 0 && sudo_uid ? (uint32_t)atoi(sudo_uid) : getuid(),
-		    .gid = geteuid() == 0 && sudo_gid ? (uint32_t)atoi(sudo_gid) : getgid(),
+		    .uid = cfg.owner_uid,
+		    .gid = cfg.owner_gid,
 		    .cwd = workdir ? workdir : "/",
 		    .argv = mpi_argv,
 		    .envp = envp,

@@ -32,6 +32,7 @@ struct job_vm {
 	char ip[20];
 	char *ctl_path;
 	char *console_log;
+	char *fs_log; /* virtiofsd's; NULL without a share */
 	struct qemu_vm *qemu;
 	pid_t virtiofsd;
 	struct qmp_client *qmp; /* QEMU's monitor: status checks and the last-resort quit */
@@ -115,6 +116,7 @@ void job_free(struct job *j)
 		virtiofsd_stop(v->virtiofsd);
 		free(v->ctl_path);
 		free(v->console_log);
+		free(v->fs_log);
 	}
 	net_bridge_destroy(j->bridge);
 	materialized_image_done(&j->image);
@@ -155,7 +157,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		    char **ret_error)
 {
 	struct job_vm *v = &j->vms[i];
-	_cleanup_free_ char *fs_sock = NULL, *fs_log = NULL, *qemu_log = NULL, *cmdline = NULL;
+	_cleanup_free_ char *fs_sock = NULL, *qemu_log = NULL, *cmdline = NULL;
 	char token_hex[2 * FRAME_TOKEN_BYTES + 1], mac[18], mcast[32];
 	struct qemu_vm_config qc = {0};
 	unsigned overlay_mb = cfg->mem_mb / 4 < OVERLAY_MAX_MB ? cfg->mem_mb / 4 : OVERLAY_MAX_MB;
@@ -169,11 +171,19 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	if (!v->ctl_path || !v->console_log || !qemu_log)
 		return -ENOMEM;
 	if (cfg->workdir) {
+		struct virtiofsd_config fc = {.dir = cfg->workdir,
+					      .dir_dev = cfg->workdir_dev,
+					      .dir_ino = cfg->workdir_ino,
+					      .uid = cfg->owner_uid,
+					      .gid = cfg->owner_gid};
+
 		fs_sock = job_path(j, "vm%u.fs.sock", i);
-		fs_log = job_path(j, "vm%u.virtiofsd.log", i);
-		if (!fs_sock || !fs_log)
+		v->fs_log = job_path(j, "vm%u.virtiofsd.log", i);
+		if (!fs_sock || !v->fs_log)
 			return -ENOMEM;
-		r = virtiofsd_start(cfg->workdir, fs_sock, fs_log, 5000, &v->virtiofsd, ret_error);
+		fc.socket_path = fs_sock;
+		fc.log_path = v->fs_log;
+		r = virtiofsd_start(&fc, &v->virtiofsd, ret_error);
 		if (r < 0)
 			return r;
 		r = runstate_add_pid(j->rs, v->virtiofsd);
@@ -265,9 +275,14 @@ static int try_connect(struct job_vm *v)
 static int vm_failed(struct job_vm *v, int r, const char *what, char **ret_error)
 {
 	_cleanup_free_ char *tail = console_tail(v->console_log);
+	_cleanup_free_ char *fs_tail = virtiofsd_log_tail(v->fs_log);
 
-	return error_set(ret_error, r, "%s %s; the last lines of its console (%s):\n%s", v->name,
-			 what, v->console_log, tail ? tail : "");
+	/* virtiofsd sets up its sandbox only once QEMU connects: what it said then is
+	 * part of why the VM stopped, and its log goes with the job directory. */
+	return error_set(ret_error, r, "%s %s; the last lines of its console (%s):\n%s%s%s",
+			 v->name, what, v->console_log, tail ? tail : "",
+			 fs_tail ? "\nthe last lines of its virtiofsd's log:\n" : "",
+			 fs_tail ? fs_tail : "");
 }
 
 static int wait_all_ready(struct job *j, const struct job_config *cfg, char **ret_error)

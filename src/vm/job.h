@@ -30,7 +30,11 @@ struct job_config {
 	unsigned vcpus;
 	unsigned mem_mb;
 	const char *workdir; /* shared at the same path in every VM; NULL: no share */
-	const char *accel;   /* "kvm" or "tcg"; NULL: probe */
+	dev_t workdir_dev;   /* what workdir was when checked: another directory is refused */
+	ino_t workdir_ino;
+	uid_t owner_uid; /* the submitting user: the share runs with their rights only */
+	gid_t owner_gid;
+	const char *accel; /* "kvm" or "tcg"; NULL: probe */
 	int boot_timeout_ms;
 	/* Called while VMs come up: how many are ready of n_vms. May be NULL. */
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);

@@ -14,6 +14,8 @@ export VMHPC_CACHE="${VMHPC_CACHE:-/var/cache/vmhpc}"
 job="$WORK/job"
 mkdir -p "$job"
 chmod 0777 "$job"
+# virtiofsd runs with the submitting user's rights (case 2 is uid 4321): it must reach the folder.
+chmod 0755 "$WORK"
 cp "$ring" "$job/ring"
 on_exit "'$VMHPC' cleanup"
 
