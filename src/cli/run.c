@@ -28,7 +28,10 @@
 
 #define BOOT_TIMEOUT_MS_DEFAULT 120000
 #define SHUTDOWN_TIMEOUT_MS	10000
-#define EXIT_TIME_LIMIT		124 /* as timeout(1) */
+/* After Ctrl-C is passed on to mpiexec, how long it has to end before the VMs are stopped
+ * anyway (a second Ctrl-C stops them at once). */
+#define SIGNAL_GRACE_MS 10000
+#define EXIT_TIME_LIMIT 124 /* as timeout(1) */
 
 static const char *const program_dirs[] = {"/usr/local/bin", "/usr/bin", "/usr/sbin"};
 
@@ -175,6 +178,13 @@ static void show_progress(unsigned ready, unsigned n, void *ud)
 		if (ready == n)
 			fputc('\n', stderr);
 	}
+}
+
+/* The runtime's messages, at the level the user asked for ($VMHPC_LOG). */
+static void print_runtime_log(enum log_level level, const char *message, void *ud)
+{
+	if (log_enabled(level))
+		log_print(level, "%s", message);
 }
 
 static bool check_cancelled(void *ud)
@@ -383,6 +393,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 				  : BOOT_TIMEOUT_MS_DEFAULT;
 	cfg.progress = show_progress;
 	cfg.cancelled = check_cancelled;
+	cfg.log = print_runtime_log;
 	cfg.userdata = &bp;
 	t_boot = now_s();
 	r = job_boot(&cfg, &j, &error);
@@ -421,7 +432,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		struct exec_client_io io = {.stdin_fd = -1,
 					    .stdout_fd = STDOUT_FILENO,
 					    .stderr_fd = STDERR_FILENO,
-					    .signal_fd = sfd};
+					    .signal_fd = sfd,
+					    .signal_grace_ms = SIGNAL_GRACE_MS};
 		double t_run = now_s();
 
 		free(TAKE_PTR(error));
@@ -429,12 +441,16 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 			     &status, &error);
 		run_s = now_s() - t_run;
 	}
-	if (r >= 0 && job_forwarded_signal(j, 0)) {
+	if ((r >= 0 || r == -EINTR) && job_forwarded_signal(j, 0)) {
 		int sig = job_forwarded_signal(j, 0);
 
-		log_error("interrupted by %s: the job was stopped (mpiexec exited %d)",
-			  strsignal(sig), status);
+		log_error("interrupted by %s (SIG%s); the job was stopped%s", strsignal(sig),
+			  sigabbrev_np(sig),
+			  r == -EINTR ? " without waiting for mpiexec to end" : "");
 		code = 128 + sig;
+	} else if (r == -ECHILD) {
+		log_error("%s\nthe job was stopped: a VM of the job is gone", error);
+		code = 1;
 	} else if (r == -ETIMEDOUT) {
 		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
 		code = EXIT_TIME_LIMIT;
