@@ -43,6 +43,15 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Where jobs keep their runtime state: $VMHPC_RUN_DIR (tests, several runtimes on one
+ * machine), else the runstate default for this user. */
+static const char *run_dir(void)
+{
+	const char *e = getenv("VMHPC_RUN_DIR");
+
+	return e && e[0] == '/' ? e : runstate_default_dir();
+}
+
 static char *node_cache_dir(const struct cli_context *ctx)
 {
 	return fs_path_join(ctx->cache_dir, "node");
@@ -375,14 +384,14 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	}
 	bp.signal_fd = sfd;
 
-	r = job_clean_stale(runstate_default_dir());
+	r = job_clean_stale(run_dir());
 	if (r > 0)
 		log_info("removed what %d earlier job%s left behind", r, r == 1 ? "" : "s");
 
 	cfg.store = s;
 	cfg.image = m;
 	cfg.cache_dir = cache;
-	cfg.run_dir = runstate_default_dir();
+	cfg.run_dir = run_dir();
 	cfg.n_vms = o.vms;
 	cfg.vcpus = o.vcpus;
 	cfg.mem_mb = o.mem_mb;
@@ -504,9 +513,9 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv)
 		log_error("`vmhpc cleanup` takes no arguments");
 		return 2;
 	}
-	r = job_clean_stale(runstate_default_dir());
+	r = job_clean_stale(run_dir());
 	if (r < 0) {
-		log_error_errno(r, "cleaning %s: %m", runstate_default_dir());
+		log_error_errno(r, "cleaning %s: %m", run_dir());
 		return 1;
 	}
 	printf("cleaned up %d job%s\n", r, r == 1 ? "" : "s");
