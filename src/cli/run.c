@@ -28,7 +28,10 @@
 
 #define BOOT_TIMEOUT_MS_DEFAULT 120000
 #define SHUTDOWN_TIMEOUT_MS	10000
-#define EXIT_TIME_LIMIT		124 /* as timeout(1) */
+/* After Ctrl-C is passed on to mpiexec, how long it has to end before the VMs are stopped
+ * anyway (a second Ctrl-C stops them at once). */
+#define SIGNAL_GRACE_MS 10000
+#define EXIT_TIME_LIMIT 124 /* as timeout(1) */
 
 static const char *const program_dirs[] = {"/usr/local/bin", "/usr/bin", "/usr/sbin"};
 
@@ -38,6 +41,15 @@ static double now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Where jobs keep their runtime state: $VMHPC_RUN_DIR (tests, several runtimes on one
+ * machine), else the runstate default for this user. */
+static const char *run_dir(void)
+{
+	const char *e = getenv("VMHPC_RUN_DIR");
+
+	return e && e[0] == '/' ? e : runstate_default_dir();
 }
 
 static char *node_cache_dir(const struct cli_context *ctx)
@@ -175,6 +187,13 @@ static void show_progress(unsigned ready, unsigned n, void *ud)
 		if (ready == n)
 			fputc('\n', stderr);
 	}
+}
+
+/* The runtime's messages, at the level the user asked for ($VMHPC_LOG). */
+static void print_runtime_log(enum log_level level, const char *message, void *ud)
+{
+	if (log_enabled(level))
+		log_print(level, "%s", message);
 }
 
 static bool check_cancelled(void *ud)
@@ -378,14 +397,14 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	}
 	bp.signal_fd = sfd;
 
-	r = job_clean_stale(runstate_default_dir());
+	r = job_clean_stale(run_dir());
 	if (r > 0)
 		log_info("removed what %d earlier job%s left behind", r, r == 1 ? "" : "s");
 
 	cfg.store = s;
 	cfg.image = m;
 	cfg.cache_dir = cache;
-	cfg.run_dir = runstate_default_dir();
+	cfg.run_dir = run_dir();
 	cfg.n_vms = o.vms;
 	cfg.vcpus = o.vcpus;
 	cfg.mem_mb = o.mem_mb;
@@ -396,6 +415,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 				  : BOOT_TIMEOUT_MS_DEFAULT;
 	cfg.progress = show_progress;
 	cfg.cancelled = check_cancelled;
+	cfg.log = print_runtime_log;
 	cfg.userdata = &bp;
 	t_boot = now_s();
 	r = job_boot(&cfg, &j, &error);
@@ -433,7 +453,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		struct exec_client_io io = {.stdin_fd = -1,
 					    .stdout_fd = STDOUT_FILENO,
 					    .stderr_fd = STDERR_FILENO,
-					    .signal_fd = sfd};
+					    .signal_fd = sfd,
+					    .signal_grace_ms = SIGNAL_GRACE_MS};
 		double t_run = now_s();
 
 		free(TAKE_PTR(error));
@@ -441,12 +462,16 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 			     &status, &error);
 		run_s = now_s() - t_run;
 	}
-	if (r >= 0 && job_forwarded_signal(j, 0)) {
+	if ((r >= 0 || r == -EINTR) && job_forwarded_signal(j, 0)) {
 		int sig = job_forwarded_signal(j, 0);
 
-		log_error("interrupted by %s: the job was stopped (mpiexec exited %d)",
-			  strsignal(sig), status);
+		log_error("interrupted by %s (SIG%s); the job was stopped%s", strsignal(sig),
+			  sigabbrev_np(sig),
+			  r == -EINTR ? " without waiting for mpiexec to end" : "");
 		code = 128 + sig;
+	} else if (r == -ECHILD) {
+		log_error("%s\nthe job was stopped: a VM of the job is gone", error);
+		code = 1;
 	} else if (r == -ETIMEDOUT) {
 		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
 		code = EXIT_TIME_LIMIT;
@@ -500,9 +525,9 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv)
 		log_error("`vmhpc cleanup` takes no arguments");
 		return 2;
 	}
-	r = job_clean_stale(runstate_default_dir());
+	r = job_clean_stale(run_dir());
 	if (r < 0) {
-		log_error_errno(r, "cleaning %s: %m", runstate_default_dir());
+		log_error_errno(r, "cleaning %s: %m", run_dir());
 		return 1;
 	}
 	printf("cleaned up %d job%s\n", r, r == 1 ? "" : "s");

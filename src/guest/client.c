@@ -396,6 +396,8 @@ struct run_state {
 	bool done;
 	int status;
 	int64_t deadline;
+	unsigned signals;   /* how many signals were forwarded */
+	int64_t give_up_at; /* after the first signal: when the wait ends anyway (-1: never) */
 };
 
 /* Handles one frame of a running command. */
@@ -440,7 +442,8 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		    const struct exec_client_io *io, int timeout_ms, int *ret_status)
 {
 	struct run_state s = {.stdin_open = io->stdin_fd >= 0,
-			      .deadline = deadline_after(timeout_ms)};
+			      .deadline = deadline_after(timeout_ms),
+			      .give_up_at = -1};
 	_cleanup_free_ uint8_t *payload = NULL;
 	_cleanup_free_ uint8_t *chunk = NULL;
 	size_t len;
@@ -459,7 +462,7 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		return -ENOMEM;
 
 	while (!s.done) {
-		struct pollfd p[3];
+		struct pollfd p[3 + EXEC_CLIENT_MAX_WATCH_FDS];
 		nfds_t n = 0;
 		struct frame f;
 		int timeout;
@@ -485,8 +488,16 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		if (s.done)
 			break;
 
+		if (s.give_up_at >= 0 && now_ms() >= s.give_up_at)
+			return -EINTR;
 		timeout = remaining_ms(s.deadline);
-		if (timeout == 0) {
+		if (s.give_up_at >= 0) {
+			int64_t left = s.give_up_at - now_ms();
+
+			if (timeout < 0 || left < timeout)
+				timeout = left > 0 ? (int)left : 0;
+		}
+		if (timeout == 0 && remaining_ms(s.deadline) == 0) {
 			if (s.timed_out)
 				return -ETIMEDOUT;
 			s.timed_out = true;
@@ -502,6 +513,8 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 			p[n++] = (struct pollfd){.fd = io->stdin_fd, .events = POLLIN};
 		if (io->signal_fd >= 0)
 			p[n++] = (struct pollfd){.fd = io->signal_fd, .events = POLLIN};
+		for (unsigned w = 0; w < io->n_watch_fds && w < EXEC_CLIENT_MAX_WATCH_FDS; w++)
+			p[n++] = (struct pollfd){.fd = io->watch_fds[w], .events = POLLIN};
 		r = poll(p, n, timeout);
 		if (r < 0) {
 			if (errno == EINTR)
@@ -530,10 +543,18 @@ int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 
 				if (read(io->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 					c->forwarded_signal = (int)si.ssi_signo;
+					/* A second signal: the user wants out now. */
+					if (s.signals++ > 0)
+						return -EINTR;
 					r = send_signal(c, (int)si.ssi_signo);
 					if (r < 0)
 						return r;
+					if (io->signal_grace_ms > 0)
+						s.give_up_at = now_ms() + io->signal_grace_ms;
 				}
+			} else if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+				/* A watched fd: what the command needs is gone. */
+				return -ECANCELED;
 			}
 		}
 	}

@@ -42,18 +42,29 @@ int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *r
 /* Asks the guest to kill its jobs, sync and power off; 0 once it acknowledged or hung up. */
 int exec_client_shutdown(struct exec_client *c, int timeout_ms);
 
+#define EXEC_CLIENT_MAX_WATCH_FDS 256
+
 /* Where a remote command's streams come from and go to. */
 struct exec_client_io {
 	int stdin_fd;  /* read until EOF and sent as STDIN; -1: the command gets EOF at once */
 	int stdout_fd; /* STDOUT bytes are written here; -1 drops them */
 	int stderr_fd; /* STDERR bytes; -1 drops them */
 	int signal_fd; /* a signalfd: each signal read from it is forwarded as SIGNAL; -1: none */
+	/* After the first forwarded signal the command has this long to end before the run
+	 * gives up with -EINTR (0: wait for it); a second signal gives up at once. */
+	int signal_grace_ms;
+	/* fds (e.g. the pidfds of the job's QEMUs) that, once any polls readable, end the run
+	 * with -ECANCELED: the command can no longer finish. May be NULL. */
+	const int *watch_fds;
+	unsigned n_watch_fds;
 };
 
 /* Runs one command (argc/envc of req are ignored) and streams its I/O until it ends; returns
  * 0 with *ret_status = exit code, or 128 + signal when it was killed. After timeout_ms the
  * command is sent SIGKILL and -ETIMEDOUT is returned once it ended (or 5 s later). -EPIPE
- * when stdout_fd or stderr_fd was closed by its reader (the command is killed likewise). */
+ * when stdout_fd or stderr_fd was closed by its reader (the command is killed likewise).
+ * -EINTR when signals ended the wait (io->signal_grace_ms), -ECANCELED when a watch fd
+ * fired; the command may still run then: the caller tears the VM down. */
 int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		    const struct exec_client_io *io, int timeout_ms, int *ret_status);
 

@@ -3,8 +3,10 @@
 #include <errno.h>
 #include <jansson.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +33,12 @@ struct job_vm {
 	char name[16];
 	char ip[20];
 	char *ctl_path;
+	char *qmp_path; /* detachable jobs: QMP on a socket an adopter can reach; else NULL */
 	char *console_log;
 	char *fs_log; /* virtiofsd's; NULL without a share */
 	struct qemu_vm *qemu;
 	pid_t virtiofsd;
+	unsigned long long virtiofsd_start; /* its start time: names it for an adopter */
 	struct qmp_client *qmp; /* QEMU's monitor: status checks and the last-resort quit */
 	struct exec_client *ctl;
 	int ctl_fd; /* the client's fd, kept for polling */
@@ -53,8 +57,34 @@ struct job {
 	double materialize_s;
 	uint8_t token[FRAME_TOKEN_BYTES];
 	unsigned n_vms;
+	unsigned n_ready;
 	struct job_vm *vms;
+	bool detachable;
+	double boot_deadline_s;
+	int boot_timeout_ms;
+	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
+	void (*log)(enum log_level level, const char *message, void *userdata);
+	void *userdata;
 };
+
+static void job_log(const struct job *j, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void job_log(const struct job *j, enum log_level level, const char *fmt, ...)
+{
+	char *msg;
+	va_list ap;
+	int n;
+
+	if (!j->log)
+		return;
+	va_start(ap, fmt);
+	n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	j->log(level, msg, j->userdata);
+	free(msg);
+}
 
 static double now_s(void)
 {
@@ -115,6 +145,7 @@ void job_free(struct job *j)
 		qemu_vm_free(v->qemu);
 		virtiofsd_stop(v->virtiofsd);
 		free(v->ctl_path);
+		free(v->qmp_path);
 		free(v->console_log);
 		free(v->fs_log);
 	}
@@ -186,6 +217,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		r = virtiofsd_start(&fc, &v->virtiofsd, ret_error);
 		if (r < 0)
 			return r;
+		v->virtiofsd_start = qemu_process_start_time(v->virtiofsd);
 		r = runstate_add_pid(j->rs, v->virtiofsd);
 		if (r < 0)
 			return r;
@@ -226,6 +258,14 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	qc.control_socket = v->ctl_path;
 	qc.console_log = v->console_log;
 	qc.stderr_log = qemu_log;
+	qc.outlive_caller = j->detachable;
+	if (j->detachable) {
+		/* QMP on a socket in the job directory: a socketpair's end would die with us. */
+		v->qmp_path = job_path(j, "vm%u.qmp", i);
+		if (!v->qmp_path)
+			return -ENOMEM;
+		qc.qmp_socket = v->qmp_path;
+	}
 	v->start_s = now_s();
 	r = qemu_vm_start(&qc, &v->qemu);
 	if (r < 0) {
@@ -248,6 +288,8 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		if (fd >= 0 && qmp_client_new(fd, &v->qmp) < 0)
 			close(fd);
 	}
+	job_log(j, LOG_LEVEL_DEBUG, "%s: QEMU started as pid %d", v->name,
+		(int)qemu_vm_pid(v->qemu));
 	return 0;
 }
 
@@ -285,89 +327,137 @@ static int vm_failed(struct job_vm *v, int r, const char *what, char **ret_error
 			 fs_tail ? fs_tail : "");
 }
 
-static int wait_all_ready(struct job *j, const struct job_config *cfg, char **ret_error)
+/* How a stopped QEMU ended, for messages. */
+static void describe_exit(int status, char *out, size_t size)
 {
-	double deadline = now_s() + cfg->boot_timeout_ms / 1000.0;
-	unsigned ready = 0;
+	if (status > 128 && status < 128 + 65)
+		snprintf(out, size, "QEMU killed by signal %d, %s", status - 128,
+			 strsignal(status - 128));
+	else
+		snprintf(out, size, "QEMU exit %d", status);
+}
 
-	while (ready < j->n_vms) {
-		struct pollfd pfd[JOB_MAX_VMS];
-		unsigned map[JOB_MAX_VMS], n = 0;
+/* Reads the READY of one VM whose control port polled readable. */
+static int vm_read_ready(struct job *j, struct job_vm *v, char **ret_error)
+{
+	int r = exec_client_wait_ready(v->ctl, 100, &v->ready_info);
 
-		if (cfg->cancelled && cfg->cancelled(cfg->userdata))
-			return error_set(ret_error, -ECANCELED, "interrupted while the VMs booted");
-		if (now_s() > deadline) {
-			for (unsigned i = 0; i < j->n_vms; i++)
-				if (!j->vms[i].ready) {
-					char what[96];
+	if (r == -ETIMEDOUT || r == -EAGAIN)
+		return 0;
+	if (r < 0)
+		return vm_failed(v, r, "broke its control connection while booting", ret_error);
+	if (!v->qmp && v->qmp_path && qmp_connect(v->qmp_path, &v->qmp) < 0)
+		v->qmp = NULL;
+	if (v->qmp) {
+		json_t *st = NULL;
 
-					snprintf(what, sizeof(what),
-						 "did not report ready within %d s",
-						 cfg->boot_timeout_ms / 1000);
-					return vm_failed(&j->vms[i], -ETIMEDOUT, what, ret_error);
-				}
-		}
-		for (unsigned i = 0; i < j->n_vms; i++) {
-			struct job_vm *v = &j->vms[i];
-			int status;
+		/* QMP's view must agree: a guest reporting ready in a paused or crashed VM would
+		 * be a bug worth stopping for. */
+		r = qmp_command(v->qmp, "query-status", NULL, &st, 5000);
+		if (r == 0 && !json_is_true(json_object_get(st, "running")))
+			r = -EIO;
+		json_decref(st);
+		if (r < 0)
+			return vm_failed(v, r, "is not running according to QMP", ret_error);
+	}
+	v->ready = true;
+	v->ready_s = now_s() - v->start_s;
+	j->n_ready++;
+	job_log(j, LOG_LEVEL_DEBUG, "%s ready after %.2f s", v->name, v->ready_s);
+	if (j->progress)
+		j->progress(j->n_ready, j->n_vms, j->userdata);
+	return 1;
+}
 
-			if (v->ready)
-				continue;
-			if (qemu_vm_wait(v->qemu, 0, &status) == 0) {
-				char what[64];
+unsigned job_poll_fds(const struct job *j, struct pollfd *fds, unsigned max, int *ret_timeout_ms)
+{
+	unsigned n = 0;
+	int timeout = -1;
 
-				snprintf(what, sizeof(what), "stopped while booting (QEMU exit %d)",
-					 status);
-				return vm_failed(v, -EIO, what, ret_error);
-			}
-			if (!v->ctl && try_connect(v) < 0)
-				continue;
-			pfd[n].fd = v->ctl_fd;
-			pfd[n].events = POLLIN;
-			map[n++] = i;
-		}
-		if (n == 0) {
-			usleep(20000);
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		const struct job_vm *v = &j->vms[i];
+		int pidfd = v->qemu ? qemu_vm_pidfd(v->qemu) : -1;
+
+		if (pidfd >= 0 && n < max)
+			fds[n++] = (struct pollfd){.fd = pidfd, .events = POLLIN};
+		else
+			timeout = 20; /* no pidfd to wake us when QEMU ends */
+		if (v->ready)
 			continue;
-		}
-		if (poll(pfd, n, 50) <= 0)
-			continue;
-		for (unsigned k = 0; k < n; k++) {
-			struct job_vm *v = &j->vms[map[k]];
-			int r;
+		if (v->ctl && n < max)
+			fds[n++] = (struct pollfd){.fd = v->ctl_fd, .events = POLLIN};
+		else
+			timeout = 20; /* its control socket does not exist yet: try again soon */
+	}
+	if (j->n_ready < j->n_vms) {
+		double left_ms = (j->boot_deadline_s - now_s()) * 1000;
+		int left = left_ms < 0 ? 0 : left_ms > 60000 ? 60000 : (int)left_ms + 1;
 
-			if (!pfd[k].revents)
-				continue;
-			r = exec_client_wait_ready(v->ctl, 100, &v->ready_info);
-			if (r == -ETIMEDOUT || r == -EAGAIN)
-				continue;
-			if (r < 0)
-				return vm_failed(v, r, "broke its control connection while booting",
-						 ret_error);
-			if (v->qmp) {
-				json_t *st = NULL;
+		if (timeout < 0 || left < timeout)
+			timeout = left;
+	}
+	*ret_timeout_ms = timeout;
+	return n;
+}
 
-				/* QMP's view must agree: a guest reporting ready in a paused or
-				 * crashed VM would be a bug worth stopping for. */
-				r = qmp_command(v->qmp, "query-status", NULL, &st, 5000);
-				if (r == 0 && !json_is_true(json_object_get(st, "running")))
-					r = -EIO;
-				json_decref(st);
-				if (r < 0)
-					return vm_failed(v, r, "is not running according to QMP",
-							 ret_error);
-			}
-			v->ready = true;
-			v->ready_s = now_s() - v->start_s;
-			ready++;
-			if (cfg->progress)
-				cfg->progress(ready, j->n_vms, cfg->userdata);
+int job_check_vms(struct job *j, char **ret_error)
+{
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		struct job_vm *v = &j->vms[i];
+		int status;
+
+		if (v->qemu && qemu_vm_wait(v->qemu, 0, &status) == 0) {
+			char how[96], what[160];
+
+			describe_exit(status, how, sizeof(how));
+			snprintf(what, sizeof(what), "stopped (%s)%s", how,
+				 j->n_ready < j->n_vms ? " while booting" : " while the job ran");
+			return vm_failed(v, -EIO, what, ret_error);
 		}
 	}
 	return 0;
 }
 
-int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_error)
+int job_step(struct job *j, char **ret_error)
+{
+	int r = job_check_vms(j, ret_error);
+
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < j->n_vms && j->n_ready < j->n_vms; i++) {
+		struct job_vm *v = &j->vms[i];
+		struct pollfd p;
+
+		if (v->ready)
+			continue;
+		if (!v->ctl && try_connect(v) < 0)
+			continue;
+		/* Read only what is there: the step never blocks. */
+		p = (struct pollfd){.fd = v->ctl_fd, .events = POLLIN};
+		if (poll(&p, 1, 0) <= 0)
+			continue;
+		r = vm_read_ready(j, v, ret_error);
+		if (r < 0)
+			return r;
+	}
+	if (j->n_ready == j->n_vms)
+		return 1;
+	if (now_s() > j->boot_deadline_s) {
+		for (unsigned i = 0; i < j->n_vms; i++)
+			if (!j->vms[i].ready) {
+				char what[96];
+
+				snprintf(what, sizeof(what), "did not report ready within %d s",
+					 j->boot_timeout_ms / 1000);
+				return vm_failed(&j->vms[i], -ETIMEDOUT, what, ret_error);
+			}
+	}
+	return 0;
+}
+
+static int write_state(struct job *j);
+
+int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_error)
 {
 	struct job *j;
 	_cleanup_free_ char *hosts = NULL;
@@ -380,6 +470,11 @@ int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_erro
 	if (!j)
 		return -ENOMEM;
 	j->n_vms = cfg->n_vms;
+	j->detachable = cfg->detachable;
+	j->boot_timeout_ms = cfg->boot_timeout_ms;
+	j->progress = cfg->progress;
+	j->log = cfg->log;
+	j->userdata = cfg->userdata;
 	j->vms = calloc(cfg->n_vms, sizeof(*j->vms));
 	if (!j->vms) {
 		free(j);
@@ -415,7 +510,8 @@ int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_erro
 
 		r = accel_detect(cfg->cache_dir, j->image.kernel_path, j->image.initrd_path,
 				 &j->accel, &detail);
-		log_debug("accelerator %s: %s", accel_to_string(j->accel), detail ? detail : "");
+		job_log(j, LOG_LEVEL_DEBUG, "accelerator %s: %s", accel_to_string(j->accel),
+			detail ? detail : "");
 	}
 	if (r < 0) {
 		r = error_set(ret_error, r, "choosing the accelerator: %s", strerror(-r));
@@ -448,9 +544,13 @@ int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_erro
 		if (r < 0)
 			goto fail;
 	}
-	r = wait_all_ready(j, cfg, ret_error);
-	if (r < 0)
+	j->boot_deadline_s = now_s() + cfg->boot_timeout_ms / 1000.0;
+	r = write_state(j);
+	if (r < 0) {
+		r = error_set(ret_error, r, "writing the job's state in %s: %s", job_dir(j),
+			      strerror(-r));
 		goto fail;
+	}
 	*ret_job = j;
 	return 0;
 fail:
@@ -458,6 +558,43 @@ fail:
 		error_set(ret_error, r, "booting the job's VMs: %s", strerror(-r));
 	job_free(j);
 	return r;
+}
+
+int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_error)
+{
+	struct job *j = NULL;
+	int r;
+
+	r = job_start(cfg, &j, ret_error);
+	if (r < 0)
+		return r;
+	for (;;) {
+		struct pollfd fds[2 * JOB_MAX_VMS];
+		unsigned n;
+		int timeout;
+
+		if (cfg->cancelled && cfg->cancelled(cfg->userdata)) {
+			r = error_set(ret_error, -ECANCELED, "interrupted while the VMs booted");
+			break;
+		}
+		n = job_poll_fds(j, fds, ARRAY_SIZE(fds), &timeout);
+		/* cancelled() is polled, not an fd: wake at least every 50 ms for it. */
+		if (cfg->cancelled && (timeout < 0 || timeout > 50))
+			timeout = 50;
+		if (poll(fds, n, timeout) < 0 && errno != EINTR) {
+			r = -errno;
+			break;
+		}
+		r = job_step(j, ret_error);
+		if (r != 0)
+			break;
+	}
+	if (r < 0) {
+		job_free(j);
+		return r;
+	}
+	*ret_job = j;
+	return 0;
 }
 
 static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char **ret_error)
@@ -487,8 +624,23 @@ int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	r = greet(v, j->token, ret_error);
 	if (r < 0)
 		return r;
-	r = exec_client_run(v->ctl, req, io, timeout_ms, ret_status);
-	if (r < 0 && r != -ETIMEDOUT)
+	{
+		/* A VM that dies ends the job: its ranks would leave the others waiting in
+		 * MPI forever. Every QEMU's pidfd is watched while the command runs. */
+		struct exec_client_io watched = *io;
+		int pidfds[JOB_MAX_VMS];
+		unsigned n = 0;
+
+		for (unsigned i = 0; i < j->n_vms; i++)
+			if (j->vms[i].qemu && qemu_vm_pidfd(j->vms[i].qemu) >= 0)
+				pidfds[n++] = qemu_vm_pidfd(j->vms[i].qemu);
+		watched.watch_fds = pidfds;
+		watched.n_watch_fds = n;
+		r = exec_client_run(v->ctl, req, &watched, timeout_ms, ret_status);
+	}
+	if (r == -ECANCELED && job_check_vms(j, ret_error) < 0)
+		return -ECHILD;
+	if (r < 0 && r != -ETIMEDOUT && r != -EINTR)
 		return error_set(ret_error, r, "running %s in %s: %s", req->argv[0], v->name,
 				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
 							   : strerror(-r));
@@ -548,4 +700,242 @@ int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 	if (ret_seconds)
 		*ret_seconds = now_s() - t0;
 	return result;
+}
+
+/* ---- handing a job over (detach / attach) ---- */
+
+#define STATE_FILE	"job.json"
+#define STATE_MAX_BYTES (1u << 20)
+
+/* job.json: what an adopter needs to take the job over. The directory is the owner's,
+ * mode 0700, and the file 0600: it holds the job's token. Written whole (temp + rename). */
+static int write_state(struct job *j)
+{
+	_cleanup_free_ char *path = fs_path_join(job_dir(j), STATE_FILE), *text = NULL;
+	char token_hex[2 * FRAME_TOKEN_BYTES + 1];
+	json_t *vms = json_array(), *root;
+	int r;
+
+	if (!path || !vms) {
+		json_decref(vms);
+		return -ENOMEM;
+	}
+	for (int k = 0; k < FRAME_TOKEN_BYTES; k++)
+		snprintf(token_hex + 2 * k, 3, "%02x", j->token[k]);
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		struct job_vm *v = &j->vms[i];
+		pid_t qpid = v->qemu ? qemu_vm_pid(v->qemu) : 0;
+
+		json_array_append_new(
+		    vms,
+		    json_pack("{s:s, s:s, s:s, s:s*, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I}",
+			      "name", v->name, "ip", v->ip, "control", v->ctl_path, "qmp",
+			      v->qmp_path, "console", v->console_log, "qemu_pid", (json_int_t)qpid,
+			      "qemu_start",
+			      (json_int_t)(qpid > 0 ? qemu_process_start_time(qpid) : 0),
+			      "virtiofsd_pid", (json_int_t)(v->virtiofsd > 0 ? v->virtiofsd : 0),
+			      "virtiofsd_start", (json_int_t)v->virtiofsd_start, "ready_s",
+			      v->ready_s, "mem_total_kb", (json_int_t)v->ready_info.mem_total_kb,
+			      "mem_available_kb", (json_int_t)v->ready_info.mem_available_kb));
+	}
+	root = json_pack("{s:i, s:s, s:s, s:s, s:b, s:o}", "version", 1, "id", job_id(j), "token",
+			 token_hex, "accel", accel_to_string(j->accel), "detachable", j->detachable,
+			 "vms", vms);
+	text = root ? json_dumps(root, JSON_INDENT(1)) : NULL;
+	json_decref(root);
+	OPENSSL_cleanse(token_hex, sizeof(token_hex));
+	if (!text)
+		return -ENOMEM;
+	r = fs_write_atomic(path, text, strlen(text), 0600);
+	OPENSSL_cleanse(text, strlen(text));
+	return r;
+}
+
+int job_detach(struct job *j, int *ret_lock_fd)
+{
+	int r;
+
+	if (!j->detachable)
+		return -EPERM;
+	if (j->n_ready < j->n_vms)
+		return -EBUSY;
+	r = write_state(j);
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		struct job_vm *v = &j->vms[i];
+
+		/* Closing the control connection lets the adopter connect: QEMU's chardev
+		 * serves one client at a time, and the guest greets each new one with READY. */
+		exec_client_free(v->ctl);
+		qmp_client_free(v->qmp);
+		qemu_vm_release(v->qemu);
+		free(v->ctl_path);
+		free(v->qmp_path);
+		free(v->console_log);
+	}
+	if (j->bridge) {
+		/* The links stay: they are recorded in the runstate the adopter takes over. */
+		free(j->bridge->taps);
+		free(j->bridge);
+	}
+	materialized_image_done(&j->image);
+	*ret_lock_fd = runstate_detach(j->rs);
+	free(j->vms);
+	OPENSSL_cleanse(j->token, sizeof(j->token));
+	free(j);
+	return 0;
+}
+
+static const char *json_str(json_t *o, const char *key)
+{
+	return json_string_value(json_object_get(o, key));
+}
+
+/* One VM of job.json, validated: paths must lie in the job's own directory. */
+static int attach_vm(struct job *j, json_t *jv, unsigned i, char **ret_error)
+{
+	struct job_vm *v = &j->vms[i];
+	const char *name = json_str(jv, "name"), *ip = json_str(jv, "ip");
+	const char *ctl = json_str(jv, "control"), *qmp = json_str(jv, "qmp");
+	const char *console = json_str(jv, "console");
+	json_int_t qpid = json_integer_value(json_object_get(jv, "qemu_pid"));
+	json_int_t qstart = json_integer_value(json_object_get(jv, "qemu_start"));
+	size_t dlen = strlen(job_dir(j));
+	int r;
+
+	if (!name || !ip || !ctl || !console || strlen(name) >= sizeof(v->name) ||
+	    strlen(ip) >= sizeof(v->ip))
+		return error_set(ret_error, -EBADMSG, "job %s: VM %u is malformed in %s", job_id(j),
+				 i, STATE_FILE);
+	for (const char *p2[] = {ctl, qmp, console}, **p = p2; p < p2 + 3; p++)
+		if (*p &&
+		    (strncmp(*p, job_dir(j), dlen) != 0 || (*p)[dlen] != '/' || strstr(*p, "/..")))
+			return error_set(ret_error, -EBADMSG,
+					 "job %s: %s names %s outside the job directory", job_id(j),
+					 STATE_FILE, *p);
+	snprintf(v->name, sizeof(v->name), "%s", name);
+	snprintf(v->ip, sizeof(v->ip), "%s", ip);
+	v->ctl_path = strdup(ctl);
+	v->console_log = strdup(console);
+	v->qmp_path = qmp ? strdup(qmp) : NULL;
+	if (!v->ctl_path || !v->console_log || (qmp && !v->qmp_path))
+		return -ENOMEM;
+	v->ready_s = json_real_value(json_object_get(jv, "ready_s"));
+	v->ready_info.mem_total_kb =
+	    (uint64_t)json_integer_value(json_object_get(jv, "mem_total_kb"));
+	v->ready_info.mem_available_kb =
+	    (uint64_t)json_integer_value(json_object_get(jv, "mem_available_kb"));
+	r = qemu_vm_adopt(v->name, (pid_t)qpid, (unsigned long long)qstart, v->ctl_path,
+			  v->qmp_path, &v->qemu);
+	if (r < 0)
+		return error_set(ret_error, r, "job %s: the QEMU of %s (pid %lld) is gone",
+				 job_id(j), v->name, (long long)qpid);
+	{
+		json_int_t fpid = json_integer_value(json_object_get(jv, "virtiofsd_pid"));
+		json_int_t fstart = json_integer_value(json_object_get(jv, "virtiofsd_start"));
+
+		/* Adopted only while it is the same process. */
+		if (fpid > 1 && fstart > 0 &&
+		    qemu_process_start_time((pid_t)fpid) == (unsigned long long)fstart) {
+			v->virtiofsd = (pid_t)fpid;
+			v->virtiofsd_start = (unsigned long long)fstart;
+		}
+	}
+	if (v->qmp_path && qmp_connect(v->qmp_path, &v->qmp) < 0)
+		v->qmp = NULL; /* status checks skipped; shutdown falls back to SIGKILL */
+	r = try_connect(v);
+	if (r == 0)
+		r = exec_client_resync(v->ctl);
+	if (r < 0)
+		return error_set(ret_error, r, "job %s: connecting to %s's control port %s: %s",
+				 job_id(j), v->name, v->ctl_path, strerror(-r));
+	v->ready = true;
+	return 0;
+}
+
+int job_attach(const char *run_dir, const char *job_id, int lock_fd, struct job **ret_job,
+	       char **ret_error)
+{
+	_cleanup_free_ char *path = NULL, *text = NULL;
+	json_t *root = NULL, *vms;
+	struct job *j;
+	const char *token;
+	int r;
+
+	j = calloc(1, sizeof(*j));
+	if (!j) {
+		if (lock_fd >= 0)
+			close(lock_fd);
+		return -ENOMEM;
+	}
+	j->detachable = true;
+	r = runstate_attach(run_dir, job_id, lock_fd, &j->rs);
+	if (r < 0) {
+		if (lock_fd >= 0)
+			close(lock_fd);
+		free(j);
+		return error_set(ret_error, r, "job %s under %s: %s", job_id, run_dir,
+				 r == -EBUSY ? "another process owns it" : strerror(-r));
+	}
+	path = fs_path_join(job_dir(j), STATE_FILE);
+	if (!path) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = fs_read_file(path, STATE_MAX_BYTES, &text, NULL);
+	if (r < 0) {
+		r = error_set(ret_error, r, "job %s: reading %s: %s", job_id, path, strerror(-r));
+		goto fail;
+	}
+	root = json_loads(text, 0, NULL);
+	vms = json_object_get(root, "vms");
+	token = json_str(root, "token");
+	if (!root || !json_is_array(vms) || json_array_size(vms) == 0 ||
+	    json_array_size(vms) > JOB_MAX_VMS || !token ||
+	    frame_token_from_hex(token, j->token) < 0 ||
+	    accel_from_string(json_str(root, "accel") ? json_str(root, "accel") : "", &j->accel) <
+		0 ||
+	    !json_is_true(json_object_get(root, "detachable"))) {
+		r = error_set(ret_error, -EBADMSG, "job %s: %s is not a detached job's state",
+			      job_id, path);
+		goto fail;
+	}
+	j->n_vms = (unsigned)json_array_size(vms);
+	j->n_ready = j->n_vms;
+	j->vms = calloc(j->n_vms, sizeof(*j->vms));
+	if (!j->vms) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		j->vms[i].virtiofsd = -1;
+		j->vms[i].ctl_fd = -1;
+	}
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		r = attach_vm(j, json_array_get(vms, i), i, ret_error);
+		if (r < 0)
+			goto fail;
+	}
+	json_decref(root);
+	*ret_job = j;
+	return 0;
+fail:
+	json_decref(root);
+	if (ret_error && !*ret_error)
+		error_set(ret_error, r, "attaching job %s: %s", job_id, strerror(-r));
+	/* What could not be attached is not stopped here: the job stays as it was, for
+	 * `vmhpc cleanup` once its lock is free. */
+	for (unsigned i = 0; j->vms && i < j->n_vms; i++) {
+		exec_client_free(j->vms[i].ctl);
+		qmp_client_free(j->vms[i].qmp);
+		qemu_vm_release(j->vms[i].qemu);
+		free(j->vms[i].ctl_path);
+		free(j->vms[i].qmp_path);
+		free(j->vms[i].console_log);
+	}
+	close(runstate_detach(j->rs));
+	free(j->vms);
+	free(j);
+	return r;
 }

@@ -6,6 +6,7 @@
  * `vmhpc run`. */
 #pragma once
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -13,6 +14,7 @@
 #include "guest/client.h"
 #include "store/manifest.h"
 #include "store/store.h"
+#include "util/log.h"
 #include "vm/accel.h"
 
 #define JOB_MAX_VMS 64
@@ -40,7 +42,14 @@ struct job_config {
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
 	/* Polled while VMs come up: true stops the boot with -ECANCELED. May be NULL. */
 	bool (*cancelled)(void *userdata);
+	/* The runtime's own messages (debug detail), for the caller to print or drop; the
+	 * library never writes to stderr itself. May be NULL. */
+	void (*log)(enum log_level level, const char *message, void *userdata);
 	void *userdata;
+	/* false: the VMs die with the thread that boots them (vmhpc run: a killed run leaves
+	 * nothing). true: they outlive it, for job_detach to hand them to a supervisor (the
+	 * node daemon, a Slurm prolog); see docs/vm.md "Who owns a job's VMs". */
+	bool detachable;
 };
 
 struct job_vm_stats {
@@ -53,10 +62,43 @@ struct job_vm_stats {
 
 struct job;
 
-/* Boots the job's VMs and waits until all are ready. On failure everything made so far
- * is undone and *ret_error (caller frees) says what failed; when a guest did not come up
- * it ends with the last lines of its console. Free with job_free(). */
+/* Boots the job's VMs and waits until all are ready (job_start, then poll + job_step). On
+ * failure everything made so far is undone and *ret_error (caller frees) says what failed;
+ * when a guest did not come up it ends with the last lines of its console. Free with
+ * job_free(). */
 int job_boot(const struct job_config *config, struct job **ret_job, char **ret_error);
+
+/* The non-blocking form, for an event loop running many jobs: starts every VM and returns
+ * at once; then poll what job_poll_fds gives and call job_step until it returns 1. config
+ * is copied (its strings and store must outlive the boot). Free with job_free(). */
+int job_start(const struct job_config *config, struct job **ret_job, char **ret_error);
+
+/* Fills up to max pollfds the job waits on (control ports while booting; every QEMU's
+ * pidfd) and *ret_timeout_ms (-1: none) after which job_step is due anyway; returns how
+ * many it filled. */
+unsigned job_poll_fds(const struct job *j, struct pollfd *fds, unsigned max, int *ret_timeout_ms);
+
+/* Advances the boot after a poll: 1 when every VM is ready, 0 while not yet, <0 when it
+ * failed (a VM stopped, broke its control port or missed the boot deadline; *ret_error,
+ * caller frees). The job stays to be freed by the caller. */
+int job_step(struct job *j, char **ret_error);
+
+/* For the running job: 0 while every VM's QEMU runs, else -EIO with *ret_error (caller
+ * frees) naming the first VM that stopped and how. */
+int job_check_vms(struct job *j, char **ret_error);
+
+/* Hands the running job over: writes its state (job.json in the job directory), frees j
+ * without stopping anything and returns in *ret_lock_fd the descriptor holding the job's
+ * lock (pass it to the supervisor, e.g. over SCM_RIGHTS, or let job_attach take the lock
+ * after this process ends). Only for jobs booted with config.detachable (-EPERM else). */
+int job_detach(struct job *j, int *ret_lock_fd);
+
+/* Takes charge of a detached job: lock_fd is the lock job_detach returned (this call owns
+ * it), or -1 to take the lock now (-EBUSY while another process holds it). Reconnects to
+ * every VM (control port, QMP). Free with job_free() (which stops everything) or detach it
+ * again. */
+int job_attach(const char *run_dir, const char *job_id, int lock_fd, struct job **ret_job,
+	       char **ret_error);
 
 /* The job id, its directory, the accelerator in use, and the materialize time. */
 const char *job_id(const struct job *j);

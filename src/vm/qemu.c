@@ -35,6 +35,7 @@ struct qemu_vm {
 	pid_t pid;
 	int pidfd; /* -1 when the kernel has no pidfd_open */
 	bool reaped;
+	bool adopted;	/* started by another process: maybe not ours to reap */
 	int status;	/* exit code or 128+signal, once reaped */
 	int console_fd; /* read end of the console pipe, or -1 */
 	int qmp_fd;	/* our end of the QMP socketpair, or -1 */
@@ -452,7 +453,8 @@ static int64_t now_ms(void)
  * numbers >= 64, what becomes 0, 1, 2 and QEMU_QMP_CHILD_FD (or -1), and err_fd the
  * write end of the exec-error pipe. */
 static void __attribute__((noreturn))
-child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, pid_t parent)
+child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, pid_t parent,
+	   bool outlive)
 {
 	static const int default_signals[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD};
 	struct sigaction dfl = {.sa_handler = SIG_DFL};
@@ -460,12 +462,17 @@ child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, p
 	int e;
 
 	/* Its own process group: a terminal's Ctrl-C goes to vmhpc, which decides what
-	 * happens to the VMs; and the whole group can be killed at once. */
-	setpgid(0, 0);
-	/* Dies with us: a vmhpc killed with SIGKILL leaves no QEMU running. */
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(127);
+	 * happens to the VMs; and the whole group can be killed at once. A VM that outlives
+	 * us gets its own session too: the caller's terminal hanging up must not reach it. */
+	if (outlive) {
+		setsid();
+	} else {
+		setpgid(0, 0);
+		/* Dies with us: a vmhpc killed with SIGKILL leaves no QEMU running. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+	}
 	/* A caller that blocks or ignores signals (signalfd loops do) must not pass that on. */
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
@@ -577,8 +584,9 @@ int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm)
 		goto out;
 	}
 	if (pid == 0)
-		child_exec(path, argv, fds, errpipe[1], parent);
-	(void)setpgid(pid, pid); /* also here, so kill(-pid) works the moment we return */
+		child_exec(path, argv, fds, errpipe[1], parent, c.outlive_caller);
+	if (!c.outlive_caller)
+		(void)setpgid(pid, pid); /* also here, so kill(-pid) works the moment we return */
 	vm->pid = pid;
 	vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	close(errpipe[1]);
@@ -623,9 +631,86 @@ out:
 	return r;
 }
 
+unsigned long long qemu_process_start_time(pid_t pid)
+{
+	char path[64], buf[1024];
+	_cleanup_close_ int fd = -1;
+	unsigned long long start = 0;
+	ssize_t n;
+	char *p;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+	if (!p || p[1] != ' ')
+		return 0;
+	p += 2;
+	/* p is at field 3; field 22 is 19 spaces on. */
+	for (int field = 3; field < 22 && p; field++) {
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	if (p)
+		start = strtoull(p, NULL, 10);
+	return start;
+}
+
+int qemu_vm_adopt(const char *name, pid_t pid, unsigned long long start_time,
+		  const char *control_socket, const char *qmp_socket, struct qemu_vm **ret_vm)
+{
+	struct qemu_vm *vm;
+
+	if (pid <= 1 || start_time == 0 || qemu_process_start_time(pid) != start_time)
+		return -ESRCH;
+	vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return -ENOMEM;
+	vm->pidfd = vm->console_fd = vm->qmp_fd = -1;
+	vm->pid = pid;
+	vm->adopted = true;
+	if (!(vm->name = strdup(name)) || (qmp_socket && !(vm->qmp_socket = strdup(qmp_socket))) ||
+	    (control_socket && !(vm->control_socket = strdup(control_socket)))) {
+		vm->pid = 0;
+		qemu_vm_free(vm);
+		return -ENOMEM;
+	}
+	vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	/* The pid may have been reused between the check and the pidfd: check again. */
+	if (vm->pidfd < 0 || qemu_process_start_time(pid) != start_time) {
+		vm->pid = 0;
+		qemu_vm_free(vm);
+		return -ESRCH;
+	}
+	*ret_vm = vm;
+	return 0;
+}
+
+void qemu_vm_release(struct qemu_vm *vm)
+{
+	if (!vm)
+		return;
+	free(vm->qmp_socket);
+	free(vm->control_socket);
+	vm->qmp_socket = vm->control_socket = NULL;
+	vm->pid = 0; /* nothing to kill */
+	qemu_vm_free(vm);
+}
+
 pid_t qemu_vm_pid(const struct qemu_vm *vm)
 {
 	return vm->pid;
+}
+
+int qemu_vm_pidfd(const struct qemu_vm *vm)
+{
+	return vm->pidfd;
 }
 
 int qemu_vm_console_fd(const struct qemu_vm *vm)
@@ -658,6 +743,16 @@ static int try_reap(struct qemu_vm *vm)
 	do
 		p = waitpid(vm->pid, &wstatus, WNOHANG);
 	while (p < 0 && errno == EINTR);
+	if (p < 0 && errno == ECHILD && vm->adopted) {
+		/* Not our child: its parent (or init) reaps it; the pidfd says when it ended. */
+		struct pollfd pfd = {.fd = vm->pidfd, .events = POLLIN};
+
+		if (vm->pidfd >= 0 && poll(&pfd, 1, 0) == 0)
+			return 0;
+		vm->reaped = true;
+		vm->status = 255;
+		return 1;
+	}
 	if (p < 0)
 		return -errno;
 	if (p == 0)
@@ -708,8 +803,11 @@ int qemu_vm_kill(struct qemu_vm *vm)
 
 	if (vm->reaped)
 		return 0;
-	/* Until we reap it, the pid (and so the group id) cannot be reused. */
-	if (kill(-vm->pid, SIGKILL) < 0)
+	/* Until it is reaped, the pid (and so the group id) cannot be reused; an adopted one
+	 * is signalled through its pidfd, which names that very process. */
+	if (vm->adopted && vm->pidfd >= 0)
+		(void)syscall(SYS_pidfd_send_signal, vm->pidfd, SIGKILL, NULL, 0);
+	else if (kill(-vm->pid, SIGKILL) < 0)
 		(void)kill(vm->pid, SIGKILL);
 	r = qemu_vm_wait(vm, -1, NULL);
 	return r;

@@ -70,6 +70,8 @@ struct qemu_vm_config {
 	bool console_pipe;	    /* serial console also readable from qemu_vm_console_fd() */
 	const char *stderr_log;	    /* QEMU's own messages appended here; NULL: into the console
 				     * pipe when there is one, else /dev/null */
+	bool outlive_caller; /* false: killed when the calling thread exits (PR_SET_PDEATHSIG);
+			      * true: its own session, outlives us (a supervisor adopts it) */
 };
 
 struct qemu_vm;
@@ -87,13 +89,33 @@ int qemu_build_argv(const struct qemu_vm_config *config, char ***ret_argv, char 
 void qemu_argv_free(char **argv);
 
 /* Starts QEMU for config: its own process group, stdin /dev/null, killed by the kernel
- * when the thread that called this exits (keep VMs owned by a long-lived thread). Returns
+ * when the thread that called this exits (keep VMs owned by a long-lived thread) unless
+ * config.outlive_caller (then in its own session, for qemu_vm_adopt elsewhere). Returns
  * -ENOENT when the binary is missing, -EINVAL for a bad config (reason logged at debug).
  * The caller frees *ret_vm with qemu_vm_free(). */
 int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm);
 
+/* Takes charge of a QEMU another process started with outlive_caller: pid must still have
+ * start_time (field 22 of /proc/PID/stat), else -ESRCH. It is reaped only when we are its
+ * parent or subreaper (PR_SET_CHILD_SUBREAPER); otherwise its exit is seen through a pidfd
+ * and its status reads as 255. The sockets are removed by qemu_vm_free. Caller frees. */
+int qemu_vm_adopt(const char *name, pid_t pid, unsigned long long start_time,
+		  const char *control_socket, const char *qmp_socket, struct qemu_vm **ret_vm);
+
+/* Frees vm but leaves QEMU running and its sockets in place (the job was handed over);
+ * NULL is a no-op. */
+void qemu_vm_release(struct qemu_vm *vm);
+
 /* QEMU's pid (also its process group id). */
 pid_t qemu_vm_pid(const struct qemu_vm *vm);
+
+/* A pidfd of QEMU that polls readable once it exited, or -1 (kernel without pidfd_open).
+ * Owned by vm. */
+int qemu_vm_pidfd(const struct qemu_vm *vm);
+
+/* Start time of pid in clock ticks since boot (field 22 of /proc/PID/stat), 0 if gone:
+ * with the pid it names one process, even after the pid is reused. */
+unsigned long long qemu_process_start_time(pid_t pid);
 
 /* Read end of the console pipe (config.console_pipe), or -1. Owned by vm; keep reading
  * it while the guest runs, or the guest's console writes stall. */

@@ -247,6 +247,68 @@ void runstate_release(struct runstate *rs)
 	free(rs);
 }
 
+int runstate_detach(struct runstate *rs)
+{
+	int fd = rs->lock_fd;
+
+	if (rs->resources)
+		fclose(rs->resources);
+	free(rs->dir);
+	free(rs);
+	return fd;
+}
+
+int runstate_attach(const char *run_dir, const char *job_id, int lock_fd,
+		    struct runstate **ret_state)
+{
+	_cleanup_free_ char *jobs = fs_path_join(run_dir, "jobs");
+	_cleanup_free_ char *lock = NULL, *res = NULL;
+	struct runstate *rs;
+	int r;
+
+	if (strlen(job_id) != NET_JOB_ID_LEN ||
+	    strspn(job_id, "0123456789abcdef") != NET_JOB_ID_LEN)
+		return -EINVAL;
+	rs = calloc(1, sizeof(*rs));
+	if (!rs || !jobs)
+		return -ENOMEM;
+	rs->lock_fd = -1;
+	snprintf(rs->job_id, sizeof(rs->job_id), "%s", job_id);
+	rs->dir = fs_path_join(jobs, job_id);
+	lock = rs->dir ? fs_path_join(rs->dir, "lock") : NULL;
+	res = rs->dir ? fs_path_join(rs->dir, "resources") : NULL;
+	if (!lock || !res) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	if (lock_fd >= 0) {
+		rs->lock_fd = lock_fd;
+	} else {
+		rs->lock_fd = open(lock, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (rs->lock_fd < 0) {
+			r = -errno;
+			goto fail;
+		}
+		if (flock(rs->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+			r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+			goto fail;
+		}
+	}
+	rs->resources = fopen(res, "ae");
+	if (!rs->resources) {
+		r = -errno;
+		goto fail;
+	}
+	*ret_state = rs;
+	return 0;
+fail:
+	if (rs->lock_fd >= 0 && rs->lock_fd != lock_fd)
+		close(rs->lock_fd);
+	free(rs->dir);
+	free(rs);
+	return r;
+}
+
 int runstate_clean_stale(const char *run_dir)
 {
 	_cleanup_free_ char *jobs = fs_path_join(run_dir, "jobs");

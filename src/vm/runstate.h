@@ -30,5 +30,14 @@ int runstate_add_path(struct runstate *rs, const char *path);
  * job directory and frees rs; NULL is a no-op. */
 void runstate_release(struct runstate *rs);
 
+/* Frees rs but keeps the job directory and its records (the job was handed over); returns
+ * the descriptor holding the job's lock, which the caller now owns. */
+int runstate_detach(struct runstate *rs);
+
+/* Opens an existing job directory under run_dir: lock_fd holds its lock already (taken
+ * over), or -1 to take the lock now (-EBUSY while another process holds it). */
+int runstate_attach(const char *run_dir, const char *job_id, int lock_fd,
+		    struct runstate **ret_state);
+
 /* Cleans every stale job under run_dir; returns how many jobs were cleaned, or -errno. */
 int runstate_clean_stale(const char *run_dir);

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# `vmhpc run` when things go wrong: a VM killed during the job, a boot that times out, a QEMU
+# that exits while booting, a guest that no longer answers at shutdown (QMP quit, then
+# SIGKILL), Ctrl-C that mpiexec ignores (grace period; a second Ctrl-C), a background process
+# left in a guest, and more ranks than VMs over 2 VCPUs each. Every case must end in bounded
+# time with a message naming what happened, and leave nothing behind.
+. "$(dirname "$0")/lib.sh"
+set -e
+
+[ "$(id -u)" -eq 0 ] || fail "needs root (make test runs as root)"
+ring="${VMHPC_BUILD_ROOT:?}/mpi-ring"
+[ -x "$ring" ] || fail "no $ring: build with libmpich-dev installed"
+export VMHPC_CACHE="${VMHPC_CACHE:-/var/cache/vmhpc}"
+"$VMHPC" image build --level 1 "$VMHPC_SOURCE_ROOT/examples/tiny-mpi.ini" >/dev/null
+job="$WORK/job"
+# A run directory of our own: only this test's VMs are looked at (and cleaned).
+export VMHPC_RUN_DIR="$WORK/run"
+mkdir -p "$job" "$VMHPC_RUN_DIR"
+chmod 0700 "$VMHPC_RUN_DIR"
+cp "$ring" "$job/ring"
+on_exit "'$VMHPC' cleanup"
+
+nothing_left() {
+	local what=$1 left
+	sleep 0.3
+	left=$( (pgrep -a -f "qemu-system-x86_64 .*$VMHPC_RUN_DIR/jobs/" || true
+		pgrep -a -f "virtiofsd .*$VMHPC_RUN_DIR/jobs/" || true
+		for d in "$VMHPC_RUN_DIR"/jobs/*; do [ -e "$d" ] && echo "job dir $d" && grep "^link" "$d/resources"; done
+		ls "$VMHPC_RUN_DIR/jobs" 2>/dev/null || true) | head -5)
+	[ -z "$left" ] || fail "$what left: $left"
+}
+
+run() { (cd "$job" && "$VMHPC" run "$@"); }
+
+# Starts `vmhpc run ARGS` in the background ($pid) with stderr in $WORK/$1.err and waits
+# until its VMs are ready.
+start_bg() {
+	local name=$1
+	shift
+	(cd "$job" && exec "$VMHPC" run "$@") >"$WORK/$name.out" 2>"$WORK/$name.err" &
+	pid=$!
+	for _ in $(seq 1 480); do grep -q "ready after" "$WORK/$name.err" 2>/dev/null && break; sleep 0.25; done
+	grep -q "ready after" "$WORK/$name.err" || fail "$name: the job never became ready: $(cat "$WORK/$name.err")"
+}
+
+# wait_bounded PID SECONDS: waits for PID at most SECONDS; sets $code and $took.
+wait_bounded() {
+	local p=$1 limit=$2 t0=$SECONDS
+	for _ in $(seq 1 $((limit * 4))); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+	took=$((SECONDS - t0))
+	if kill -0 "$p" 2>/dev/null; then
+		kill -KILL "$p"
+		fail "vmhpc run (pid $p) did not end within $limit s"
+	fi
+	set +e
+	wait "$p"
+	code=$?
+	set -e
+}
+
+qemu_of() { pgrep -f "qemu-system-x86_64 -name guest=$1 .*$VMHPC_RUN_DIR/jobs/" | head -1; }
+
+# 1. A VM killed with SIGKILL during the job ends the job, naming the VM.
+start_bg killvm --vms 2 -- ./ring --sleep 300
+victim=$(qemu_of vm1)
+[ -n "$victim" ] || fail "no QEMU for vm1"
+kill -KILL "$victim"
+wait_bounded "$pid" 40
+[ "$code" -ne 0 ] || fail "a killed VM: exit 0"
+grep -q "vm1 stopped (QEMU killed by signal 9" "$WORK/killvm.err" || fail "no message naming vm1: $(tail -5 "$WORK/killvm.err")"
+nothing_left "a killed VM"
+ok "SIGKILL of vm1's QEMU ends the job in $took s (exit $code) with a message naming vm1"
+
+# 2. Ctrl-C that the program ignores: mpiexec is given the signal, and after the grace
+# period the VMs are stopped anyway; a second Ctrl-C stops them at once.
+cat >"$job/stubborn.sh" <<'EOS'
+#!/bin/sh
+trap '' INT TERM HUP
+sleep 300
+EOS
+chmod +x "$job/stubborn.sh"
+start_bg grace --vms 1 -n 1 -- ./stubborn.sh
+sleep 1
+kill -INT "$pid"
+wait_bounded "$pid" 60
+[ "$code" -eq 130 ] || fail "ignored Ctrl-C: exit $code, expected 130: $(tail -3 "$WORK/grace.err")"
+grep -q "interrupted by Interrupt (SIGINT)" "$WORK/grace.err" || fail "no interruption message: $(tail -3 "$WORK/grace.err")"
+nothing_left "ignored Ctrl-C"
+ok "Ctrl-C ignored by the job: stopped after the grace period ($took s, exit 130)"
+start_bg twice --vms 1 -n 1 -- ./stubborn.sh
+sleep 1
+kill -INT "$pid"
+sleep 1
+kill -INT "$pid"
+wait_bounded "$pid" 20
+[ "$code" -eq 130 ] || fail "second Ctrl-C: exit $code: $(tail -3 "$WORK/twice.err")"
+[ "$took" -lt 9 ] || fail "a second Ctrl-C took $took s"
+nothing_left "second Ctrl-C"
+ok "a second Ctrl-C stops the job at once ($took s)"
+
+# 3. A boot that cannot finish in time: the message names the VM and shows its console.
+set +e
+VMHPC_BOOT_TIMEOUT_MS=1000 run --vms 2 -- ./ring >/dev/null 2>"$WORK/boot.err"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "boot timeout: exit 0"
+grep -q "did not report ready within 1 s" "$WORK/boot.err" || fail "boot timeout message: $(tail -5 "$WORK/boot.err")"
+grep -q "the last lines of its console" "$WORK/boot.err" || fail "no console tail: $(tail -5 "$WORK/boot.err")"
+nothing_left "boot timeout"
+ok "a boot timeout names the VM and shows its console"
+
+# 4. A QEMU that exits while booting.
+cat >"$WORK/qemu-wrapper" <<'EOS'
+#!/bin/sh
+case "$*" in
+*guest=vm1*) sleep 1; exit 3 ;;
+esac
+exec qemu-system-x86_64 "$@"
+EOS
+chmod +x "$WORK/qemu-wrapper"
+set +e
+VMHPC_QEMU="$WORK/qemu-wrapper" run --vms 2 -- ./ring >/dev/null 2>"$WORK/qexit.err"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "QEMU exit at boot: exit 0"
+grep -q "vm1 stopped (QEMU exit 3) while booting" "$WORK/qexit.err" || fail "QEMU exit message: $(tail -5 "$WORK/qexit.err")"
+nothing_left "QEMU exit at boot"
+ok "a QEMU exiting during the boot is reported (vm1, exit 3)"
+
+# 5. A guest that no longer answers: the time limit ends the job, SHUTDOWN gets no answer,
+# QMP quit gets none either (QEMU is stopped), so QEMU is killed.
+start_bg frozen --vms 2 --time 12s -- ./ring --sleep 300
+frozen=$(qemu_of vm1)
+kill -STOP "$frozen"
+wait_bounded "$pid" 60
+[ "$code" -eq 124 ] || fail "frozen VM: exit $code: $(tail -5 "$WORK/frozen.err")"
+kill -0 "$frozen" 2>/dev/null && fail "the frozen QEMU $frozen still exists"
+nothing_left "frozen VM"
+ok "a frozen VM is killed at shutdown after SHUTDOWN and QMP quit went unanswered ($took s)"
+
+# 6. A process left in the background by the job cannot hold the job open.
+start=$SECONDS
+run --vms 1 -n 1 -- sh -c 'sleep 1000 >/dev/null 2>&1 & echo started' >"$WORK/bg.out" 2>"$WORK/bg.err" ||
+	fail "background process: $(tail -3 "$WORK/bg.err")"
+[ $((SECONDS - start)) -lt 60 ] || fail "a background process held the job for $((SECONDS - start)) s"
+grep -q started "$WORK/bg.out" || fail "no output: $(cat "$WORK/bg.out")"
+nothing_left "background process"
+ok "a background process in the guest does not hold the job open"
+
+# 7. More ranks than VMs: 4 ranks over 2 VMs x 2 VCPUs.
+run --vms 2 --vcpus 2 --oversubscribe -n 4 -- ./ring >"$WORK/ranks.out" 2>"$WORK/ranks.err" ||
+	fail "4 ranks on 2 VMs: $(tail -5 "$WORK/ranks.err")"
+grep -q "ring of 4 ranks.*VERIFIED" "$WORK/ranks.out" || fail "4 ranks: $(cat "$WORK/ranks.out")"
+nothing_left "4 ranks"
+ok "4 ranks over 2 VMs x 2 VCPUs verified"
+finish
