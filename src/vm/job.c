@@ -133,6 +133,15 @@ static char *console_tail(const char *path)
 	return strdup(p == text ? p : p + 1);
 }
 
+/* The paths a VM's record owns. */
+static void vm_free_paths(struct job_vm *v)
+{
+	free(v->ctl_path);
+	free(v->qmp_path);
+	free(v->console_log);
+	free(v->fs_log);
+}
+
 void job_free(struct job *j)
 {
 	if (!j)
@@ -144,10 +153,7 @@ void job_free(struct job *j)
 		qmp_client_free(v->qmp);
 		qemu_vm_free(v->qemu);
 		virtiofsd_stop(v->virtiofsd);
-		free(v->ctl_path);
-		free(v->qmp_path);
-		free(v->console_log);
-		free(v->fs_log);
+		vm_free_paths(v);
 	}
 	net_bridge_destroy(j->bridge);
 	materialized_image_done(&j->image);
@@ -206,7 +212,8 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 					      .dir_dev = cfg->workdir_dev,
 					      .dir_ino = cfg->workdir_ino,
 					      .uid = cfg->owner_uid,
-					      .gid = cfg->owner_gid};
+					      .gid = cfg->owner_gid,
+					      .outlive_caller = j->detachable};
 
 		fs_sock = job_path(j, "vm%u.fs.sock", i);
 		v->fs_log = job_path(j, "vm%u.virtiofsd.log", i);
@@ -770,9 +777,7 @@ int job_detach(struct job *j, int *ret_lock_fd)
 		exec_client_free(v->ctl);
 		qmp_client_free(v->qmp);
 		qemu_vm_release(v->qemu);
-		free(v->ctl_path);
-		free(v->qmp_path);
-		free(v->console_log);
+		vm_free_paths(v);
 	}
 	if (j->bridge) {
 		/* The links stay: they are recorded in the runstate the adopter takes over. */
@@ -930,9 +935,7 @@ fail:
 		exec_client_free(j->vms[i].ctl);
 		qmp_client_free(j->vms[i].qmp);
 		qemu_vm_release(j->vms[i].qemu);
-		free(j->vms[i].ctl_path);
-		free(j->vms[i].qmp_path);
-		free(j->vms[i].console_log);
+		vm_free_paths(&j->vms[i]);
 	}
 	close(runstate_detach(j->rs));
 	free(j->vms);

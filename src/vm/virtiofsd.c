@@ -94,7 +94,12 @@ static _Noreturn void child_run(const struct virtiofsd_config *c, int listen_fd,
 	_cleanup_close_ int dir_fd = -1;
 	int null_fd, r;
 
-	setpgid(0, 0); /* a terminal's Ctrl-C reaches vmhpc, which then stops us in order */
+	/* A terminal's Ctrl-C reaches vmhpc, which then stops us in order; a server that
+	 * outlives vmhpc (a handed-over job) leaves its session too. */
+	if (c->outlive_caller)
+		setsid();
+	else
+		setpgid(0, 0);
 	/* Move what we keep above the three standard fds and fd 3 (virtiofsd's --fd). */
 	listen_fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 10);
 	log_fd = log_fd >= 0 ? fcntl(log_fd, F_DUPFD_CLOEXEC, 10) : -1;
@@ -142,7 +147,7 @@ static _Noreturn void child_run(const struct virtiofsd_config *c, int listen_fd,
 	if (r < 0)
 		child_fail(report_fd, STEP_CAPS, r);
 	/* The credentials no longer change from here: set now, the death signal stays. */
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+	if (!c->outlive_caller && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
 		child_fail(report_fd, STEP_FDS, -errno);
 	r = sandbox_seccomp_load();
 	if (r < 0)

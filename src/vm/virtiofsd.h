@@ -4,6 +4,7 @@
  * very directory the caller checked (src/vm/sandbox.h; docs/vm.md says why). */
 #pragma once
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 #define VIRTIOFSD_PATH "/usr/lib/qemu/virtiofsd"
@@ -17,6 +18,7 @@ struct virtiofsd_config {
 	const char *socket_path; /* made here, listening; QEMU connects to it */
 	const char *log_path;	 /* its stderr (NULL: /dev/null) */
 	const char *program;	 /* NULL: VIRTIOFSD_PATH (tests put a stand-in here) */
+	bool outlive_caller; /* as qemu_vm_config.outlive_caller: no death signal, own session */
 };
 
 /* Starts virtiofsd for c->dir as c->uid:c->gid (switching to them needs root unless they

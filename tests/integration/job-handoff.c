@@ -1,7 +1,9 @@
 /* Drives the VM runtime's handoff the way the node daemon and a Slurm prolog will: a
  * short-lived "prolog" process boots a detachable job and exits; a "supervisor" takes the
  * job over (its lock passed by SCM_RIGHTS), runs commands in every VM and stops it.
- *   job-handoff STORE CACHE RUNDIR IMAGE N_VMS
+ *   job-handoff STORE CACHE RUNDIR IMAGE N_VMS WORKDIR
+ * Each adopted VM writes WORKDIR/<vm name>.txt through the job folder share, so the
+ * virtiofsd servers must have outlived the prolog too.
  * Prints what it checked; exit 0 when all held. tests/integration/job-handoff.sh runs it. */
 #include <errno.h>
 #include <signal.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,8 +64,9 @@ static int recv_fd(int sock, char *id, size_t id_size)
 
 /* The prolog: boots, detaches, hands the lock over, exits without stopping anything. */
 static void prolog(int sock, const char *store_dir, const char *cache, const char *run_dir,
-		   const char *image, unsigned n_vms)
+		   const char *image, unsigned n_vms, const char *workdir)
 {
+	struct stat st;
 	struct store *s = NULL;
 	struct manifest *m = NULL;
 	struct job *j = NULL;
@@ -76,6 +80,13 @@ static void prolog(int sock, const char *store_dir, const char *cache, const cha
 				 .boot_timeout_ms = 180000,
 				 .detachable = true};
 
+	if (stat(workdir, &st) < 0)
+		die("the job folder", -errno, NULL);
+	cfg.workdir = workdir;
+	cfg.workdir_dev = st.st_dev;
+	cfg.workdir_ino = st.st_ino;
+	cfg.owner_uid = getuid();
+	cfg.owner_gid = getgid();
 	r = store_open(store_dir, &s);
 	if (r < 0)
 		die("opening the store", r, NULL);
@@ -111,8 +122,8 @@ int main(int argc, char **argv)
 	unsigned n_vms;
 	pid_t pid;
 
-	if (argc != 6) {
-		fprintf(stderr, "usage: job-handoff STORE CACHE RUNDIR IMAGE N_VMS\n");
+	if (argc != 7) {
+		fprintf(stderr, "usage: job-handoff STORE CACHE RUNDIR IMAGE N_VMS WORKDIR\n");
 		return 2;
 	}
 	n_vms = (unsigned)atoi(argv[5]);
@@ -124,7 +135,7 @@ int main(int argc, char **argv)
 	pid = fork();
 	if (pid == 0) {
 		close(sv[0]);
-		prolog(sv[1], argv[1], argv[2], argv[3], argv[4], n_vms);
+		prolog(sv[1], argv[1], argv[2], argv[3], argv[4], n_vms, argv[6]);
 	}
 	close(sv[1]);
 	lock_fd = recv_fd(sv[0], id, sizeof(id));
@@ -147,16 +158,21 @@ int main(int argc, char **argv)
 	if (r < 0)
 		die("attaching", r, error);
 	for (unsigned i = 0; i < n_vms; i++) {
-		char *args[] = {"/bin/hostname", NULL}, *env[] = {NULL};
+		char script[4200];
+		char *args[] = {"/bin/sh", "-c", script, NULL}, *env[] = {NULL};
 		struct frame_exec req = {.cwd = "/", .argv = args, .envp = env};
 		struct exec_client_io io = {
 		    .stdin_fd = -1, .stdout_fd = 1, .stderr_fd = 2, .signal_fd = -1};
 
+		snprintf(script, sizeof(script), "hostname; hostname > '%s/%s.txt'", argv[6],
+			 job_vm_name(j, i));
 		r = job_exec(j, i, &req, &io, 60000, &status, &error);
 		if (r < 0 || status != 0)
 			die("running hostname in an adopted VM", r < 0 ? r : -EIO, error);
 	}
-	printf("ok - the supervisor ran a command in each of the %u adopted VMs\n", n_vms);
+	printf("ok - the supervisor ran a command in each of the %u adopted VMs, writing to the "
+	       "job folder\n",
+	       n_vms);
 	r = job_check_vms(j, &error);
 	if (r < 0)
 		die("the adopted VMs should be running", r, error);
