@@ -18,6 +18,7 @@
 #include "cli/cli.h"
 #include "cli/run-options.h"
 #include "image/builder.h"
+#include "image/index.h"
 #include "store/catalog.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
@@ -98,23 +99,14 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	return catalog_load(s, name, 0, ret, NULL);
 }
 
-/* True when the image's file index (JSON text) lists path. */
-static bool index_has_path(const char *index, const char *path)
-{
-	char needle[PATH_MAX + 16];
-
-	/* Entries are {"path":"...",...}: an exact quoted match is enough here. */
-	snprintf(needle, sizeof(needle), "\"path\":\"%s\"", path);
-	return strstr(index, needle) != NULL;
-}
-
 /* Says before booting whether PROGRAM can be found: in the job folder (a path with '/')
  * or in the image's program directories (a bare name). */
 static int check_program(struct store *s, const struct manifest *m, const struct run_options *o,
 			 const char *workdir)
 {
 	const char *prog = o->argv[0];
-	_cleanup_free_ char *index = NULL;
+	_cleanup_free_ char *error = NULL;
+	struct image_index *index = NULL;
 	bool found = false;
 	int r;
 
@@ -140,21 +132,22 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 		    prog, workdir);
 		return -ENOENT;
 	}
-	r = store_read_part(s, &m->parts[MANIFEST_PART_INDEX], MANIFEST_INDEX_MAX_BYTES, &index);
-	if (r < 0)
-		return log_error_errno(
-		    r, "reading the file index of %s:%u: %m; run `vmhpc image verify`", m->name,
-		    m->version);
+	r = image_index_load(s, m, &index, &error);
+	if (r < 0) {
+		log_error("%s", error ? error : strerror(-r));
+		return r;
+	}
 	if (prog[0] == '/') {
-		found = index_has_path(index, prog);
+		found = image_index_find(index, prog) != NULL;
 	} else {
 		for (size_t i = 0; i < ARRAY_SIZE(program_dirs) && !found; i++) {
 			char path[PATH_MAX];
 
 			snprintf(path, sizeof(path), "%s/%s", program_dirs[i], prog);
-			found = index_has_path(index, path);
+			found = image_index_find(index, path) != NULL;
 		}
 	}
+	image_index_free(index);
 	if (!found) {
 		if (prog[0] == '/')
 			log_error(
