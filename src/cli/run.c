@@ -312,6 +312,132 @@ static void print_report(const struct run_options *o, struct job *j, const struc
 	    humanize_bytes(used_total * 1024, b1), humanize_bytes(pss_total * 1024, b2));
 }
 
+/* The checks that need no image: VCPUs against cores, the memory floor, the job folder
+ * (resolved once; its device and inode go to the runtime, which shares only that very
+ * directory). Returns 0, or the exit code 2 with the reason logged. */
+static int check_request(const struct run_options *o, struct job_config *cfg, char **ret_workdir)
+{
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+	/* The paper's rule: no more virtual CPUs than physical ones, unless asked. */
+	if ((long)o->vms * o->vcpus > cores && !o->oversubscribe) {
+		log_error(
+		    "%u VM%s x %u VCPU%s = %u virtual CPUs, but this machine has %ld cores; use "
+		    "fewer VMs or VCPUs, or --oversubscribe",
+		    o->vms, o->vms == 1 ? "" : "s", o->vcpus, o->vcpus == 1 ? "" : "s",
+		    o->vms * o->vcpus, cores);
+		return 2;
+	}
+	if (o->mem_mb < JOB_MIN_MEM_MB) {
+		log_error("--mem %uM is below what a guest needs (%uM: kernel, initramfs and the "
+			  "writable overlay); give at least --mem %uM",
+			  o->mem_mb, JOB_MIN_MEM_MB, JOB_MIN_MEM_MB);
+		return 2;
+	}
+	*ret_workdir = NULL;
+	if (o->share) {
+		char resolved[PATH_MAX];
+		struct stat sb;
+		const char *dir = o->workdir ? o->workdir : ".";
+
+		if (!realpath(dir, resolved) || stat(resolved, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+			log_error("--workdir %s: %s; give an existing directory (or --no-share)",
+				  dir, errno ? strerror(errno) : "not a directory");
+			return 2;
+		}
+		*ret_workdir = strdup(resolved);
+		if (!*ret_workdir)
+			return 1;
+		cfg->workdir_dev = sb.st_dev;
+		cfg->workdir_ino = sb.st_ino;
+	}
+	submitting_user(&cfg->owner_uid, &cfg->owner_gid);
+	return 0;
+}
+
+/* Blocks the signals that stop a job and returns a signalfd for them: during the boot they
+ * cancel it, during the run they are forwarded to mpiexec in VM 0, and the teardown always
+ * runs. */
+static int block_job_signals(void)
+{
+	sigset_t mask;
+	int fd;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Runs mpiexec in VM 0 over every VM and turns how it ended into vmhpc run's exit code,
+ * logging why when it is not 0. */
+static int run_program(struct job *j, const struct run_options *o, const struct job_config *cfg,
+		       int signal_fd, double *ret_run_s)
+{
+	_cleanup_free_ char *error = NULL;
+	char **mpi_argv = mpiexec_argv(o, j);
+	char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
+			/* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory inside one
+			 * (docs/guest.md). */
+			"UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
+			"UCX_WARN_UNUSED_ENV_VARS=n", NULL};
+	struct frame_exec req = {
+	    .uid = cfg->owner_uid,
+	    .gid = cfg->owner_gid,
+	    .cwd = (char *)(cfg->workdir ? cfg->workdir : "/"),
+	    .argv = mpi_argv,
+	    .envp = envp,
+	};
+	struct exec_client_io io = {.stdin_fd = -1,
+				    .stdout_fd = STDOUT_FILENO,
+				    .stderr_fd = STDERR_FILENO,
+				    .signal_fd = signal_fd,
+				    .signal_grace_ms = SIGNAL_GRACE_MS};
+	double t_run = now_s();
+	int r, code, status = 0;
+
+	if (!mpi_argv)
+		return 1;
+	r = job_exec(j, 0, &req, &io, o->time_limit_s ? (int)o->time_limit_s * 1000 : -1, &status,
+		     &error);
+	*ret_run_s = now_s() - t_run;
+	for (char **p = mpi_argv; *p; p++)
+		free(*p);
+	free(mpi_argv);
+
+	if ((r >= 0 || r == -EINTR) && job_forwarded_signal(j, 0)) {
+		int sig = job_forwarded_signal(j, 0);
+
+		log_error("interrupted by %s (SIG%s); the job was stopped%s", strsignal(sig),
+			  sigabbrev_np(sig),
+			  r == -EINTR ? " without waiting for mpiexec to end" : "");
+		code = 128 + sig;
+	} else if (r == -ECHILD) {
+		log_error("%s\nthe job was stopped: a VM of the job is gone", error);
+		code = 1;
+	} else if (r == -ETIMEDOUT) {
+		log_error("time limit of %u s reached: the job was killed", o->time_limit_s);
+		code = EXIT_TIME_LIMIT;
+	} else if (r < 0) {
+		log_error("%s", error ? error : strerror(-r));
+		code = 1;
+	} else {
+		code = status;
+		/* mpiexec's own status: a rank's exit code, or 255 when hydra reports a rank
+		 * killed by a signal; 128+N only when mpiexec itself was killed. */
+		if (status > 128 && status <= 128 + 64)
+			log_error(
+			    "the job failed with exit code %d (mpiexec ended by signal %d, %s)",
+			    status, status - 128, strsignal(status - 128));
+		else if (status != 0)
+			log_error("the job failed with exit code %d", status);
+	}
+	return code;
+}
+
 int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 {
 	struct run_options o;
@@ -323,11 +449,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	struct job_vm_stats stats[JOB_MAX_VMS] = {0};
 	struct boot_progress bp = {.tty = isatty(STDERR_FILENO)};
 	struct job_config cfg = {0};
-	char **mpi_argv = NULL;
-	sigset_t mask;
-	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	double t_boot, boot_s = 0, run_s = 0, shutdown_s = 0;
-	int r, code = 1, status = 0;
+	int r, code = 1;
 
 	r = run_options_parse(argc, argv, &o, &error);
 	if (r == 1)
@@ -336,38 +459,10 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		log_error("%s", error ? error : strerror(-r));
 		return 2;
 	}
-	/* The paper's rule: no more virtual CPUs than physical ones, unless asked. */
-	if ((long)o.vms * o.vcpus > cores && !o.oversubscribe) {
-		log_error(
-		    "%u VM%s x %u VCPU%s = %u virtual CPUs, but this machine has %ld cores; use "
-		    "fewer VMs or VCPUs, or --oversubscribe",
-		    o.vms, o.vms == 1 ? "" : "s", o.vcpus, o.vcpus == 1 ? "" : "s", o.vms * o.vcpus,
-		    cores);
-		return 2;
-	}
-	if (o.mem_mb < JOB_MIN_MEM_MB) {
-		log_error("--mem %uM is below what a guest needs (%uM: kernel, initramfs and the "
-			  "writable overlay); give at least --mem %uM",
-			  o.mem_mb, JOB_MIN_MEM_MB, JOB_MIN_MEM_MB);
-		return 2;
-	}
-	if (o.share) {
-		char resolved[PATH_MAX];
-		struct stat sb;
-		const char *dir = o.workdir ? o.workdir : ".";
-
-		if (!realpath(dir, resolved) || stat(resolved, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-			log_error("--workdir %s: %s; give an existing directory (or --no-share)",
-				  dir, errno ? strerror(errno) : "not a directory");
-			return 2;
-		}
-		workdir = strdup(resolved);
-		if (!workdir)
-			return 1;
-		cfg.workdir_dev = sb.st_dev;
-		cfg.workdir_ino = sb.st_ino;
-	}
-	submitting_user(&cfg.owner_uid, &cfg.owner_gid);
+	code = check_request(&o, &cfg, &workdir);
+	if (code != 0)
+		return code;
+	code = 1;
 	cache = node_cache_dir(ctx);
 	if (!cache || cli_open_store(ctx, &s) < 0)
 		return 1;
@@ -375,17 +470,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		goto out;
 	if (check_program(s, m, &o, workdir) < 0)
 		goto out;
-
-	/* Signals become events: during the boot they cancel it, during the run they are
-	 * forwarded to mpiexec in VM 0, and the teardown below always runs. */
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGHUP);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	sfd = block_job_signals();
 	if (sfd < 0) {
-		log_error_errno(-errno, "signalfd: %m");
+		log_error_errno(sfd, "signalfd: %m");
 		goto out;
 	}
 	bp.signal_fd = sfd;
@@ -411,6 +498,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	cfg.log = print_runtime_log;
 	cfg.userdata = &bp;
 	t_boot = now_s();
+	free(TAKE_PTR(error));
 	r = job_boot(&cfg, &j, &error);
 	if (r < 0) {
 		if (r == -ECANCELED)
@@ -427,61 +515,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	for (unsigned i = 0; i < o.vms; i++)
 		job_vm_stats(j, i, &stats[i]);
 
-	mpi_argv = mpiexec_argv(&o, j);
-	if (!mpi_argv)
-		goto out;
-	{
-		char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
-				/* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory
-				 * inside one (docs/guest.md). */
-				"UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
-				"UCX_WARN_UNUSED_ENV_VARS=n", NULL};
-		struct frame_exec req = {
-		    .uid = cfg.owner_uid,
-		    .gid = cfg.owner_gid,
-		    .cwd = workdir ? workdir : "/",
-		    .argv = mpi_argv,
-		    .envp = envp,
-		};
-		struct exec_client_io io = {.stdin_fd = -1,
-					    .stdout_fd = STDOUT_FILENO,
-					    .stderr_fd = STDERR_FILENO,
-					    .signal_fd = sfd,
-					    .signal_grace_ms = SIGNAL_GRACE_MS};
-		double t_run = now_s();
-
-		free(TAKE_PTR(error));
-		r = job_exec(j, 0, &req, &io, o.time_limit_s ? (int)o.time_limit_s * 1000 : -1,
-			     &status, &error);
-		run_s = now_s() - t_run;
-	}
-	if ((r >= 0 || r == -EINTR) && job_forwarded_signal(j, 0)) {
-		int sig = job_forwarded_signal(j, 0);
-
-		log_error("interrupted by %s (SIG%s); the job was stopped%s", strsignal(sig),
-			  sigabbrev_np(sig),
-			  r == -EINTR ? " without waiting for mpiexec to end" : "");
-		code = 128 + sig;
-	} else if (r == -ECHILD) {
-		log_error("%s\nthe job was stopped: a VM of the job is gone", error);
-		code = 1;
-	} else if (r == -ETIMEDOUT) {
-		log_error("time limit of %u s reached: the job was killed", o.time_limit_s);
-		code = EXIT_TIME_LIMIT;
-	} else if (r < 0) {
-		log_error("%s", error ? error : strerror(-r));
-		code = 1;
-	} else {
-		code = status;
-		/* mpiexec's own status: a rank's exit code, or 255 when hydra reports a rank
-		 * killed by a signal; 128+N only when mpiexec itself was killed. */
-		if (status > 128 && status <= 128 + 64)
-			log_error(
-			    "the job failed with exit code %d (mpiexec ended by signal %d, %s)",
-			    status, status - 128, strsignal(status - 128));
-		else if (status != 0)
-			log_error("the job failed with exit code %d", status);
-	}
+	code = run_program(j, &o, &cfg, sfd, &run_s);
 	for (unsigned i = 0; i < o.vms; i++) {
 		double ready_s = stats[i].ready_s;
 		uint64_t used = stats[i].guest_used_kb;
@@ -493,11 +527,6 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	job_shutdown(j, SHUTDOWN_TIMEOUT_MS, &shutdown_s);
 	print_report(&o, j, m, boot_s, run_s, shutdown_s, stats, code);
 out:
-	if (mpi_argv) {
-		for (char **p = mpi_argv; *p; p++)
-			free(*p);
-		free(mpi_argv);
-	}
 	job_free(j);
 	manifest_free(m);
 	store_close(s);
