@@ -125,7 +125,7 @@ void job_free(struct job *j)
 
 int job_clean_stale(const char *run_dir)
 {
-	return runstate_clean_stale(run_dir);
+	return runstate_clean_stale(run_dir, geteuid());
 }
 
 static char *job_path(struct job *j, const char *fmt, unsigned vm)
@@ -380,7 +380,7 @@ int job_boot(const struct job_config *cfg, struct job **ret_job, char **ret_erro
 		r = error_set(ret_error, -EIO, "no random bytes for the job's token");
 		goto fail;
 	}
-	r = runstate_create(cfg->run_dir, &j->rs);
+	r = runstate_create(cfg->run_dir, geteuid(), &j->rs);
 	if (r < 0) {
 		r = error_set(ret_error, r, "making the job's directory under %s: %s", cfg->run_dir,
 			      strerror(-r));
