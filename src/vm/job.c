@@ -164,7 +164,7 @@ void job_free(struct job *j)
 
 int job_clean_stale(const char *run_dir)
 {
-	return runstate_clean_stale(run_dir);
+	return runstate_clean_stale(run_dir, geteuid());
 }
 
 static char *job_path(struct job *j, const char *fmt, unsigned vm)
@@ -497,7 +497,7 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 		r = error_set(ret_error, -EIO, "no random bytes for the job's token");
 		goto fail;
 	}
-	r = runstate_create(cfg->run_dir, &j->rs);
+	r = runstate_create(cfg->run_dir, geteuid(), &j->rs);
 	if (r < 0) {
 		r = error_set(ret_error, r, "making the job's directory under %s: %s", cfg->run_dir,
 			      strerror(-r));
@@ -875,7 +875,7 @@ int job_attach(const char *run_dir, const char *job_id, int lock_fd, struct job 
 		return -ENOMEM;
 	}
 	j->detachable = true;
-	r = runstate_attach(run_dir, job_id, lock_fd, &j->rs);
+	r = runstate_attach(run_dir, job_id, geteuid(), lock_fd, &j->rs);
 	if (r < 0) {
 		if (lock_fd >= 0)
 			close(lock_fd);

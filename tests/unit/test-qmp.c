@@ -2,7 +2,8 @@
  * peer in a forked child, the QEMU command-line builder (pure), the QEMU process
  * handling and the accelerator probe + cache against a fake QEMU (a shell script), and,
  * when VMHPC_TEST_KERNEL and VMHPC_TEST_INITRD name a guest, the same against the real
- * qemu-system-x86_64. */
+ * qemu-system-x86_64. `make test` (scripts/test-all.sh) builds a small image and passes
+ * its kernel and initramfs so; there, as root with QEMU installed, a skip is a failure. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
