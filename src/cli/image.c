@@ -4,7 +4,9 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 #include "util/fsutil.h"
 #include "util/humanize.h"
 #include "util/log.h"
+#include "vm/materialize.h"
 
 struct verb {
 	const char *name;
@@ -30,6 +33,43 @@ struct verb {
 };
 
 static const struct verb *find_verb(const char *name);
+
+/* s with every control character (C0, DEL, C1) written as \xNN, so that text from a
+ * manifest or an error about one cannot drive the terminal. Returns s itself when it is
+ * clean; else a copy that lives until 8 more calls (this is a one-shot CLI). */
+static const char *printable(const char *s)
+{
+	static char *ring[8];
+	static unsigned next;
+	const unsigned char *p;
+	char *out, *o;
+	bool clean = true;
+
+	if (!s)
+		return "?";
+	for (p = (const unsigned char *)s; *p && clean; p++)
+		if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+			clean = false;
+	if (clean)
+		return s;
+	out = malloc(strlen(s) * 4 + 1);
+	if (!out)
+		return "(unprintable)";
+	for (p = (const unsigned char *)s, o = out; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f) {
+			o += sprintf(o, "\\x%02x", *p);
+		} else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+			o += sprintf(o, "\\xc2\\x%02x", p[1]);
+			p++;
+		} else {
+			*o++ = (char)*p;
+		}
+	}
+	*o = '\0';
+	free(ring[next % 8]);
+	ring[next++ % 8] = out;
+	return out;
+}
 
 /* Parses the options every verb shares (--json, --help); returns -1 to go on, else an exit
  * code. The verb's positional arguments start at optind. */
@@ -88,7 +128,7 @@ static int load_ref(struct store *s, const char *ref, struct manifest **ret)
 	if (r == 0)
 		r = catalog_load(s, name, version, ret, &error);
 	if (r < 0)
-		log_error("%s", error ? error : strerror(-r));
+		log_error("%s", error ? printable(error) : strerror(-r));
 	return r;
 }
 
@@ -111,6 +151,53 @@ static int parse_size(const char *text, size_t *ret)
 	return 0;
 }
 
+/* Root building through sudo reads the spec's files with the invoking user's rights
+ * (SUDO_UID/SUDO_GID and that user's groups): policy decided here, passed to the builder
+ * as an option. *ret_groups (caller frees) backs id->groups. Returns 1 when id was filled,
+ * 0 when the build uses its own rights, -errno on a malformed SUDO_UID/SUDO_GID. */
+static int sudo_identity(struct fs_identity *id, gid_t **ret_groups)
+{
+	const char *u = getenv("SUDO_UID"), *g = getenv("SUDO_GID");
+	unsigned long uid, gid;
+	struct passwd *pw;
+	gid_t *groups;
+	char *end;
+	int n = 64;
+
+	*ret_groups = NULL;
+	if (geteuid() != 0 || !u || !g)
+		return 0;
+	errno = 0;
+	uid = strtoul(u, &end, 10);
+	if (errno || end == u || *end || uid >= UINT32_MAX)
+		return -EINVAL;
+	gid = strtoul(g, &end, 10);
+	if (errno || end == g || *end || gid >= UINT32_MAX)
+		return -EINVAL;
+	if (uid == 0)
+		return 0; /* root through sudo: root's own rights */
+	*id = (struct fs_identity){.uid = (uid_t)uid, .gid = (gid_t)gid};
+	pw = getpwuid((uid_t)uid);
+	if (!pw)
+		return 1; /* no name to look groups up by: the primary group only */
+	for (;;) {
+		int want = n;
+
+		groups = calloc((size_t)n, sizeof(*groups));
+		if (!groups)
+			return -ENOMEM;
+		if (getgrouplist(pw->pw_name, (gid_t)gid, groups, &n) >= 0)
+			break;
+		free(groups);
+		if (n <= want || n > 65536)
+			return -E2BIG;
+	}
+	id->groups = groups;
+	id->n_groups = (size_t)n;
+	*ret_groups = groups;
+	return 1;
+}
+
 static int verb_build(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -128,6 +215,8 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
 	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
 	_cleanup_free_ char *error = NULL;
+	_cleanup_free_ gid_t *groups = NULL;
+	struct fs_identity identity;
 	struct store *s = NULL;
 	char b[5][HUMANIZE_BYTES_LEN];
 	int c, r;
@@ -182,6 +271,16 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	opts.spec_path = argv[optind];
 	opts.init_path = init;
 	opts.exec_path = exec;
+	r = sudo_identity(&identity, &groups);
+	if (r < 0) {
+		log_error(
+		    "SUDO_UID/SUDO_GID ('%s'/'%s') are not user and group numbers; unset them "
+		    "or run through sudo",
+		    getenv("SUDO_UID"), getenv("SUDO_GID"));
+		return 2;
+	}
+	if (r > 0)
+		opts.source_identity = &identity;
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
 	r = builder_build(s, &opts, &res, &error);
@@ -328,8 +427,7 @@ static int verb_list(struct cli_context *ctx, int argc, char **argv)
 
 			if (!usage[i].m) {
 				printf("%-24s %7u %10s %10s  damaged: %s\n", entries[i].name,
-				       entries[i].version, "-", "-",
-				       usage[i].error ? usage[i].error : "?");
+				       entries[i].version, "-", "-", printable(usage[i].error));
 				continue;
 			}
 			printf("%-24s %7u %10s %10s  %s\n", entries[i].name, entries[i].version,
@@ -362,14 +460,15 @@ static void print_string_map(const char *title, json_t *obj)
 	json_object_foreach(obj, key, value)
 	{
 		if (json_is_string(value))
-			printf("  %-32s %s\n", key, json_string_value(value));
+			printf("  %-32s %s\n", printable(key), printable(json_string_value(value)));
 		else if (json_is_object(value))
-			printf("  %-32s %s %s (%s)\n", key,
-			       json_string_value(json_object_get(value, "file")) ?: "",
-			       json_string_value(json_object_get(value, "version")) ?: "",
-			       json_string_value(json_object_get(value, "source")) ?: "");
+			printf(
+			    "  %-32s %s %s (%s)\n", printable(key),
+			    printable(json_string_value(json_object_get(value, "file")) ?: ""),
+			    printable(json_string_value(json_object_get(value, "version")) ?: ""),
+			    printable(json_string_value(json_object_get(value, "source")) ?: ""));
 		else
-			printf("  %-32s -\n", key);
+			printf("  %-32s -\n", printable(key));
 	}
 }
 
@@ -410,15 +509,19 @@ static int verb_show(struct cli_context *ctx, int argc, char **argv)
 		json_t *md = m->metadata;
 
 		printf("image      %s:%u\n", m->name, m->version);
-		printf("created    %s by %s\n", humanize_time((time_t)m->created_s, t), m->owner);
-		printf("os         %s\n", json_string_value(json_object_get(md, "os")) ?: "?");
-		printf("arch       %s\n", json_string_value(json_object_get(md, "arch")) ?: "?");
+		/* The manifest parser refuses control characters; printable() keeps this
+		 * safe even if one slipped through. */
+		printf("created    %s by %s\n", humanize_time((time_t)m->created_s, t),
+		       printable(m->owner));
+		printf("os         %s\n", printable(json_string_value(json_object_get(md, "os"))));
+		printf("arch       %s\n",
+		       printable(json_string_value(json_object_get(md, "arch"))));
 		printf("kernel     %s\n",
-		       json_string_value(json_object_get(md, "kernel_release")) ?: "?");
-		printf("boot args  %s\n", *m->boot_args ? m->boot_args : "(none)");
+		       printable(json_string_value(json_object_get(md, "kernel_release"))));
+		printf("boot args  %s\n", *m->boot_args ? printable(m->boot_args) : "(none)");
 		if (json_string_value(json_object_get(md, "description")))
 			printf("about      %s\n",
-			       json_string_value(json_object_get(md, "description")));
+			       printable(json_string_value(json_object_get(md, "description"))));
 		printf("parts:\n");
 		for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
 			printf("  %-10s %10s in %zu chunks\n",
@@ -467,6 +570,47 @@ static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 	return r < 0 ? 1 : 0;
 }
 
+/* Checks this node's cached copies of every version's parts (`vmhpc run` keeps them in
+ * CACHE/node) and removes damaged ones, which the next run writes again from the store.
+ * Returns the number repaired or -errno (logged). */
+static int verify_node_cache(const struct cli_context *ctx, struct store *s)
+{
+	_cleanup_free_ char *node = fs_path_join(ctx->cache_dir, "node");
+	struct catalog_entry *entries = NULL;
+	size_t n = 0;
+	int r, repaired = 0;
+
+	if (!node)
+		return -ENOMEM;
+	if (!fs_exists(node))
+		return 0;
+	r = catalog_list(s, &entries, &n);
+	if (r < 0)
+		return log_error_errno(r, "listing the images in %s: %m", store_path(s));
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_free_ char *error = NULL;
+		struct manifest *m = NULL;
+		unsigned damaged = 0;
+
+		if (catalog_load(s, entries[i].name, entries[i].version, &m, NULL) < 0)
+			continue; /* reported by the store's check */
+		r = materialize_check(m, node, true, &damaged, &error);
+		manifest_free(m);
+		if (r < 0) {
+			log_error("%s", error ? error : strerror(-r));
+			break;
+		}
+		if (damaged > 0)
+			printf("node cache %s: %u damaged part%s of %s:%u removed; the next run "
+			       "writes %s again\n",
+			       node, damaged, damaged == 1 ? "" : "s", entries[i].name,
+			       entries[i].version, damaged == 1 ? "it" : "them");
+		repaired += (int)damaged;
+	}
+	catalog_entries_free(entries, n);
+	return r < 0 ? r : repaired;
+}
+
 static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 {
 	struct check_verify_result res = {0};
@@ -490,11 +634,17 @@ static int verb_verify(struct cli_context *ctx, int argc, char **argv)
 		const struct check_problem *p = &res.problems[i];
 
 		if (p->kind == CHECK_MANIFEST_DAMAGED)
-			printf("manifest %s\n", p->detail ? p->detail : "?");
+			printf("manifest %s\n", printable(p->detail));
 		else
 			printf("chunk %s: %s; %s%s\n", p->id_hex,
 			       check_problem_kind_to_string(p->kind),
 			       *p->images ? "breaks " : "used by no image", p->images);
+	}
+	r = verify_node_cache(ctx, s);
+	if (r < 0) {
+		check_verify_result_done(&res);
+		store_close(s);
+		return 1;
 	}
 	printf("checked %" PRIu64 " chunks (%s) of %zu image versions: %zu problem%s\n",
 	       res.chunks_checked, humanize_bytes(res.plain_bytes_checked, b), res.n_images,
@@ -533,35 +683,32 @@ static int verb_gc(struct cli_context *ctx, int argc, char **argv)
 	return r < 0 ? 1 : 0;
 }
 
-/* Opens where a verb writes its bytes. A regular file (or a new one) is written as
- * PATH.partial and renamed by close_output() only when complete; a device or pipe such as
+/* Opens where a verb writes its bytes. A regular file (or a new one) is written to a new
+ * temp file beside it (random name, O_EXCL: a link planted at the temp name is never
+ * followed) and renamed by close_output() only when complete; a device or pipe such as
  * /dev/null is written in place (renaming onto it would replace it). Without a path:
  * stdout. *ret_tmp (caller frees) is the temp path, or NULL. */
 static int open_output(const char *path, char **ret_tmp, int *ret_fd)
 {
 	struct stat sb;
-	int fd;
+	int fd, r;
 
 	*ret_tmp = NULL;
 	if (!path) {
 		*ret_fd = STDOUT_FILENO;
 		return 0;
 	}
-	if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
-		fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+		fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
 		if (fd < 0)
 			return log_error_errno(-errno, "cannot write %s: %m", path);
 		*ret_fd = fd;
 		return 0;
 	}
-	if (asprintf(ret_tmp, "%s.partial", path) < 0) {
-		*ret_tmp = NULL;
-		return -ENOMEM;
-	}
-	fd = open(*ret_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return log_error_errno(-errno, "cannot write %s: %m", *ret_tmp);
-	*ret_fd = fd;
+	/* 0600: an image may hold files only its builder could read (docs/store.md). */
+	r = fs_open_temp_beside(path, 0600, ret_tmp, ret_fd);
+	if (r < 0)
+		return log_error_errno(r, "cannot write %s (a temp file beside it): %m", path);
 	return 0;
 }
 
@@ -655,7 +802,7 @@ static int verb_import(struct cli_context *ctx, int argc, char **argv)
 		return 1;
 	r = transfer_import(s, fd >= 0 ? fd : STDIN_FILENO, &name, &version, &error);
 	if (r < 0)
-		log_error("%s", error ? error : strerror(-r));
+		log_error("%s", error ? printable(error) : strerror(-r));
 	else
 		printf("imported %s:%u\n", name, version);
 	store_close(s);

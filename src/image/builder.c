@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,6 +33,29 @@ void builder_result_done(struct builder_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
+/* A work directory without a lock file is being set up (the lock appears by rename,
+ * already locked) or was left by a build killed in those few system calls: only the
+ * second kind gets old. */
+#define WORK_SETUP_MAX_AGE_S 60
+
+/* True when the work directory name under tmp_fd belongs to a build that died. */
+static bool work_is_stale(int tmp_fd, const char *name)
+{
+	_cleanup_close_ int dir_fd = -1, lock_fd = -1;
+	struct stat st;
+
+	dir_fd = openat(tmp_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dir_fd < 0)
+		return false; /* gone, or not ours to judge */
+	lock_fd = openat(dir_fd, WORK_LOCK, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (lock_fd >= 0)
+		/* A live build holds its lock from before the file had this name. */
+		return flock(lock_fd, LOCK_EX | LOCK_NB) == 0;
+	if (errno != ENOENT || fstat(dir_fd, &st) < 0)
+		return false;
+	return time(NULL) - st.st_mtime >= WORK_SETUP_MAX_AGE_S;
+}
+
 int builder_clean_stale(struct store *s)
 {
 	_cleanup_free_ char *tmp = fs_path_join(store_path(s), "tmp");
@@ -41,24 +65,54 @@ int builder_clean_stale(struct store *s)
 	if (!d)
 		return 0;
 	while ((de = readdir(d))) {
-		_cleanup_free_ char *dir = NULL, *lock = NULL;
-		_cleanup_close_ int fd = -1;
+		_cleanup_free_ char *dir = NULL;
 
 		if (strncmp(de->d_name, WORK_PREFIX, strlen(WORK_PREFIX)) != 0)
 			continue;
-		dir = fs_path_join(tmp, de->d_name);
-		lock = dir ? fs_path_join(dir, WORK_LOCK) : NULL;
-		if (!lock)
+		if (!work_is_stale(dirfd(d), de->d_name))
 			continue;
-		fd = open(lock, O_RDONLY | O_CLOEXEC);
-		/* A live build holds its lock; a dead one's lock is free (or never made). */
-		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
+		dir = fs_path_join(tmp, de->d_name);
+		if (!dir)
 			continue;
 		log_debug("removing %s, left by a build that did not finish", dir);
 		fs_rm_rf(dir);
 	}
 	closedir(d);
 	return 0;
+}
+
+/* Makes a private work directory under tmp and locks it for the build's life. The lock
+ * file is created under another name, locked, then renamed to WORK_LOCK: a concurrent
+ * builder_clean_stale() never sees an unlocked WORK_LOCK of a live build, and it leaves a
+ * directory without one alone until it is old. (Creating and then locking WORK_LOCK in
+ * place let a cleaner take the lock in between and remove a live build's directory.) */
+static int work_dir_create(const char *tmp, char **ret_work, int *ret_lock_fd)
+{
+	_cleanup_free_ char *work = NULL;
+	_cleanup_close_ int dir_fd = -1, fd = -1;
+	int r;
+
+	r = fs_mkdtemp(tmp, WORK_PREFIX, &work);
+	if (r < 0)
+		return r;
+	dir_fd = open(work, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dir_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	fd = openat(dir_fd, WORK_LOCK ".new", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		    0600);
+	if (fd < 0 || flock(fd, LOCK_EX) < 0 ||
+	    renameat(dir_fd, WORK_LOCK ".new", dir_fd, WORK_LOCK) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	*ret_work = TAKE_PTR(work);
+	*ret_lock_fd = TAKE_FD(fd);
+	return 0;
+fail:
+	fs_rm_rf(work);
+	return r;
 }
 
 struct progress {
@@ -197,8 +251,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	{
 		const struct spec_file own[] = {{(char *)opts->exec_path, "/usr/bin/vmhpc-exec"}};
 
-		r = rootfs_build(spec, layers, n_layers, own, ARRAY_SIZE(own), work, &root,
-				 ret_error);
+		r = rootfs_build(spec, layers, n_layers, own, ARRAY_SIZE(own),
+				 opts->source_identity, work, &root, ret_error);
 	}
 	if (r == -ENOSPC || r == -EDQUOT) {
 		/* The work directory lives in the store: say so, not which file hit it. */
@@ -267,7 +321,7 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 {
 	struct image_spec *spec = NULL;
 	struct manifest *m = NULL;
-	_cleanup_free_ char *tmp = NULL, *work = NULL, *lock = NULL;
+	_cleanup_free_ char *tmp = NULL, *work = NULL;
 	_cleanup_close_ int store_lock_fd = -1, work_lock_fd = -1;
 	struct store_chunk_ref *refs = NULL;
 	size_t n_refs = 0;
@@ -295,15 +349,9 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 		goto out;
 	}
 	tmp = fs_path_join(store_path(s), "tmp");
-	r = tmp ? fs_mkdir_p(tmp, 0755) : -ENOMEM;
+	r = tmp ? fs_mkdir_p(tmp, 0700) : -ENOMEM;
 	if (r == 0)
-		r = fs_mkdtemp(tmp, WORK_PREFIX, &work);
-	if (r == 0) {
-		lock = fs_path_join(work, WORK_LOCK);
-		work_lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
-		if (work_lock_fd < 0 || flock(work_lock_fd, LOCK_EX) < 0)
-			r = -errno;
-	}
+		r = work_dir_create(tmp, &work, &work_lock_fd);
 	if (r < 0) {
 		r = storage_error(ret_error, r, s, "making a work directory");
 		goto out;
@@ -325,6 +373,13 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 	if (r < 0)
 		goto out;
 	r = catalog_commit(s, m);
+	if (r == -EOVERFLOW) {
+		r = error_set(ret_error, r,
+			      "image '%s' has used every version number up to %u in the store %s; "
+			      "build it under another name",
+			      m->name, CATALOG_MAX_VERSIONS, store_path(s));
+		goto out;
+	}
 	if (r < 0) {
 		r = storage_error(ret_error, r, s, "saving the manifest");
 		goto out;

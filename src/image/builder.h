@@ -11,6 +11,7 @@
 #include "store/chunker.h"
 #include "store/manifest.h"
 #include "store/store.h"
+#include "util/fsutil.h"
 
 struct builder_options {
 	const char *spec_path;
@@ -20,6 +21,10 @@ struct builder_options {
 	struct chunker_params chunking;
 	int compression_level; /* zstd level for the chunks this build writes */
 	bool progress;	       /* print a progress line on stderr */
+	/* Whose rights read the spec's [root] files and tree (NULL: this process's own).
+	 * Root building for a user through sudo passes that user's: a spec must not copy
+	 * what its author could not read (docs/image-spec.md). */
+	const struct fs_identity *source_identity;
 };
 
 /* Images are built once and copied to many nodes: spend CPU here to send fewer bytes. */
@@ -43,5 +48,6 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 
 void builder_result_done(struct builder_result *r);
 
-/* Removes work directories of builds that died (those whose lock nobody holds). */
+/* Removes work directories of builds that died: those whose lock nobody holds, and those
+ * still without a lock file a minute after they were made. */
 int builder_clean_stale(struct store *s);

@@ -43,6 +43,7 @@ struct build_state {
 	uint64_t content_bytes;
 	uint64_t alloc_blocks;
 	uint64_t n_inodes;
+	const struct fs_identity *identity; /* whose rights read the spec's files and tree */
 	char **ret_error;
 };
 
@@ -120,28 +121,88 @@ static int make_parents(const struct build_state *st, const char *image_path)
 	return fs_mkdir_p(path, 0755);
 }
 
-static int stage_file(struct build_state *st, const char *host_path, const char *image_path,
-		      const char *source)
+/* Copies the open regular file fd (host_path, for messages) into the image. */
+static int stage_file_fd(struct build_state *st, int fd, const struct stat *sb,
+			 const char *host_path, const char *image_path, const char *source)
 {
 	_cleanup_free_ char *dest = staged(st, image_path);
-	struct stat sb;
 	int r;
 
 	if (!dest)
 		return -ENOMEM;
-	if (stat(host_path, &sb) < 0)
-		return error_set(st->ret_error, -errno, "%s: %s", host_path, strerror(errno));
 	r = make_parents(st, image_path);
 	if (r == 0) {
 		unlink(dest);
-		r = fs_copy_file(host_path, dest, sb.st_mode & 07777);
+		r = fs_copy_fd(fd, dest, sb->st_mode & 07777);
 	}
 	if (r == 0)
-		chmod(dest, sb.st_mode & 07777); /* undo the umask */
+		chmod(dest, sb->st_mode & 07777); /* undo the umask */
 	if (r < 0)
 		return error_set(st->ret_error, r, "copying %s into the image as %s: %s", host_path,
 				 image_path, strerror(-r));
 	return note_origin(st, image_path, source);
+}
+
+/* Copies a host file that vmhpc itself chose (the closure, its own binaries). */
+static int stage_file(struct build_state *st, const char *host_path, const char *image_path,
+		      const char *source)
+{
+	_cleanup_close_ int fd = open(host_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	struct stat sb;
+
+	if (fd < 0 || fstat(fd, &sb) < 0)
+		return error_set(st->ret_error, -errno, "%s: %s", host_path, strerror(errno));
+	if (!S_ISREG(sb.st_mode))
+		return error_set(st->ret_error, -EINVAL, "%s is not a regular file", host_path);
+	return stage_file_fd(st, fd, &sb, host_path, image_path, source);
+}
+
+/* The spec's files and tree are read with its author's rights (st->identity), so that root
+ * building through sudo cannot copy what the user could not read. Each call switches
+ * this thread's fs identity around one system call: staging writes into the store's
+ * private work directory, which needs our own rights. */
+static int src_openat(const struct build_state *st, int dir_fd, const char *name, int flags)
+{
+	struct fs_identity_saved saved;
+	int fd, r;
+
+	r = fs_identity_enter(st->identity, &saved);
+	if (r < 0)
+		return r;
+	fd = openat(dir_fd, name, flags | O_CLOEXEC);
+	r = fd < 0 ? -errno : fd;
+	fs_identity_leave(&saved);
+	return r;
+}
+
+static int src_lstatat(const struct build_state *st, int dir_fd, const char *name, struct stat *ret)
+{
+	struct fs_identity_saved saved;
+	int r;
+
+	r = fs_identity_enter(st->identity, &saved);
+	if (r < 0)
+		return r;
+	r = fstatat(dir_fd, name, ret, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	fs_identity_leave(&saved);
+	return r;
+}
+
+static ssize_t src_readlinkat(const struct build_state *st, int dir_fd, const char *name, char *buf,
+			      size_t size)
+{
+	struct fs_identity_saved saved;
+	ssize_t n;
+	int r;
+
+	r = fs_identity_enter(st->identity, &saved);
+	if (r < 0)
+		return r;
+	n = readlinkat(dir_fd, name, buf, size);
+	if (n < 0)
+		n = -errno;
+	fs_identity_leave(&saved);
+	return n;
 }
 
 static int stage_symlink(struct build_state *st, const char *image_path, const char *target,
@@ -174,22 +235,29 @@ static char *link_target(const char *link_path, const char *target_path)
 	return strdup(target_path);
 }
 
-/* Copies a host directory tree into the image at image_dir (regular files, directories,
- * symlinks; device nodes, sockets and fifos are skipped: /dev is a devtmpfs in the guest). */
-static int stage_tree(struct build_state *st, const char *host_dir, const char *image_dir,
-		      const char *source, unsigned depth)
+/* Copies the host directory open at dir_fd (taken over; host_dir names it in messages)
+ * into the image at image_dir: regular files, directories, symlinks; device nodes,
+ * sockets and fifos are skipped (/dev is a devtmpfs in the guest). Every entry is opened
+ * without following links and checked on the fd, so that a file swapped for a fifo or
+ * a link meanwhile is never read. */
+static int stage_tree_fd(struct build_state *st, int dir_fd, const char *host_dir,
+			 const char *image_dir, const char *source, unsigned depth)
 {
 	DIR *d;
 	struct dirent *de;
 	int r = 0;
 
-	if (depth > 64)
+	if (depth > 64) {
+		close(dir_fd);
 		return error_set(st->ret_error, -ELOOP, "%s: directories nested too deep",
 				 host_dir);
-	d = opendir(host_dir);
-	if (!d)
-		return error_set(st->ret_error, -errno, "%s: %s; check the path in the spec",
-				 host_dir, strerror(errno));
+	}
+	d = fdopendir(dir_fd);
+	if (!d) {
+		r = -errno;
+		close(dir_fd);
+		return error_set(st->ret_error, r, "%s: %s", host_dir, strerror(-r));
+	}
 	{
 		_cleanup_free_ char *dir = staged(st, image_dir);
 
@@ -207,12 +275,20 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 			r = -ENOMEM;
 			break;
 		}
-		if (lstat(src, &sb) < 0) {
-			r = error_set(st->ret_error, -errno, "%s: %s", src, strerror(errno));
+		r = src_lstatat(st, dirfd(d), de->d_name, &sb);
+		if (r < 0) {
+			r = error_set(st->ret_error, r, "%s: %s", src, strerror(-r));
 			break;
 		}
 		if (S_ISDIR(sb.st_mode)) {
-			r = stage_tree(st, src, dst, source, depth + 1);
+			int fd = src_openat(st, dirfd(d), de->d_name,
+					    O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+
+			if (fd < 0) {
+				r = error_set(st->ret_error, fd, "%s: %s", src, strerror(-fd));
+				break;
+			}
+			r = stage_tree_fd(st, fd, src, dst, source, depth + 1);
 			if (r == 0) {
 				_cleanup_free_ char *sd = staged(st, dst);
 
@@ -221,23 +297,78 @@ static int stage_tree(struct build_state *st, const char *host_dir, const char *
 			}
 		} else if (S_ISLNK(sb.st_mode)) {
 			char target[PATH_MAX];
-			ssize_t n = readlink(src, target, sizeof(target) - 1);
+			ssize_t n =
+			    src_readlinkat(st, dirfd(d), de->d_name, target, sizeof(target) - 1);
 
 			if (n < 0) {
-				r = error_set(st->ret_error, -errno, "%s: %s", src,
-					      strerror(errno));
+				r = error_set(st->ret_error, (int)n, "%s: %s", src,
+					      strerror((int)-n));
 				break;
 			}
 			target[n] = '\0';
 			r = stage_symlink(st, dst, target, source);
 		} else if (S_ISREG(sb.st_mode)) {
-			r = stage_file(st, src, dst, source);
+			_cleanup_close_ int fd = src_openat(st, dirfd(d), de->d_name,
+							    O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+
+			if (fd < 0 || fstat(fd, &sb) < 0) {
+				r = fd < 0 ? fd : -errno;
+				r = error_set(st->ret_error, r, "%s: %s", src, strerror(-r));
+				break;
+			}
+			if (!S_ISREG(sb.st_mode)) {
+				r = error_set(st->ret_error, -EINVAL,
+					      "%s changed while the image was built (it is no "
+					      "longer a regular file); build again",
+					      src);
+				break;
+			}
+			r = stage_file_fd(st, fd, &sb, src, dst, source);
 		} else {
 			log_debug("skipping special file %s", src);
 		}
 	}
 	closedir(d);
 	return r;
+}
+
+static const char *file_type_name(mode_t mode)
+{
+	return S_ISCHR(mode)	? "character device"
+	       : S_ISBLK(mode)	? "block device"
+	       : S_ISFIFO(mode) ? "fifo"
+	       : S_ISSOCK(mode) ? "socket"
+				: "special file";
+}
+
+/* One [root] files source (a file, a directory, or a link to either; read with the spec
+ * author's rights) into the image at image_path. A device or fifo is refused: /dev/zero
+ * never ends and a fifo may never start. O_NONBLOCK lets the open of a fifo return at
+ * once, so that fstat can refuse it. */
+static int stage_source(struct build_state *st, const char *host_path, const char *image_path)
+{
+	_cleanup_close_ int fd = -1;
+	struct stat sb;
+
+	fd = src_openat(st, AT_FDCWD, host_path, O_RDONLY | O_NONBLOCK);
+	if (fd < 0)
+		return error_set(st->ret_error, fd,
+				 "[root] files: %s: %s; check the path (relative paths start at "
+				 "the spec's folder)%s",
+				 host_path, strerror(-fd),
+				 fd == -EACCES && st->identity
+				     ? " and that you, the user building, may read it"
+				     : "");
+	if (fstat(fd, &sb) < 0)
+		return error_set(st->ret_error, -errno, "%s: %s", host_path, strerror(errno));
+	if (S_ISDIR(sb.st_mode))
+		return stage_tree_fd(st, TAKE_FD(fd), host_path, image_path, "spec", 0);
+	if (!S_ISREG(sb.st_mode))
+		return error_set(st->ret_error, -EINVAL,
+				 "[root] files: %s is a %s; name regular files, directories or "
+				 "links to them (copy what you need into a file first)",
+				 host_path, file_type_name(sb.st_mode));
+	return stage_file_fd(st, fd, &sb, host_path, image_path, "spec");
 }
 
 /* Adds the regular files (and links) of a plugin directory, found in the first layer
@@ -651,10 +782,11 @@ static int fill_host_owners(json_t *host_sources)
 }
 
 int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layers, size_t n_layers,
-		 const struct spec_file *own_files, size_t n_own_files, const char *work_dir,
+		 const struct spec_file *own_files, size_t n_own_files,
+		 const struct fs_identity *source_identity, const char *work_dir,
 		 struct rootfs_result *ret, char **ret_error)
 {
-	struct build_state st = {.ret_error = ret_error};
+	struct build_state st = {.ret_error = ret_error, .identity = source_identity};
 	_cleanup_free_ char *staging = fs_path_join(work_dir, "root");
 	_cleanup_free_ char *image = fs_path_join(work_dir, "root.ext4");
 	json_t *libraries = json_object(), *host_sources = json_object();
@@ -672,28 +804,22 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 	if (r < 0)
 		goto out;
 	if (spec->tree) {
-		r = stage_tree(&st, spec->tree, "/", "tree", 0);
+		int fd = src_openat(&st, AT_FDCWD, spec->tree, O_RDONLY | O_DIRECTORY);
+
+		if (fd < 0) {
+			r = error_set(ret_error, fd, "%s: %s; check the path in the spec",
+				      spec->tree, strerror(-fd));
+			goto out;
+		}
+		r = stage_tree_fd(&st, fd, spec->tree, "/", "tree", 0);
 		if (r < 0)
 			goto out;
 	}
 	r = stage_base(&st, spec);
 	if (r == 0)
 		r = stage_closure(&st, spec, layers, n_layers, libraries, host_sources);
-	for (size_t i = 0; r == 0 && i < spec->n_files; i++) {
-		struct stat sb;
-
-		if (stat(spec->files[i].src, &sb) < 0) {
-			r = error_set(
-			    ret_error, -errno,
-			    "[root] files: %s: %s; check the path (relative paths start at "
-			    "the spec's folder)",
-			    spec->files[i].src, strerror(errno));
-			break;
-		}
-		r = S_ISDIR(sb.st_mode)
-			? stage_tree(&st, spec->files[i].src, spec->files[i].dest, "spec", 0)
-			: stage_file(&st, spec->files[i].src, spec->files[i].dest, "spec");
-	}
+	for (size_t i = 0; r == 0 && i < spec->n_files; i++)
+		r = stage_source(&st, spec->files[i].src, spec->files[i].dest);
 	for (size_t i = 0; r == 0 && i < n_own_files; i++)
 		r = stage_file(&st, own_files[i].src, own_files[i].dest, "vmhpc");
 	if (r == 0)

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "image/spec.h"
+#include "util/fsutil.h"
 
 struct rootfs_layer {
 	const char *root;   /* directory standing for "/" */
@@ -26,10 +27,13 @@ struct rootfs_result {
 
 /* Builds the root in work_dir (which the caller removes). layers: the spec's packages in
  * order, then the imported tree, then the host. own_files: what vmhpc itself puts into
- * every image (its exec client), copied last with source "vmhpc". On failure *ret_error (caller
+ * every image (its exec client), copied last with source "vmhpc". source_identity (NULL:
+ * our own rights) reads the spec's [root] files and tree; those must be regular files,
+ * directories or links to them. On failure *ret_error (caller
  * frees) names what is wrong and what to do. Release ret with rootfs_result_done(). */
 int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layers, size_t n_layers,
-		 const struct spec_file *own_files, size_t n_own_files, const char *work_dir,
+		 const struct spec_file *own_files, size_t n_own_files,
+		 const struct fs_identity *source_identity, const char *work_dir,
 		 struct rootfs_result *ret, char **ret_error);
 
 void rootfs_result_done(struct rootfs_result *r);

@@ -119,10 +119,10 @@ static int write_version(struct store *s, const struct manifest *m)
 	r = manifest_to_json(m, &text);
 	if (r < 0)
 		return r;
-	r = fs_mkdir_p(dir, 0755);
+	r = fs_mkdir_p(dir, 0700);
 	if (r < 0)
 		return r;
-	return fs_write_atomic_new(path, text, strlen(text), 0644);
+	return fs_write_atomic_new(path, text, strlen(text), 0600);
 }
 
 int catalog_commit(struct store *s, struct manifest *m)
@@ -230,7 +230,17 @@ int catalog_load(struct store *s, const char *name, uint32_t version,
 		r = -ENOMEM;
 		goto out;
 	}
-	r = fs_read_file(path, MANIFEST_MAX_BYTES, &text, &len);
+	/* Anyone who could write into the store could plant a fifo (a read would wait
+	 * forever), a directory or a link here: only a regular file is a manifest. */
+	r = fs_read_file_nofollow(path, MANIFEST_MAX_BYTES, &text, &len);
+	if (r == -ELOOP || r == -EISDIR || r == -EINVAL) {
+		error_set(ret_error, 0,
+			  "%s:%u is damaged: %s is not a regular file; remove it with "
+			  "`vmhpc image rm %s:%u`",
+			  name, version, path, name, version);
+		r = -EBADMSG;
+		goto out;
+	}
 	if (r == -ENOENT) {
 		error_set(ret_error, 0,
 			  "image '%s' has no version %u (it has %zu version%s, the "
@@ -339,10 +349,12 @@ int catalog_remove(struct store *s, const char *name, uint32_t version)
 		return -ENOENT;
 	/* The marker goes first: a crash between the two steps leaves the version present
 	 * (and removable again), never a number that could be handed out twice. */
-	r = fs_write_atomic(removed, "", 0, 0644);
+	r = fs_write_atomic(removed, "", 0, 0600);
 	if (r < 0)
 		return r;
-	if (unlink(path) < 0)
-		return -errno;
+	/* A damaged version may be a directory under the manifest's name: remove that too. */
+	r = fs_rm_rf(path);
+	if (r < 0)
+		return r;
 	return fs_fsync_dir(dir);
 }

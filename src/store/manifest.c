@@ -1,6 +1,7 @@
 #include "store/manifest.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,56 @@ static int part_from_json(json_t *obj, const char *name, struct store_part *part
 	return 0;
 }
 
+/* True when text holds a control character: C0 (including ESC and newline), DEL, or C1
+ * (U+0080-U+009F, two bytes in UTF-8, which some terminals take as CSI). Printed as
+ * they are, these would let an imported manifest drive the terminal of whoever runs
+ * `image show` (move the cursor, hide lines, set the title). */
+static bool has_control(const char *text)
+{
+	const unsigned char *p = (const unsigned char *)text;
+
+	for (; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			return true;
+		if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			return true;
+	}
+	return false;
+}
+
+/* The first string (key or value) below v that holds a control character, else NULL.
+ * jansson's parser bounds the depth (2048), and so does this walk. */
+static const char *find_control(json_t *v, unsigned depth)
+{
+	const char *key, *found;
+	json_t *item;
+	size_t i;
+
+	if (depth > 64)
+		return "(nested too deep)";
+	if (json_is_string(v))
+		return has_control(json_string_value(v)) ? json_string_value(v) : NULL;
+	if (json_is_object(v)) {
+		json_object_foreach(v, key, item)
+		{
+			if (has_control(key))
+				return key;
+			found = find_control(item, depth + 1);
+			if (found)
+				return found;
+		}
+	}
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, item)
+		{
+			found = find_control(item, depth + 1);
+			if (found)
+				return found;
+		}
+	}
+	return NULL;
+}
+
 int manifest_from_json(const char *text, size_t len, struct manifest **ret_manifest,
 		       char **ret_error)
 {
@@ -187,6 +238,17 @@ int manifest_from_json(const char *text, size_t len, struct manifest **ret_manif
 	if (version <= 0 || version > UINT32_MAX || !json_is_object(metadata) ||
 	    !json_is_object(parts)) {
 		r = bad(ret_error, "manifest of '%s': bad version, metadata or parts", name);
+		goto out;
+	}
+	if (has_control(owner) || has_control(boot_args) || find_control(metadata, 0)) {
+		error_set(ret_error, 0,
+			  "manifest of '%s': %s holds control characters, which a manifest made "
+			  "by vmhpc never does; do not use this file",
+			  name,
+			  has_control(owner)	   ? "the owner"
+			  : has_control(boot_args) ? "the boot args"
+						   : "the metadata");
+		r = -EBADMSG;
 		goto out;
 	}
 	m = manifest_new();

@@ -20,10 +20,12 @@
 #include "util/fsutil.h"
 #include "util/log.h"
 
-#define STORE_DIR_MODE		 0755
+/* A store belongs to one owner (docs/store.md): an image may hold files only its builder
+ * could read, so nobody else may read the store. */
+#define STORE_DIR_MODE		 0700
 #define STORE_ZSTD_LEVEL_DEFAULT 3
 /* Chunks are immutable once named: read-only files make an accidental write fail loudly. */
-#define STORE_CHUNK_MODE	   0444
+#define STORE_CHUNK_MODE	   0400
 #define STORE_TMP_MAX_AGE_S	   60
 #define STORE_PROGRESS_EVERY_BYTES (8u * 1024 * 1024)
 /* store_put_fd reads in large blocks so that the memmove of the unchunked tail is rare. */
@@ -103,6 +105,22 @@ static int store_open_subdir(int dir_fd, const char *name, int *ret_fd)
 	return 0;
 }
 
+/* A store made before stores were private (0755) is closed to others the first time its
+ * owner opens it: the top directory's mode alone guards everything below it. Someone
+ * else's store is left as it is; its owner decides. */
+static int store_tighten(int dir_fd)
+{
+	struct stat st;
+
+	if (fstat(dir_fd, &st) < 0)
+		return -errno;
+	if (st.st_uid != geteuid() || (st.st_mode & 077) == 0)
+		return 0;
+	if (fchmod(dir_fd, STORE_DIR_MODE) < 0)
+		return -errno;
+	return 0;
+}
+
 int store_open(const char *dir, struct store **ret_store)
 {
 	struct store *s;
@@ -129,6 +147,9 @@ int store_open(const char *dir, struct store **ret_store)
 		r = -errno;
 		goto fail;
 	}
+	r = store_tighten(s->dir_fd);
+	if (r < 0)
+		goto fail;
 	r = store_open_subdir(s->dir_fd, "chunks", &s->chunks_fd);
 	if (r < 0)
 		goto fail;
@@ -395,16 +416,47 @@ int store_remove_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES])
 	return 0;
 }
 
-/* True when a usable chunk file is already there. A zero-length file is what a crash
- * between rename and writeback leaves on ext4 and xfs (no put is followed by fsync, see
- * store_chunk_commit); it can never be a valid frame, so it is rewritten rather than
- * reused. Deeper damage is found by verification on read and by the store check. */
-static bool store_chunk_present(struct store *s, const char *name)
+/* Checks the chunk file already under id's name: 0 when it decompresses and hashes to id,
+ * -ENOENT when there is none, -EBADMSG when it is damaged (a zero-length file, which a
+ * crash between rename and writeback leaves on ext4 and xfs, see store_chunk_commit; a
+ * flipped bit; a truncation), so that the put writes it again and a rebuild or re-import
+ * repairs the store. Checking only that the file exists would trust a damaged chunk
+ * forever. The cost is one read, decompression and SHA-256 of at most 256 KiB per reused
+ * chunk: far less than compressing a new one at the builder's level 19, and a rebuild
+ * reads the store no more than `verify` does. */
+static int store_chunk_check(struct store *s, const uint8_t id[STORE_ID_BYTES])
 {
-	struct stat st;
+	size_t clen, size;
+	int r;
 
-	return fstatat(s->chunks_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-	       st.st_size > 0;
+	r = store_read_compressed(s, id, &clen);
+	if (r < 0)
+		return r == -ELOOP ? -EBADMSG : r;
+	r = store_frame_size(s->cbuf, clen, &size);
+	if (r < 0)
+		return r;
+	r = store_grow(&s->pbuf, &s->pbuf_size, size ? size : 1);
+	if (r < 0)
+		return r;
+	return store_decompress_verify(s, id, s->cbuf, clen, s->pbuf, size);
+}
+
+/* True when the put can reuse the chunk already stored; false when it must write it (absent
+ * or damaged: the rename then replaces the damaged file). Errors other than damage (EIO,
+ * ENOMEM) are returned. */
+static int store_chunk_reusable(struct store *s, const uint8_t id[STORE_ID_BYTES],
+				struct store_put_stats *stats, bool *ret_reuse)
+{
+	int r = store_chunk_check(s, id);
+
+	*ret_reuse = r == 0;
+	if (r == -EBADMSG) {
+		log_debug("chunk file for this id is damaged; writing it again");
+		if (stats)
+			stats->repaired_chunks++;
+		return 0;
+	}
+	return r == -ENOENT ? 0 : r;
 }
 
 /* Writes compressed under the chunk's name, atomically: a temp file in tmp/, then rename.
@@ -425,7 +477,8 @@ static int store_chunk_commit(struct store *s, const char *name, const void *com
 	for (int attempt = 0;; attempt++) {
 		snprintf(tmp, sizeof(tmp), "%.16s.%ld.%u", name + 3, (long)getpid(),
 			 atomic_fetch_add(&store_tmp_counter, 1));
-		fd = openat(s->tmp_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+		/* O_EXCL|O_NOFOLLOW: never write through anything already at the name. */
+		fd = openat(s->tmp_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 			    STORE_CHUNK_MODE);
 		if (fd >= 0)
 			break;
@@ -466,6 +519,7 @@ int store_put_chunk(struct store *s, const void *data, size_t len, uint8_t ret_i
 	char name[STORE_ID_HEX_LEN + 4];
 	uint8_t id[STORE_ID_BYTES];
 	size_t clen;
+	bool reuse;
 	int r;
 
 	if (len > STORE_CHUNK_MAX_BYTES)
@@ -473,7 +527,10 @@ int store_put_chunk(struct store *s, const void *data, size_t len, uint8_t ret_i
 	store_id_compute(data, len, id);
 	store_chunk_name(id, name);
 
-	if (store_chunk_present(s, name)) {
+	r = store_chunk_reusable(s, id, stats, &reuse);
+	if (r < 0)
+		return r;
+	if (reuse) {
 		if (stats) {
 			stats->plain_bytes += len;
 			stats->reused_chunks++;
@@ -510,6 +567,7 @@ int store_put_compressed_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]
 	_cleanup_free_ void *plain = NULL;
 	char name[STORE_ID_HEX_LEN + 4];
 	size_t size;
+	bool reuse;
 	int r;
 
 	r = store_frame_size(compressed, len, &size);
@@ -523,7 +581,10 @@ int store_put_compressed_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]
 		return r;
 
 	store_chunk_name(id, name);
-	if (store_chunk_present(s, name)) {
+	r = store_chunk_reusable(s, id, stats, &reuse);
+	if (r < 0)
+		return r;
+	if (reuse) {
 		if (stats) {
 			stats->plain_bytes += size;
 			stats->reused_chunks++;
@@ -842,7 +903,7 @@ int store_lock(struct store *s, enum store_lock_kind kind, int *ret_fd)
 	default:
 		return -EINVAL;
 	}
-	fd = openat(s->dir_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+	fd = openat(s->dir_fd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	/* flock works on a read-only fd too: a user who may not create the file can still
 	 * lock a store someone else set up. */
 	if (fd < 0 && (errno == EACCES || errno == EROFS))

@@ -35,12 +35,15 @@ struct store_put_stats {
 	uint64_t new_chunks;
 	uint64_t new_stored_bytes; /* compressed bytes written */
 	uint64_t reused_chunks;
+	uint64_t repaired_chunks; /* found damaged under their name and written again (also
+				     counted in new_chunks) */
 };
 
 /* Called during long puts with the plain bytes consumed so far. */
 typedef void (*store_progress_fn)(uint64_t done_bytes, void *userdata);
 
-/* Opens (creating if needed) the store at dir. The caller frees with store_close(). */
+/* Opens (creating if needed, mode 0700) the store at dir; a store of ours that others may
+ * read is made 0700. The caller frees with store_close(). */
 int store_open(const char *dir, struct store **ret_store);
 /* Closes s; NULL is a no-op. Returns NULL. */
 struct store *store_close(struct store *s);
@@ -56,7 +59,8 @@ int store_id_from_hex(const char *hex, uint8_t id[STORE_ID_BYTES]);
 /* SHA-256 of data into id. */
 void store_id_compute(const void *data, size_t len, uint8_t id[STORE_ID_BYTES]);
 
-/* Stores one chunk (if absent) and returns its id. stats may be NULL. */
+/* Stores one chunk and returns its id; a chunk already stored is checked (decompressed and
+ * hashed) and written again when damaged. stats may be NULL. */
 int store_put_chunk(struct store *s, const void *data, size_t len, uint8_t ret_id[STORE_ID_BYTES],
 		    struct store_put_stats *stats);
 /* Reads and verifies a chunk into a buffer the caller frees. -ENOENT when absent, -EBADMSG
@@ -71,7 +75,8 @@ int store_chunk_stored_bytes(struct store *s, const uint8_t id[STORE_ID_BYTES],
 /* Deletes a chunk; absent is fine. */
 int store_remove_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]);
 /* Adds an already-compressed chunk file's bytes (as found in an export) after verifying
- * that they decompress and hash to id; -EBADMSG otherwise. */
+ * that they decompress and hash to id; -EBADMSG otherwise. A damaged chunk already under
+ * that id is replaced. */
 int store_put_compressed_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES],
 			       const void *compressed, size_t len, struct store_put_stats *stats);
 /* Reads a chunk's compressed bytes as stored (caller frees). */

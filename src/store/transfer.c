@@ -3,6 +3,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,12 +144,43 @@ static int commit_imported(struct store *s, struct manifest *m, char **ret_error
 	r = catalog_last_version(s, m->name, &last);
 	if (r < 0)
 		return r;
-	if (m->version > last && m->version <= CATALOG_MAX_VERSIONS) {
+	/* An import keeps its number only a little above what this store has used: a
+	 * manifest saying "version": 100000 would otherwise use up every number of its name
+	 * (numbers are never handed out twice), and no later build could commit. */
+	if (m->version > last && m->version - last <= TRANSFER_VERSION_MAX_GAP &&
+	    m->version <= CATALOG_MAX_VERSIONS) {
 		r = catalog_commit_as(s, m);
 		if (r != -EEXIST)
 			return r;
 	}
 	return catalog_commit(s, m);
+}
+
+/* Says what an import that failed at a chunk (hex) or at the commit (hex NULL) left:
+ * whatever it stored stays, complete and verified, for the next import to reuse. */
+static int import_chunk_error(struct store *s, const struct manifest *m, const char *hex, int r,
+			      const struct store_put_stats *stats, char **ret_error)
+{
+	char kept[160] = "";
+
+	if (stats->new_chunks > 0)
+		snprintf(kept, sizeof(kept),
+			 "; the %" PRIu64 " chunks it stored are complete and the next import "
+			 "reuses them (`vmhpc image gc` removes them)",
+			 stats->new_chunks);
+	if (r == -ENOSPC || r == -EDQUOT)
+		return error_set(ret_error, r,
+				 "import: no space left on the device holding the store %s%s%s; "
+				 "%s:%u was not added%s; free some space, then import again",
+				 store_path(s), hex ? " at chunk " : " saving the manifest",
+				 hex ? hex : "", m->name, m->version, kept);
+	if (r == -EBADMSG)
+		return error_set(ret_error, r,
+				 "import: chunk %s is damaged; %s:%u was not added%s; export it "
+				 "again from a good store",
+				 hex, m->name, m->version, kept);
+	return error_set(ret_error, r, "import: chunk %s: %s; %s:%u was not added%s", hex,
+			 strerror(-r), m->name, m->version, kept);
 }
 
 int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_version,
@@ -160,6 +192,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 	struct manifest *m = NULL;
 	struct store_chunk_ref *refs = NULL;
 	_cleanup_close_ int lock_fd = -1;
+	struct store_put_stats stats = {0};
 	size_t n = 0, n_received = 0;
 	bool *received = NULL;
 	int r;
@@ -259,12 +292,10 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 			}
 			r = read_entry(a, e, max_compressed, &data, &len);
 			if (r == 0)
-				r = store_put_compressed_chunk(s, id, data, len, NULL);
+				r = store_put_compressed_chunk(s, id, data, len, &stats);
 			free(data);
 			if (r < 0) {
-				r = error_set(ret_error, r,
-					      "import: chunk %s is damaged (%s); nothing was added",
-					      hex, strerror(-r));
+				r = import_chunk_error(s, m, hex, r, &stats, ret_error);
 				goto out;
 			}
 			if (!received[lo]) {
@@ -283,14 +314,20 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 		if (received[i] || store_has_chunk(s, refs[i].id))
 			continue;
 		store_id_to_hex(refs[i].id, hex);
-		r = error_set(
-		    ret_error, -EBADMSG,
-		    "import: %s:%u lacks chunk %s (the stream is incomplete); nothing was "
-		    "added",
-		    m->name, m->version, hex);
+		r = error_set(ret_error, -EBADMSG,
+			      "import: %s:%u lacks chunk %s (the stream is incomplete); no version "
+			      "was added%s",
+			      m->name, m->version, hex,
+			      stats.new_chunks > 0 ? "; the chunks it stored stay for a retry "
+						     "(`vmhpc image gc` removes them)"
+						   : "");
 		goto out;
 	}
 	r = commit_imported(s, m, ret_error);
+	if (r == -ENOSPC || r == -EDQUOT) {
+		r = import_chunk_error(s, m, NULL, r, &stats, ret_error);
+		goto out;
+	}
 	if (r < 0) {
 		r = error_set(ret_error, r, "import: saving %s: %s", m->name, strerror(-r));
 		goto out;

@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "util/cleanup.h"
@@ -188,9 +190,12 @@ int fs_write_atomic_new(const char *path, const void *data, size_t len, mode_t m
 	return write_atomic(path, data, len, mode, true);
 }
 
-int fs_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len)
+static int read_file(const char *path, int extra_flags, size_t max_bytes, char **ret_data,
+		     size_t *ret_len)
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: opening a fifo for reading would wait for a writer; this way it opens
+	 * at once and fstat refuses it. It changes nothing for a regular file. */
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | extra_flags);
 	_cleanup_free_ char *buf = NULL;
 	struct stat st;
 	ssize_t n;
@@ -216,20 +221,27 @@ int fs_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *re
 	return 0;
 }
 
-int fs_copy_file(const char *src_path, const char *dst_path, mode_t mode)
+int fs_read_file(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len)
 {
-	_cleanup_close_ int in = open(src_path, O_RDONLY | O_CLOEXEC);
+	return read_file(path, 0, max_bytes, ret_data, ret_len);
+}
+
+int fs_read_file_nofollow(const char *path, size_t max_bytes, char **ret_data, size_t *ret_len)
+{
+	return read_file(path, O_NOFOLLOW, max_bytes, ret_data, ret_len);
+}
+
+int fs_copy_fd(int in_fd, const char *dst_path, mode_t mode)
+{
 	_cleanup_close_ int out = -1;
 	char buf[65536];
 	int r = 0;
 
-	if (in < 0)
-		return -errno;
-	out = open(dst_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	out = open(dst_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (out < 0)
 		return -errno;
 	for (;;) {
-		ssize_t n = read(in, buf, sizeof(buf));
+		ssize_t n = read(in_fd, buf, sizeof(buf));
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -248,6 +260,100 @@ int fs_copy_file(const char *src_path, const char *dst_path, mode_t mode)
 	if (r < 0)
 		unlink(dst_path);
 	return r;
+}
+
+int fs_copy_file(const char *src_path, const char *dst_path, mode_t mode)
+{
+	_cleanup_close_ int in = open(src_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+
+	if (in < 0)
+		return -errno;
+	/* A device or fifo never ends (/dev/zero) or never starts: only regular files. */
+	if (fstat(in, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+	return fs_copy_fd(in, dst_path, mode);
+}
+
+int fs_open_temp_beside(const char *path, mode_t mode, char **ret_tmp_path, int *ret_fd)
+{
+	_cleanup_free_ char *tmp = NULL;
+	int fd;
+
+	if (asprintf(&tmp, "%s.partial.XXXXXX", path) < 0)
+		return -ENOMEM;
+	/* mkostemp creates with O_CREAT|O_EXCL under a random name: a symlink planted at
+	 * any name is never followed, and the name cannot be guessed ahead. */
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fchmod(fd, mode) < 0) {
+		int r = -errno;
+
+		close(fd);
+		unlink(tmp);
+		return r;
+	}
+	*ret_tmp_path = TAKE_PTR(tmp);
+	*ret_fd = fd;
+	return 0;
+}
+
+int fs_identity_enter(const struct fs_identity *id, struct fs_identity_saved *ret_saved)
+{
+	struct fs_identity_saved saved = {0};
+	int n, r;
+
+	*ret_saved = saved;
+	if (!id)
+		return 0;
+	n = getgroups(0, NULL);
+	if (n < 0)
+		return -errno;
+	saved.groups = malloc(((size_t)n + 1) * sizeof(gid_t));
+	if (!saved.groups)
+		return -ENOMEM;
+	n = getgroups(n, saved.groups);
+	if (n < 0) {
+		r = -errno;
+		goto fail;
+	}
+	saved.n_groups = n;
+	/* The raw system call changes this thread's groups only, like setfsuid/setfsgid
+	 * below; glibc's setgroups() would change every thread's. */
+	if (syscall(SYS_setgroups, id->n_groups, id->groups) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	saved.fsgid = (gid_t)setfsgid(id->gid);
+	saved.fsuid = (uid_t)setfsuid(id->uid);
+	saved.active = true;
+	/* setfsuid/setfsgid report no errors; asking with an invalid id (-1) reads the
+	 * current one back. */
+	if ((uid_t)setfsuid((uid_t)-1) != id->uid || (gid_t)setfsgid((gid_t)-1) != id->gid) {
+		fs_identity_leave(&saved);
+		return -EPERM;
+	}
+	*ret_saved = saved;
+	return 0;
+fail:
+	free(saved.groups);
+	return r;
+}
+
+void fs_identity_leave(struct fs_identity_saved *saved)
+{
+	if (!saved->active)
+		return;
+	/* fsuid first: with fsuid 0 back, the capabilities it dropped return. A failure
+	 * here could only leave us with fewer rights, never more. */
+	(void)setfsuid(saved->fsuid);
+	(void)setfsgid(saved->fsgid);
+	(void)syscall(SYS_setgroups, (size_t)saved->n_groups, saved->groups);
+	free(saved->groups);
+	*saved = (struct fs_identity_saved){0};
 }
 
 int fs_mkdtemp(const char *parent, const char *prefix, char **ret_path)

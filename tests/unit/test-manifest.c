@@ -17,8 +17,10 @@
 #include <jansson.h>
 
 #include "store/catalog.h"
+#include "store/check.h"
 #include "store/manifest.h"
 #include "store/store.h"
+#include "store/transfer.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
 
@@ -1318,6 +1320,171 @@ static void test_catalog_concurrent(void **state)
 	commit_free(f, "race", 1000, RACE_TOTAL + 1);
 }
 
+/* Control characters (C0, DEL, C1) anywhere in the text fields are refused: printed by
+ * `image show`, they would drive the terminal. Plain UTF-8 stays fine. */
+static void test_reject_control_chars(void **state)
+{
+	static const char *const bad[] = {"evil\x1b]0;title\x07", "a\nb", "del\x7f",
+					  "c1 \xc2\x9b"
+					  "2J"};
+	json_t *root;
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		root = valid_root();
+		json_object_set_new(root, "owner", json_string(bad[i]));
+		expect_root_bad(root, "control characters");
+
+		root = valid_root();
+		json_object_set_new(root, "boot_args", json_string(bad[i]));
+		expect_root_bad(root, "the boot args");
+
+		root = valid_root();
+		json_object_set_new(json_object_get(json_object_get(root, "metadata"), "packages"),
+				    bad[i], json_string("1.0"));
+		expect_root_bad(root, "the metadata");
+
+		root = valid_root();
+		json_object_set_new(json_object_get(root, "metadata"), "description",
+				    json_pack("[s]", bad[i]));
+		expect_root_bad(root, "control characters");
+	}
+}
+
+static void replace_with_fifo(const char *path)
+{
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(mkfifo(path, 0600), 0);
+}
+
+/* A fifo, a directory or a link under a version's name is a damaged version: load says so
+ * at once (never waits on the fifo), list shows it, verify reports it, rm removes it. */
+static void test_catalog_special_files(void **state)
+{
+	struct fixture *f = *state;
+	char *v2 = manifest_file(f, "tiny", "2.json"), *v3 = manifest_file(f, "tiny", "3.json");
+	char *v4 = manifest_file(f, "tiny", "4.json"), *inner = NULL;
+	struct check_verify_result res = {0};
+	size_t n_damaged = 0;
+
+	commit_free(f, "tiny", 1, 1);
+	commit_free(f, "tiny", 2, 2);
+	commit_free(f, "tiny", 3, 3);
+	commit_free(f, "tiny", 4, 4);
+	replace_with_fifo(v2);
+	assert_int_equal(unlink(v3), 0);
+	assert_int_equal(mkdir(v3, 0700), 0);
+	assert_true(asprintf(&inner, "%s/x", v3) > 0);
+	write_file(inner, "x", 1);
+	assert_int_equal(unlink(v4), 0);
+	assert_int_equal(symlink("1.json", v4), 0);
+
+	alarm(30); /* a hang fails instead of blocking the suite */
+	expect_load_fails(f, "tiny", 2, -EBADMSG, "not a regular file");
+	expect_load_fails(f, "tiny", 3, -EBADMSG, "not a regular file");
+	expect_load_fails(f, "tiny", 4, -EBADMSG, "`vmhpc image rm tiny:4`");
+	{
+		static const char *const names[] = {"tiny", "tiny", "tiny", "tiny"};
+		static const uint32_t versions[] = {1, 2, 3, 4};
+
+		check_list(f, names, versions, ARRAY_SIZE(names));
+	}
+	assert_int_equal(check_verify(f->s, &res), 0);
+	for (size_t i = 0; i < res.n_problems; i++)
+		if (res.problems[i].kind == CHECK_MANIFEST_DAMAGED)
+			n_damaged++;
+	assert_int_equal(n_damaged, 3);
+	check_verify_result_done(&res);
+	alarm(0);
+
+	assert_int_equal(catalog_remove(f->s, "tiny", 2), 0);
+	assert_int_equal(catalog_remove(f->s, "tiny", 3), 0);
+	assert_int_equal(catalog_remove(f->s, "tiny", 4), 0);
+	assert_false(fs_exists(v3));
+	{
+		static const char *const names[] = {"tiny"};
+		static const uint32_t versions[] = {1};
+
+		check_list(f, names, versions, ARRAY_SIZE(names));
+	}
+	commit_free(f, "tiny", 5, 5);
+	free(inner);
+	free(v2);
+	free(v3);
+	free(v4);
+}
+
+/* Stores the bytes known_id() names, so that m's chunks are really present. */
+static void store_known_chunks(struct store *s, const struct manifest *m, uint64_t seed)
+{
+	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++)
+		for (size_t j = 0; j < m->parts[p].n_chunks; j++) {
+			char bytes[96];
+			uint8_t id[STORE_ID_BYTES];
+			int n = snprintf(bytes, sizeof(bytes), "part %d chunk %zu seed %llu", p, j,
+					 (unsigned long long)seed);
+
+			assert_int_equal(store_put_chunk(s, bytes, (size_t)n, id, NULL), 0);
+			assert_memory_equal(id, m->parts[p].chunks[j].id, STORE_ID_BYTES);
+		}
+}
+
+static int export_to_file(struct fixture *f, const char *name, uint32_t version)
+{
+	char *path = fs_path_join(f->dir, "export.tar");
+	char *error = NULL;
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(transfer_export(f->s, name, version, fd, &error), 0);
+	assert_null(error);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	free(path);
+	return fd;
+}
+
+/* An import keeps its version number only a little above what the store used: a hostile
+ * "version": 100000 cannot take the last number of a name and block every later build. */
+static void test_import_version_bound(void **state)
+{
+	struct fixture *f = *state;
+	struct manifest *m = build_manifest("hostile", CATALOG_MAX_VERSIONS, 41);
+	char *other_dir = fs_path_join(f->dir, "other");
+	struct store *other = NULL;
+	char *name = NULL, *error = NULL;
+	uint32_t version = 0;
+	int fd;
+
+	store_known_chunks(f->s, m, 41);
+	assert_int_equal(catalog_commit_as(f->s, m), 0);
+	manifest_free(m);
+	m = build_manifest("near", 600, 42);
+	store_known_chunks(f->s, m, 42);
+	assert_int_equal(catalog_commit_as(f->s, m), 0);
+	manifest_free(m);
+
+	assert_int_equal(store_open(other_dir, &other), 0);
+	fd = export_to_file(f, "hostile", CATALOG_MAX_VERSIONS);
+	assert_int_equal(transfer_import(other, fd, &name, &version, &error), 0);
+	close(fd);
+	assert_null(error);
+	assert_string_equal(name, "hostile");
+	assert_int_equal(version, 1);
+	free(name);
+	m = build_manifest("hostile", 0, 43);
+	assert_int_equal(catalog_commit(other, m), 0);
+	assert_int_equal(m->version, 2);
+	manifest_free(m);
+
+	/* Within the gap, the exported number is kept. */
+	fd = export_to_file(f, "near", 600);
+	assert_int_equal(transfer_import(other, fd, &name, &version, &error), 0);
+	close(fd);
+	assert_int_equal(version, 600);
+	free(name);
+	store_close(other);
+	free(other_dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1335,6 +1502,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_catalog_list, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_catalog_remove, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_catalog_commit_as, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reject_control_chars, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_catalog_special_files, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_import_version_bound, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_catalog_damaged, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_catalog_concurrent, setup, teardown),
 	};

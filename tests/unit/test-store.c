@@ -10,14 +10,19 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <zstd.h>
 
+#include "image/builder.h"
+#include "store/manifest.h"
 #include "store/store.h"
+#include "util/cleanup.h"
 #include "util/fsutil.h"
+#include "vm/materialize.h"
 
 struct fixture {
 	char *dir;	 /* the mkdtemp directory, removed at teardown */
@@ -602,6 +607,301 @@ static void test_lock(void **state)
 	free(lock_path);
 }
 
+/* A store belongs to one owner: directories 0700, chunks 0400; a store others could read
+ * is closed to them when its owner opens it. */
+static void test_private_modes(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const subdirs[] = {"", "chunks", "tmp", "manifests"};
+	uint8_t id[STORE_ID_BYTES];
+	struct store *s = NULL;
+	struct stat st;
+	char *path;
+
+	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+		path = fs_path_join(f->store_dir, subdirs[i]);
+		assert_int_equal(stat(path, &st), 0);
+		assert_int_equal(st.st_mode & 07777, 0700);
+		free(path);
+	}
+	assert_int_equal(store_put_chunk(f->s, "private bytes", 13, id, NULL), 0);
+	path = chunk_path(f, id);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0400);
+	free(path);
+
+	assert_int_equal(chmod(f->store_dir, 0755), 0);
+	assert_int_equal(store_open(f->store_dir, &s), 0);
+	store_close(s);
+	assert_int_equal(stat(f->store_dir, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0700);
+}
+
+static void flip_byte(const char *path, off_t at)
+{
+	uint8_t b;
+	int fd;
+
+	assert_int_equal(chmod(path, 0600), 0);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, at), 1);
+	b ^= 0x41;
+	assert_int_equal(pwrite(fd, &b, 1, at), 1);
+	close(fd);
+}
+
+/* A damaged chunk (not just an empty one) is found by the next put of the same bytes and
+ * written again, by a plain put (a rebuild) and by a compressed put (a re-import). */
+static void test_damaged_chunk_repaired(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t *data = test_data(70000, 77);
+	struct store_put_stats stats = {0};
+	uint8_t id[STORE_ID_BYTES];
+	void *got = NULL, *compressed = NULL;
+	size_t got_len = 0, clen = 0;
+	char *path;
+
+	assert_int_equal(store_put_chunk(f->s, data, 70000, id, NULL), 0);
+	assert_int_equal(store_get_compressed_chunk(f->s, id, &compressed, &clen), 0);
+	path = chunk_path(f, id);
+
+	flip_byte(path, 20000);
+	assert_int_equal(store_get_chunk(f->s, id, &got, &got_len), -EBADMSG);
+	assert_int_equal(store_put_chunk(f->s, data, 70000, id, &stats), 0);
+	assert_int_equal(stats.repaired_chunks, 1);
+	assert_int_equal(stats.new_chunks, 1);
+	assert_int_equal(stats.reused_chunks, 0);
+	assert_int_equal(store_get_chunk(f->s, id, &got, &got_len), 0);
+	assert_int_equal(got_len, 70000);
+	assert_memory_equal(got, data, 70000);
+	free(got);
+
+	/* A whole chunk is reused, not rewritten. */
+	memset(&stats, 0, sizeof(stats));
+	assert_int_equal(store_put_chunk(f->s, data, 70000, id, &stats), 0);
+	assert_int_equal(stats.reused_chunks, 1);
+	assert_int_equal(stats.repaired_chunks, 0);
+
+	flip_byte(path, 5);
+	memset(&stats, 0, sizeof(stats));
+	assert_int_equal(store_put_compressed_chunk(f->s, id, compressed, clen, &stats), 0);
+	assert_int_equal(stats.repaired_chunks, 1);
+	assert_int_equal(store_get_chunk(f->s, id, &got, &got_len), 0);
+	assert_memory_equal(got, data, 70000);
+	free(got);
+	free(compressed);
+	free(path);
+	free(data);
+}
+
+/* Temp files beside a target never follow a link planted at a guessable name. */
+static void test_temp_beside_never_follows(void **state)
+{
+	struct fixture *f = *state;
+	char *target = fs_path_join(f->dir, "out.tar");
+	char *victim = fs_path_join(f->dir, "victim");
+	char *planted = NULL, *tmp = NULL, *text = NULL;
+	struct stat st;
+	int fd = -1;
+
+	assert_true(asprintf(&planted, "%s.partial", target) > 0);
+	assert_int_equal(fs_write_atomic(victim, "secret", 6, 0600), 0);
+	assert_int_equal(symlink(victim, planted), 0);
+	assert_int_equal(fs_open_temp_beside(target, 0600, &tmp, &fd), 0);
+	assert_true(fd >= 0);
+	assert_string_not_equal(tmp, planted);
+	assert_int_equal(strncmp(tmp, target, strlen(target)), 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+	assert_int_equal(fs_write_all(fd, "tar bytes", 9), 0);
+	close(fd);
+	assert_int_equal(rename(tmp, target), 0);
+	assert_int_equal(fs_read_file(victim, 100, &text, NULL), 0);
+	assert_string_equal(text, "secret");
+	free(text);
+	assert_int_equal(lstat(planted, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	free(tmp);
+	free(planted);
+	free(victim);
+	free(target);
+}
+
+/* Reading a fifo or a device returns at once with an error, never blocks or fills. */
+static void test_read_file_special(void **state)
+{
+	struct fixture *f = *state;
+	char *fifo = fs_path_join(f->dir, "fifo"), *link = fs_path_join(f->dir, "link");
+	char *dst = fs_path_join(f->dir, "copy");
+	char *text = NULL;
+
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	alarm(20); /* a hang fails the test instead of blocking the suite */
+	assert_int_equal(fs_read_file(fifo, 100, &text, NULL), -EINVAL);
+	assert_int_equal(fs_copy_file(fifo, dst, 0600), -EINVAL);
+	assert_int_equal(fs_copy_file("/dev/zero", dst, 0600), -EINVAL);
+	assert_false(fs_exists(dst));
+	assert_int_equal(fs_read_file(f->dir, 100, &text, NULL), -EISDIR);
+	assert_int_equal(symlink("/etc/hostname", link), 0);
+	assert_int_equal(fs_read_file_nofollow(link, 100, &text, NULL), -ELOOP);
+	alarm(0);
+	assert_null(text);
+	free(fifo);
+	free(link);
+	free(dst);
+}
+
+/* Reading with another identity: what that user may not read fails, and our own rights
+ * come back afterwards. Needs root (CAP_SETUID); without it the switch is refused. */
+static void test_identity(void **state)
+{
+	struct fixture *f = *state;
+	char *secret = fs_path_join(f->dir, "secret");
+	const gid_t groups[] = {65534};
+	const struct fs_identity nobody = {
+	    .uid = 65534, .gid = 65534, .groups = groups, .n_groups = 1};
+	struct fs_identity_saved saved;
+	int fd;
+
+	assert_int_equal(fs_write_atomic(secret, "x", 1, 0600), 0);
+	assert_int_equal(fs_identity_enter(NULL, &saved), 0);
+	assert_false(saved.active);
+	fs_identity_leave(&saved);
+	if (geteuid() != 0) {
+		assert_int_equal(fs_identity_enter(&nobody, &saved), -EPERM);
+		free(secret);
+		return;
+	}
+	/* The fixture's directory is 0700 and root's: let nobody reach the file. */
+	assert_int_equal(chmod(f->dir, 0711), 0);
+	assert_int_equal(fs_identity_enter(&nobody, &saved), 0);
+	fd = open(secret, O_RDONLY | O_CLOEXEC);
+	assert_int_equal(fd, -1);
+	assert_int_equal(errno, EACCES);
+	fs_identity_leave(&saved);
+	fd = open(secret, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(getgroups(0, NULL) >= 0, 1);
+	free(secret);
+}
+
+/* A one-part-per-kind manifest whose parts are really in the store. */
+static struct manifest *stored_manifest(struct fixture *f)
+{
+	struct manifest *m = manifest_new();
+
+	assert_non_null(m);
+	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++) {
+		size_t len = 100000 + 1000 * (size_t)p;
+		uint8_t *data = test_data(len, 500 + (uint64_t)p);
+
+		assert_int_equal(store_put_buffer(f->s, data, len, NULL, &m->parts[p], NULL), 0);
+		free(data);
+	}
+	return m;
+}
+
+/* A damaged node-cache part (truncated, or a byte changed) is written again by the next
+ * materialize, and materialize_check finds and removes one. */
+static void test_materialize_repairs_cache(void **state)
+{
+	struct fixture *f = *state;
+	struct manifest *m = stored_manifest(f);
+	char *cache = fs_path_join(f->dir, "node");
+	struct materialized_image mi = {0};
+	char *error = NULL;
+	unsigned damaged = 99;
+	struct stat st;
+
+	assert_int_equal(materialize_image(f->s, m, cache, &mi, &error), 0);
+	assert_true(mi.written);
+	assert_int_equal(stat(mi.kernel_path, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, m->parts[MANIFEST_PART_KERNEL].size_bytes);
+	materialized_image_done(&mi);
+
+	assert_int_equal(materialize_image(f->s, m, cache, &mi, &error), 0);
+	assert_false(mi.written);
+	assert_int_equal(materialize_check(m, cache, false, &damaged, &error), 0);
+	assert_int_equal(damaged, 0);
+
+	/* Truncated: rewritten whole. */
+	assert_int_equal(chmod(mi.kernel_path, 0600), 0);
+	assert_int_equal(truncate(mi.kernel_path, 4096), 0);
+	materialized_image_done(&mi);
+	assert_int_equal(materialize_image(f->s, m, cache, &mi, &error), 0);
+	assert_true(mi.written);
+	assert_int_equal(stat(mi.kernel_path, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, m->parts[MANIFEST_PART_KERNEL].size_bytes);
+
+	/* Same size, one byte changed: found too. */
+	flip_byte(mi.root_path, 50000);
+	assert_int_equal(materialize_check(m, cache, false, &damaged, &error), 0);
+	assert_int_equal(damaged, 1);
+	assert_true(fs_exists(mi.root_path));
+	assert_int_equal(materialize_check(m, cache, true, &damaged, &error), 0);
+	assert_int_equal(damaged, 1);
+	assert_false(fs_exists(mi.root_path));
+	materialized_image_done(&mi);
+	assert_int_equal(materialize_image(f->s, m, cache, &mi, &error), 0);
+	assert_true(mi.written);
+	assert_int_equal(materialize_check(m, cache, false, &damaged, &error), 0);
+	assert_int_equal(damaged, 0);
+	assert_null(error);
+	materialized_image_done(&mi);
+	manifest_free(m);
+	free(cache);
+}
+
+static char *make_work_dir(struct fixture *f, const char *name, const char *lock)
+{
+	char *dir = NULL;
+
+	assert_true(asprintf(&dir, "%s/tmp/%s", f->store_dir, name) > 0);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	if (lock) {
+		char *p = fs_path_join(dir, lock);
+
+		assert_int_equal(fs_write_atomic(p, "", 0, 0600), 0);
+		free(p);
+	}
+	return dir;
+}
+
+/* Stale-build cleanup removes only dead builds: a directory whose lock file is held, or
+ * that has no lock file yet and is young (a build setting up), stays. */
+static void test_clean_stale_work_dirs(void **state)
+{
+	struct fixture *f = *state;
+	char *live = make_work_dir(f, "build-live00", ".lock");
+	char *dead = make_work_dir(f, "build-dead00", ".lock");
+	char *setup = make_work_dir(f, "build-setup0", NULL);
+	char *old = make_work_dir(f, "build-old000", NULL);
+	char *lock = fs_path_join(live, ".lock");
+	struct timeval times[2] = {{.tv_sec = 1000000000}, {.tv_sec = 1000000000}};
+	int fd = open(lock, O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(flock(fd, LOCK_EX), 0);
+	assert_int_equal(utimes(old, times), 0);
+	assert_int_equal(builder_clean_stale(f->s), 0);
+	assert_true(fs_exists(live));
+	assert_true(fs_exists(setup));
+	assert_false(fs_exists(dead));
+	assert_false(fs_exists(old));
+	close(fd);
+	assert_int_equal(builder_clean_stale(f->s), 0);
+	assert_false(fs_exists(live));
+	free(live);
+	free(dead);
+	free(setup);
+	free(old);
+	free(lock);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -619,6 +919,13 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_foreach, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_clean_tmp, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lock, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_private_modes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_damaged_chunk_repaired, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_temp_beside_never_follows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_read_file_special, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_identity, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_materialize_repairs_cache, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_clean_stale_work_dirs, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
