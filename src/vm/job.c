@@ -151,18 +151,29 @@ static char *hosts_list(const struct job *j)
 	return out;
 }
 
+/* Whether word appears in the blank-separated list (the image's boot_args may say quiet). */
+static bool has_word(const char *list, const char *word)
+{
+	size_t n = strlen(word);
+
+	for (const char *p = strstr(list, word); p; p = strstr(p + 1, word))
+		if ((p == list || p[-1] == ' ' || p[-1] == '\t') &&
+		    (p[n] == '\0' || p[n] == ' ' || p[n] == '\t'))
+			return true;
+	return false;
+}
+
 static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, const char *hosts,
 		    char **ret_error)
 {
 	struct job_vm *v = &j->vms[i];
 	_cleanup_free_ char *fs_sock = NULL, *fs_log = NULL, *qemu_log = NULL, *cmdline = NULL;
-	char token_hex[2 * FRAME_TOKEN_BYTES + 1], mac[18], mcast[32];
+	const char *boot_args = cfg->image->boot_args ? cfg->image->boot_args : "";
+	char mac[18], mcast[32];
 	struct qemu_vm_config qc = {0};
 	unsigned overlay_mb = cfg->mem_mb / 4 < OVERLAY_MAX_MB ? cfg->mem_mb / 4 : OVERLAY_MAX_MB;
 	int r;
 
-	for (int k = 0; k < FRAME_TOKEN_BYTES; k++)
-		sprintf(token_hex + 2 * k, "%02x", j->token[k]);
 	v->ctl_path = job_path(j, "vm%u.ctl", i);
 	v->console_log = job_path(j, "vm%u.console.log", i);
 	qemu_log = job_path(j, "vm%u.qemu.log", i);
@@ -180,13 +191,13 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		if (r < 0)
 			return r;
 	}
+	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
+	 * They go in SETUP on the control port (try_connect). */
 	if (asprintf(&cmdline,
-		     "console=ttyS0 swiotlb=noforce panic=-1 quiet %s vmhpc.token=%s vmhpc.name=%s "
-		     "vmhpc.ip=%s/24 vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u "
-		     "vmhpc.exec_port=%d%s%s",
-		     cfg->image->boot_args ? cfg->image->boot_args : "", token_hex, v->name, v->ip,
-		     hosts, overlay_mb, JOB_EXEC_PORT, cfg->workdir ? " vmhpc.share=" : "",
-		     cfg->workdir ? cfg->workdir : "") < 0)
+		     "console=ttyS0 swiotlb=noforce panic=-1%s %s vmhpc.name=%s vmhpc.ip=%s/24 "
+		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d",
+		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip, hosts,
+		     overlay_mb, JOB_EXEC_PORT) < 0)
 		return -ENOMEM;
 	net_mac_address(runstate_job_id(j->rs), i, mac);
 	qc.name = v->name;
@@ -241,8 +252,10 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	return 0;
 }
 
-/* Connects to a VM's control socket once QEMU has made it (ENOENT, ECONNREFUSED: not yet). */
-static int try_connect(struct job_vm *v)
+/* Connects to a VM's control socket once QEMU has made it (ENOENT, ECONNREFUSED: not yet)
+ * and sends SETUP: the guest waits for its token and job folder before anything else. */
+static int try_connect(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES],
+		       const char *workdir)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, r;
@@ -256,6 +269,11 @@ static int try_connect(struct job_vm *v)
 	r = exec_client_new(fd, &v->ctl);
 	if (r < 0) {
 		close(fd);
+		return r;
+	}
+	r = exec_client_setup(v->ctl, token, workdir, 1000);
+	if (r < 0) {
+		v->ctl = exec_client_free(v->ctl);
 		return r;
 	}
 	v->ctl_fd = fd;
@@ -305,7 +323,7 @@ static int wait_all_ready(struct job *j, const struct job_config *cfg, char **re
 					 status);
 				return vm_failed(v, -EIO, what, ret_error);
 			}
-			if (!v->ctl && try_connect(v) < 0)
+			if (!v->ctl && try_connect(v, j->token, cfg->workdir) < 0)
 				continue;
 			pfd[n].fd = v->ctl_fd;
 			pfd[n].events = POLLIN;
