@@ -391,10 +391,16 @@ static const char *handle_frame(struct service *s, struct conn *c, const struct 
 	uint8_t version[4];
 	uint32_t sig;
 
-	/* The boot sequence took the one SETUP before this service started (control.h). */
-	if (f->type == FRAME_SETUP)
-		return c->control ? "refused: SETUP is taken once, at boot; this one came too late"
-				  : "refused: SETUP is accepted on the control port only";
+	/* The boot sequence took the one SETUP before this service started (control.h). Another
+	 * on the control port is ignored, not answered: a host program that sends SETUP on
+	 * every connection (vmhpc-exec --setup, retrying while a guest boots) skips to the next
+	 * READY, and an ERROR after it would read as the answer to its HELLO. */
+	if (f->type == FRAME_SETUP && !c->control)
+		return "refused: SETUP is accepted on the control port only";
+	if (f->type == FRAME_SETUP) {
+		say_peer(c->peer, "SETUP is taken once, at boot; ignored this one");
+		return NULL;
+	}
 	if (c->control && f->type == FRAME_HELLO)
 		control_hello(c);
 	if (!c->authed) {
