@@ -266,6 +266,41 @@ static int wait_frame(struct exec_client *c, int64_t deadline, struct frame *f)
 	}
 }
 
+/* Writes what is queued, waiting up to the deadline. */
+static int flush_all(struct exec_client *c, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+		int r = frame_buf_flush(&c->out, c->fd);
+
+		if (r < 0 || c->out.len == 0)
+			return r;
+		r = poll(&p, 1, remaining_ms(deadline));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+	}
+}
+
+int exec_client_setup(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYTES],
+		      const char *share_path, int timeout_ms)
+{
+	_cleanup_free_ uint8_t *payload = malloc(FRAME_TOKEN_BYTES + FRAME_SETUP_MAX_PATH);
+	size_t len;
+	int r;
+
+	if (!payload)
+		return -ENOMEM;
+	r = frame_setup_encode(token, share_path, payload, &len);
+	if (r < 0)
+		return r;
+	r = frame_buf_put(&c->out, FRAME_SETUP, payload, len);
+	if (r < 0)
+		return r;
+	return flush_all(c, deadline_after(timeout_ms));
+}
+
 int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_info *ret_info)
 {
 	int64_t deadline = deadline_after(timeout_ms);
@@ -273,7 +308,11 @@ int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_i
 	while (!c->have_ready) {
 		struct pollfd p = {.fd = c->fd, .events = POLLIN};
 		struct frame f;
-		int r = pump(c, &f);
+		int r = frame_buf_flush(&c->out, c->fd);
+
+		if (r < 0)
+			return r;
+		r = pump(c, &f);
 
 		if (r < 0)
 			return r;
@@ -286,6 +325,8 @@ int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_i
 			c->have_ready = true;
 			break;
 		}
+		if (c->out.len)
+			p.events |= POLLOUT;
 		r = poll(&p, 1, remaining_ms(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
@@ -363,15 +404,15 @@ int exec_client_shutdown(struct exec_client *c, int timeout_ms)
 static int write_all(int fd, const uint8_t *data, size_t len)
 {
 	while (len > 0) {
-		ssize_t n = write(fd, data, len);
+		ssize_t n = frame_send(fd, data, len);
 
 		if (n < 0) {
 			struct pollfd p = {.fd = fd, .events = POLLOUT};
 
-			if (errno == EINTR)
+			if (n == -EINTR)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				return -errno;
+			if (n != -EAGAIN && n != -EWOULDBLOCK)
+				return (int)n;
 			poll(&p, 1, -1);
 			continue;
 		}

@@ -22,8 +22,17 @@ struct exec_client *exec_client_free(struct exec_client *c);
 int exec_client_connect(const struct sockaddr *addr, socklen_t addr_len, int timeout_ms,
 			int *ret_fd);
 
-/* For the control port, right after connecting: skips whatever arrives before the guest's
- * next READY (an earlier host session's output may still be in flight). The guest answers
+/* For the control port, first thing after connecting: sends SETUP with the job's token and
+ * the job folder's path (share_path NULL: none; else absolute, at most FRAME_SETUP_MAX_PATH
+ * bytes, else -EINVAL). The guest waits for it before it mounts the folder or serves TCP
+ * and takes it once per boot. Returns once the frame is written to the connection (QEMU
+ * holds it until the guest opens the port; there is no acknowledgement: the guest's READY
+ * follows), -ETIMEDOUT when it could not be written within timeout_ms. */
+int exec_client_setup(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYTES],
+		      const char *share_path, int timeout_ms);
+
+/* For the control port, right after connecting (and SETUP): skips whatever arrives before the
+ * guest's next READY (an earlier host session's output may still be in flight). The guest answers
  * every HELLO there with READY first, so resync + exec_client_hello is the whole handshake;
  * exec_client_ready() then has the guest's info. */
 int exec_client_resync(struct exec_client *c);

@@ -44,30 +44,6 @@ bool cmdline_parse_uint(const char *s, unsigned long max, unsigned long *ret)
 	return true;
 }
 
-/* vmhpc.share: an absolute path without . or .. parts, not /, not in the kernel's trees. */
-static bool valid_share(const char *p)
-{
-	static const char *const reserved[] = {"/proc", "/sys", "/dev", "/run"};
-	size_t len = strlen(p);
-
-	if (p[0] != '/' || len < 2 || len > CMDLINE_MAX_SHARE_PATH)
-		return false;
-	if (strstr(p, "/./") || strstr(p, "/../") || strstr(p, "//") ||
-	    (len >= 2 && strcmp(p + len - 2, "/.") == 0) ||
-	    (len >= 3 && strcmp(p + len - 3, "/..") == 0) || p[len - 1] == '/')
-		return false;
-	for (size_t i = 0; i < ARRAY_SIZE(reserved); i++) {
-		size_t n = strlen(reserved[i]);
-
-		if (strncmp(p, reserved[i], n) == 0 && (p[n] == '\0' || p[n] == '/'))
-			return false;
-	}
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)p[i] < 0x20)
-			return false;
-	return true;
-}
-
 static void parse_hosts(struct config *cfg, const char *list)
 {
 	const char *p = list;
@@ -115,11 +91,12 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 {
 	unsigned long v;
 
-	if (strcmp(key, "token") == 0) {
-		cfg->have_token = frame_token_from_hex(value, cfg->token) == 0;
-		if (!cfg->have_token)
-			console_say(
-			    "vmhpc.token is not 64 hex digits; every exec request will be refused");
+	if (strcmp(key, "token") == 0 || strcmp(key, "share") == 0) {
+		/* Secrets and paths no longer ride on the command line every host user can read
+		 * in /proc: the host sends them in SETUP on the control port (control.h). */
+		console_say("vmhpc.%s on the kernel command line is ignored: the host sends it "
+			    "in SETUP on the control port",
+			    key);
 	} else if (strcmp(key, "name") == 0) {
 		if (valid_name(value, strlen(value)))
 			snprintf(cfg->name, sizeof(cfg->name), "%s", value);
@@ -160,14 +137,6 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 		else
 			console_say("vmhpc.overlay_mb \"%.64s\" is not 1..%u; using %u", value,
 				    MAX_OVERLAY_MB, cfg->overlay_mb);
-	} else if (strcmp(key, "share") == 0) {
-		if (valid_share(value))
-			snprintf(cfg->share, sizeof(cfg->share), "%s", value);
-		else
-			console_say(
-			    "vmhpc.share \"%.64s\" is not an absolute path outside /proc /sys /dev "
-			    "/run; not mounted",
-			    value);
 	} else if (strcmp(key, "exec_port") == 0) {
 		if (cmdline_parse_uint(value, 65535, &v) && v > 0)
 			cfg->exec_port = (uint16_t)v;

@@ -12,7 +12,6 @@
 
 #define CMDLINE_DEFAULT_EXEC_PORT  7000
 #define CMDLINE_DEFAULT_OVERLAY_MB 128
-#define CMDLINE_MAX_SHARE_PATH	   1024
 
 enum root_kind { ROOT_AUTO, ROOT_PMEM, ROOT_BLK, ROOT_NONE };
 
@@ -22,7 +21,7 @@ struct host_entry {
 };
 
 struct config {
-	bool have_token;
+	bool have_token; /* token: from the host's SETUP (control.h) */
 	uint8_t token[FRAME_TOKEN_BYTES];
 	char name[64];
 	bool have_ip;
@@ -32,7 +31,7 @@ struct config {
 	size_t n_hosts;
 	enum root_kind root;
 	unsigned overlay_mb;
-	char share[CMDLINE_MAX_SHARE_PATH + 1];
+	char share[FRAME_SETUP_MAX_PATH + 1]; /* from the host's SETUP, not the command line */
 	uint16_t exec_port;
 };
 

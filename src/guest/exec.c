@@ -9,6 +9,7 @@
  *
  *   vmhpc-exec --token HEX --port N HOST -- PROGRAM ARGS...   (PROGRAM run without a shell)
  *   vmhpc-exec --token HEX --unix SOCKET -- PROGRAM ARGS...   (the virtio-serial control port)
+ *   vmhpc-exec --token HEX --unix SOCKET --setup [--share DIR] (--info | -- PROGRAM ...)
  *   vmhpc-exec ... --info HOST | --shutdown HOST
  *
  * Host names are looked up in /etc/hosts by this program itself: static glibc's resolver
@@ -38,6 +39,7 @@
 
 #define EXIT_FAILED	   255
 #define DEFAULT_PORT	   7000
+#define TOKEN_FILE	   "/run/vmhpc/token" /* written by vmhpc-init, 0400 root */
 #define DEFAULT_TIMEOUT_MS 10000
 
 static const char *program = "vmhpc-exec";
@@ -65,12 +67,15 @@ static void usage(FILE *out)
 	    "       %s [OPTIONS] --unix SOCKET [-- PROGRAM [ARGS...]]\n"
 	    "       %s [OPTIONS] (--info | --shutdown) (HOST | --unix SOCKET)\n"
 	    "options:\n"
-	    "  --token HEX       the job's token (default: $VMHPC_TOKEN, then vmhpc.token in "
-	    "/proc/cmdline)\n"
+	    "  --token HEX       the job's token (default: $VMHPC_TOKEN, then %s)\n"
 	    "  --port N, -p N    exec service port (default: $VMHPC_EXEC_PORT, vmhpc.exec_port in\n"
 	    "                    /proc/cmdline, else %d)\n"
 	    "  --unix SOCKET     talk to a guest's control port through QEMU's socket (waits for "
 	    "READY)\n"
+	    "  --setup           with --unix, first send SETUP (the token, --share): what a "
+	    "booting\n"
+	    "                    guest waits for; once per boot\n"
+	    "  --share DIR       with --setup: the job folder the guest mounts (virtiofs tag job)\n"
 	    "  --cwd DIR         run there (default: this directory, or / if the guest lacks it)\n"
 	    "  --no-env          send no environment (the guest's default PATH and HOME)\n"
 	    "  -n                no stdin (the command reads EOF)\n"
@@ -82,7 +87,18 @@ static void usage(FILE *out)
 	    "  --shutdown        power the guest off\n"
 	    "ssh options (-x -X -q -t -T -4 -6 -A -a -C -v ..., -l USER -o OPT -i FILE ...) are "
 	    "accepted and ignored.\n",
-	    program, program, program, program, DEFAULT_PORT, DEFAULT_TIMEOUT_MS);
+	    program, program, program, program, TOKEN_FILE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS);
+}
+
+/* The token the guest's vmhpc-init wrote for root (exec'd commands have $VMHPC_TOKEN). */
+static bool token_file(char *buf, size_t size)
+{
+	_cleanup_fclose_ FILE *f = fopen(TOKEN_FILE, "re");
+
+	if (!f || !fgets(buf, (int)size, f))
+		return false;
+	buf[strcspn(buf, "\n")] = '\0';
+	return true;
 }
 
 /* The value of vmhpc.KEY in the guest's /proc/cmdline, into buf; false when absent. */
@@ -239,6 +255,8 @@ struct target {
 	const char *unix_path;
 	uint16_t port;
 	uint8_t token[FRAME_TOKEN_BYTES];
+	bool setup;	   /* send SETUP first (unix_path only) */
+	const char *share; /* its job folder, or NULL */
 	int timeout_ms;
 	int wait_ms;
 };
@@ -278,6 +296,8 @@ static struct exec_client *open_client(const struct target *t)
 			r = exec_client_new(fd, &c);
 		if (r < 0 && fd >= 0)
 			close(fd);
+		if (r == 0 && t->setup)
+			r = exec_client_setup(c, t->token, t->share, attempt_ms);
 		/* On the control port, skip to the READY that starts our session. */
 		if (r == 0 && t->unix_path)
 			r = exec_client_resync(c);
@@ -318,6 +338,8 @@ int main(int argc, char **argv)
 		OPT_INFO,
 		OPT_SHUTDOWN,
 		OPT_USER,
+		OPT_SETUP,
+		OPT_SHARE,
 		OPT_HELP
 	};
 	static const struct option longopts[] = {
@@ -331,6 +353,8 @@ int main(int argc, char **argv)
 	    {"info", no_argument, NULL, OPT_INFO},
 	    {"shutdown", no_argument, NULL, OPT_SHUTDOWN},
 	    {"user", required_argument, NULL, OPT_USER},
+	    {"setup", no_argument, NULL, OPT_SETUP},
+	    {"share", required_argument, NULL, OPT_SHARE},
 	    {"help", no_argument, NULL, OPT_HELP},
 	    {NULL, 0, NULL, 0},
 	};
@@ -379,6 +403,12 @@ int main(int argc, char **argv)
 		case OPT_USER:
 			user = optarg;
 			break;
+		case OPT_SETUP:
+			t.setup = true;
+			break;
+		case OPT_SHARE:
+			t.share = optarg;
+			break;
 		case 'n':
 			no_stdin = true;
 			break;
@@ -412,13 +442,21 @@ int main(int argc, char **argv)
 	n_cmd = argc - optind;
 	if (info + do_shutdown + (n_cmd > 0) != 1)
 		fail("give exactly one of a command, --info or --shutdown (try --help)");
+	if (t.setup && !t.unix_path)
+		fail("--setup goes with --unix: SETUP is taken on the control port only");
+	if (t.share && !t.setup)
+		fail("--share goes with --setup");
+	if (t.share && (t.share[0] != '/' || strlen(t.share) > FRAME_SETUP_MAX_PATH))
+		fail("--share %s is not an absolute path of at most %d bytes", t.share,
+		     FRAME_SETUP_MAX_PATH);
 
 	if (!token_hex)
 		token_hex = getenv("VMHPC_TOKEN");
-	if (!token_hex && cmdline_value("token", token_buf, sizeof(token_buf)))
+	if (!token_hex && token_file(token_buf, sizeof(token_buf)))
 		token_hex = token_buf;
 	if (!token_hex)
-		fail("no token: use --token HEX, $VMHPC_TOKEN, or run inside a vmhpc guest");
+		fail("no token: use --token HEX, $VMHPC_TOKEN, or run inside a vmhpc guest (as "
+		     "root, or under its exec service)");
 	if (frame_token_from_hex(token_hex, t.token) < 0)
 		fail("the token is not %d hex digits", 2 * FRAME_TOKEN_BYTES);
 	if (!port_s)

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "util/cleanup.h"
@@ -16,7 +17,7 @@ static const char *const type_names[_FRAME_TYPE_MAX] = {
     [FRAME_STDIN] = "STDIN",	   [FRAME_STDIN_EOF] = "STDIN_EOF", [FRAME_STDOUT] = "STDOUT",
     [FRAME_STDERR] = "STDERR",	   [FRAME_EXIT] = "EXIT",	    [FRAME_SIGNAL] = "SIGNAL",
     [FRAME_SHUTDOWN] = "SHUTDOWN", [FRAME_INFO] = "INFO",	    [FRAME_READY] = "READY",
-    [FRAME_ERROR] = "ERROR",
+    [FRAME_ERROR] = "ERROR",	   [FRAME_SETUP] = "SETUP",
 };
 
 const char *frame_type_to_string(int type)
@@ -82,6 +83,8 @@ static bool length_fits(enum frame_type type, uint32_t len)
 		return len == FRAME_INFO_BYTES;
 	case FRAME_ERROR:
 		return len <= FRAME_ERROR_MAX;
+	case FRAME_SETUP:
+		return len >= FRAME_TOKEN_BYTES && len <= FRAME_TOKEN_BYTES + FRAME_SETUP_MAX_PATH;
 	case FRAME_STDIN:
 	case FRAME_STDOUT:
 	case FRAME_STDERR:
@@ -271,17 +274,28 @@ void frame_buf_consume(struct frame_buf *b, size_t n)
 	b->len -= n;
 }
 
+ssize_t frame_send(int fd, const void *data, size_t len)
+{
+	/* MSG_NOSIGNAL rather than ignoring SIGPIPE: a library must not change its caller's
+	 * signal dispositions, and a dead peer must not kill the caller before its teardown. */
+	ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+
+	if (n < 0 && errno == ENOTSOCK)
+		n = write(fd, data, len);
+	return n < 0 ? -errno : n;
+}
+
 int frame_buf_flush(struct frame_buf *b, int fd)
 {
 	while (b->len > 0) {
-		ssize_t n = write(fd, b->data + b->start, b->len);
+		ssize_t n = frame_send(fd, b->data + b->start, b->len);
 
 		if (n < 0) {
-			if (errno == EINTR)
+			if (n == -EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (n == -EAGAIN || n == -EWOULDBLOCK)
 				return 0;
-			return -errno;
+			return (int)n;
 		}
 		frame_buf_consume(b, (size_t)n);
 	}
@@ -442,6 +456,35 @@ struct frame_exec *frame_exec_free(struct frame_exec *e)
 {
 	free(e);
 	return NULL;
+}
+
+int frame_setup_encode(const uint8_t token[FRAME_TOKEN_BYTES], const char *share,
+		       uint8_t out[FRAME_TOKEN_BYTES + FRAME_SETUP_MAX_PATH], size_t *ret_len)
+{
+	size_t n = share ? strlen(share) : 0;
+
+	if (n > FRAME_SETUP_MAX_PATH || (n > 0 && share[0] != '/'))
+		return -EINVAL;
+	memcpy(out, token, FRAME_TOKEN_BYTES);
+	if (n)
+		memcpy(out + FRAME_TOKEN_BYTES, share, n);
+	*ret_len = FRAME_TOKEN_BYTES + n;
+	return 0;
+}
+
+int frame_setup_decode(const uint8_t *data, size_t len, struct frame_setup *ret)
+{
+	size_t n;
+
+	if (len < FRAME_TOKEN_BYTES || len > FRAME_TOKEN_BYTES + FRAME_SETUP_MAX_PATH)
+		return -EBADMSG;
+	n = len - FRAME_TOKEN_BYTES;
+	if (n > 0 && (data[FRAME_TOKEN_BYTES] != '/' || has_nul(data + FRAME_TOKEN_BYTES, n)))
+		return -EBADMSG;
+	memcpy(ret->token, data, FRAME_TOKEN_BYTES);
+	memcpy(ret->share, data + FRAME_TOKEN_BYTES, n);
+	ret->share[n] = '\0';
+	return 0;
 }
 
 void frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_BYTES])

@@ -31,6 +31,10 @@
 #define FRAME_EXEC_MAX_STRING (FRAME_MAX_PAYLOAD - 64)
 #define FRAME_EXEC_MAX_CWD    4095
 
+/* SETUP: the 32-byte token, then the job folder's path (0..FRAME_SETUP_MAX_PATH bytes;
+ * empty: no folder is shared; else absolute, no NUL). */
+#define FRAME_SETUP_MAX_PATH 4095
+
 enum frame_type {
 	FRAME_HELLO = 1,     /* c->s: 32-byte token; must be the first frame */
 	FRAME_WELCOME = 2,   /* s->c: u32 protocol version */
@@ -45,6 +49,7 @@ enum frame_type {
 	FRAME_INFO = 11,     /* c->s: empty request; s->c: struct frame_info, encoded */
 	FRAME_READY = 12,    /* s->c, control port: struct frame_info; see docs/guest.md */
 	FRAME_ERROR = 13,    /* s->c: text (not NUL-terminated), at most FRAME_ERROR_MAX bytes */
+	FRAME_SETUP = 14,    /* host->guest, control port only, once: token + job folder path */
 	_FRAME_TYPE_MAX,
 };
 
@@ -120,6 +125,11 @@ int frame_buf_flush(struct frame_buf *b, int fd);
 /* Frees the storage; the buffer is empty and reusable afterwards. */
 void frame_buf_clear(struct frame_buf *b);
 
+/* Writes up to len bytes to fd once: send(MSG_NOSIGNAL) on a socket, so a peer that went
+ * away is -EPIPE and never a SIGPIPE, write() on anything else (ENOTSOCK). Bytes written or
+ * -errno (EAGAIN included). */
+ssize_t frame_send(int fd, const void *data, size_t len);
+
 /* An EXEC request. Decoded: argv and envp are NULL-terminated, all in one allocation. */
 struct frame_exec {
 	uint32_t flags; /* FRAME_EXEC_* */
@@ -152,6 +162,21 @@ struct frame_info {
 void frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_BYTES]);
 /* 0 or -EBADMSG when len is not FRAME_INFO_BYTES. */
 int frame_info_decode(const uint8_t *data, size_t len, struct frame_info *ret);
+
+/* The host's SETUP: what the guest must not learn from its kernel command line. */
+struct frame_setup {
+	uint8_t token[FRAME_TOKEN_BYTES];
+	char share[FRAME_SETUP_MAX_PATH + 1]; /* "" when no job folder is shared */
+};
+
+/* Encodes a SETUP payload into out (FRAME_TOKEN_BYTES + strlen(share) bytes, returned in
+ * *ret_len): 0, or -EINVAL when share (NULL: none) is relative or longer than
+ * FRAME_SETUP_MAX_PATH. */
+int frame_setup_encode(const uint8_t token[FRAME_TOKEN_BYTES], const char *share,
+		       uint8_t out[FRAME_TOKEN_BYTES + FRAME_SETUP_MAX_PATH], size_t *ret_len);
+
+/* Decodes a SETUP payload: 0, or -EBADMSG (length, a NUL, a relative path). */
+int frame_setup_decode(const uint8_t *data, size_t len, struct frame_setup *ret);
 
 #define FRAME_EXIT_BYTES 8
 void frame_exit_encode(enum frame_exit_kind kind, uint32_t value, uint8_t out[FRAME_EXIT_BYTES]);

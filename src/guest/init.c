@@ -1,7 +1,8 @@
 /* vmhpc-init: PID 1 inside every vmhpc guest, linked statically so the boot initramfs needs
  * nothing else. In order (docs/guest.md has the details):
  *   1. mount proc, sys, devtmpfs; load the modules /etc/vmhpc/modules lists;
- *   2. read vmhpc.* keys from /proc/cmdline (cmdline.c);
+ *   2. read vmhpc.* keys from /proc/cmdline (cmdline.c); open the virtio-serial control
+ *      port and wait for the host's SETUP on it: the job's token and folder (control.c);
  *   3. mount the image's root (virtio-pmem with DAX, or virtio-blk) read-only, a size-capped
  *      tmpfs + overlayfs over it, the job's virtiofs share; move /proc /sys /dev into it and
  *      switch root, freeing the initramfs;
@@ -37,12 +38,16 @@
 
 #include "guest/cmdline.h"
 #include "guest/console.h"
+#include "guest/control.h"
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
 
-#define MODULES_LIST   "/etc/vmhpc/modules"
-#define DEVICE_WAIT_MS 5000 /* for /dev/pmem0, /dev/vda, eth0 to appear after modprobe */
+#define MODULES_LIST	 "/etc/vmhpc/modules"
+#define DEVICE_WAIT_MS	 5000  /* for /dev/pmem0, /dev/vda, eth0 to appear after modprobe */
+#define CONTROL_SCAN_MS	 10000 /* for the control port to appear after modprobe */
+#define SETUP_TIMEOUT_MS 30000 /* for the host's SETUP once the port is open */
+#define TOKEN_FILE	 "/run/vmhpc/token"
 
 static int mount_or_warn(const char *src, const char *target, const char *type, unsigned long flags,
 			 const char *data)
@@ -177,15 +182,19 @@ static int mkdir_p(const char *path, mode_t mode)
 
 static void mount_share(const char *share)
 {
-	char target[PATH_MAX];
+	/* Relative to /newroot: the path may be 4095 bytes long, "/newroot" + it would not be. */
+	const char *target = share + 1;
 	int64_t end = console_now_ms() + DEVICE_WAIT_MS;
 	int r;
 
-	snprintf(target, sizeof(target), "/newroot%s", share);
+	if (chdir("/newroot") < 0) {
+		console_say("entering /newroot for the share: %s", strerror(errno));
+		return;
+	}
 	r = mkdir_p(target, 0755);
 	if (r < 0) {
 		console_say("creating %s for the share: %s", share, strerror(-r));
-		return;
+		goto out;
 	}
 	/* The virtio-fs device registers its tag when its driver probed it: retry briefly. */
 	while (mount("job", target, "virtiofs", MS_NOSUID | MS_NODEV, NULL) < 0) {
@@ -193,10 +202,12 @@ static void mount_share(const char *share)
 		    (errno != ENOENT && errno != ENODEV && errno != EINVAL)) {
 			console_say("mounting the share (virtiofs tag \"job\") on %s: %s", share,
 				    strerror(errno));
-			return;
+			goto out;
 		}
 		console_sleep_ms(20);
 	}
+out:
+	(void)!chdir("/");
 }
 
 /* Deletes the initramfs's files as switch_root does: they are RAM that nothing uses once the
@@ -393,11 +404,70 @@ static void setup_network(const struct config *cfg)
 		console_say("configuring eth0: %s", strerror(-r));
 }
 
+/* The host's SETUP, before anything uses the token or the job folder: returns the open
+ * control port for the exec service (-1: none). Without SETUP the guest boots on, and
+ * refuses every exec request; the console says why. */
+static int receive_setup(struct config *cfg, char *path, size_t path_size)
+{
+	struct frame_setup setup;
+	int fd, r;
+
+	r = control_open(CONTROL_SCAN_MS, path, path_size, &fd);
+	if (r < 0) {
+		console_say("no control port %s (%s): no token, no job folder; every exec "
+			    "request will be refused",
+			    CONTROL_PORT_NAME, strerror(-r));
+		return -1;
+	}
+	r = control_read_setup(fd, SETUP_TIMEOUT_MS, &setup);
+	if (r < 0) {
+		console_say("no SETUP from the host on %s within %d s (%s): no token, no job "
+			    "folder; every exec request will be refused",
+			    path, SETUP_TIMEOUT_MS / 1000,
+			    r == -EBADMSG ? "malformed frame" : strerror(-r));
+		return fd;
+	}
+	cfg->have_token = true;
+	memcpy(cfg->token, setup.token, sizeof(cfg->token));
+	if (setup.share[0] && control_share_valid(setup.share))
+		snprintf(cfg->share, sizeof(cfg->share), "%s", setup.share);
+	else if (setup.share[0])
+		console_say("the job folder \"%.64s\" is not an absolute path outside /proc /sys "
+			    "/dev /run; not mounted",
+			    setup.share);
+	explicit_bzero(&setup, sizeof(setup));
+	return fd;
+}
+
+/* The token for root's processes that did not come from the exec service (a shell on the
+ * console): /run/vmhpc/token, 0400 root, 64 hex digits. Commands the service runs have it in
+ * $VMHPC_TOKEN whatever their user. */
+static void write_token_file(const struct config *cfg)
+{
+	char hex[2 * FRAME_TOKEN_BYTES + 2];
+	_cleanup_close_ int fd = -1;
+
+	if (!cfg->have_token)
+		return;
+	mkdir("/run/vmhpc", 0755);
+	fd = open(TOKEN_FILE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
+	if (fd < 0) {
+		console_say("writing %s: %s", TOKEN_FILE, strerror(errno));
+		return;
+	}
+	for (size_t i = 0; i < FRAME_TOKEN_BYTES; i++)
+		snprintf(hex + 2 * i, 3, "%02x", cfg->token[i]);
+	hex[2 * FRAME_TOKEN_BYTES] = '\n';
+	if (write(fd, hex, sizeof(hex) - 1) != (ssize_t)sizeof(hex) - 1)
+		console_say("writing %s: %s", TOKEN_FILE, strerror(errno));
+	explicit_bzero(hex, sizeof(hex));
+}
+
 /* Development mode on a host (not PID 1): `VMHPC_TOKEN=HEX vmhpc-init --serve PORT` serves
  * the exec protocol on 127.0.0.1:PORT; SHUTDOWN ends it instead of powering anything off. */
 static int serve_dev(int argc, char **argv)
 {
-	struct config cfg = {.exec_port = CMDLINE_DEFAULT_EXEC_PORT};
+	struct service_config sc = {.loopback_only = true, .control_fd = -1};
 	struct service *s;
 	unsigned long port;
 	sigset_t all;
@@ -410,9 +480,9 @@ static int serve_dev(int argc, char **argv)
 		    argv[0]);
 		return 1;
 	}
-	cfg.exec_port = (uint16_t)port;
-	cfg.have_token = token && frame_token_from_hex(token, cfg.token) == 0;
-	if (!cfg.have_token) {
+	sc.port = (uint16_t)port;
+	sc.have_token = token && frame_token_from_hex(token, sc.token) == 0;
+	if (!sc.have_token) {
 		console_say("VMHPC_TOKEN must be 64 hex digits");
 		return 1;
 	}
@@ -424,7 +494,7 @@ static int serve_dev(int argc, char **argv)
 	sigaddset(&all, SIGUSR2);
 	sigaddset(&all, SIGPIPE);
 	sigprocmask(SIG_BLOCK, &all, NULL);
-	if (service_new(&cfg, false, true, &s) < 0 || !service_listening(s))
+	if (service_new(&sc, &s) < 0 || !service_listening(s))
 		return 1;
 	service_run(s);
 }
@@ -433,6 +503,8 @@ int main(int argc, char **argv)
 {
 	struct config cfg = {.overlay_mb = CMDLINE_DEFAULT_OVERLAY_MB,
 			     .exec_port = CMDLINE_DEFAULT_EXEC_PORT};
+	struct service_config sc = {.pid1 = true};
+	char control_path[PATH_MAX] = "";
 	struct service *s;
 	sigset_t all;
 
@@ -450,17 +522,24 @@ int main(int argc, char **argv)
 	mount_or_warn("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	load_modules();
 	cmdline_parse(&cfg);
+	/* Before the root and the job folder are mounted and before anything listens on TCP:
+	 * the folder's path and the token come in SETUP. */
+	sc.control_fd = receive_setup(&cfg, control_path, sizeof(control_path));
 	setup_root(&cfg);
 	setup_dev();
 	write_hosts(&cfg);
+	write_token_file(&cfg);
 	setup_network(&cfg);
-	if (!cfg.have_token)
-		console_say("no vmhpc.token on the kernel command line: every exec request will be "
-			    "refused");
 
+	sc.have_token = cfg.have_token;
+	memcpy(sc.token, cfg.token, sizeof(sc.token));
+	explicit_bzero(cfg.token, sizeof(cfg.token));
+	sc.port = cfg.exec_port;
+	sc.control_name = control_path;
 	/* PID 1 must not exit: without a signalfd (out of memory), try again. */
-	while (service_new(&cfg, true, false, &s) < 0)
+	while (service_new(&sc, &s) < 0)
 		console_sleep_ms(1000);
+	explicit_bzero(sc.token, sizeof(sc.token));
 	{
 		struct timespec up;
 

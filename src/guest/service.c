@@ -24,31 +24,31 @@
 #include <unistd.h>
 
 #include "guest/console.h"
+#include "guest/control.h"
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
 
-#define CONTROL_PORT_NAME "org.vmhpc.control"
-
-#define MAX_CONNS	 64		 /* clients at once; one more is refused with ERROR */
+/* Connections come from two pools so that nobody who cannot authenticate can crowd out
+ * those who did: authenticated peers (MAX_AUTHED) and peers still to present HELLO, or being
+ * refused (MAX_UNAUTH, each with AUTH_TIMEOUT_MS to do so). The control port has a slot of
+ * its own on top: the host can always get in. */
+#define MAX_AUTHED 64
+#define MAX_UNAUTH 8
+#define MAX_CONNS  (MAX_AUTHED + MAX_UNAUTH + 1)
+/* Slots: one more than the pools for a peer accepted in the turn another was dropped in. */
+#define CONN_SLOTS	 (MAX_CONNS + 1)
 #define READ_CHUNK	 (64u * 1024u)	 /* per read of a socket or a command's pipe */
 #define OUT_HIGH_WATER	 (256u * 1024u)	 /* queued for a peer: stop reading the command */
 #define STDIN_HIGH_WATER (1024u * 1024u) /* queued for the command: stop reading the peer */
-#define AUTH_TIMEOUT_MS	 10000		 /* a peer must say HELLO within this */
+#define AUTH_TIMEOUT_MS	 5000		 /* a peer must say HELLO within this */
 #define DRAIN_MS	 1000		 /* a refused peer gets this long to read our ERROR */
 /* After a command exited, background children may hold its pipes: EXIT waits this long. */
 #define LINGER_MS	2000
-#define CONTROL_SCAN_MS 10000 /* look for the control port this long after start */
-#define CONTROL_POLL_MS 1000  /* a disconnected control port is checked this often at least */
+#define CONTROL_POLL_MS 1000 /* a disconnected control port is checked this often at least */
 
 static const char *const default_env[] = {
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", NULL};
-
-static inline void cleanup_closedirp(DIR **d)
-{
-	if (*d)
-		closedir(*d);
-}
 
 /* Peers can cause messages at will (a stream of refused connections), and the serial console
  * is slow under TCG: at most 10 such lines a second, the rest counted. */
@@ -89,6 +89,7 @@ struct conn {
 	bool dead;    /* remove at the end of this turn */
 	bool wr_shut;
 	int64_t deadline_ms; /* HELLO due, or the end of draining */
+	int64_t accepted_ms; /* the oldest unauthenticated peer is evicted first */
 	char peer[64];
 	struct frame_decoder *dec;
 	struct frame_buf out;
@@ -98,17 +99,19 @@ struct conn {
 struct service {
 	int sig_fd;
 	int listen_fd;
+	uint16_t port;
 	bool pid1;
 	bool have_token;
 	uint8_t token[FRAME_TOKEN_BYTES];
-	struct conn *conns[MAX_CONNS];
+	char token_env[sizeof("VMHPC_TOKEN=") + 2 * FRAME_TOKEN_BYTES];
+	int auth_timeout_ms;
+	struct conn *conns[CONN_SLOTS];
 	size_t n_conns;
-	/* The control port: found by name, opened once, a conn while the host is connected. */
+	/* The control port: opened by the boot sequence, a conn while the host is connected. */
 	char control_path[300];
 	int control_fd;
 	int control_ep; /* epoll, edge-triggered on control_fd: wakes us when the host connects */
 	struct conn *control;
-	int64_t control_scan_until;
 	int64_t control_next_check;
 	bool power_off;
 	struct conn *shutdown_by;
@@ -127,7 +130,7 @@ static void job_reset(struct job *j)
 	j->in_fd = j->out_fd = j->err_fd = -1;
 }
 
-static struct conn *conn_new(int fd, bool control, const char *peer)
+static struct conn *conn_new(int fd, bool control, const char *peer, int auth_timeout_ms)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
@@ -139,7 +142,8 @@ static struct conn *conn_new(int fd, bool control, const char *peer)
 	}
 	c->fd = fd;
 	c->control = control;
-	c->deadline_ms = console_now_ms() + AUTH_TIMEOUT_MS;
+	c->accepted_ms = console_now_ms();
+	c->deadline_ms = c->accepted_ms + auth_timeout_ms;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	c->job.in_fd = c->job.out_fd = c->job.err_fd = -1;
 	return c;
@@ -243,9 +247,12 @@ static void control_hello(struct conn *c)
 
 /* The child side of a command: never returns. */
 static void __attribute__((noreturn))
-job_child(const struct frame_exec *e, int in, int out, int err)
+job_child(const struct frame_exec *e, const char *token_env, int in, int out, int err)
 {
 	extern char **environ;
+	char *const *env = e->envc ? e->envp : (char *const *)default_env;
+	char **envp;
+	size_t n = 0;
 	sigset_t none;
 	const char *cwd = e->cwd[0] ? e->cwd : "/";
 
@@ -270,7 +277,22 @@ job_child(const struct frame_exec *e, int in, int out, int err)
 			_exit(126);
 		}
 	}
-	environ = e->envc ? e->envp : (char **)default_env;
+	/* Every command gets the job's token in VMHPC_TOKEN (the caller's own value, if any,
+	 * is replaced): that is how vmhpc-exec in the guest reaches the other VMs, now that
+	 * the token is not on the kernel command line. This child is single-threaded: malloc
+	 * is safe here. */
+	while (env[n])
+		n++;
+	envp = calloc(n + 2, sizeof(*envp));
+	if (!envp)
+		_exit(126);
+	n = 0;
+	for (char *const *p = env; *p; p++)
+		if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0)
+			envp[n++] = *p;
+	if (token_env[0])
+		envp[n++] = (char *)token_env;
+	environ = envp;
 	execvp(e->argv[0], e->argv);
 	{
 		int err_no = errno;
@@ -289,7 +311,7 @@ static int set_nonblock(int fd)
 	return 0;
 }
 
-static void job_start(struct conn *c, const struct frame_exec *e)
+static void job_start(struct service *s, struct conn *c, const struct frame_exec *e)
 {
 	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
 	struct job *j = &c->job;
@@ -308,7 +330,7 @@ static void job_start(struct conn *c, const struct frame_exec *e)
 		goto fail;
 	}
 	if (pid == 0)
-		job_child(e, in[0], out[1], err[1]);
+		job_child(e, s->token_env, in[0], out[1], err[1]);
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
@@ -340,6 +362,20 @@ fail:
 	}
 }
 
+/* Live TCP peers in one pool: authenticated, or still to authenticate (or being refused). */
+static size_t count_peers(const struct service *s, bool authed)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < s->n_conns; i++) {
+		const struct conn *c = s->conns[i];
+
+		if (!c->control && !c->dead && (c->authed && !c->closing) == authed)
+			n++;
+	}
+	return n;
+}
+
 static void begin_power_off(struct service *s, struct conn *by)
 {
 	s->power_off = true;
@@ -355,15 +391,27 @@ static const char *handle_frame(struct service *s, struct conn *c, const struct 
 	uint8_t version[4];
 	uint32_t sig;
 
+	/* The boot sequence took the one SETUP before this service started (control.h). Another
+	 * on the control port is ignored, not answered: a host program that sends SETUP on
+	 * every connection (vmhpc-exec --setup, retrying while a guest boots) skips to the next
+	 * READY, and an ERROR after it would read as the answer to its HELLO. */
+	if (f->type == FRAME_SETUP && !c->control)
+		return "refused: SETUP is accepted on the control port only";
+	if (f->type == FRAME_SETUP) {
+		say_peer(c->peer, "SETUP is taken once, at boot; ignored this one");
+		return NULL;
+	}
 	if (c->control && f->type == FRAME_HELLO)
 		control_hello(c);
 	if (!c->authed) {
 		if (f->type != FRAME_HELLO)
 			return "refused: the first frame must be HELLO with the token";
 		if (!s->have_token)
-			return "refused: this guest has no vmhpc.token";
+			return "refused: this guest has no token (no SETUP from the host)";
 		if (!frame_token_equal(f->payload, s->token))
 			return "refused: wrong token";
+		if (!c->control && count_peers(s, true) >= MAX_AUTHED)
+			return "refused: too many connections";
 		c->authed = true;
 		c->deadline_ms = 0;
 		frame_put_u32(version, FRAME_PROTO_VERSION);
@@ -376,7 +424,7 @@ static const char *handle_frame(struct service *s, struct conn *c, const struct 
 			return "EXEC while a command runs on this connection";
 		if (frame_exec_decode(f->payload, f->len, &e) < 0)
 			return "malformed EXEC request";
-		job_start(c, e);
+		job_start(s, c, e);
 		frame_exec_free(e);
 		return NULL;
 	case FRAME_STDIN:
@@ -529,7 +577,7 @@ static void conn_tick(struct conn *c, int64_t now)
 		}
 	}
 	if (!c->authed && !c->closing && c->deadline_ms && now >= c->deadline_ms)
-		conn_refuse(c, "refused: no HELLO within 10 s");
+		conn_refuse(c, "refused: no HELLO in time");
 	if (c->closing) {
 		/* FIN right after the ERROR: the peer reads it, then EOF, not a reset. */
 		if (c->out.len == 0 && !c->wr_shut) {
@@ -564,6 +612,19 @@ static void add_conn(struct service *s, struct conn *c)
 	s->conns[s->n_conns++] = c;
 }
 
+/* Tells a peer why it goes, without queueing: for peers that get no slot (the message is
+ * small enough for any socket buffer; if not, it is lost). */
+static void refuse_now(int fd, const char *peer, const char *msg)
+{
+	uint8_t frame[FRAME_HEADER_BYTES + 64];
+	size_t len = strlen(msg) < 64 ? strlen(msg) : 64;
+
+	say_peer(peer, msg);
+	frame_header_write(frame, FRAME_ERROR, (uint32_t)len);
+	memcpy(frame + FRAME_HEADER_BYTES, msg, len);
+	(void)frame_send(fd, frame, FRAME_HEADER_BYTES + len);
+}
+
 static void accept_peer(struct service *s)
 {
 	struct sockaddr_storage ss;
@@ -584,74 +645,38 @@ static void accept_peer(struct service *s)
 		snprintf(peer, sizeof(peer), "peer");
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (s->n_conns >= MAX_CONNS) {
-		static const char msg[] = "refused: too many connections";
-		uint8_t frame[FRAME_HEADER_BYTES + sizeof(msg) - 1];
+	if (count_peers(s, false) >= MAX_UNAUTH) {
+		/* The pool of peers yet to authenticate is full: the oldest goes. Refusing the
+		 * newcomer instead would let a few idle connections, renewed every
+		 * AUTH_TIMEOUT_MS, keep every real client out; a real client sends HELLO at once
+		 * and leaves this pool within a turn of the loop. */
+		struct conn *oldest = NULL;
 
-		say_peer(peer, msg);
-		frame_header_write(frame, FRAME_ERROR, sizeof(msg) - 1);
-		memcpy(frame + FRAME_HEADER_BYTES, msg, sizeof(msg) - 1);
-		(void)!write(fd, frame, sizeof(frame));
+		for (size_t i = 0; i < s->n_conns; i++) {
+			struct conn *o = s->conns[i];
+
+			if (!o->control && !o->dead && (!o->authed || o->closing) &&
+			    (!oldest || o->accepted_ms < oldest->accepted_ms))
+				oldest = o;
+		}
+		if (oldest) {
+			if (!oldest->closing)
+				refuse_now(oldest->fd, oldest->peer,
+					   "refused: too many unauthenticated connections");
+			oldest->dead = true; /* freed next turn: the poll set points at it */
+		}
+	}
+	if (s->n_conns >= CONN_SLOTS) { /* the pools keep this from happening; a last bound */
+		refuse_now(fd, peer, "refused: too many connections");
 		close(fd);
 		return;
 	}
-	c = conn_new(fd, false, peer);
+	c = conn_new(fd, false, peer, s->auth_timeout_ms);
 	if (!c) {
 		close(fd);
 		return;
 	}
 	add_conn(s, c);
-}
-
-/* The virtio-serial port the host runtime talks to: /sys/class/virtio-ports/vportNpM/name. */
-static void control_scan(struct service *s)
-{
-	_cleanup_(cleanup_closedirp) DIR *d = NULL;
-	struct dirent *e;
-
-	d = opendir("/sys/class/virtio-ports");
-	while (d && (e = readdir(d))) {
-		char path[PATH_MAX], name[128] = "";
-		_cleanup_close_ int fd = -1;
-		ssize_t n;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		n = read(fd, name, sizeof(name) - 1);
-		if (n <= 0)
-			continue;
-		name[n] = '\0';
-		name[strcspn(name, "\n")] = '\0';
-		if (strcmp(name, CONTROL_PORT_NAME) != 0)
-			continue;
-		snprintf(s->control_path, sizeof(s->control_path), "/dev/%s", e->d_name);
-		s->control_fd = open(s->control_path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-		if (s->control_fd >= 0) {
-			/* The port reports POLLHUP without pause while no host program holds its
-			 * other end, so it cannot sit in the poll set then. The driver wakes its
-			 * wait queue when the host connects: an edge-triggered epoll (itself in the
-			 * poll set) turns that wake-up into an event. */
-			struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET};
-
-			s->control_ep = epoll_create1(EPOLL_CLOEXEC);
-			if (s->control_ep >= 0 &&
-			    epoll_ctl(s->control_ep, EPOLL_CTL_ADD, s->control_fd, &ev) < 0) {
-				close(s->control_ep);
-				s->control_ep = -1;
-			}
-		} else {
-			/* devtmpfs may not have the node yet: try again next scan. */
-			if (errno != ENOENT)
-				console_say("opening %s: %s", s->control_path, strerror(errno));
-			s->control_path[0] = '\0';
-			continue;
-		}
-		return;
-	}
 }
 
 /* The port reports POLLHUP while no host program holds its other end; a host connecting
@@ -661,22 +686,14 @@ static void control_check(struct service *s, int64_t now)
 	struct pollfd p;
 	char peer[80];
 
-	if (s->control_fd < 0) {
-		if (now < s->control_scan_until && now >= s->control_next_check) {
-			s->control_next_check = now + 250;
-			control_scan(s);
-		}
-		if (s->control_fd < 0)
-			return;
-	}
-	if (s->control || now < s->control_next_check || s->n_conns >= MAX_CONNS)
+	if (s->control_fd < 0 || s->control || now < s->control_next_check)
 		return;
 	s->control_next_check = now + CONTROL_POLL_MS;
 	p = (struct pollfd){.fd = s->control_fd, .events = POLLIN | POLLOUT};
 	if (poll(&p, 1, 0) < 0 || (p.revents & (POLLHUP | POLLERR | POLLNVAL)))
 		return;
 	snprintf(peer, sizeof(peer), "control port %.40s", s->control_path);
-	s->control = conn_new(s->control_fd, true, peer);
+	s->control = conn_new(s->control_fd, true, peer, s->auth_timeout_ms);
 	if (!s->control)
 		return;
 	/* The host waits for READY, so a connection is never lost in boot's races; the
@@ -686,7 +703,7 @@ static void control_check(struct service *s, int64_t now)
 	add_conn(s, s->control);
 }
 
-static int listen_tcp(uint16_t port, bool loopback_only)
+static int listen_tcp(uint16_t port, bool loopback_only, uint16_t *ret_port)
 {
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
 	int one = 1, fd;
@@ -702,6 +719,9 @@ static int listen_tcp(uint16_t port, bool loopback_only)
 		close(fd);
 		return r;
 	}
+	*ret_port = port;
+	if (getsockname(fd, (struct sockaddr *)&sin, &(socklen_t){sizeof(sin)}) == 0)
+		*ret_port = ntohs(sin.sin_port);
 	return fd;
 }
 
@@ -763,20 +783,21 @@ enum role {
 	ROLE_STDERR
 };
 
-void service_run(struct service *s)
+int service_step(struct service *s, int timeout_ms)
 {
 	/* The poll set is rebuilt from the state every turn: backpressure is then one condition
 	 * per fd (do not read a command's output while its peer is behind, do not read a peer
-	 * while its command is behind on stdin). At MAX_CONNS peers the rebuild costs nothing. */
-	struct pollfd pfds[3 + MAX_CONNS * 4];
+	 * while its command is behind on stdin or while it does not read what it asked for).
+	 * At CONN_SLOTS peers the rebuild costs nothing. */
+	struct pollfd pfds[3 + CONN_SLOTS * 4];
 	struct {
 		enum role role;
 		struct conn *c;
 	} what[ARRAY_SIZE(pfds)];
 	static uint8_t buf[READ_CHUNK];
 
-	for (;;) {
-		int64_t now = console_now_ms(), wake = -1;
+	{
+		int64_t now = console_now_ms(), wake = timeout_ms < 0 ? -1 : now + timeout_ms;
 		nfds_t n = 0;
 		int timeout, r;
 
@@ -800,7 +821,7 @@ void service_run(struct service *s)
 			s->conns[i] = s->conns[--s->n_conns];
 		}
 		if (s->power_off)
-			power_off(s);
+			return 1;
 
 #define WATCH(fd_, ev_, role_, c_)                                                                 \
 	do {                                                                                       \
@@ -819,7 +840,10 @@ void service_run(struct service *s)
 			struct job *j = &c->job;
 			short ev = c->out.len ? POLLOUT : 0;
 
-			if (!(j->pid > 0 && j->in.len >= STDIN_HIGH_WATER))
+			/* A peer that does not read what it asked for (INFO after INFO) is not
+			 * read either: what we queue for it stays bounded. */
+			if (!(j->pid > 0 && j->in.len >= STDIN_HIGH_WATER) &&
+			    c->out.len < OUT_HIGH_WATER)
 				ev |= POLLIN;
 			WATCH(c->fd, ev, ROLE_PEER, c);
 			if (j->in_fd >= 0 && j->in.len > 0)
@@ -836,15 +860,14 @@ void service_run(struct service *s)
 				wake = j->reaped_ms + LINGER_MS;
 		}
 #undef WATCH
-		if (!s->control && (s->control_fd >= 0 || now < s->control_scan_until) &&
-		    (wake < 0 || s->control_next_check < wake))
+		if (!s->control && s->control_fd >= 0 && (wake < 0 || s->control_next_check < wake))
 			wake = s->control_next_check;
 		timeout = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
 		r = poll(pfds, n, timeout);
 		if (r < 0) {
 			if (errno != EINTR)
 				console_say("poll: %s", strerror(errno));
-			continue;
+			return 0;
 		}
 		for (nfds_t i = 0; i < n; i++) {
 			struct conn *c = what[i].c;
@@ -896,22 +919,35 @@ void service_run(struct service *s)
 			}
 		}
 	}
+	return s->power_off ? 1 : 0;
 }
 
-int service_new(const struct config *cfg, bool pid1, bool loopback_only,
-		struct service **ret_service)
+void service_run(struct service *s)
+{
+	while (service_step(s, -1) == 0)
+		;
+	power_off(s);
+}
+
+int service_new(const struct service_config *cfg, struct service **ret_service)
 {
 	struct service *s = calloc(1, sizeof(*s));
 	sigset_t mask;
 
 	if (!s)
 		return -ENOMEM;
-	s->pid1 = pid1;
+	s->pid1 = cfg->pid1;
+	s->listen_fd = -1;
 	s->control_fd = -1;
 	s->control_ep = -1;
+	s->auth_timeout_ms = cfg->auth_timeout_ms > 0 ? cfg->auth_timeout_ms : AUTH_TIMEOUT_MS;
 	s->have_token = cfg->have_token;
-	memcpy(s->token, cfg->token, sizeof(s->token));
-	s->control_scan_until = pid1 ? console_now_ms() + CONTROL_SCAN_MS : 0;
+	if (s->have_token) {
+		memcpy(s->token, cfg->token, sizeof(s->token));
+		memcpy(s->token_env, "VMHPC_TOKEN=", 12);
+		for (size_t i = 0; i < FRAME_TOKEN_BYTES; i++)
+			snprintf(s->token_env + 12 + 2 * i, 3, "%02x", s->token[i]);
+	}
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
 	sigaddset(&mask, SIGTERM);
@@ -926,15 +962,65 @@ int service_new(const struct config *cfg, bool pid1, bool loopback_only,
 		free(s);
 		return r;
 	}
-	s->listen_fd = listen_tcp(cfg->exec_port, loopback_only);
+	s->listen_fd = listen_tcp(cfg->port, cfg->loopback_only, &s->port);
 	if (s->listen_fd < 0)
-		console_say("listening on TCP port %u: %s", cfg->exec_port,
-			    strerror(-s->listen_fd));
+		console_say("listening on TCP port %u: %s", cfg->port, strerror(-s->listen_fd));
+	if (cfg->control_fd >= 0) {
+		/* The port reports POLLHUP without pause while no host program holds its other
+		 * end, so it cannot sit in the poll set then. The driver wakes its wait queue when
+		 * the host connects: an edge-triggered epoll (itself in the poll set) turns that
+		 * wake-up into an event. */
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET};
+
+		s->control_fd = cfg->control_fd;
+		snprintf(s->control_path, sizeof(s->control_path), "%s",
+			 cfg->control_name ? cfg->control_name : "control");
+		s->control_ep = epoll_create1(EPOLL_CLOEXEC);
+		if (s->control_ep >= 0 &&
+		    epoll_ctl(s->control_ep, EPOLL_CTL_ADD, s->control_fd, &ev) < 0) {
+			close(s->control_ep);
+			s->control_ep = -1;
+		}
+	}
 	*ret_service = s;
 	return 0;
+}
+
+struct service *service_free(struct service *s)
+{
+	if (!s)
+		return NULL;
+	for (size_t i = 0; i < s->n_conns; i++)
+		conn_free(s->conns[i]);
+	if (s->control_ep >= 0)
+		close(s->control_ep);
+	if (s->control_fd >= 0)
+		close(s->control_fd);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->sig_fd >= 0)
+		close(s->sig_fd);
+	explicit_bzero(s->token, sizeof(s->token));
+	explicit_bzero(s->token_env, sizeof(s->token_env));
+	free(s);
+	return NULL;
 }
 
 bool service_listening(const struct service *s)
 {
 	return s->listen_fd >= 0;
+}
+
+uint16_t service_port(const struct service *s)
+{
+	return s->listen_fd >= 0 ? s->port : 0;
+}
+
+size_t service_queued_bytes(const struct service *s)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < s->n_conns; i++)
+		n += s->conns[i]->out.len;
+	return n;
 }

@@ -60,6 +60,7 @@ struct job {
 	unsigned n_ready;
 	struct job_vm *vms;
 	bool detachable;
+	char *workdir; /* the job folder the guests mount (SETUP), or NULL */
 	double boot_deadline_s;
 	int boot_timeout_ms;
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
@@ -158,6 +159,7 @@ void job_free(struct job *j)
 	net_bridge_destroy(j->bridge);
 	materialized_image_done(&j->image);
 	runstate_release(j->rs);
+	free(j->workdir);
 	free(j->vms);
 	free(j);
 }
@@ -190,18 +192,29 @@ static char *hosts_list(const struct job *j)
 	return out;
 }
 
+/* Whether word appears in the blank-separated list (the image's boot_args may say quiet). */
+static bool has_word(const char *list, const char *word)
+{
+	size_t n = strlen(word);
+
+	for (const char *p = strstr(list, word); p; p = strstr(p + 1, word))
+		if ((p == list || p[-1] == ' ' || p[-1] == '\t') &&
+		    (p[n] == '\0' || p[n] == ' ' || p[n] == '\t'))
+			return true;
+	return false;
+}
+
 static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, const char *hosts,
 		    char **ret_error)
 {
 	struct job_vm *v = &j->vms[i];
 	_cleanup_free_ char *fs_sock = NULL, *qemu_log = NULL, *cmdline = NULL;
-	char token_hex[2 * FRAME_TOKEN_BYTES + 1], mac[18], mcast[32];
+	const char *boot_args = cfg->image->boot_args ? cfg->image->boot_args : "";
+	char mac[18], mcast[32];
 	struct qemu_vm_config qc = {0};
 	unsigned overlay_mb = cfg->mem_mb / 4 < OVERLAY_MAX_MB ? cfg->mem_mb / 4 : OVERLAY_MAX_MB;
 	int r;
 
-	for (int k = 0; k < FRAME_TOKEN_BYTES; k++)
-		sprintf(token_hex + 2 * k, "%02x", j->token[k]);
 	v->ctl_path = job_path(j, "vm%u.ctl", i);
 	v->console_log = job_path(j, "vm%u.console.log", i);
 	qemu_log = job_path(j, "vm%u.qemu.log", i);
@@ -229,13 +242,13 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		if (r < 0)
 			return r;
 	}
+	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
+	 * They go in SETUP on the control port (try_connect). */
 	if (asprintf(&cmdline,
-		     "console=ttyS0 swiotlb=noforce panic=-1 quiet %s vmhpc.token=%s vmhpc.name=%s "
-		     "vmhpc.ip=%s/24 vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u "
-		     "vmhpc.exec_port=%d%s%s",
-		     cfg->image->boot_args ? cfg->image->boot_args : "", token_hex, v->name, v->ip,
-		     hosts, overlay_mb, JOB_EXEC_PORT, cfg->workdir ? " vmhpc.share=" : "",
-		     cfg->workdir ? cfg->workdir : "") < 0)
+		     "console=ttyS0 swiotlb=noforce panic=-1%s %s vmhpc.name=%s vmhpc.ip=%s/24 "
+		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d",
+		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip, hosts,
+		     overlay_mb, JOB_EXEC_PORT) < 0)
 		return -ENOMEM;
 	net_mac_address(runstate_job_id(j->rs), i, mac);
 	qc.name = v->name;
@@ -300,8 +313,10 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	return 0;
 }
 
-/* Connects to a VM's control socket once QEMU has made it (ENOENT, ECONNREFUSED: not yet). */
-static int try_connect(struct job_vm *v)
+/* Connects to a VM's control socket once QEMU has made it (ENOENT, ECONNREFUSED: not yet);
+ * with a token, sends SETUP: the guest waits for its token and job folder before anything
+ * else (an adopter, reconnecting, sends none: the guest has them). */
+static int try_connect(struct job_vm *v, const uint8_t *token, const char *workdir)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, r;
@@ -315,6 +330,11 @@ static int try_connect(struct job_vm *v)
 	r = exec_client_new(fd, &v->ctl);
 	if (r < 0) {
 		close(fd);
+		return r;
+	}
+	r = token ? exec_client_setup(v->ctl, token, workdir, 1000) : 0;
+	if (r < 0) {
+		v->ctl = exec_client_free(v->ctl);
 		return r;
 	}
 	v->ctl_fd = fd;
@@ -437,7 +457,7 @@ int job_step(struct job *j, char **ret_error)
 
 		if (v->ready)
 			continue;
-		if (!v->ctl && try_connect(v) < 0)
+		if (!v->ctl && try_connect(v, j->token, j->workdir) < 0)
 			continue;
 		/* Read only what is there: the step never blocks. */
 		p = (struct pollfd){.fd = v->ctl_fd, .events = POLLIN};
@@ -483,7 +503,10 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	j->log = cfg->log;
 	j->userdata = cfg->userdata;
 	j->vms = calloc(cfg->n_vms, sizeof(*j->vms));
-	if (!j->vms) {
+	j->workdir = cfg->workdir ? strdup(cfg->workdir) : NULL;
+	if (!j->vms || (cfg->workdir && !j->workdir)) {
+		free(j->vms);
+		free(j->workdir);
 		free(j);
 		return -ENOMEM;
 	}
@@ -786,6 +809,7 @@ int job_detach(struct job *j, int *ret_lock_fd)
 	}
 	materialized_image_done(&j->image);
 	*ret_lock_fd = runstate_detach(j->rs);
+	free(j->workdir);
 	free(j->vms);
 	OPENSSL_cleanse(j->token, sizeof(j->token));
 	free(j);
@@ -849,7 +873,7 @@ static int attach_vm(struct job *j, json_t *jv, unsigned i, char **ret_error)
 	}
 	if (v->qmp_path && qmp_connect(v->qmp_path, &v->qmp) < 0)
 		v->qmp = NULL; /* status checks skipped; shutdown falls back to SIGKILL */
-	r = try_connect(v);
+	r = try_connect(v, NULL, NULL);
 	if (r == 0)
 		r = exec_client_resync(v->ctl);
 	if (r < 0)

@@ -80,7 +80,8 @@ boot() {
 	CTL="$WORK/$name.ctl"
 	SERIAL="$WORK/$name.console"
 	size=$(stat -c %s "$WORK/root")
-	append="console=ttyS0 swiotlb=noforce quiet panic=-1 vmhpc.token=$TOKEN vmhpc.root=$kind"
+	# No token and no share path here: the host sends them in SETUP on the control port.
+	append="console=ttyS0 swiotlb=noforce quiet panic=-1 vmhpc.root=$kind"
 	# "self" is another name of this VM: hydra launches a proxy there through its launcher.
 	append+=" vmhpc.name=$name vmhpc.ip=10.0.2.15/24"
 	append+=" vmhpc.hosts=$name=10.0.2.15,self=10.0.2.15,peer=10.0.2.16"
@@ -99,7 +100,6 @@ boot() {
 		[ -S "$WORK/vfs.sock" ] || fail "virtiofsd did not start: $(cat "$WORK/virtiofsd.log")"
 		fs=(-chardev "socket,id=vfs,path=$WORK/vfs.sock" -device vhost-user-fs-pci,chardev=vfs,tag=job)
 		mem=(-object memory-backend-memfd,id=ram,size=256M,share=on -numa node,memdev=ram)
-		append+=" vmhpc.share=$WORK/share"
 	fi
 	qemu-system-x86_64 -machine q35 -accel tcg -m 256M,slots=1,maxmem=1G -smp 1 \
 		-nodefaults -nographic -no-reboot -monitor none \
@@ -110,6 +110,10 @@ boot() {
 		-device virtserialport,chardev=ctl,name=org.vmhpc.control \
 		-serial "file:$SERIAL" >"$WORK/$name.qemu.log" 2>&1 &
 	QEMU_PID=$!
+	# What the host runtime does first: SETUP (the token and the job folder), then INFO once
+	# the guest serves. Retried while QEMU makes its socket and the guest boots.
+	"$EXEC" --token "$TOKEN" --unix "$CTL" --setup ${share:+--share "$WORK/share"} \
+		--wait-ms 90000 --info >/dev/null || fail "SETUP over the control port: $(tail -5 "$SERIAL")"
 }
 
 # gx [OPTIONS] -- PROGRAM ARGS...: vmhpc-exec against the booted guest's TCP port.
@@ -271,7 +275,21 @@ gx -- /usr/bin/vmhpc-exec -x vm0 'exit 3'
 rc=$?
 set -e
 [ $rc -eq 3 ] || fail "in-guest exit code came back as $rc"
-ok "in the guest, vmhpc-exec -x HOST 'CMDLINE' (token from /proc/cmdline, host from /etc/hosts) works"
+ok "in the guest, vmhpc-exec -x HOST 'CMDLINE' (token from \$VMHPC_TOKEN, host from /etc/hosts) works"
+
+# The token and the share path never were on the kernel command line; the token reaches
+# commands in $VMHPC_TOKEN and root in a 0400 file; SETUP is taken once.
+cmdline=$(gx -- cat /proc/cmdline)
+case "$cmdline" in *"$TOKEN"* | *vmhpc.token* | *vmhpc.share*) fail "secrets on the command line: $cmdline" ;; esac
+[ "$(gx -- sh -c 'printf %s "$VMHPC_TOKEN"')" = "$TOKEN" ] || fail "commands lack \$VMHPC_TOKEN"
+[ "$(gx -- stat -c '%a %u' /run/vmhpc/token)" = "400 0" ] || fail "/run/vmhpc/token is not 0400 root"
+[ "$(gx --no-env -- cat /run/vmhpc/token)" = "$TOKEN" ] || fail "/run/vmhpc/token has another token"
+expect_fail "an unprivileged user reading the token file" "Permission denied" \
+	"$EXEC" --token "$TOKEN" --port "$PORT" --user 65534 127.0.0.1 -- cat /run/vmhpc/token
+[ "$("$EXEC" --token "$TOKEN" --unix "$CTL" --setup -- echo after-second-setup)" = after-second-setup ] ||
+	fail "the control port after a second SETUP"
+grep -q "SETUP is taken once" "$SERIAL" || fail "a second SETUP was not refused: $(tail -5 "$SERIAL")"
+ok "no token or share on the kernel command line; \$VMHPC_TOKEN, /run/vmhpc/token 0400; SETUP once"
 
 # MPICH's hydra with vmhpc-exec as its ssh: a wrapper logs the launcher's argv on the way.
 out=$(gx -- sh -c 'cd /tmp
