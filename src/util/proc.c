@@ -66,6 +66,9 @@ static void child_exec(char *const argv[], const struct proc_options *opts, int 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(127);
+	/* First: the dup2()s below may land on the fds that name the namespaces. */
+	if (opts && proc_join_namespaces(opts->namespaces) < 0)
+		_exit(126);
 	if (opts && opts->stdin_fd > 0)
 		dup2(opts->stdin_fd, STDIN_FILENO);
 	else if (devnull >= 0)
@@ -76,8 +79,7 @@ static void child_exec(char *const argv[], const struct proc_options *opts, int 
 		dup2(err_w, STDERR_FILENO);
 	if (opts && opts->cwd && chdir(opts->cwd) < 0)
 		_exit(126);
-	if (opts && proc_join_namespaces(opts->namespaces) < 0)
-		_exit(126);
+
 	if (opts && opts->extra_env)
 		for (char *const *e = opts->extra_env; *e; e++)
 			putenv(*e);

@@ -553,18 +553,19 @@ child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, p
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	for (size_t i = 0; i < ARRAY_SIZE(default_signals); i++)
 		sigaction(default_signals[i], &dfl, NULL);
+	/* Into the job's network (and the user namespace owning it) first: the dup2()s below
+	 * may land on the fds that name the namespaces. QEMU alone enters it. */
+	e = proc_join_namespaces(ns);
+	if (e < 0) {
+		errno = -e;
+		goto fail_early;
+	}
 	for (int i = 0; i < 4; i++)
 		if (fds[i] >= 0 && dup2(fds[i], i) < 0)
 			goto fail;
 	if (dup2(err_fd, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0)
 		goto fail;
-	/* Into the job's network (and the user namespace owning it) before the fds that
-	 * name the namespaces are closed below; QEMU alone enters it. */
-	e = proc_join_namespaces(ns);
-	if (e < 0) {
-		errno = -e;
-		goto fail;
-	}
+
 	/* Nothing else of ours reaches QEMU, even an fd someone forgot to make O_CLOEXEC. */
 	syscall(SYS_close_range, 5u, ~0u, 0u);
 	if (fds[3] < 0)
@@ -573,6 +574,10 @@ child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, p
 fail:
 	e = errno;
 	(void)!write(4, &e, sizeof(e));
+	_exit(127);
+fail_early:
+	e = errno;
+	(void)!write(err_fd, &e, sizeof(e));
 	_exit(127);
 }
 
