@@ -89,6 +89,7 @@ for _ in $(seq 1 50); do grep -q listening "$WORK/listener.out" && break; sleep 
 grep -q listening "$WORK/listener.out" || fail "host listeners: $(cat "$WORK/listener.out")"
 # The listeners answer from the host itself (so the probes below could succeed).
 python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 2).close()"
+for _ in $(seq 1 50); do [ -s "$WORK/listener.log" ] && break; sleep 0.1; done
 [ -s "$WORK/listener.log" ] || fail "the host listener does not see a local connection"
 : >"$WORK/listener.log"
 
