@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Which QEMU machine type boots the tiny guest fastest with everything the VM runtime
 # attaches: the DAX root on virtio-pmem (virtio-blk where pmem cannot work), the job folder
-# through virtiofs (guest RAM a shared memfd), virtio-net on a multicast netdev, the
+# through virtiofs (guest RAM a shared memfd), virtio-net on a tap (in a network namespace of
+# its own, as a job's), the
 # virtio-serial control port, QMP and the serial console; TCG with a sized translation
 # buffer (and q35 with other buffer sizes). Each variant boots once per round, RUNS rounds
 # (default 3); the table shows the wall time from spawning QEMU to "vmhpc-init: ready" on
@@ -112,7 +113,7 @@ int main(int argc, char **argv)
 		{ "machine", 1, NULL, 'm' }, { "firmware", 1, NULL, 'f' },
 		{ "root-kind", 1, NULL, 'k' }, { "kernel", 1, NULL, 'K' },
 		{ "initrd", 1, NULL, 'I' }, { "root", 1, NULL, 'R' },
-		{ "virtiofs", 1, NULL, 'v' }, { "mcast", 1, NULL, 'n' },
+		{ "virtiofs", 1, NULL, 'v' }, { "tap", 1, NULL, 'n' },
 		{ "control", 1, NULL, 'c' }, { "cmdline", 1, NULL, 'a' },
 		{ "mem", 1, NULL, 'M' }, { "tb", 1, NULL, 't' },
 		{ "console-out", 1, NULL, 'o' }, { "powerdown", 0, NULL, 'p' },
@@ -141,7 +142,7 @@ int main(int argc, char **argv)
 		case 'I': c.initrd = optarg; break;
 		case 'R': c.root_image = optarg; break;
 		case 'v': c.virtiofs_socket = optarg; break;
-		case 'n': c.net = QEMU_NET_MCAST; c.net_mcast = optarg; break;
+		case 'n': c.net = QEMU_NET_TAP; c.net_tap = optarg; break;
 		case 'c': c.control_socket = optarg; break;
 		case 'a': c.cmdline = optarg; break;
 		case 'M': c.mem_mb = (unsigned)atoi(optarg); break;
@@ -295,12 +296,14 @@ boot() { # machine firmware kind console-out cmdline [extra...]
 	shift 5
 	start_virtiofsd
 	local args=(--machine "$machine" --root-kind "$kind" --kernel "$KERNEL" --initrd "$INITRD"
-		--root "$ROOT" --virtiofs "$WORK/fs.sock" --mcast "239.255.42.$((RANDOM % 200 + 1)):$((40000 + RANDOM % 20000))"
+		--root "$ROOT" --virtiofs "$WORK/fs.sock" --tap tap0
 		--control "$WORK/ctl.sock" --cmdline "$cmdline" --mem "$MEM_MB" --tb "$TB_MB"
 		--console-out "$console")
 	[ -n "$firmware" ] && args+=(--firmware "$firmware")
 	local r=0
-	"$WORK/vmboot" "${args[@]}" "$@" || r=$?
+	# A network namespace of its own with one tap, as a job's VM has (net/netns.h).
+	unshare --net sh -c 'ip tuntap add dev tap0 mode tap && ip link set tap0 up && exec "$@"' \
+		sh "$WORK/vmboot" "${args[@]}" "$@" || r=$?
 	stop_virtiofsd
 	return $r
 }
@@ -385,6 +388,6 @@ echo
 echo "command line of the kept variant (q35, pmem root; paths as vmhpc would give them):"
 "$WORK/vmboot" --print-argv --machine q35 --kernel /var/cache/vmhpc/IMAGE/kernel \
 	--initrd /var/cache/vmhpc/IMAGE/initramfs --root /var/cache/vmhpc/IMAGE/root.img \
-	--virtiofs /run/vmhpc/JOB/vm0.fs.sock --mcast 239.255.42.1:47001 \
+	--virtiofs /run/vmhpc/JOB/vm0.fs.sock --tap tap0 \
 	--control /run/vmhpc/JOB/vm0.ctl --cmdline "$CMDLINE" --mem "$MEM_MB" --tb "$TB_MB" \
 	--root-size "$(stat -c %s "$ROOT")"

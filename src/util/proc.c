@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -43,6 +44,19 @@ static void sink_read(struct sink *s)
 	s->buf[s->len] = '\0';
 }
 
+int proc_join_namespaces(const struct proc_namespaces *ns)
+{
+	if (!ns)
+		return 0;
+	/* User first: joining the network namespace needs CAP_SYS_ADMIN in the user namespace
+	 * that owns it, which a plain user has only once inside it. */
+	if (ns->user_fd >= 0 && setns(ns->user_fd, CLONE_NEWUSER) < 0)
+		return -errno;
+	if (ns->net_fd >= 0 && setns(ns->net_fd, CLONE_NEWNET) < 0)
+		return -errno;
+	return 0;
+}
+
 static void child_exec(char *const argv[], const struct proc_options *opts, int out_w, int err_w,
 		       pid_t parent)
 {
@@ -52,7 +66,12 @@ static void child_exec(char *const argv[], const struct proc_options *opts, int 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(127);
-	if (devnull >= 0)
+	/* First: the dup2()s below may land on the fds that name the namespaces. */
+	if (opts && proc_join_namespaces(opts->namespaces) < 0)
+		_exit(126);
+	if (opts && opts->stdin_fd > 0)
+		dup2(opts->stdin_fd, STDIN_FILENO);
+	else if (devnull >= 0)
 		dup2(devnull, STDIN_FILENO);
 	if (out_w >= 0)
 		dup2(out_w, STDOUT_FILENO);
@@ -60,6 +79,7 @@ static void child_exec(char *const argv[], const struct proc_options *opts, int 
 		dup2(err_w, STDERR_FILENO);
 	if (opts && opts->cwd && chdir(opts->cwd) < 0)
 		_exit(126);
+
 	if (opts && opts->extra_env)
 		for (char *const *e = opts->extra_env; *e; e++)
 			putenv(*e);

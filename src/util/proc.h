@@ -7,11 +7,21 @@
 /* Largest output proc_run collects from one stream; the rest is dropped. */
 #define PROC_OUTPUT_MAX_BYTES (16u * 1024 * 1024)
 
+/* Namespaces a child joins between fork and exec: the user namespace first (a process may
+ * join one its user owns, and gains the capabilities it needs there to join the network
+ * namespace), then the network namespace. -1: stay in ours. */
+struct proc_namespaces {
+	int user_fd; /* an open /proc/PID/ns/user, or -1 */
+	int net_fd;  /* an open /proc/PID/ns/net, or -1 */
+};
+
 struct proc_options {
 	const char *cwd; /* working directory, or NULL */
 	char *const
 	    *extra_env; /* "K=V" entries added to the environment, NULL-terminated, or NULL */
 	int stdout_fd;	/* when >= 0, the child's stdout goes here instead of being collected */
+	int stdin_fd;	/* when > 0, the child's stdin; else /dev/null */
+	const struct proc_namespaces *namespaces; /* joined before exec, or NULL */
 };
 
 /* Runs argv[0] (searched in PATH) with argv and waits for it. Its stdout (unless
@@ -29,6 +39,10 @@ int proc_run(char *const argv[], const struct proc_options *opts, char **ret_std
  * caller reaps it (waitpid). Returns -errno when fork failed; exec failures show as
  * exit code 127. */
 int proc_spawn(char *const argv[], const char *log_path, pid_t *ret_pid);
+
+/* Joins ns's namespaces (user first), for a child between fork and exec: async-signal
+ * safe. Returns 0 or -errno. */
+int proc_join_namespaces(const struct proc_namespaces *ns);
 
 /* The last non-empty line of text (for short error messages), copied (caller frees). */
 char *proc_last_line(const char *text);

@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/bridge.h"
+#include "net/netns.h"
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/fsutil.h"
@@ -51,7 +51,7 @@ struct job_vm {
 
 struct job {
 	struct runstate *rs;
-	struct net_bridge *bridge;
+	struct net_job *net;
 	struct materialized_image image;
 	enum accel accel;
 	double materialize_s;
@@ -156,7 +156,7 @@ void job_free(struct job *j)
 		virtiofsd_stop(v->virtiofsd);
 		vm_free_paths(v);
 	}
-	net_bridge_destroy(j->bridge);
+	net_job_free(j->net);
 	materialized_image_done(&j->image);
 	runstate_release(j->rs);
 	free(j->workdir);
@@ -210,7 +210,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	struct job_vm *v = &j->vms[i];
 	_cleanup_free_ char *fs_sock = NULL, *qemu_log = NULL, *cmdline = NULL;
 	const char *boot_args = cfg->image->boot_args ? cfg->image->boot_args : "";
-	char mac[18], mcast[32];
+	char mac[NET_MAC_LEN];
 	struct qemu_vm_config qc = {0};
 	unsigned overlay_mb = cfg->mem_mb / 4 < OVERLAY_MAX_MB ? cfg->mem_mb / 4 : OVERLAY_MAX_MB;
 	int r;
@@ -245,12 +245,13 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
 	 * They go in SETUP on the control port (try_connect). */
 	if (asprintf(&cmdline,
-		     "console=ttyS0 swiotlb=noforce panic=-1%s %s vmhpc.name=%s vmhpc.ip=%s/24 "
+		     "console=ttyS0 swiotlb=noforce no_timer_check panic=-1%s %s vmhpc.name=%s "
+		     "vmhpc.ip=%s/24 "
 		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d",
 		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip, hosts,
 		     overlay_mb, JOB_EXEC_PORT) < 0)
 		return -ENOMEM;
-	net_mac_address(runstate_job_id(j->rs), i, mac);
+	net_mac_address(i, mac);
 	qc.name = v->name;
 	qc.accel = j->accel;
 	qc.vcpus = cfg->vcpus;
@@ -263,18 +264,10 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	qc.root_kind = QEMU_ROOT_PMEM;
 	qc.virtiofs_socket = fs_sock;
 	qc.mac = mac;
-	if (j->bridge) {
-		qc.net = QEMU_NET_TAP;
-		qc.net_tap = j->bridge->taps[i];
-	} else {
-		/* Without root: one multicast group per job on loopback is the segment. */
-		unsigned long id = strtoul(runstate_job_id(j->rs), NULL, 16);
-
-		snprintf(mcast, sizeof(mcast), "239.255.%lu.%lu:%lu", (id >> 8) & 0xff, id & 0xff,
-			 40000 + (id >> 16) % 20000);
-		qc.net = QEMU_NET_MCAST;
-		qc.net_mcast = mcast;
-	}
+	/* The VM's tap, opened by QEMU inside the job's private network. */
+	qc.net = QEMU_NET_TAP;
+	qc.net_tap = net_job_tap(j->net, i);
+	qc.namespaces = net_job_namespaces(j->net);
 	qc.control_socket = v->ctl_path;
 	qc.console_log = v->console_log;
 	qc.stderr_log = qemu_log;
@@ -548,21 +541,10 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 		goto fail;
 	}
 
-	if (geteuid() == 0) {
-		/* Names are recorded before they exist: a kill in between leaves a record
-		 * of something absent, which cleanup skips, never the reverse. */
-		char name[32];
-
-		snprintf(name, sizeof(name), "vmhpc%sb", job_id(j));
-		runstate_add_link(j->rs, name);
-		for (unsigned i = 0; i < cfg->n_vms; i++) {
-			snprintf(name, sizeof(name), "vmhpc%st%u", job_id(j), i);
-			runstate_add_link(j->rs, name);
-		}
-		r = net_bridge_create(job_id(j), cfg->n_vms, &j->bridge, ret_error);
-		if (r < 0)
-			goto fail;
-	}
+	/* Nothing to record for cleanup: the links die with the namespace. */
+	r = net_job_create(cfg->n_vms, cfg->unprivileged, &j->net, ret_error);
+	if (r < 0)
+		goto fail;
 
 	hosts = hosts_list(j);
 	if (!hosts) {
@@ -802,11 +784,8 @@ int job_detach(struct job *j, int *ret_lock_fd)
 		qemu_vm_release(v->qemu);
 		vm_free_paths(v);
 	}
-	if (j->bridge) {
-		/* The links stay: they are recorded in the runstate the adopter takes over. */
-		free(j->bridge->taps);
-		free(j->bridge);
-	}
+	/* The job's network namespace lives on in its QEMUs: only our handles go. */
+	net_job_free(j->net);
 	materialized_image_done(&j->image);
 	*ret_lock_fd = runstate_detach(j->rs);
 	free(j->workdir);

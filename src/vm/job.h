@@ -37,6 +37,9 @@ struct job_config {
 	uid_t owner_uid; /* the submitting user: the share runs with their rights only */
 	gid_t owner_gid;
 	const char *accel; /* "kvm" or "tcg"; NULL: probe */
+	/* Without CAP_SYS_ADMIN (the caller decides, e.g. geteuid() != 0): the job's private
+	 * network namespace is owned by a user namespace of its own (net/netns.h). */
+	bool unprivileged;
 	int boot_timeout_ms;
 	/* Called while VMs come up: how many are ready of n_vms. May be NULL. */
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
@@ -122,7 +125,8 @@ int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret);
  * it); *ret_seconds is the wall time it took. */
 int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds);
 
-/* Kills whatever still runs, removes taps, bridge, sockets and the job directory, frees j;
+/* Kills whatever still runs, lets go of the job's network, removes sockets and the job
+ * directory, frees j;
  * NULL is a no-op. */
 void job_free(struct job *j);
 

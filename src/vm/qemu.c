@@ -119,16 +119,6 @@ static const char *opt_escape(const char *value)
 	return out;
 }
 
-static const char *qemu_root_to_string(enum qemu_root r)
-{
-	static const char *const names[_QEMU_ROOT_MAX] = {
-	    [QEMU_ROOT_PMEM] = "pmem",
-	    [QEMU_ROOT_BLK] = "blk",
-	};
-
-	return r < _QEMU_ROOT_MAX ? names[r] : NULL;
-}
-
 static bool machine_is(const char *machine, const char *type)
 {
 	size_t n = strlen(type);
@@ -169,15 +159,6 @@ static bool valid_mac(const char *mac)
 	       strlen(mac) == 17;
 }
 
-static bool valid_mcast(const char *group_port)
-{
-	unsigned a, b, c, d, port;
-	char tail;
-
-	return sscanf(group_port, "%u.%u.%u.%u:%u%c", &a, &b, &c, &d, &port, &tail) == 5 &&
-	       a >= 224 && a <= 239 && b < 256 && c < 256 && d < 256 && port > 0 && port < 65536;
-}
-
 static int config_error(char **ret_error, int r, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int config_error(char **ret_error, int r, const char *fmt, ...)
@@ -193,9 +174,134 @@ static int config_error(char **ret_error, int r, const char *fmt, ...)
 	return r;
 }
 
-static int config_check(const struct qemu_vm_config *c, const char *machine, bool mmio,
-			char **ret_error)
+/* ---- backends: one ops table per variant, listed in one array per kind ---- */
+
+/* What a backend needs to know about the machine. */
+struct argv_ctx {
+	const char *machine;
+	bool mmio;	 /* virtio-mmio devices (microvm without PCI) */
+	const char *bus; /* device suffix: "pci" or "device" */
+};
+
+/* The root file system's device. */
+struct qemu_root_ops {
+	const char *name;
+	/* Checks what the backend needs beyond a valid image and size; NULL: nothing. */
+	int (*check)(const struct qemu_vm_config *c, const struct argv_ctx *x, char **ret_error);
+	/* Device memory it needs beside RAM (room in -m maxmem); NULL: none. */
+	uint64_t (*device_memory_bytes)(const struct qemu_vm_config *c);
+	void (*add_args)(struct strv *s, const struct qemu_vm_config *c, const struct argv_ctx *x);
+};
+
+static int root_pmem_check(const struct qemu_vm_config *c, const struct argv_ctx *x,
+			   char **ret_error)
 {
+	if (x->mmio)
+		return config_error(ret_error, -EOPNOTSUPP,
+				    "VM %s: virtio-pmem needs a machine with a device memory area "
+				    "(q35, pc); machine %s has none: use the virtio-blk root",
+				    c->name, x->machine);
+	return 0;
+}
+
+static uint64_t root_pmem_device_memory_bytes(const struct qemu_vm_config *c)
+{
+	/* Where the device memory goes must be a multiple of QEMU_MAXMEM_ALIGN_BYTES. */
+	return (c->root_size_bytes + QEMU_MAXMEM_ALIGN_BYTES - 1) / QEMU_MAXMEM_ALIGN_BYTES *
+	       QEMU_MAXMEM_ALIGN_BYTES;
+}
+
+static void root_pmem_add_args(struct strv *s, const struct qemu_vm_config *c,
+			       const struct argv_ctx *x)
+{
+	(void)x;
+	/* The file mapped read-only and shared: every VM of the image maps the same host page
+	 * cache; the guest reads it through DAX without copying it. */
+	strv_add(s, strdup("-object"));
+	strv_addf(s,
+		  "memory-backend-file,id=rootmem,mem-path=%s,share=on,readonly=on,"
+		  "size=%" PRIu64,
+		  opt_escape(c->root_image), c->root_size_bytes);
+	strv_add2(s, "-device", "virtio-pmem-pci,memdev=rootmem,id=root");
+}
+
+static const struct qemu_root_ops root_pmem_ops = {
+    .name = "pmem",
+    .check = root_pmem_check,
+    .device_memory_bytes = root_pmem_device_memory_bytes,
+    .add_args = root_pmem_add_args,
+};
+
+static void root_blk_add_args(struct strv *s, const struct qemu_vm_config *c,
+			      const struct argv_ctx *x)
+{
+	strv_add(s, strdup("-blockdev"));
+	strv_addf(s,
+		  "driver=raw,node-name=root,read-only=on,file.driver=file,"
+		  "file.filename=%s,file.read-only=on",
+		  opt_escape(c->root_image));
+	strv_add(s, strdup("-device"));
+	strv_addf(s, "virtio-blk-%s,drive=root,id=rootblk", x->bus);
+}
+
+static const struct qemu_root_ops root_blk_ops = {
+    .name = "blk",
+    .add_args = root_blk_add_args,
+};
+
+static const struct qemu_root_ops *const root_backends[_QEMU_ROOT_MAX] = {
+    [QEMU_ROOT_PMEM] = &root_pmem_ops,
+    [QEMU_ROOT_BLK] = &root_blk_ops,
+};
+
+/* The network under the VM's one NIC (virtio-net, added by qemu_build_argv). */
+struct qemu_net_ops {
+	const char *name;
+	/* Checks the backend's fields; NULL: nothing to check. */
+	int (*check)(const struct qemu_vm_config *c, char **ret_error);
+	/* Adds "-netdev ...,id=net0"; NULL: the VM has no NIC. */
+	void (*add_netdev)(struct strv *s, const struct qemu_vm_config *c);
+};
+
+static const struct qemu_net_ops net_none_ops = {
+    .name = "none",
+};
+
+static int net_tap_check(const struct qemu_vm_config *c, char **ret_error)
+{
+	if (!c->net_tap || !c->net_tap[0])
+		return config_error(ret_error, -EINVAL, "VM %s: tap network without an interface",
+				    c->name);
+	if (strlen(c->net_tap) >= 16)
+		return config_error(ret_error, -EINVAL,
+				    "VM %s: tap name \"%s\" is longer than 15 characters", c->name,
+				    c->net_tap);
+	return 0;
+}
+
+static void net_tap_add_netdev(struct strv *s, const struct qemu_vm_config *c)
+{
+	/* QEMU opens the tap by name where it runs (the job's namespace) and runs no scripts:
+	 * the tap is on the job's bridge already. */
+	strv_add(s, strdup("-netdev"));
+	strv_addf(s, "tap,id=net0,ifname=%s,script=no,downscript=no", opt_escape(c->net_tap));
+}
+
+static const struct qemu_net_ops net_tap_ops = {
+    .name = "tap",
+    .check = net_tap_check,
+    .add_netdev = net_tap_add_netdev,
+};
+
+static const struct qemu_net_ops *const net_backends[_QEMU_NET_MAX] = {
+    [QEMU_NET_NONE] = &net_none_ops,
+    [QEMU_NET_TAP] = &net_tap_ops,
+};
+
+static int config_check(const struct qemu_vm_config *c, const struct argv_ctx *x, char **ret_error)
+{
+	int r;
+
 	if (!c->name || !c->name[0])
 		return config_error(ret_error, -EINVAL, "VM config: name is missing");
 	if (!c->kernel)
@@ -215,7 +321,10 @@ static int config_check(const struct qemu_vm_config *c, const char *machine, boo
 				    "VM %s: TCG translation buffer %u MiB is more than %u MiB",
 				    c->name, c->tcg_tb_mb, QEMU_TB_MB_MAX);
 	if (c->root_image) {
-		if (!qemu_root_to_string(c->root_kind))
+		const struct qemu_root_ops *root =
+		    (unsigned)c->root_kind < _QEMU_ROOT_MAX ? root_backends[c->root_kind] : NULL;
+
+		if (!root)
 			return config_error(ret_error, -EINVAL, "VM %s: unknown root kind %d",
 					    c->name, (int)c->root_kind);
 		if (c->root_size_bytes == 0 || c->root_size_bytes % 4096 != 0)
@@ -223,25 +332,14 @@ static int config_check(const struct qemu_vm_config *c, const char *machine, boo
 					    "VM %s: root image size %" PRIu64
 					    " is not a positive multiple of 4096 bytes",
 					    c->name, c->root_size_bytes);
-		if (c->root_kind == QEMU_ROOT_PMEM && mmio)
-			return config_error(
-			    ret_error, -EOPNOTSUPP,
-			    "VM %s: virtio-pmem needs a machine with a device memory area "
-			    "(q35, pc); machine %s has none: use the virtio-blk root",
-			    c->name, machine);
+		if (root->check && (r = root->check(c, x, ret_error)) < 0)
+			return r;
 	}
-	if (c->net == QEMU_NET_TAP && (!c->net_tap || !c->net_tap[0]))
-		return config_error(ret_error, -EINVAL, "VM %s: tap network without an interface",
-				    c->name);
-	if (c->net == QEMU_NET_MCAST && (!c->net_mcast || !valid_mcast(c->net_mcast)))
-		return config_error(
-		    ret_error, -EINVAL,
-		    "VM %s: multicast network needs GROUP:PORT with a 224-239.x.x.x "
-		    "group, got \"%s\"",
-		    c->name, c->net_mcast ? c->net_mcast : "");
-	if (c->net >= _QEMU_NET_MAX)
+	if ((unsigned)c->net >= _QEMU_NET_MAX || !net_backends[c->net])
 		return config_error(ret_error, -EINVAL, "VM %s: unknown network kind %d", c->name,
 				    (int)c->net);
+	if (net_backends[c->net]->check && (r = net_backends[c->net]->check(c, ret_error)) < 0)
+		return r;
 	if (c->mac && !valid_mac(c->mac))
 		return config_error(ret_error, -EINVAL,
 				    "VM %s: MAC \"%s\" is not of the form 52:54:00:12:34:56",
@@ -257,16 +355,23 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 	const char *machine = c->machine ? c->machine : QEMU_MACHINE_DEFAULT;
 	/* microvm has no PCI unless pcie=on: its devices are virtio-mmio ("-device" suffix) */
 	bool mmio = machine_is(machine, "microvm") && !strstr(machine, "pcie=on");
-	const char *bus = mmio ? "device" : "pci";
+	const struct argv_ctx x = {
+	    .machine = machine, .mmio = mmio, .bus = mmio ? "device" : "pci"};
+	const char *bus = x.bus;
 	bool memfd_ram = c->virtiofs_socket != NULL;
-	bool pmem = c->root_image && c->root_kind == QEMU_ROOT_PMEM;
+	const struct qemu_root_ops *root;
+	const struct qemu_net_ops *net;
+	uint64_t dev_bytes;
 	struct strv s = {0};
 	char *mval;
 	int r;
 
-	r = config_check(c, machine, mmio, ret_error);
+	r = config_check(c, &x, ret_error);
 	if (r < 0)
 		return r;
+	root = c->root_image ? root_backends[c->root_kind] : NULL;
+	net = net_backends[c->net];
+	dev_bytes = root && root->device_memory_bytes ? root->device_memory_bytes(c) : 0;
 
 	strv_add(&s, strdup(c->qemu ? c->qemu : qemu_binary()));
 	strv_addf(&s, "-name");
@@ -304,12 +409,9 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 
 	/* RAM, and room beside it for the root's device memory. */
 	strv_add(&s, strdup("-m"));
-	if (pmem) {
-		uint64_t dev = (c->root_size_bytes + QEMU_MAXMEM_ALIGN_BYTES - 1) /
-			       QEMU_MAXMEM_ALIGN_BYTES * QEMU_MAXMEM_ALIGN_BYTES;
-
+	if (dev_bytes) {
 		strv_addf(&s, "%uM,slots=1,maxmem=%" PRIu64 "M", c->mem_mb,
-			  (uint64_t)c->mem_mb + dev / MIB);
+			  (uint64_t)c->mem_mb + dev_bytes / MIB);
 	} else {
 		strv_addf(&s, "%uM", c->mem_mb);
 	}
@@ -324,24 +426,8 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 		strv_add2(&s, "-initrd", c->initrd);
 	strv_add2(&s, "-append", c->cmdline ? c->cmdline : "");
 
-	if (c->root_image && pmem) {
-		/* The file mapped read-only and shared: every VM of the image maps the same
-		 * host page cache; the guest reads it through DAX without copying it. */
-		strv_add(&s, strdup("-object"));
-		strv_addf(&s,
-			  "memory-backend-file,id=rootmem,mem-path=%s,share=on,readonly=on,"
-			  "size=%" PRIu64,
-			  opt_escape(c->root_image), c->root_size_bytes);
-		strv_add2(&s, "-device", "virtio-pmem-pci,memdev=rootmem,id=root");
-	} else if (c->root_image) {
-		strv_add(&s, strdup("-blockdev"));
-		strv_addf(&s,
-			  "driver=raw,node-name=root,read-only=on,file.driver=file,"
-			  "file.filename=%s,file.read-only=on",
-			  opt_escape(c->root_image));
-		strv_add(&s, strdup("-device"));
-		strv_addf(&s, "virtio-blk-%s,drive=root,id=rootblk", bus);
-	}
+	if (root)
+		root->add_args(&s, c, &x);
 
 	if (c->virtiofs_socket) {
 		strv_add(&s, strdup("-chardev"));
@@ -352,13 +438,8 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 		    opt_escape(c->virtiofs_tag ? c->virtiofs_tag : QEMU_VIRTIOFS_TAG_DEFAULT));
 	}
 
-	if (c->net != QEMU_NET_NONE) {
-		strv_add(&s, strdup("-netdev"));
-		if (c->net == QEMU_NET_TAP)
-			strv_addf(&s, "tap,id=net0,ifname=%s,script=no,downscript=no",
-				  opt_escape(c->net_tap));
-		else
-			strv_addf(&s, "socket,id=net0,mcast=%s,localaddr=127.0.0.1", c->net_mcast);
+	if (net->add_netdev) {
+		net->add_netdev(&s, c);
 		strv_add(&s, strdup("-device"));
 		/* romfile= (empty): no iPXE option ROM to load, we boot from -kernel */
 		strv_addf(&s, "virtio-net-%s,netdev=net0%s%s%s", bus,
@@ -454,7 +535,7 @@ static int64_t now_ms(void)
  * write end of the exec-error pipe. */
 static void __attribute__((noreturn))
 child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, pid_t parent,
-	   bool outlive)
+	   bool outlive, const struct proc_namespaces *ns)
 {
 	static const int default_signals[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD};
 	struct sigaction dfl = {.sa_handler = SIG_DFL};
@@ -478,11 +559,19 @@ child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, p
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	for (size_t i = 0; i < ARRAY_SIZE(default_signals); i++)
 		sigaction(default_signals[i], &dfl, NULL);
+	/* Into the job's network (and the user namespace owning it) first: the dup2()s below
+	 * may land on the fds that name the namespaces. QEMU alone enters it. */
+	e = proc_join_namespaces(ns);
+	if (e < 0) {
+		errno = -e;
+		goto fail_early;
+	}
 	for (int i = 0; i < 4; i++)
 		if (fds[i] >= 0 && dup2(fds[i], i) < 0)
 			goto fail;
 	if (dup2(err_fd, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0)
 		goto fail;
+
 	/* Nothing else of ours reaches QEMU, even an fd someone forgot to make O_CLOEXEC. */
 	syscall(SYS_close_range, 5u, ~0u, 0u);
 	if (fds[3] < 0)
@@ -491,6 +580,10 @@ child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, p
 fail:
 	e = errno;
 	(void)!write(4, &e, sizeof(e));
+	_exit(127);
+fail_early:
+	e = errno;
+	(void)!write(err_fd, &e, sizeof(e));
 	_exit(127);
 }
 
@@ -584,7 +677,7 @@ int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm)
 		goto out;
 	}
 	if (pid == 0)
-		child_exec(path, argv, fds, errpipe[1], parent, c.outlive_caller);
+		child_exec(path, argv, fds, errpipe[1], parent, c.outlive_caller, c.namespaces);
 	if (!c.outlive_caller)
 		(void)setpgid(pid, pid); /* also here, so kill(-pid) works the moment we return */
 	vm->pid = pid;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "util/proc.h"
 #include "vm/accel.h"
 
 /* The machine type that boots fastest here with a DAX root: see docs/vm.md. */
@@ -30,8 +31,7 @@ enum qemu_root {
 
 enum qemu_net {
 	QEMU_NET_NONE,
-	QEMU_NET_TAP,	/* an existing tap device (made by root, attached to the job's bridge) */
-	QEMU_NET_MCAST, /* UDP multicast group on loopback: unprivileged, one host (docs/vm.md) */
+	QEMU_NET_TAP, /* an existing tap, opened by name (in config.namespaces' network) */
 	_QEMU_NET_MAX,
 };
 
@@ -59,9 +59,11 @@ struct qemu_vm_config {
 	const char *virtiofs_tag;    /* NULL: QEMU_VIRTIOFS_TAG_DEFAULT */
 
 	enum qemu_net net;
-	const char *net_tap;   /* QEMU_NET_TAP: interface name */
-	const char *net_mcast; /* QEMU_NET_MCAST: "GROUP:PORT", e.g. "239.255.7.1:47001" */
-	const char *mac;       /* guest MAC; NULL: QEMU picks one (not unique across QEMUs!) */
+	const char *net_tap; /* QEMU_NET_TAP: interface name */
+	const char *mac;     /* guest MAC; NULL: QEMU picks one (not unique across QEMUs!) */
+	/* Namespaces QEMU joins between fork and exec (the job's private network, and the
+	 * user namespace owning it); NULL: ours. Not on the command line. */
+	const struct proc_namespaces *namespaces;
 
 	const char *control_socket; /* virtio-serial control port's unix socket (QEMU listens) */
 	const char *qmp_socket;	    /* QMP on a unix socket QEMU listens on; NULL: a socketpair,
@@ -91,7 +93,8 @@ void qemu_argv_free(char **argv);
 /* Starts QEMU for config: its own process group, stdin /dev/null, killed by the kernel
  * when the thread that called this exits (keep VMs owned by a long-lived thread) unless
  * config.outlive_caller (then in its own session, for qemu_vm_adopt elsewhere). Returns
- * -ENOENT when the binary is missing, -EINVAL for a bad config (reason logged at debug).
+ * -ENOENT when the binary is missing, -EINVAL for a bad config (reason logged at debug),
+ * setns()'s -errno when config.namespaces cannot be joined.
  * The caller frees *ret_vm with qemu_vm_free(). */
 int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm);
 

@@ -18,7 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/bridge.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
 #include "util/log.h"
@@ -36,7 +35,7 @@
 #define REMOVE_MAX_DEPTH 4
 
 struct runstate {
-	char job_id[NET_JOB_ID_LEN + 1];
+	char job_id[RUNSTATE_JOB_ID_LEN + 1];
 	char *dir;
 	int jobs_fd;
 	int dir_fd;
@@ -129,16 +128,16 @@ static bool is_hex_id(const char *s)
 	for (i = 0; s[i]; i++)
 		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
 			return false;
-	return i == NET_JOB_ID_LEN;
+	return i == RUNSTATE_JOB_ID_LEN;
 }
 
-static void random_id(char out[NET_JOB_ID_LEN + 1])
+static void random_id(char out[RUNSTATE_JOB_ID_LEN + 1])
 {
 	uint32_t id;
 
 	if (getrandom(&id, sizeof(id), 0) != sizeof(id))
 		id = (uint32_t)time(NULL) ^ (uint32_t)getpid() << 8;
-	snprintf(out, NET_JOB_ID_LEN + 1, "%08x", id);
+	snprintf(out, RUNSTATE_JOB_ID_LEN + 1, "%08x", id);
 }
 
 /* Removes everything inside the directory dfd (not following symlinks), except the
@@ -189,7 +188,7 @@ static void remove_job_dir(int jobs_fd, const char *name, int dfd)
 int runstate_create(const char *run_dir, uid_t owner, struct runstate **ret_state)
 {
 	_cleanup_close_ int jobs_fd = -1, dir_fd = -1, lock_fd = -1, res_fd = -1;
-	char tmp[sizeof(TEMP_PREFIX) + NET_JOB_ID_LEN], id[NET_JOB_ID_LEN + 1];
+	char tmp[sizeof(TEMP_PREFIX) + RUNSTATE_JOB_ID_LEN], id[RUNSTATE_JOB_ID_LEN + 1];
 	_cleanup_free_ char *jobs = NULL, *dir = NULL;
 	struct runstate *rs;
 	int attempt, r;
@@ -417,9 +416,9 @@ static bool is_job_link(const char *job_id, const char *name)
 {
 	const char *p;
 
-	if (strncmp(name, "vmhpc", 5) != 0 || strncmp(name + 5, job_id, NET_JOB_ID_LEN) != 0)
+	if (strncmp(name, "vmhpc", 5) != 0 || strncmp(name + 5, job_id, RUNSTATE_JOB_ID_LEN) != 0)
 		return false;
-	p = name + 5 + NET_JOB_ID_LEN;
+	p = name + 5 + RUNSTATE_JOB_ID_LEN;
 	if (strcmp(p, "b") == 0)
 		return true;
 	if (p[0] != 't' || !p[1] || strlen(p + 1) > 3)

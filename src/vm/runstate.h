@@ -12,6 +12,8 @@
 
 #include <sys/types.h>
 
+#define RUNSTATE_JOB_ID_LEN 8 /* hex chars of a job id */
+
 struct runstate;
 
 /* The default run directory: /run/vmhpc for root, else $XDG_RUNTIME_DIR/vmhpc or
@@ -31,7 +33,9 @@ const char *runstate_job_dir(const struct runstate *rs);
 
 /* Records a resource before it is created: a process (pid + its start time, so a reused
  * pid is never killed), or a network link named "vmhpc<job id>b" or "vmhpc<job id>t<n>"
- * (-EINVAL for any other name). */
+ * (-EINVAL for any other name). The job network itself needs no record (it lives in a
+ * namespace the kernel removes with its last QEMU); links are for devices a job must make
+ * in the host's namespace, such as the VXLAN end of a multi-node job's segment. */
 int runstate_add_pid(struct runstate *rs, pid_t pid);
 int runstate_add_link(struct runstate *rs, const char *ifname);
 

@@ -757,8 +757,8 @@ static struct qemu_vm_config full_config(void)
 	    .root_size_bytes = 79691776, /* 76 MiB */
 	    .root_kind = QEMU_ROOT_PMEM,
 	    .virtiofs_socket = "/run/job1/fs.sock",
-	    .net = QEMU_NET_MCAST,
-	    .net_mcast = "239.255.7.1:47001",
+	    .net = QEMU_NET_TAP,
+	    .net_tap = "tap0",
 	    .mac = "52:54:00:00:00:01",
 	    .control_socket = "/run/job1/vm0.ctl",
 	    .console_log = "/run/job1/vm0.console",
@@ -796,8 +796,7 @@ static void test_argv_full(void **state)
 	assert_true(argv_has(argv, "-device", "virtio-pmem-pci,memdev=rootmem,id=root"));
 	assert_true(argv_has(argv, "-chardev", "socket,id=fs0,path=/run/job1/fs.sock"));
 	assert_true(argv_has(argv, "-device", "vhost-user-fs-pci,chardev=fs0,tag=job"));
-	assert_true(argv_has(argv, "-netdev",
-			     "socket,id=net0,mcast=239.255.7.1:47001,localaddr=127.0.0.1"));
+	assert_true(argv_has(argv, "-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no"));
 	assert_true(
 	    argv_has(argv, "-device", "virtio-net-pci,netdev=net0,romfile=,mac=52:54:00:00:00:01"));
 	assert_true(
@@ -922,11 +921,17 @@ static void test_argv_bad_configs(void **state)
 	c.mac = "52:54:00:00:00";
 	expect_config_error(&c, -EINVAL, "MAC");
 	c = full_config();
-	c.net_mcast = "10.0.0.1:5000";
-	expect_config_error(&c, -EINVAL, "GROUP:PORT");
+	c.net_tap = "vmhpc1234abcdt10"; /* 16 characters: the kernel would truncate it */
+	expect_config_error(&c, -EINVAL, "longer than 15");
 	c = full_config();
-	c.net = QEMU_NET_TAP;
+	c.net_tap = NULL;
 	expect_config_error(&c, -EINVAL, "tap");
+	c = full_config();
+	c.net = _QEMU_NET_MAX;
+	expect_config_error(&c, -EINVAL, "network kind");
+	c = full_config();
+	c.root_kind = _QEMU_ROOT_MAX;
+	expect_config_error(&c, -EINVAL, "root kind");
 	c = full_config();
 	c.console_pipe = true;
 	expect_config_error(&c, -EINVAL, "console");

@@ -1,0 +1,349 @@
+/* A job's private network: see netns.h. */
+#include "net/netns.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "util/cleanup.h"
+#include "util/error.h"
+
+#define NET_BRIDGE   "br0"
+#define NET_TUN_PATH "/dev/net/tun"
+
+struct net_job {
+	struct proc_namespaces ns;
+	unsigned n_taps;
+	char (*taps)[16];
+};
+
+/* What the namespace holder did; sent to the parent once, whatever happened. */
+enum holder_step {
+	STEP_DONE,
+	STEP_UNSHARE,
+	STEP_SETGROUPS,
+	STEP_UID_MAP,
+	STEP_GID_MAP,
+	STEP_SYSCTL,
+};
+
+struct holder_report {
+	int step; /* enum holder_step reached: STEP_DONE or the step that failed */
+	int error;
+	int sysctl; /* STEP_SYSCTL: index into holder_sysctls */
+};
+
+/* Written from inside the new namespace, before any link exists: /proc/sys/net is the
+ * writer's network namespace. "default" applies to links made later (the bridge, taps), so
+ * none of them gets an IPv6 link-local address a guest could talk to; with IPv6 off and
+ * no IPv4 address, the namespace's own stack answers nothing (ARP included); arp_ignore 8
+ * says so once more should an address ever be added. */
+static const struct {
+	const char *path, *value;
+	bool required;
+} holder_sysctls[] = {
+    {"/proc/sys/net/ipv6/conf/all/disable_ipv6", "1\n", true},
+    {"/proc/sys/net/ipv6/conf/default/disable_ipv6", "1\n", true},
+    {"/proc/sys/net/ipv4/conf/all/arp_ignore", "8\n", false},
+    {"/proc/sys/net/ipv4/conf/default/arp_ignore", "8\n", false},
+};
+
+/* Async-signal-safe: writes text to path. Returns 0 or errno. */
+static int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), e = 0;
+	size_t n = strlen(text);
+
+	if (fd < 0)
+		return errno;
+	if (write(fd, text, n) != (ssize_t)n)
+		e = errno ? errno : EIO;
+	close(fd);
+	return e;
+}
+
+/* The forked child that makes the namespaces: it unshares, maps root to the caller (user
+ * case), turns IPv6 off, reports, then stays until the parent has opened its namespace
+ * files (the parent closes the socket) and exits. Only async-signal-safe calls: the
+ * parent may have threads. */
+static void __attribute__((noreturn))
+holder(int sock, bool unprivileged, const char *uid_map, const char *gid_map, pid_t parent)
+{
+	struct holder_report rep = {.step = STEP_DONE};
+	char c;
+
+	/* A parent killed before it took the namespaces must not leave us waiting. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(1);
+	if (unshare(unprivileged ? CLONE_NEWUSER | CLONE_NEWNET : CLONE_NEWNET) < 0) {
+		rep = (struct holder_report){STEP_UNSHARE, errno, 0};
+		goto report;
+	}
+	if (unprivileged) {
+		/* The one mapping a user may write for itself: root inside is the user outside.
+		 * setgroups must be denied first, or the kernel refuses the gid map. */
+		if ((rep.error = write_text("/proc/self/setgroups", "deny")) != 0) {
+			rep.step = STEP_SETGROUPS;
+			goto report;
+		}
+		if ((rep.error = write_text("/proc/self/uid_map", uid_map)) != 0) {
+			rep.step = STEP_UID_MAP;
+			goto report;
+		}
+		if ((rep.error = write_text("/proc/self/gid_map", gid_map)) != 0) {
+			rep.step = STEP_GID_MAP;
+			goto report;
+		}
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(holder_sysctls); i++) {
+		int e = write_text(holder_sysctls[i].path, holder_sysctls[i].value);
+
+		/* ENOENT: a kernel without IPv6 (or ARP knobs) has nothing to turn off. */
+		if (e != 0 && e != ENOENT && holder_sysctls[i].required) {
+			rep = (struct holder_report){STEP_SYSCTL, e, (int)i};
+			goto report;
+		}
+	}
+report:
+	(void)!write(sock, &rep, sizeof(rep));
+	while (read(sock, &c, 1) < 0 && errno == EINTR)
+		;
+	_exit(rep.step == STEP_DONE ? 0 : 1);
+}
+
+static int holder_error(const struct holder_report *rep, bool unprivileged, char **ret_error)
+{
+	int r = -rep->error;
+
+	switch (rep->step) {
+	case STEP_UNSHARE:
+		if (unprivileged)
+			return error_set(
+			    ret_error, r,
+			    "making the job's user and network namespaces: %s; enable "
+			    "unprivileged user namespaces (sysctl "
+			    "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > "
+			    "0) or run as root",
+			    strerror(rep->error));
+		return error_set(ret_error, r, "making the job's network namespace: %s",
+				 strerror(rep->error));
+	case STEP_SETGROUPS:
+	case STEP_UID_MAP:
+	case STEP_GID_MAP:
+		return error_set(ret_error, r,
+				 "mapping root in the job's user namespace to this user (%s): %s",
+				 rep->step == STEP_SETGROUPS ? "setgroups"
+				 : rep->step == STEP_UID_MAP ? "uid_map"
+							     : "gid_map",
+				 strerror(rep->error));
+	case STEP_SYSCTL:
+		return error_set(ret_error, r, "writing %s in the job's network namespace: %s",
+				 holder_sysctls[rep->sysctl].path, strerror(rep->error));
+	default:
+		return error_set(ret_error, -EIO, "the job's namespace helper failed");
+	}
+}
+
+/* Makes the namespaces and opens them into j->ns. */
+static int make_namespaces(struct net_job *j, bool unprivileged, char **ret_error)
+{
+	char uid_map[32], gid_map[32], path[64];
+	struct holder_report rep;
+	_cleanup_close_ int sock = -1;
+	int sv[2], r = 0, status;
+	pid_t parent = getpid(), pid;
+	ssize_t n;
+
+	/* Formatted here: the child only calls async-signal-safe functions. */
+	snprintf(uid_map, sizeof(uid_map), "0 %u 1\n", (unsigned)geteuid());
+	snprintf(gid_map, sizeof(gid_map), "0 %u 1\n", (unsigned)getegid());
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return error_set(ret_error, -errno, "socketpair: %s", strerror(errno));
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		close(sv[0]);
+		close(sv[1]);
+		return error_set(ret_error, r, "fork: %s", strerror(-r));
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		holder(sv[1], unprivileged, uid_map, gid_map, parent);
+	}
+	close(sv[1]);
+	sock = sv[0];
+	do
+		n = read(sock, &rep, sizeof(rep));
+	while (n < 0 && errno == EINTR);
+	if (n != sizeof(rep))
+		r = error_set(ret_error, -EIO, "the job's namespace helper died before reporting");
+	else if (rep.step != STEP_DONE)
+		r = holder_error(&rep, unprivileged, ret_error);
+	else {
+		/* The child is alive (it waits for us), so its pid names it. */
+		snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
+		j->ns.net_fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (j->ns.net_fd < 0)
+			r = error_set(ret_error, -errno, "opening %s: %s", path, strerror(errno));
+		if (r == 0 && unprivileged) {
+			snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+			j->ns.user_fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (j->ns.user_fd < 0)
+				r = error_set(ret_error, -errno, "opening %s: %s", path,
+					      strerror(errno));
+		}
+	}
+	close(TAKE_FD(sock)); /* lets the child go */
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return r;
+}
+
+/* Runs `ip -batch -` inside the namespaces with the commands in batch. */
+static int run_ip_batch(const struct net_job *j, const char *batch, char **ret_error)
+{
+	char *argv[] = {"ip", "-batch", "-", NULL};
+	_cleanup_free_ char *err = NULL, *last = NULL;
+	_cleanup_close_ int in_r = -1;
+	struct proc_options opts = {.stdout_fd = -1, .namespaces = &j->ns};
+	size_t len = strlen(batch);
+	int p[2], r, code;
+
+	/* The whole batch fits the pipe (a few KiB for NET_MAX_VMS taps), so it is written
+	 * before ip starts and ip reads it to the end. */
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return error_set(ret_error, -errno, "pipe: %s", strerror(errno));
+	in_r = p[0];
+	if (write(p[1], batch, len) != (ssize_t)len) {
+		r = -errno;
+		close(p[1]);
+		return error_set(ret_error, r ? r : -EIO, "writing ip's commands: %s",
+				 strerror(r ? -r : EIO));
+	}
+	close(p[1]);
+	opts.stdin_fd = in_r;
+	r = proc_run(argv, &opts, NULL, &err, &code);
+	if (r < 0)
+		return error_set(ret_error, r, "running ip: %s; install iproute2", strerror(-r));
+	if (code != 0) {
+		/* ip ends with "Command failed -:N"; the line before says why. */
+		char *cut = strstr(err, "Command failed");
+
+		if (cut)
+			*cut = '\0';
+		last = proc_last_line(err);
+		return error_set(ret_error, -EIO,
+				 "making the job's bridge and taps in its network namespace with "
+				 "`ip` failed (exit %d): %s",
+				 code, last && *last ? last : "?");
+	}
+	return 0;
+}
+
+int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char **ret_error)
+{
+	struct net_job *j;
+	size_t cap, len = 0;
+	_cleanup_free_ char *batch = NULL;
+	int r;
+
+	if (n_vms == 0 || n_vms > NET_MAX_VMS)
+		return error_set(ret_error, -EINVAL, "a job network has 1 to %d VMs", NET_MAX_VMS);
+	/* QEMU (and ip, making the taps) open the tun device as the user: no namespace lends
+	 * access to a device node the user cannot open. */
+	if (unprivileged && access(NET_TUN_PATH, R_OK | W_OK) < 0)
+		return error_set(ret_error, -errno,
+				 "%s: %s; a job's VMs are joined by taps, which an unprivileged "
+				 "user can make only if %s is mode 0666 (Debian's udev default: "
+				 "`chmod 0666 %s`), or run as root",
+				 NET_TUN_PATH, strerror(errno), NET_TUN_PATH, NET_TUN_PATH);
+	j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->ns.net_fd = j->ns.user_fd = -1;
+	j->taps = calloc(n_vms, sizeof(*j->taps));
+	if (!j->taps) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	r = make_namespaces(j, unprivileged, ret_error);
+	if (r < 0)
+		goto fail;
+
+	cap = 64 + (size_t)n_vms * 96;
+	batch = malloc(cap);
+	if (!batch) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	len +=
+	    (size_t)snprintf(batch + len, cap - len,
+			     "link add " NET_BRIDGE " type bridge\nlink set " NET_BRIDGE " up\n");
+	for (unsigned i = 0; i < n_vms; i++) {
+		/* The namespace is the job's alone: short fixed names never collide. */
+		snprintf(j->taps[i], sizeof(j->taps[i]), "tap%u", i);
+		len += (size_t)snprintf(batch + len, cap - len,
+					"tuntap add dev %s mode tap\nlink set %s master " NET_BRIDGE
+					" up\n",
+					j->taps[i], j->taps[i]);
+	}
+	j->n_taps = n_vms;
+	r = run_ip_batch(j, batch, ret_error);
+	if (r < 0)
+		goto fail;
+	*ret = j;
+	return 0;
+fail:
+	net_job_free(j);
+	return r;
+}
+
+int net_job_netns_fd(const struct net_job *j)
+{
+	return j->ns.net_fd;
+}
+
+int net_job_userns_fd(const struct net_job *j)
+{
+	return j->ns.user_fd;
+}
+
+const struct proc_namespaces *net_job_namespaces(const struct net_job *j)
+{
+	return &j->ns;
+}
+
+const char *net_job_tap(const struct net_job *j, unsigned vm)
+{
+	return vm < j->n_taps ? j->taps[vm] : NULL;
+}
+
+void net_job_free(struct net_job *j)
+{
+	if (!j)
+		return;
+	/* No link to delete: they live and die with the namespace. */
+	if (j->ns.net_fd >= 0)
+		close(j->ns.net_fd);
+	if (j->ns.user_fd >= 0)
+		close(j->ns.user_fd);
+	free(j->taps);
+	free(j);
+}
+
+void net_mac_address(unsigned vm, char out[NET_MAC_LEN])
+{
+	/* 52:54:00 is QEMU's local range; the segment is the job's own, so the VM index alone
+	 * makes the address unique on it (+1: no all-zero host part). */
+	snprintf(out, NET_MAC_LEN, "52:54:00:00:%02x:%02x", ((vm + 1) >> 8) & 0xff,
+		 (vm + 1) & 0xff);
+}

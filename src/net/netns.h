@@ -1,0 +1,40 @@
+/* A job's private network on this node: a network namespace of its own (owned by a user
+ * namespace of its own when the caller is not root) holding a bridge "br0" and one tap per
+ * VM ("tap0".."tapN"), with IPv6 off and no address anywhere, so the segment reaches the
+ * job's VMs and nothing else: not the host, not another job, not another user. Only QEMU
+ * enters it (proc_join_namespaces() with net_job_namespaces()). Nothing is recorded for
+ * cleanup: the kernel deletes the namespace and every link in it when the last reference
+ * goes (our fds and the QEMUs inside), so a killed job leaves no link behind. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "util/proc.h"
+
+#define NET_MAX_VMS 256
+#define NET_MAC_LEN 18 /* "52:54:00:xx:xx:xx" and its NUL */
+
+struct net_job;
+
+/* Makes the namespace(s), the bridge and n_vms taps (all up, taps on the bridge). With
+ * unprivileged, also a user namespace mapping root to the caller (needed without
+ * CAP_SYS_ADMIN; the caller decides, e.g. by geteuid()). On failure nothing is left and
+ * *ret_error (caller frees) says what failed and how to fix it. Free with net_job_free(). */
+int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char **ret_error);
+
+/* The namespaces' fds (owned by j; -1 for the user namespace when none was made). */
+int net_job_netns_fd(const struct net_job *j);
+int net_job_userns_fd(const struct net_job *j);
+
+/* Both, for proc_options.namespaces or qemu_vm_config.namespaces (owned by j). */
+const struct proc_namespaces *net_job_namespaces(const struct net_job *j);
+
+/* The name of VM index vm's tap inside the namespace ("tap0"), or NULL past the last. */
+const char *net_job_tap(const struct net_job *j, unsigned vm);
+
+/* Closes our references (the namespace goes once no QEMU is left in it) and frees j;
+ * NULL is a no-op. */
+void net_job_free(struct net_job *j);
+
+/* The MAC address of VM index vm (unique within a job's segment) into out. */
+void net_mac_address(unsigned vm, char out[NET_MAC_LEN]);
