@@ -33,6 +33,7 @@ struct exec_client {
 	struct frame_info ready;
 	bool resync;	      /* skipping input up to the next READY header */
 	int forwarded_signal; /* the last signal exec_client_run passed on, 0 if none */
+	struct run *run;      /* the command being run (exec_client_run_start), or NULL */
 };
 
 static int64_t now_ms(void)
@@ -96,6 +97,7 @@ struct exec_client *exec_client_free(struct exec_client *c)
 	frame_buf_clear(&c->out);
 	free(c->in);
 	free(c->error);
+	free(c->run);
 	free(c);
 	return NULL;
 }
@@ -479,132 +481,216 @@ static int run_frame(struct exec_client *c, const struct exec_client_io *io, str
 	}
 }
 
-int exec_client_run(struct exec_client *c, const struct frame_exec *req,
-		    const struct exec_client_io *io, int timeout_ms, int *ret_status)
+/* The state of the command exec_client_run_start started, kept in the client between
+ * steps. */
+struct run {
+	struct run_state s;
+	struct exec_client_io io;
+	uint8_t chunk[READ_CHUNK];
+};
+
+static void run_free(struct exec_client *c)
 {
-	struct run_state s = {.stdin_open = io->stdin_fd >= 0,
-			      .deadline = deadline_after(timeout_ms),
-			      .give_up_at = -1};
+	free(c->run);
+	c->run = NULL;
+}
+
+int exec_client_run_start(struct exec_client *c, const struct frame_exec *req,
+			  const struct exec_client_io *io, int timeout_ms)
+{
 	_cleanup_free_ uint8_t *payload = NULL;
-	_cleanup_free_ uint8_t *chunk = NULL;
 	size_t len;
 	int r;
 
+	if (c->run)
+		return -EBUSY;
+	if (io->n_watch_fds > EXEC_CLIENT_MAX_WATCH_FDS)
+		return -E2BIG;
 	r = frame_exec_encode(req, &payload, &len);
 	if (r < 0)
 		return r;
+	c->run = calloc(1, sizeof(*c->run));
+	if (!c->run)
+		return -ENOMEM;
+	c->run->io = *io;
+	c->run->s = (struct run_state){.stdin_open = io->stdin_fd >= 0,
+				       .deadline = deadline_after(timeout_ms),
+				       .give_up_at = -1};
 	r = frame_buf_put(&c->out, FRAME_EXEC, payload, len);
-	if (r == 0 && !s.stdin_open)
+	if (r == 0 && !c->run->s.stdin_open)
 		r = frame_buf_put(&c->out, FRAME_STDIN_EOF, NULL, 0);
 	if (r < 0)
-		return r;
-	chunk = malloc(READ_CHUNK);
-	if (!chunk)
-		return -ENOMEM;
+		run_free(c);
+	return r;
+}
 
-	while (!s.done) {
-		struct pollfd p[3 + EXEC_CLIENT_MAX_WATCH_FDS];
-		nfds_t n = 0;
-		struct frame f;
-		int timeout;
+unsigned exec_client_run_fds(const struct exec_client *c, struct pollfd *fds, unsigned max,
+			     int *ret_timeout_ms)
+{
+	const struct run *run = c->run;
+	const struct run_state *s;
+	unsigned n = 0;
+	int timeout;
 
-		r = frame_buf_flush(&c->out, c->fd);
-		if (r < 0)
-			return r;
-		/* Every whole frame already here first: output is never held back by input. */
-		while (!s.done && (r = pump(c, &f)) > 0) {
-			if (f.type == FRAME_READY) {
-				if (frame_info_decode(f.payload, f.len, &c->ready) == 0)
-					c->have_ready = true;
-				continue;
-			}
-			if (f.type == FRAME_ERROR)
-				note_error(c, &f);
-			r = run_frame(c, io, &s, &f);
-			if (r < 0)
-				return r;
-		}
-		if (r < 0)
-			return r;
-		if (s.done)
-			break;
+	*ret_timeout_ms = 0;
+	if (!run || max < 1)
+		return 0;
+	s = &run->s;
+	timeout = remaining_ms(s->deadline);
+	if (s->give_up_at >= 0) {
+		int64_t left = s->give_up_at - now_ms();
 
-		if (s.give_up_at >= 0 && now_ms() >= s.give_up_at)
-			return -EINTR;
-		timeout = remaining_ms(s.deadline);
-		if (s.give_up_at >= 0) {
-			int64_t left = s.give_up_at - now_ms();
+		if (timeout < 0 || left < timeout)
+			timeout = left > 0 ? (int)left : 0;
+	}
+	fds[n++] =
+	    (struct pollfd){.fd = c->fd, .events = (short)(POLLIN | (c->out.len ? POLLOUT : 0))};
+	if (s->stdin_open && c->out.len < STDIN_HIGH_WATER && n < max)
+		fds[n++] = (struct pollfd){.fd = run->io.stdin_fd, .events = POLLIN};
+	if (run->io.signal_fd >= 0 && n < max)
+		fds[n++] = (struct pollfd){.fd = run->io.signal_fd, .events = POLLIN};
+	for (unsigned w = 0; w < run->io.n_watch_fds && n < max; w++)
+		fds[n++] = (struct pollfd){.fd = run->io.watch_fds[w], .events = POLLIN};
+	*ret_timeout_ms = timeout;
+	return n;
+}
 
-			if (timeout < 0 || left < timeout)
-				timeout = left > 0 ? (int)left : 0;
-		}
-		if (timeout == 0 && remaining_ms(s.deadline) == 0) {
-			if (s.timed_out)
-				return -ETIMEDOUT;
-			s.timed_out = true;
-			s.deadline = now_ms() + KILL_GRACE_MS;
-			r = send_signal(c, SIGKILL);
-			if (r < 0)
-				return r;
+/* What polled ready among the run's own fds: stdin, signals, watched fds. */
+static int run_handle_events(struct exec_client *c, const struct pollfd *fds, unsigned n)
+{
+	struct run *run = c->run;
+	struct run_state *s = &run->s;
+	int r;
+
+	for (unsigned i = 0; i < n; i++) {
+		if (!fds[i].revents || fds[i].fd == c->fd)
 			continue;
-		}
-		p[n++] = (struct pollfd){.fd = c->fd,
-					 .events = (short)(POLLIN | (c->out.len ? POLLOUT : 0))};
-		if (s.stdin_open && c->out.len < STDIN_HIGH_WATER)
-			p[n++] = (struct pollfd){.fd = io->stdin_fd, .events = POLLIN};
-		if (io->signal_fd >= 0)
-			p[n++] = (struct pollfd){.fd = io->signal_fd, .events = POLLIN};
-		for (unsigned w = 0; w < io->n_watch_fds && w < EXEC_CLIENT_MAX_WATCH_FDS; w++)
-			p[n++] = (struct pollfd){.fd = io->watch_fds[w], .events = POLLIN};
-		r = poll(p, n, timeout);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		for (nfds_t i = 1; i < n; i++) {
-			if (!p[i].revents)
-				continue;
-			if (p[i].fd == io->stdin_fd && s.stdin_open) {
-				ssize_t got = read(io->stdin_fd, chunk, READ_CHUNK);
+		if (fds[i].fd == run->io.stdin_fd && s->stdin_open) {
+			ssize_t got = read(run->io.stdin_fd, run->chunk, READ_CHUNK);
 
-				if (got < 0 && (errno == EINTR || errno == EAGAIN))
-					continue;
-				if (got <= 0) {
-					/* EOF, or an error that ends our stdin just the same. */
-					s.stdin_open = false;
-					r = frame_buf_put(&c->out, FRAME_STDIN_EOF, NULL, 0);
-				} else {
-					r = frame_buf_put(&c->out, FRAME_STDIN, chunk, (size_t)got);
-				}
-				if (r < 0)
-					return r;
-			} else if (p[i].fd == io->signal_fd) {
-				struct signalfd_siginfo si;
-
-				if (read(io->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-					c->forwarded_signal = (int)si.ssi_signo;
-					/* A second signal: the user wants out now. */
-					if (s.signals++ > 0)
-						return -EINTR;
-					r = send_signal(c, (int)si.ssi_signo);
-					if (r < 0)
-						return r;
-					if (io->signal_grace_ms > 0)
-						s.give_up_at = now_ms() + io->signal_grace_ms;
-				}
-			} else if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
-				/* A watched fd: what the command needs is gone. */
-				return -ECANCELED;
+			if (got < 0 && (errno == EINTR || errno == EAGAIN))
+				continue;
+			if (got <= 0) {
+				/* EOF, or an error that ends our stdin just the same. */
+				s->stdin_open = false;
+				r = frame_buf_put(&c->out, FRAME_STDIN_EOF, NULL, 0);
+			} else {
+				r = frame_buf_put(&c->out, FRAME_STDIN, run->chunk, (size_t)got);
 			}
+			if (r < 0)
+				return r;
+		} else if (fds[i].fd == run->io.signal_fd) {
+			struct signalfd_siginfo si;
+
+			if (read(run->io.signal_fd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+				continue;
+			c->forwarded_signal = (int)si.ssi_signo;
+			/* A second signal: the user wants out now. */
+			if (s->signals++ > 0)
+				return -EINTR;
+			r = send_signal(c, (int)si.ssi_signo);
+			if (r < 0)
+				return r;
+			if (run->io.signal_grace_ms > 0)
+				s->give_up_at = now_ms() + run->io.signal_grace_ms;
+		} else {
+			for (unsigned w = 0; w < run->io.n_watch_fds; w++)
+				if (fds[i].fd == run->io.watch_fds[w] &&
+				    (fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+					/* A watched fd: what the command needs is gone. */
+					return -ECANCELED;
 		}
 	}
-	if (s.timed_out)
-		return -ETIMEDOUT;
-	if (s.broken_pipe)
-		return -EPIPE;
-	*ret_status = s.status;
 	return 0;
+}
+
+/* One step of the run; 1 when it ended (*ret_status set), 0 while it runs, <0 failed. */
+static int run_step(struct exec_client *c, const struct pollfd *fds, unsigned n, int *ret_status)
+{
+	struct run *run = c->run;
+	struct run_state *s = &run->s;
+	struct frame f;
+	int r;
+
+	r = run_handle_events(c, fds, n);
+	if (r < 0)
+		return r;
+	r = frame_buf_flush(&c->out, c->fd);
+	if (r < 0)
+		return r;
+	/* Every whole frame already here first: output is never held back by input. */
+	while (!s->done && (r = pump(c, &f)) > 0) {
+		if (f.type == FRAME_READY) {
+			if (frame_info_decode(f.payload, f.len, &c->ready) == 0)
+				c->have_ready = true;
+			continue;
+		}
+		if (f.type == FRAME_ERROR)
+			note_error(c, &f);
+		r = run_frame(c, &run->io, s, &f);
+		if (r < 0)
+			return r;
+	}
+	if (r < 0)
+		return r;
+	if (s->done) {
+		if (s->timed_out)
+			return -ETIMEDOUT;
+		if (s->broken_pipe)
+			return -EPIPE;
+		*ret_status = s->status;
+		return 1;
+	}
+	if (s->give_up_at >= 0 && now_ms() >= s->give_up_at)
+		return -EINTR;
+	if (remaining_ms(s->deadline) == 0) {
+		if (s->timed_out)
+			return -ETIMEDOUT;
+		s->timed_out = true;
+		s->deadline = now_ms() + KILL_GRACE_MS;
+		r = send_signal(c, SIGKILL);
+		if (r < 0)
+			return r;
+		return frame_buf_flush(&c->out, c->fd);
+	}
+	return 0;
+}
+
+int exec_client_run_step(struct exec_client *c, const struct pollfd *fds, unsigned n,
+			 int *ret_status)
+{
+	int r;
+
+	if (!c->run)
+		return -EINVAL;
+	r = run_step(c, fds, n, ret_status);
+	/* Ended either way: the client can run the next command. */
+	if (r != 0)
+		run_free(c);
+	return r;
+}
+
+int exec_client_run(struct exec_client *c, const struct frame_exec *req,
+		    const struct exec_client_io *io, int timeout_ms, int *ret_status)
+{
+	struct pollfd p[3 + EXEC_CLIENT_MAX_WATCH_FDS];
+	unsigned n = 0;
+	int r, timeout;
+
+	r = exec_client_run_start(c, req, io, timeout_ms);
+	if (r < 0)
+		return r;
+	while ((r = exec_client_run_step(c, p, n, ret_status)) == 0) {
+		n = exec_client_run_fds(c, p, ARRAY_SIZE(p), &timeout);
+		if (poll(p, n, timeout) < 0) {
+			if (errno != EINTR) {
+				run_free(c);
+				return -errno;
+			}
+			n = 0;
+		}
+	}
+	return r < 0 ? r : 0;
 }
 
 int exec_client_forwarded_signal(const struct exec_client *c)

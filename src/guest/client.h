@@ -5,6 +5,7 @@
  * ERROR frame, exec_client_error() has its text. */
 #pragma once
 
+#include <poll.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -76,6 +77,20 @@ struct exec_client_io {
  * fired; the command may still run then: the caller tears the VM down. */
 int exec_client_run(struct exec_client *c, const struct frame_exec *req,
 		    const struct exec_client_io *io, int timeout_ms, int *ret_status);
+
+/* The same, for an event loop running many commands: _start queues the command and
+ * returns at once (-EBUSY while one runs on this client); _fds fills up to max pollfds to
+ * wait on (the connection, stdin, the signalfd, the watch fds) and *ret_timeout_ms;
+ * after poll(), _step (with those pollfds and their revents) moves data and returns 1
+ * when the command ended (*ret_status as exec_client_run), 0 while it runs, or the
+ * errors exec_client_run returns. The client is free for another command after _step
+ * returned non-zero. io's fds and watch_fds must stay valid until then. */
+int exec_client_run_start(struct exec_client *c, const struct frame_exec *req,
+			  const struct exec_client_io *io, int timeout_ms);
+unsigned exec_client_run_fds(const struct exec_client *c, struct pollfd *fds, unsigned max,
+			     int *ret_timeout_ms);
+int exec_client_run_step(struct exec_client *c, const struct pollfd *fds, unsigned n,
+			 int *ret_status);
 
 /* The last signal exec_client_run read from io->signal_fd and passed on, or 0: how the
  * caller tells "the user interrupted it" from an ordinary exit status. */

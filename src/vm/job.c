@@ -60,6 +60,8 @@ struct job {
 	unsigned n_ready;
 	struct job_vm *vms;
 	bool detachable;
+	int pidfds[JOB_MAX_VMS]; /* watched while a command runs (job_exec_start) */
+	unsigned n_pidfds;
 	char *workdir; /* the job folder the guests mount (SETUP), or NULL */
 	double boot_deadline_s;
 	int boot_timeout_ms;
@@ -624,10 +626,11 @@ static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char 
 	return 0;
 }
 
-int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
-	     const struct exec_client_io *io, int timeout_ms, int *ret_status, char **ret_error)
+int job_exec_start(struct job *j, unsigned vm, const struct frame_exec *req,
+		   const struct exec_client_io *io, int timeout_ms, char **ret_error)
 {
 	struct job_vm *v;
+	struct exec_client_io watched = *io;
 	int r;
 
 	if (vm >= j->n_vms)
@@ -636,27 +639,65 @@ int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	r = greet(v, j->token, ret_error);
 	if (r < 0)
 		return r;
-	{
-		/* A VM that dies ends the job: its ranks would leave the others waiting in
-		 * MPI forever. Every QEMU's pidfd is watched while the command runs. */
-		struct exec_client_io watched = *io;
-		int pidfds[JOB_MAX_VMS];
-		unsigned n = 0;
+	/* A VM that dies ends the job: its ranks would leave the others waiting in MPI
+	 * forever. Every QEMU's pidfd is watched while the command runs. */
+	j->n_pidfds = 0;
+	for (unsigned i = 0; i < j->n_vms; i++)
+		if (j->vms[i].qemu && qemu_vm_pidfd(j->vms[i].qemu) >= 0)
+			j->pidfds[j->n_pidfds++] = qemu_vm_pidfd(j->vms[i].qemu);
+	watched.watch_fds = j->pidfds;
+	watched.n_watch_fds = j->n_pidfds;
+	r = exec_client_run_start(v->ctl, req, &watched, timeout_ms);
+	if (r < 0)
+		return error_set(ret_error, r, "running %s in %s: %s", req->argv[0], v->name,
+				 strerror(-r));
+	return 0;
+}
 
-		for (unsigned i = 0; i < j->n_vms; i++)
-			if (j->vms[i].qemu && qemu_vm_pidfd(j->vms[i].qemu) >= 0)
-				pidfds[n++] = qemu_vm_pidfd(j->vms[i].qemu);
-		watched.watch_fds = pidfds;
-		watched.n_watch_fds = n;
-		r = exec_client_run(v->ctl, req, &watched, timeout_ms, ret_status);
-	}
+unsigned job_exec_fds(const struct job *j, unsigned vm, struct pollfd *fds, unsigned max,
+		      int *ret_timeout_ms)
+{
+	*ret_timeout_ms = 0;
+	if (vm >= j->n_vms || !j->vms[vm].ctl)
+		return 0;
+	return exec_client_run_fds(j->vms[vm].ctl, fds, max, ret_timeout_ms);
+}
+
+int job_exec_step(struct job *j, unsigned vm, const struct pollfd *fds, unsigned n, int *ret_status,
+		  char **ret_error)
+{
+	struct job_vm *v;
+	int r;
+
+	if (vm >= j->n_vms || !j->vms[vm].ctl)
+		return -EINVAL;
+	v = &j->vms[vm];
+	r = exec_client_run_step(v->ctl, fds, n, ret_status);
 	if (r == -ECANCELED && job_check_vms(j, ret_error) < 0)
 		return -ECHILD;
 	if (r < 0 && r != -ETIMEDOUT && r != -EINTR)
-		return error_set(ret_error, r, "running %s in %s: %s", req->argv[0], v->name,
+		return error_set(ret_error, r, "running the command in %s: %s", v->name,
 				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
 							   : strerror(-r));
 	return r;
+}
+
+int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
+	     const struct exec_client_io *io, int timeout_ms, int *ret_status, char **ret_error)
+{
+	struct pollfd fds[3 + JOB_MAX_VMS];
+	unsigned n = 0;
+	int r, timeout;
+
+	r = job_exec_start(j, vm, req, io, timeout_ms, ret_error);
+	if (r < 0)
+		return r;
+	while ((r = job_exec_step(j, vm, fds, n, ret_status, ret_error)) == 0) {
+		n = job_exec_fds(j, vm, fds, ARRAY_SIZE(fds), &timeout);
+		if (poll(fds, n, timeout) < 0)
+			n = 0; /* EINTR: step again with nothing new */
+	}
+	return r < 0 ? r : 0;
 }
 
 int job_forwarded_signal(const struct job *j, unsigned vm)

@@ -111,9 +111,23 @@ double job_materialize_s(const struct job *j);
 /* The name and address of VM index vm ("vm0", "10.77.0.1"). */
 const char *job_vm_name(const struct job *j, unsigned vm);
 
-/* Runs one command in VM index vm through its control port (see exec_client_run). */
+/* Runs one command in VM index vm through its control port (see exec_client_run) and
+ * waits for it; -ECHILD (with *ret_error naming it) when a VM of the job stopped meanwhile:
+ * the command cannot finish then. */
 int job_exec(struct job *j, unsigned vm, const struct frame_exec *req,
 	     const struct exec_client_io *io, int timeout_ms, int *ret_status, char **ret_error);
+
+/* The same without blocking, for an event loop (one command per VM at a time): _start
+ * greets the guest if needed (a round trip on its control port) and queues the command;
+ * _fds gives what to poll and for how long; _step, after poll(), returns 1 when the
+ * command ended (*ret_status), 0 while it runs, or job_exec's errors (-ECHILD: a VM of
+ * the job stopped, named in *ret_error). io's fds must stay valid until then. */
+int job_exec_start(struct job *j, unsigned vm, const struct frame_exec *req,
+		   const struct exec_client_io *io, int timeout_ms, char **ret_error);
+unsigned job_exec_fds(const struct job *j, unsigned vm, struct pollfd *fds, unsigned max,
+		      int *ret_timeout_ms);
+int job_exec_step(struct job *j, unsigned vm, const struct pollfd *fds, unsigned n, int *ret_status,
+		  char **ret_error);
 
 /* The signal job_exec last forwarded to the command in VM index vm (0: none). */
 int job_forwarded_signal(const struct job *j, unsigned vm);

@@ -33,5 +33,8 @@ done
 ok "a detached job's VMs (and their virtiofsd) outlived the process that booted them and were run by another"
 [ -z "$(qemus)" ] || fail "QEMU left running: $(qemus)"
 [ -z "$(ls "$run_dir/jobs" 2>/dev/null)" ] || fail "job directory left: $(ls "$run_dir/jobs")"
+grep -q "^ok - one event loop ran" "$WORK/driver.out" || fail "no side-by-side run"
+[ "$(grep -c '^done-vm[01]$' "$WORK/driver.out")" -eq 2 ] || fail "the side-by-side commands' output is missing"
+ok "one event loop ran a command in every VM at once (job_exec_start/fds/step)"
 ok "the supervisor's shutdown left no QEMU and no job directory"
 finish
