@@ -29,6 +29,7 @@
 #include "store/store.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
+#include "util/time.h"
 
 #define BENCH_RUNS	      3
 #define BENCH_SIZE_MB_DEFAULT 256
@@ -42,14 +43,6 @@ struct bench_row {
 	double seconds; /* best of the runs */
 	char note[128];
 };
-
-static double bench_now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint64_t bench_prng(uint64_t *state)
 {
@@ -120,12 +113,12 @@ static double bench_memcpy(const uint8_t *data, size_t len)
 		return -1;
 	memset(dst, 1, len); /* fault the pages in outside the timing */
 	for (int run = 0; run < BENCH_RUNS; run++) {
-		double t = bench_now_s();
+		double t = time_now_s();
 
 		memcpy(dst, data, len);
 		/* Keep the copy from being optimised away. */
 		__asm__ volatile("" : : "r"(dst) : "memory");
-		t = bench_now_s() - t;
+		t = time_now_s() - t;
 		if (t < best)
 			best = t;
 	}
@@ -139,7 +132,7 @@ static double bench_chunker(const uint8_t *data, size_t len, bool hash, size_t *
 
 	chunker_params_default(&p);
 	for (int run = 0; run < BENCH_RUNS; run++) {
-		double t = bench_now_s();
+		double t = time_now_s();
 		size_t pos = 0, n = 0;
 		uint8_t id[STORE_ID_BYTES], acc = 0;
 
@@ -154,7 +147,7 @@ static double bench_chunker(const uint8_t *data, size_t len, bool hash, size_t *
 			n++;
 		}
 		__asm__ volatile("" : : "r"(acc));
-		t = bench_now_s() - t;
+		t = time_now_s() - t;
 		if (t < best)
 			best = t;
 		*ret_chunks = n;
@@ -183,18 +176,18 @@ static int bench_put(const char *store_dir, const char *path, bool fresh,
 	if (fd < 0)
 		return -errno;
 	/* Opening a store is part of every real put; it is in the timing. */
-	t = bench_now_s();
+	t = time_now_s();
 	r = store_open(store_dir, &s);
 	if (r < 0)
 		return r;
 	r = store_put_fd(s, fd, NULL, &part, &stats, NULL, NULL);
-	t = bench_now_s() - t;
+	t = time_now_s() - t;
 	if (r >= 0 && ret_sync_s) {
 		/* Once per manifest, not per chunk: reported apart from the put. */
-		double ts = bench_now_s();
+		double ts = time_now_s();
 
 		r = store_sync(s);
-		*ret_sync_s = bench_now_s() - ts;
+		*ret_sync_s = time_now_s() - ts;
 	}
 	store_part_done(&part);
 	store_close(s);
@@ -223,9 +216,9 @@ static int bench_read_back(const char *store_dir, const char *path, double *ret_
 	/* All chunks are present: this put only builds the part list. */
 	r = store_put_fd(s, fd, NULL, &part, NULL, NULL, NULL);
 	if (r >= 0) {
-		t = bench_now_s();
+		t = time_now_s();
 		r = store_write_part(s, &part, out);
-		*ret_seconds = bench_now_s() - t;
+		*ret_seconds = time_now_s() - t;
 	}
 	store_part_done(&part);
 	store_close(s);
@@ -243,7 +236,7 @@ static double bench_tool(char *const argv[])
 		return -ENOMEM;
 	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
 	for (int run = 0; run < BENCH_RUNS; run++) {
-		double t = bench_now_s();
+		double t = time_now_s();
 		pid_t pid;
 		int status, r;
 
@@ -257,7 +250,7 @@ static double bench_tool(char *const argv[])
 				posix_spawn_file_actions_destroy(&fa);
 				return -errno;
 			}
-		t = bench_now_s() - t;
+		t = time_now_s() - t;
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 			posix_spawn_file_actions_destroy(&fa);
 			return -ECHILD;

@@ -24,6 +24,7 @@
 #include "util/fsutil.h"
 #include "util/humanize.h"
 #include "util/log.h"
+#include "util/time.h"
 #include "vm/job.h"
 #include "vm/runstate.h"
 
@@ -35,14 +36,6 @@
 #define EXIT_TIME_LIMIT 124 /* as timeout(1) */
 
 static const char *const program_dirs[] = {"/usr/local/bin", "/usr/bin", "/usr/sbin"};
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Where jobs keep their runtime state: $VMHPC_RUN_DIR (tests, several runtimes on one
  * machine), else the runstate default for this user. */
@@ -396,14 +389,14 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 				    .stderr_fd = STDERR_FILENO,
 				    .signal_fd = signal_fd,
 				    .signal_grace_ms = SIGNAL_GRACE_MS};
-	double t_run = now_s();
+	double t_run = time_now_s();
 	int r, code, status = 0;
 
 	if (!mpi_argv)
 		return 1;
 	r = job_exec(j, 0, &req, &io, o->time_limit_s ? (int)o->time_limit_s * 1000 : -1, &status,
 		     &error);
-	*ret_run_s = now_s() - t_run;
+	*ret_run_s = time_now_s() - t_run;
 	for (char **p = mpi_argv; *p; p++)
 		free(*p);
 	free(mpi_argv);
@@ -498,7 +491,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	cfg.cancelled = check_cancelled;
 	cfg.log = print_runtime_log;
 	cfg.userdata = &bp;
-	t_boot = now_s();
+	t_boot = time_now_s();
 	free(TAKE_PTR(error));
 	r = job_boot(&cfg, &j, &error);
 	if (r < 0) {
@@ -510,7 +503,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		code = r == -ECANCELED ? 128 + bp.signal : 1;
 		goto out;
 	}
-	boot_s = now_s() - t_boot;
+	boot_s = time_now_s() - t_boot;
 	log_info("%u VM%s ready after %.2f s; running %s", o.vms, o.vms == 1 ? "" : "s", boot_s,
 		 o.argv[0]);
 	for (unsigned i = 0; i < o.vms; i++)

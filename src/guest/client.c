@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "util/cleanup.h"
+#include "util/time.h"
 
 #define READ_CHUNK	 (64u * 1024u)
 #define STDIN_HIGH_WATER (256u * 1024u) /* stop reading stdin while this much is unsent */
@@ -35,32 +36,6 @@ struct exec_client {
 	int forwarded_signal; /* the last signal exec_client_run passed on, 0 if none */
 	struct run *run;      /* the command being run (exec_client_run_start), or NULL */
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t deadline_after(int timeout_ms)
-{
-	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-}
-
-/* poll() timeout until deadline (-1: none); 0 once it passed. */
-static int remaining_ms(int64_t deadline)
-{
-	int64_t left;
-
-	if (deadline < 0)
-		return -1;
-	left = deadline - now_ms();
-	if (left <= 0)
-		return 0;
-	return left > INT32_MAX ? INT32_MAX : (int)left;
-}
 
 int exec_client_new(int fd, struct exec_client **ret)
 {
@@ -260,7 +235,7 @@ static int wait_frame(struct exec_client *c, int64_t deadline, struct frame *f)
 		}
 		if (c->out.len)
 			p.events |= POLLOUT;
-		r = poll(&p, 1, remaining_ms(deadline));
+		r = poll(&p, 1, time_remaining_ms(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (r == 0)
@@ -277,7 +252,7 @@ static int flush_all(struct exec_client *c, int64_t deadline)
 
 		if (r < 0 || c->out.len == 0)
 			return r;
-		r = poll(&p, 1, remaining_ms(deadline));
+		r = poll(&p, 1, time_remaining_ms(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (r == 0)
@@ -300,12 +275,12 @@ int exec_client_setup(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYT
 	r = frame_buf_put(&c->out, FRAME_SETUP, payload, len);
 	if (r < 0)
 		return r;
-	return flush_all(c, deadline_after(timeout_ms));
+	return flush_all(c, time_deadline_after_ms(timeout_ms));
 }
 
 int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_info *ret_info)
 {
-	int64_t deadline = deadline_after(timeout_ms);
+	int64_t deadline = time_deadline_after_ms(timeout_ms);
 
 	while (!c->have_ready) {
 		struct pollfd p = {.fd = c->fd, .events = POLLIN};
@@ -329,7 +304,7 @@ int exec_client_wait_ready(struct exec_client *c, int timeout_ms, struct frame_i
 		}
 		if (c->out.len)
 			p.events |= POLLOUT;
-		r = poll(&p, 1, remaining_ms(deadline));
+		r = poll(&p, 1, time_remaining_ms(deadline));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		if (r == 0)
@@ -348,7 +323,7 @@ int exec_client_hello(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYT
 	r = frame_buf_put(&c->out, FRAME_HELLO, token, FRAME_TOKEN_BYTES);
 	if (r < 0)
 		return r;
-	r = wait_frame(c, deadline_after(timeout_ms), &f);
+	r = wait_frame(c, time_deadline_after_ms(timeout_ms), &f);
 	if (r == -ECONNRESET && c->error)
 		return -EACCES;
 	if (r < 0)
@@ -370,7 +345,7 @@ int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *r
 	r = frame_buf_put(&c->out, FRAME_INFO, NULL, 0);
 	if (r < 0)
 		return r;
-	r = wait_frame(c, deadline_after(timeout_ms), &f);
+	r = wait_frame(c, time_deadline_after_ms(timeout_ms), &f);
 	if (r < 0)
 		return r;
 	if (f.type != FRAME_INFO || f.len != FRAME_INFO_BYTES)
@@ -380,7 +355,7 @@ int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *r
 
 int exec_client_shutdown(struct exec_client *c, int timeout_ms)
 {
-	int64_t deadline = deadline_after(timeout_ms);
+	int64_t deadline = time_deadline_after_ms(timeout_ms);
 	struct frame f;
 	int r;
 
@@ -514,7 +489,7 @@ int exec_client_run_start(struct exec_client *c, const struct frame_exec *req,
 		return -ENOMEM;
 	c->run->io = *io;
 	c->run->s = (struct run_state){.stdin_open = io->stdin_fd >= 0,
-				       .deadline = deadline_after(timeout_ms),
+				       .deadline = time_deadline_after_ms(timeout_ms),
 				       .give_up_at = -1};
 	r = frame_buf_put(&c->out, FRAME_EXEC, payload, len);
 	if (r == 0 && !c->run->s.stdin_open)
@@ -536,9 +511,9 @@ unsigned exec_client_run_fds(const struct exec_client *c, struct pollfd *fds, un
 	if (!run || max < 1)
 		return 0;
 	s = &run->s;
-	timeout = remaining_ms(s->deadline);
+	timeout = time_remaining_ms(s->deadline);
 	if (s->give_up_at >= 0) {
-		int64_t left = s->give_up_at - now_ms();
+		int64_t left = s->give_up_at - time_now_ms();
 
 		if (timeout < 0 || left < timeout)
 			timeout = left > 0 ? (int)left : 0;
@@ -592,7 +567,7 @@ static int run_handle_events(struct exec_client *c, const struct pollfd *fds, un
 			if (r < 0)
 				return r;
 			if (run->io.signal_grace_ms > 0)
-				s->give_up_at = now_ms() + run->io.signal_grace_ms;
+				s->give_up_at = time_now_ms() + run->io.signal_grace_ms;
 		} else {
 			for (unsigned w = 0; w < run->io.n_watch_fds; w++)
 				if (fds[i].fd == run->io.watch_fds[w] &&
@@ -641,13 +616,13 @@ static int run_step(struct exec_client *c, const struct pollfd *fds, unsigned n,
 		*ret_status = s->status;
 		return 1;
 	}
-	if (s->give_up_at >= 0 && now_ms() >= s->give_up_at)
+	if (s->give_up_at >= 0 && time_now_ms() >= s->give_up_at)
 		return -EINTR;
-	if (remaining_ms(s->deadline) == 0) {
+	if (time_remaining_ms(s->deadline) == 0) {
 		if (s->timed_out)
 			return -ETIMEDOUT;
 		s->timed_out = true;
-		s->deadline = now_ms() + KILL_GRACE_MS;
+		s->deadline = time_now_ms() + KILL_GRACE_MS;
 		r = send_signal(c, SIGKILL);
 		if (r < 0)
 			return r;

@@ -7,8 +7,5 @@
 /* Writes "vmhpc-init: " + the formatted text + '\n' to stderr in one write (cut at 1 KiB). */
 void console_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Returns CLOCK_MONOTONIC in milliseconds. */
-int64_t console_now_ms(void);
-
 /* Sleeps ms milliseconds, resuming after signals. */
 void console_sleep_ms(long ms);

@@ -14,6 +14,7 @@
 
 #include "guest/console.h"
 #include "util/cleanup.h"
+#include "util/time.h"
 
 #define SCAN_INTERVAL_MS 50
 #define HUP_SLEEP_MS	 20   /* the port reports POLLHUP without pause while no host is there */
@@ -64,12 +65,12 @@ static int scan_once(char *ret_path, size_t path_size, int *ret_fd)
 
 int control_open(int timeout_ms, char *ret_path, size_t path_size, int *ret_fd)
 {
-	int64_t end = console_now_ms() + timeout_ms;
+	int64_t end = time_now_ms() + timeout_ms;
 	int r;
 
 	for (;;) {
 		r = scan_once(ret_path, path_size, ret_fd);
-		if (r == 0 || console_now_ms() >= end)
+		if (r == 0 || time_now_ms() >= end)
 			return r;
 		console_sleep_ms(SCAN_INTERVAL_MS);
 	}
@@ -77,7 +78,7 @@ int control_open(int timeout_ms, char *ret_path, size_t path_size, int *ret_fd)
 
 int control_read_setup(int fd, int timeout_ms, struct frame_setup *ret)
 {
-	int64_t start = console_now_ms(), end = start + timeout_ms;
+	int64_t start = time_now_ms(), end = start + timeout_ms;
 	_cleanup_free_ uint8_t *payload = malloc(FRAME_MAX_PAYLOAD);
 	uint8_t hdr[FRAME_HEADER_BYTES];
 	enum frame_type type = 0;
@@ -117,7 +118,7 @@ int control_read_setup(int fd, int timeout_ms, struct frame_setup *ret)
 			have = 0;
 			continue;
 		}
-		now = console_now_ms();
+		now = time_now_ms();
 		if (now >= end)
 			return -ETIMEDOUT;
 		if (!noted && now - start >= WAITING_NOTE_MS) {

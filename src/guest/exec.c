@@ -36,6 +36,7 @@
 #include "guest/client.h"
 #include "guest/frame.h"
 #include "util/cleanup.h"
+#include "util/time.h"
 
 #define EXIT_FAILED	   255
 #define DEFAULT_PORT	   7000
@@ -242,14 +243,6 @@ static char *join_words(char **words, int n)
 	return out;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct target {
 	const char *host; /* NULL with unix_path */
 	const char *unix_path;
@@ -264,7 +257,7 @@ struct target {
 /* Connects and authenticates, retrying refused or reset connections for wait_ms. */
 static struct exec_client *open_client(const struct target *t)
 {
-	int64_t give_up = now_ms() + t->wait_ms;
+	int64_t give_up = time_now_ms() + t->wait_ms;
 	struct sockaddr_storage ss;
 	socklen_t len = 0;
 	int r;
@@ -313,7 +306,7 @@ static struct exec_client *open_client(const struct target *t)
 		exec_client_free(c);
 		retry = r == -ECONNREFUSED || r == -ECONNRESET || r == -ENOENT || r == -EPIPE ||
 			(r == -ETIMEDOUT && t->wait_ms > 0);
-		if (!retry || now_ms() >= give_up) {
+		if (!retry || time_now_ms() >= give_up) {
 			if (t->unix_path)
 				fail("connecting to %s: %s", t->unix_path, strerror(-r));
 			fail("connecting to %s port %u: %s", t->host, t->port, strerror(-r));

@@ -42,6 +42,7 @@
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
+#include "util/time.h"
 
 #define MODULES_LIST	 "/etc/vmhpc/modules"
 #define DEVICE_WAIT_MS	 5000  /* for /dev/pmem0, /dev/vda, eth0 to appear after modprobe */
@@ -89,11 +90,11 @@ static void load_modules(void)
 
 static bool wait_for_path(const char *path, int timeout_ms)
 {
-	int64_t end = console_now_ms() + timeout_ms;
+	int64_t end = time_now_ms() + timeout_ms;
 
 	/* Drivers probe devices asynchronously after their module loaded. */
 	while (access(path, F_OK) < 0) {
-		if (console_now_ms() >= end)
+		if (time_now_ms() >= end)
 			return false;
 		console_sleep_ms(10);
 	}
@@ -103,14 +104,14 @@ static bool wait_for_path(const char *path, int timeout_ms)
 /* Mounts the image's root at /lower: "pmem", "blk" or NULL when there is none. */
 static const char *mount_lower(enum root_kind kind)
 {
-	int64_t end = console_now_ms() + (kind == ROOT_AUTO ? 2000 : DEVICE_WAIT_MS);
+	int64_t end = time_now_ms() + (kind == ROOT_AUTO ? 2000 : DEVICE_WAIT_MS);
 	bool pmem = false, blk = false;
 
 	mkdir("/lower", 0755);
 	for (;;) {
 		pmem = kind != ROOT_BLK && access("/dev/pmem0", F_OK) == 0;
 		blk = kind != ROOT_PMEM && access("/dev/vda", F_OK) == 0;
-		if (pmem || blk || console_now_ms() >= end)
+		if (pmem || blk || time_now_ms() >= end)
 			break;
 		console_sleep_ms(10);
 	}
@@ -184,7 +185,7 @@ static void mount_share(const char *share)
 {
 	/* Relative to /newroot: the path may be 4095 bytes long, "/newroot" + it would not be. */
 	const char *target = share + 1;
-	int64_t end = console_now_ms() + DEVICE_WAIT_MS;
+	int64_t end = time_now_ms() + DEVICE_WAIT_MS;
 	int r;
 
 	if (chdir("/newroot") < 0) {
@@ -198,7 +199,7 @@ static void mount_share(const char *share)
 	}
 	/* The virtio-fs device registers its tag when its driver probed it: retry briefly. */
 	while (mount("job", target, "virtiofs", MS_NOSUID | MS_NODEV, NULL) < 0) {
-		if (console_now_ms() >= end ||
+		if (time_now_ms() >= end ||
 		    (errno != ENOENT && errno != ENODEV && errno != EINVAL)) {
 			console_say("mounting the share (virtiofs tag \"job\") on %s: %s", share,
 				    strerror(errno));

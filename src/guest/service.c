@@ -28,6 +28,7 @@
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
+#include "util/time.h"
 
 /* Connections come from two pools so that nobody who cannot authenticate can crowd out
  * those who did: authenticated peers (MAX_AUTHED) and peers still to present HELLO, or being
@@ -56,7 +57,7 @@ static void say_peer(const char *peer, const char *msg)
 {
 	static int64_t window_ms;
 	static unsigned shown, dropped;
-	int64_t now = console_now_ms();
+	int64_t now = time_now_ms();
 
 	if (now - window_ms >= 1000) {
 		if (dropped)
@@ -142,7 +143,7 @@ static struct conn *conn_new(int fd, bool control, const char *peer, int auth_ti
 	}
 	c->fd = fd;
 	c->control = control;
-	c->accepted_ms = console_now_ms();
+	c->accepted_ms = time_now_ms();
 	c->deadline_ms = c->accepted_ms + auth_timeout_ms;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	c->job.in_fd = c->job.out_fd = c->job.err_fd = -1;
@@ -184,7 +185,7 @@ static void conn_refuse(struct conn *c, const char *msg)
 	conn_send(c, FRAME_ERROR, msg, strlen(msg));
 	if (!c->control) {
 		c->closing = true;
-		c->deadline_ms = console_now_ms() + DRAIN_MS;
+		c->deadline_ms = time_now_ms() + DRAIN_MS;
 		return;
 	}
 	/* The control port cannot be closed, and the host may reconnect faster than we see it
@@ -601,7 +602,7 @@ static void reap(struct service *s)
 			if (j->pid == pid && !j->reaped) {
 				j->reaped = true;
 				j->wstatus = wstatus;
-				j->reaped_ms = console_now_ms();
+				j->reaped_ms = time_now_ms();
 			}
 		}
 	}
@@ -741,8 +742,8 @@ static void __attribute__((noreturn)) power_off(struct service *s)
 		if (s->pid1)
 			kill(-1, sig);
 		/* Give SIGTERM a moment; stop early once every child is gone. */
-		end = console_now_ms() + (round == 0 ? 500 : 1000);
-		while (console_now_ms() < end) {
+		end = time_now_ms() + (round == 0 ? 500 : 1000);
+		while (time_now_ms() < end) {
 			pid_t pid = waitpid(-1, NULL, WNOHANG);
 
 			if (pid < 0 && errno == ECHILD)
@@ -756,8 +757,8 @@ static void __attribute__((noreturn)) power_off(struct service *s)
 		struct conn *c = s->shutdown_by;
 
 		conn_send(c, FRAME_SHUTDOWN, NULL, 0);
-		end = console_now_ms() + 1000;
-		while (c->out.len && console_now_ms() < end) {
+		end = time_now_ms() + 1000;
+		while (c->out.len && time_now_ms() < end) {
 			struct pollfd p = {.fd = c->fd, .events = POLLOUT};
 
 			if (frame_buf_flush(&c->out, c->fd) < 0)
@@ -797,7 +798,7 @@ int service_step(struct service *s, int timeout_ms)
 	static uint8_t buf[READ_CHUNK];
 
 	{
-		int64_t now = console_now_ms(), wake = timeout_ms < 0 ? -1 : now + timeout_ms;
+		int64_t now = time_now_ms(), wake = timeout_ms < 0 ? -1 : now + timeout_ms;
 		nfds_t n = 0;
 		int timeout, r;
 

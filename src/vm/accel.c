@@ -20,6 +20,7 @@
 #include "util/log.h"
 #include "util/proc.h"
 #include "vm/qemu.h"
+#include "util/time.h"
 
 /* Guest RAM for a probe boot: the kernel and a small initramfs fit easily. */
 #define ACCEL_PROBE_MEM_MB 256
@@ -47,14 +48,6 @@ int accel_from_string(const char *s, enum accel *ret)
 			return 0;
 		}
 	return -EINVAL;
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* What the probe saw on QEMU's stdout + stderr, one line at a time. */
@@ -105,7 +98,7 @@ int accel_probe(enum accel accel, const char *cpu, const char *kernel, const cha
 	};
 	_cleanup_qemu_vm_ struct qemu_vm *vm = NULL;
 	struct probe_watch w = {0};
-	int64_t start = now_ms(), deadline = start + (timeout_ms > 0 ? timeout_ms : 0);
+	int64_t start = time_now_ms(), deadline = start + (timeout_ms > 0 ? timeout_ms : 0);
 	char *detail = NULL;
 	bool eof = false;
 	int fd, r, status, n;
@@ -115,7 +108,7 @@ int accel_probe(enum accel accel, const char *cpu, const char *kernel, const cha
 		return r;
 	fd = qemu_vm_console_fd(vm);
 	while (!w.ready && !eof) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - time_now_ms();
 		struct pollfd pfd = {.fd = fd, .events = POLLIN};
 		char buf[4096];
 		ssize_t got;
@@ -140,10 +133,10 @@ int accel_probe(enum accel accel, const char *cpu, const char *kernel, const cha
 
 	if (w.ready) {
 		r = asprintf(&detail, "%s guest ready after %lld ms", accel_to_string(accel),
-			     (long long)(now_ms() - start));
+			     (long long)(time_now_ms() - start));
 	} else if (eof && qemu_vm_wait(vm, 2000, &status) == 0) {
 		r = asprintf(&detail, "QEMU (%s) exited with status %d after %lld ms%s%s",
-			     accel_to_string(accel), status, (long long)(now_ms() - start),
+			     accel_to_string(accel), status, (long long)(time_now_ms() - start),
 			     w.qemu_msg[0] ? ": " : " without a ready line", w.qemu_msg);
 	} else {
 		r = asprintf(

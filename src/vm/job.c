@@ -25,6 +25,7 @@
 #include "vm/qemu.h"
 #include "vm/runstate.h"
 #include "vm/virtiofsd.h"
+#include "util/time.h"
 
 #define CONSOLE_TAIL_LINES 15
 #define OVERLAY_MAX_MB	   256
@@ -87,14 +88,6 @@ static void job_log(const struct job *j, enum log_level level, const char *fmt, 
 		return;
 	j->log(level, msg, j->userdata);
 	free(msg);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 const char *job_id(const struct job *j)
@@ -281,7 +274,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 			return -ENOMEM;
 		qc.qmp_socket = v->qmp_path;
 	}
-	v->start_s = now_s();
+	v->start_s = time_now_s();
 	r = qemu_vm_start(&qc, &v->qemu);
 	if (r < 0) {
 		_cleanup_free_ char *argv_error = NULL;
@@ -383,7 +376,7 @@ static int vm_read_ready(struct job *j, struct job_vm *v, char **ret_error)
 			return vm_failed(v, r, "is not running according to QMP", ret_error);
 	}
 	v->ready = true;
-	v->ready_s = now_s() - v->start_s;
+	v->ready_s = time_now_s() - v->start_s;
 	j->n_ready++;
 	job_log(j, LOG_LEVEL_DEBUG, "%s ready after %.2f s", v->name, v->ready_s);
 	if (j->progress)
@@ -412,7 +405,7 @@ unsigned job_poll_fds(const struct job *j, struct pollfd *fds, unsigned max, int
 			timeout = 20; /* its control socket does not exist yet: try again soon */
 	}
 	if (j->n_ready < j->n_vms) {
-		double left_ms = (j->boot_deadline_s - now_s()) * 1000;
+		double left_ms = (j->boot_deadline_s - time_now_s()) * 1000;
 		int left = left_ms < 0 ? 0 : left_ms > 60000 ? 60000 : (int)left_ms + 1;
 
 		if (timeout < 0 || left < timeout)
@@ -464,7 +457,7 @@ int job_step(struct job *j, char **ret_error)
 	}
 	if (j->n_ready == j->n_vms)
 		return 1;
-	if (now_s() > j->boot_deadline_s) {
+	if (time_now_s() > j->boot_deadline_s) {
 		for (unsigned i = 0; i < j->n_vms; i++)
 			if (!j->vms[i].ready) {
 				char what[96];
@@ -522,11 +515,11 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 		goto fail;
 	}
 
-	t0 = now_s();
+	t0 = time_now_s();
 	r = materialize_image(cfg->store, cfg->image, cfg->cache_dir, &j->image, ret_error);
 	if (r < 0)
 		goto fail;
-	j->materialize_s = now_s() - t0;
+	j->materialize_s = time_now_s() - t0;
 
 	if (cfg->accel) {
 		r = accel_from_string(cfg->accel, &j->accel);
@@ -558,7 +551,7 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 		if (r < 0)
 			goto fail;
 	}
-	j->boot_deadline_s = now_s() + cfg->boot_timeout_ms / 1000.0;
+	j->boot_deadline_s = time_now_s() + cfg->boot_timeout_ms / 1000.0;
 	r = write_state(j);
 	if (r < 0) {
 		r = error_set(ret_error, r, "writing the job's state in %s: %s", job_dir(j),
@@ -725,7 +718,7 @@ int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret)
 
 int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 {
-	double t0 = now_s();
+	double t0 = time_now_s();
 	int result = 0;
 
 	for (unsigned i = 0; i < j->n_vms; i++) {
@@ -741,7 +734,7 @@ int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 	}
 	for (unsigned i = 0; i < j->n_vms; i++) {
 		struct job_vm *v = &j->vms[i];
-		double left_ms = timeout_ms - (now_s() - t0) * 1000;
+		double left_ms = timeout_ms - (time_now_s() - t0) * 1000;
 
 		if (qemu_vm_wait(v->qemu, left_ms > 0 ? (int)left_ms : 0, NULL) == -ETIMEDOUT) {
 			qemu_vm_kill(v->qemu);
@@ -751,7 +744,7 @@ int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 		v->virtiofsd = -1;
 	}
 	if (ret_seconds)
-		*ret_seconds = now_s() - t0;
+		*ret_seconds = time_now_s() - t0;
 	return result;
 }
 

@@ -21,6 +21,7 @@
 
 #include "util/cleanup.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #define MIB (UINT64_C(1) << 20)
 /* Where the device memory (virtio-pmem) goes must be a multiple of this in maxmem. */
@@ -522,14 +523,6 @@ static int resolve_binary(const char *name, char **ret_path)
 	return -ENOENT;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* In the child between fork and exec: only async-signal-safe calls. fds[] holds, at
  * numbers >= 64, what becomes 0, 1, 2 and QEMU_QMP_CHILD_FD (or -1), and err_fd the
  * write end of the exec-error pipe. */
@@ -858,7 +851,7 @@ static int try_reap(struct qemu_vm *vm)
 
 int qemu_vm_wait(struct qemu_vm *vm, int timeout_ms, int *ret_status)
 {
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	int64_t deadline = timeout_ms < 0 ? -1 : time_now_ms() + timeout_ms;
 	int r;
 
 	for (;;) {
@@ -869,7 +862,7 @@ int qemu_vm_wait(struct qemu_vm *vm, int timeout_ms, int *ret_status)
 			return r;
 		if (r > 0)
 			break;
-		left = deadline < 0 ? 1000 : deadline - now_ms();
+		left = deadline < 0 ? 1000 : deadline - time_now_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
 		if (left > 1000)

@@ -16,6 +16,7 @@
 
 #include "util/cleanup.h"
 #include "util/log.h"
+#include "util/time.h"
 
 /* Bytes asked of the kernel per read(). */
 #define QMP_READ_CHUNK_BYTES 65536
@@ -61,14 +62,6 @@ struct qmp_client {
 	char *last_error;
 	bool in_command; /* inside qmp_command(): forbids nesting */
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void qmp_break(struct qmp_client *c, int error);
 
@@ -659,7 +652,7 @@ int qmp_command(struct qmp_client *c, const char *command, json_t *args, json_t 
 		int timeout_ms)
 {
 	struct sync_reply s = {0};
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	int64_t deadline = timeout_ms < 0 ? -1 : time_now_ms() + timeout_ms;
 	uint64_t id;
 	int r;
 
@@ -675,7 +668,7 @@ int qmp_command(struct qmp_client *c, const char *command, json_t *args, json_t 
 		int wait_ms = -1;
 
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - time_now_ms();
 
 			if (left <= 0) {
 				qmp_cancel(c, id);

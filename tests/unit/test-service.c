@@ -26,6 +26,7 @@
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
+#include "util/time.h"
 
 #define AUTH_MS 300
 
@@ -137,9 +138,9 @@ static void peer_send(struct fixture *t, struct peer *p, enum frame_type type, c
 /* Returns 1 with p->f set, 0 at EOF, stepping the service until then (at most 10 s). */
 static int peer_next(struct fixture *t, struct peer *p)
 {
-	int64_t end = console_now_ms() + 10000;
+	int64_t end = time_now_ms() + 10000;
 
-	while (console_now_ms() < end) {
+	while (time_now_ms() < end) {
 		if (p->pos < p->len) {
 			size_t used;
 			int r = frame_decoder_feed(p->dec, p->in + p->pos, p->len - p->pos, &used,
@@ -313,10 +314,10 @@ static void test_idle_unauthenticated_timeout(void **state)
 {
 	struct fixture *t = fx_new();
 	struct peer *p = peer_tcp(t);
-	int64_t start = console_now_ms();
+	int64_t start = time_now_ms();
 
 	expect_error(t, p, "no HELLO in time");
-	assert_true(console_now_ms() - start >= AUTH_MS - 20);
+	assert_true(time_now_ms() - start >= AUTH_MS - 20);
 	assert_int_equal(peer_next(t, p), 0);
 	peer_free(p, true);
 	fx_free(t);
@@ -376,8 +377,8 @@ static void test_backpressure_requests(void **state)
 	for (size_t i = 0; i < n_info; i++)
 		assert_int_equal(frame_buf_put(&b, FRAME_INFO, NULL, 0), 0);
 	/* Write as much as goes for a while, never reading. */
-	end = console_now_ms() + 1500;
-	while (console_now_ms() < end && b.len) {
+	end = time_now_ms() + 1500;
+	while (time_now_ms() < end && b.len) {
 		size_t q;
 
 		assert_int_equal(frame_buf_flush(&b, p->fd), 0);
@@ -412,8 +413,8 @@ static void test_backpressure_output(void **state)
 
 	hello(t, p);
 	send_exec(t, p, argv, envp);
-	end = console_now_ms() + 1500;
-	while (console_now_ms() < end) {
+	end = time_now_ms() + 1500;
+	while (time_now_ms() < end) {
 		size_t q;
 
 		service_step(t->s, 5);
@@ -440,12 +441,12 @@ static void test_shutdown_ends_the_loop(void **state)
 {
 	struct fixture *t = fx_new();
 	struct peer *p = peer_tcp(t);
-	int64_t end = console_now_ms() + 5000;
+	int64_t end = time_now_ms() + 5000;
 	int r = 0;
 
 	hello(t, p);
 	peer_send(t, p, FRAME_SHUTDOWN, NULL, 0);
-	while (r == 0 && console_now_ms() < end)
+	while (r == 0 && time_now_ms() < end)
 		r = service_step(t->s, 10);
 	assert_int_equal(r, 1);
 	peer_free(p, true);
@@ -479,10 +480,10 @@ static void test_control_read_setup(void **state)
 	assert_int_equal(hello_frame[2], FRAME_HELLO);
 	/* Nothing: a bounded wait. */
 	{
-		int64_t start = console_now_ms();
+		int64_t start = time_now_ms();
 
 		assert_int_equal(control_read_setup(sv[0], 200, &got), -ETIMEDOUT);
-		assert_true(console_now_ms() - start >= 190);
+		assert_true(time_now_ms() - start >= 190);
 	}
 	/* A SETUP with a relative path cannot be used. */
 	assert_int_equal(frame_setup_encode(token, "/x", payload, &len), 0);
