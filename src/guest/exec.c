@@ -319,7 +319,16 @@ static struct exec_client *open_client(const struct target *t)
 	}
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for, beyond the target. */
+struct request {
+	const char *token_hex, *port_s, *cwd, *user;
+	bool no_env, no_stdin, info, shutdown, direct;
+	char **cmd;
+	int n_cmd;
+};
+
+/* Parses the command line into t and req; exits with usage on bad input. */
+static void parse_args(int argc, char **argv, struct target *t, struct request *req)
 {
 	enum {
 		OPT_TOKEN = 256,
@@ -351,13 +360,7 @@ int main(int argc, char **argv)
 	    {"help", no_argument, NULL, OPT_HELP},
 	    {NULL, 0, NULL, 0},
 	};
-	struct target t = {.timeout_ms = DEFAULT_TIMEOUT_MS};
-	const char *token_hex = NULL, *port_s = NULL, *cwd = NULL, *user = NULL;
-	bool no_env = false, no_stdin = false, info = false, do_shutdown = false, direct = false;
-	char token_buf[256], port_buf[32], cwd_buf[PATH_MAX], *host;
-	char **cmd = NULL;
-	int n_cmd = 0, opt, r, status = 0;
-	struct exec_client *c;
+	int opt;
 
 	/* '+': stop at the host, the command's own options are not ours. The short options are
 	 * ssh's, so that any ssh command line hydra (or a user) builds is understood. */
@@ -367,81 +370,90 @@ int main(int argc, char **argv)
 		    NULL)) != -1) {
 		switch (opt) {
 		case OPT_TOKEN:
-			token_hex = optarg;
+			req->token_hex = optarg;
 			break;
 		case 'p':
-			port_s = optarg;
+			req->port_s = optarg;
 			break;
 		case OPT_UNIX:
-			t.unix_path = optarg;
+			t->unix_path = optarg;
 			break;
 		case OPT_CWD:
-			cwd = optarg;
+			req->cwd = optarg;
 			break;
 		case OPT_NO_ENV:
-			no_env = true;
+			req->no_env = true;
 			break;
 		case OPT_TIMEOUT:
-			t.timeout_ms = (int)parse_number(optarg, INT32_MAX, "--timeout-ms");
+			t->timeout_ms = (int)parse_number(optarg, INT32_MAX, "--timeout-ms");
 			break;
 		case OPT_WAIT:
-			t.wait_ms = (int)parse_number(optarg, INT32_MAX, "--wait-ms");
+			t->wait_ms = (int)parse_number(optarg, INT32_MAX, "--wait-ms");
 			break;
 		case OPT_INFO:
-			info = true;
+			req->info = true;
 			break;
 		case OPT_SHUTDOWN:
-			do_shutdown = true;
+			req->shutdown = true;
 			break;
 		case OPT_USER:
-			user = optarg;
+			req->user = optarg;
 			break;
 		case OPT_SETUP:
-			t.setup = true;
+			t->setup = true;
 			break;
 		case OPT_SHARE:
-			t.share = optarg;
+			t->share = optarg;
 			break;
 		case 'n':
-			no_stdin = true;
+			req->no_stdin = true;
 			break;
 		case OPT_HELP:
 			usage(stdout);
-			return 0;
+			exit(0);
 		case '?':
 			usage(stderr);
-			return EXIT_FAILED;
+			exit(EXIT_FAILED);
 		default:
 			break; /* an ssh option that means nothing here */
 		}
 	}
 
-	if (!t.unix_path) {
+	if (!t->unix_path) {
+		const char *host;
+
 		if (optind >= argc)
 			fail("no host given (try --help)");
 		host = argv[optind++];
 		/* ssh's USER@HOST: the user is the request's uid, not part of the name. */
 		if (strchr(host, '@'))
 			host = strrchr(host, '@') + 1;
-		t.host = host;
+		t->host = host;
 	}
 	if (optind < argc && strcmp(argv[optind], "--") == 0) {
-		direct = true;
+		req->direct = true;
 		optind++;
-	} else if (t.unix_path && optind > 1 && strcmp(argv[optind - 1], "--") == 0) {
-		direct = true; /* without a HOST, getopt took the "--" itself */
+	} else if (t->unix_path && optind > 1 && strcmp(argv[optind - 1], "--") == 0) {
+		req->direct = true; /* without a HOST, getopt took the "--" itself */
 	}
-	cmd = argv + optind;
-	n_cmd = argc - optind;
-	if (info + do_shutdown + (n_cmd > 0) != 1)
+	req->cmd = argv + optind;
+	req->n_cmd = argc - optind;
+	if (req->info + req->shutdown + (req->n_cmd > 0) != 1)
 		fail("give exactly one of a command, --info or --shutdown (try --help)");
-	if (t.setup && !t.unix_path)
+	if (t->setup && !t->unix_path)
 		fail("--setup goes with --unix: SETUP is taken on the control port only");
-	if (t.share && !t.setup)
+	if (t->share && !t->setup)
 		fail("--share goes with --setup");
-	if (t.share && (t.share[0] != '/' || strlen(t.share) > FRAME_SETUP_MAX_PATH))
-		fail("--share %s is not an absolute path of at most %d bytes", t.share,
+	if (t->share && (t->share[0] != '/' || strlen(t->share) > FRAME_SETUP_MAX_PATH))
+		fail("--share %s is not an absolute path of at most %d bytes", t->share,
 		     FRAME_SETUP_MAX_PATH);
+}
+
+/* The token and the port: from the options, the environment, then the guest itself. */
+static void resolve_credentials(struct target *t, const struct request *req)
+{
+	char token_buf[256], port_buf[32];
+	const char *token_hex = req->token_hex, *port_s = req->port_s;
 
 	if (!token_hex)
 		token_hex = getenv("VMHPC_TOKEN");
@@ -450,101 +462,120 @@ int main(int argc, char **argv)
 	if (!token_hex)
 		fail("no token: use --token HEX, $VMHPC_TOKEN, or run inside a vmhpc guest (as "
 		     "root, or under its exec service)");
-	if (frame_token_from_hex(token_hex, t.token) < 0)
+	if (frame_token_from_hex(token_hex, t->token) < 0)
 		fail("the token is not %d hex digits", 2 * FRAME_TOKEN_BYTES);
 	if (!port_s)
 		port_s = getenv("VMHPC_EXEC_PORT");
 	if (!port_s && cmdline_value("exec_port", port_buf, sizeof(port_buf)))
 		port_s = port_buf;
-	t.port = port_s ? (uint16_t)parse_number(port_s, 65535, "port") : DEFAULT_PORT;
+	t->port = port_s ? (uint16_t)parse_number(port_s, 65535, "port") : DEFAULT_PORT;
+}
 
+static void print_info(struct exec_client *c, const struct target *t)
+{
+	struct frame_info fi;
+	int r = exec_client_info(c, t->timeout_ms, &fi);
+
+	if (r < 0)
+		fail("INFO: %s", strerror(-r));
+	printf("mem_total_kb=%llu\nmem_available_kb=%llu\nmem_used_kb=%llu\nuptime_ms=%llu\n",
+	       (unsigned long long)fi.mem_total_kb, (unsigned long long)fi.mem_available_kb,
+	       (unsigned long long)(fi.mem_total_kb - fi.mem_available_kb),
+	       (unsigned long long)fi.uptime_ms);
+}
+
+/* Runs the command remotely with our stdio and signals; returns its exit status. */
+static int run_command(struct exec_client *c, const struct target *t, const struct request *rq)
+{
+	static const char *no_env_list[] = {NULL};
+	_cleanup_free_ char *line = NULL;
+	_cleanup_free_ char **env = NULL;
+	_cleanup_close_ int sig_fd = -1;
+	/* "--": a line starting with '-' is a command, not an option of the shell. */
+	char *shell_argv[] = {"/bin/sh", "-c", "--", NULL, NULL};
+	char cwd_buf[PATH_MAX];
+	struct frame_exec req = {.uid = getuid(), .gid = getgid()};
+	struct exec_client_io io = {.stdin_fd = rq->no_stdin ? -1 : STDIN_FILENO,
+				    .stdout_fd = STDOUT_FILENO,
+				    .stderr_fd = STDERR_FILENO};
+	sigset_t mask;
+	int r, status = 0;
+
+	if (rq->user) {
+		/* Numeric only: the guest's /etc/passwd need not know the user. */
+		char uid_s[16], *colon = strchr(rq->user, ':');
+		size_t n = colon ? (size_t)(colon - rq->user) : strlen(rq->user);
+
+		if (n == 0 || n >= sizeof(uid_s))
+			fail("--user \"%s\" is not UID[:GID]", rq->user);
+		memcpy(uid_s, rq->user, n);
+		uid_s[n] = '\0';
+		req.uid = (uint32_t)parse_number(uid_s, INT32_MAX, "--user UID");
+		req.gid =
+		    colon ? (uint32_t)parse_number(colon + 1, INT32_MAX, "--user GID") : req.uid;
+	}
+	if (rq->direct) {
+		req.argv = rq->cmd;
+	} else {
+		line = join_words(rq->cmd, rq->n_cmd);
+		shell_argv[3] = line;
+		req.argv = shell_argv;
+	}
+	if (!rq->no_env)
+		env = forwarded_env();
+	req.envp = env ? env : (char **)no_env_list;
+	if (rq->cwd) {
+		req.cwd = (char *)rq->cwd;
+	} else if (getcwd(cwd_buf, sizeof(cwd_buf))) {
+		req.cwd = cwd_buf;
+		req.flags |= FRAME_EXEC_CWD_OPTIONAL;
+	}
+	/* The signals a terminal or a launcher sends us go to the remote command. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGQUIT);
+	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	io.signal_fd = sig_fd;
+	r = exec_client_run(c, &req, &io, -1, &status);
+	if (r == -EPIPE)
+		return 128 + SIGPIPE;
+	if (r == -E2BIG)
+		fail("the command line and environment are over the %u KiB a request holds; try "
+		     "--no-env",
+		     FRAME_MAX_PAYLOAD / 1024);
+	if (r < 0)
+		fail("running the command on %s: %s%s%s", t->unix_path ? t->unix_path : t->host,
+		     strerror(-r), exec_client_error(c) ? ": " : "",
+		     exec_client_error(c) ? exec_client_error(c) : "");
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct target t = {.timeout_ms = DEFAULT_TIMEOUT_MS};
+	struct request req = {0};
+	struct exec_client *c;
+	int status = 0, r;
+
+	parse_args(argc, argv, &t, &req);
+	resolve_credentials(&t, &req);
 	/* Writes to a closed stdout must fail with EPIPE (then the command is ended), not kill
 	 * us before the remote side hears of it. */
 	signal(SIGPIPE, SIG_IGN);
 	c = open_client(&t);
-	if (info) {
-		struct frame_info fi;
-
-		r = exec_client_info(c, t.timeout_ms, &fi);
-		if (r < 0)
-			fail("INFO: %s", strerror(-r));
-		printf(
-		    "mem_total_kb=%llu\nmem_available_kb=%llu\nmem_used_kb=%llu\nuptime_ms=%llu\n",
-		    (unsigned long long)fi.mem_total_kb, (unsigned long long)fi.mem_available_kb,
-		    (unsigned long long)(fi.mem_total_kb - fi.mem_available_kb),
-		    (unsigned long long)fi.uptime_ms);
-	} else if (do_shutdown) {
+	if (req.info) {
+		print_info(c, &t);
+	} else if (req.shutdown) {
 		r = exec_client_shutdown(c, t.timeout_ms);
 		if (r < 0)
 			fail("SHUTDOWN: %s", strerror(-r));
 	} else {
-		static const char *no_env_list[] = {NULL};
-		_cleanup_free_ char *line = NULL;
-		_cleanup_free_ char **env = NULL;
-		_cleanup_close_ int sig_fd = -1;
-		/* "--": a line starting with '-' is a command, not an option of the shell. */
-		char *shell_argv[] = {"/bin/sh", "-c", "--", NULL, NULL};
-		struct frame_exec req = {.uid = getuid(), .gid = getgid()};
-		struct exec_client_io io = {.stdin_fd = no_stdin ? -1 : STDIN_FILENO,
-					    .stdout_fd = STDOUT_FILENO,
-					    .stderr_fd = STDERR_FILENO};
-		sigset_t mask;
-
-		if (user) {
-			/* Numeric only: the guest's /etc/passwd need not know the user. */
-			char uid_s[16], *colon = strchr(user, ':');
-			size_t n = colon ? (size_t)(colon - user) : strlen(user);
-
-			if (n == 0 || n >= sizeof(uid_s))
-				fail("--user \"%s\" is not UID[:GID]", user);
-			memcpy(uid_s, user, n);
-			uid_s[n] = '\0';
-			req.uid = (uint32_t)parse_number(uid_s, INT32_MAX, "--user UID");
-			req.gid = colon ? (uint32_t)parse_number(colon + 1, INT32_MAX, "--user GID")
-					: req.uid;
-		}
-		if (direct) {
-			req.argv = cmd;
-		} else {
-			line = join_words(cmd, n_cmd);
-			shell_argv[3] = line;
-			req.argv = shell_argv;
-		}
-		if (!no_env)
-			env = forwarded_env();
-		req.envp = env ? env : (char **)no_env_list;
-		if (cwd) {
-			req.cwd = (char *)cwd;
-		} else if (getcwd(cwd_buf, sizeof(cwd_buf))) {
-			req.cwd = cwd_buf;
-			req.flags |= FRAME_EXEC_CWD_OPTIONAL;
-		}
-		/* The signals a terminal or a launcher sends us go to the remote command. */
-		sigemptyset(&mask);
-		sigaddset(&mask, SIGINT);
-		sigaddset(&mask, SIGTERM);
-		sigaddset(&mask, SIGHUP);
-		sigaddset(&mask, SIGQUIT);
-		sigaddset(&mask, SIGUSR1);
-		sigaddset(&mask, SIGUSR2);
-		sigprocmask(SIG_BLOCK, &mask, NULL);
-		sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-		io.signal_fd = sig_fd;
-		r = exec_client_run(c, &req, &io, -1, &status);
-		if (r == -EPIPE) {
-			exec_client_free(c);
-			return 128 + SIGPIPE;
-		}
-		if (r == -E2BIG)
-			fail(
-			    "the command line and environment are over the %u KiB a request holds; "
-			    "try --no-env",
-			    FRAME_MAX_PAYLOAD / 1024);
-		if (r < 0)
-			fail("running the command on %s: %s%s%s",
-			     t.unix_path ? t.unix_path : t.host, strerror(-r),
-			     exec_client_error(c) ? ": " : "",
-			     exec_client_error(c) ? exec_client_error(c) : "");
+		status = run_command(c, &t, &req);
 	}
 	exec_client_free(c);
 	return status;

@@ -784,142 +784,167 @@ enum role {
 	ROLE_STDERR
 };
 
-int service_step(struct service *s, int timeout_ms)
+/* One entry of the poll set: what the fd is to us. */
+struct watch {
+	enum role role;
+	struct conn *c;
+};
+
+#define POLL_SET_MAX (3 + CONN_SLOTS * 4)
+
+/* Frees the connections that ended (the control port's slot reopens for the host). */
+static void drop_dead_conns(struct service *s, int64_t now)
 {
-	/* The poll set is rebuilt from the state every turn: backpressure is then one condition
-	 * per fd (do not read a command's output while its peer is behind, do not read a peer
-	 * while its command is behind on stdin or while it does not read what it asked for).
-	 * At CONN_SLOTS peers the rebuild costs nothing. */
-	struct pollfd pfds[3 + CONN_SLOTS * 4];
-	struct {
-		enum role role;
-		struct conn *c;
-	} what[ARRAY_SIZE(pfds)];
-	static uint8_t buf[READ_CHUNK];
+	for (size_t i = 0; i < s->n_conns;) {
+		struct conn *c = s->conns[i];
 
-	{
-		int64_t now = time_now_ms(), wake = timeout_ms < 0 ? -1 : now + timeout_ms;
-		nfds_t n = 0;
-		int timeout, r;
-
-		control_check(s, now);
-		for (size_t i = 0; i < s->n_conns; i++)
-			conn_tick(s->conns[i], now);
-		for (size_t i = 0; i < s->n_conns;) {
-			struct conn *c = s->conns[i];
-
-			if (!c->dead) {
-				i++;
-				continue;
-			}
-			if (c == s->control) {
-				s->control = NULL;
-				s->control_next_check = now + CONTROL_POLL_MS;
-			}
-			if (c == s->shutdown_by)
-				s->shutdown_by = NULL;
-			conn_free(c);
-			s->conns[i] = s->conns[--s->n_conns];
+		if (!c->dead) {
+			i++;
+			continue;
 		}
-		if (s->power_off)
-			return 1;
+		if (c == s->control) {
+			s->control = NULL;
+			s->control_next_check = now + CONTROL_POLL_MS;
+		}
+		if (c == s->shutdown_by)
+			s->shutdown_by = NULL;
+		conn_free(c);
+		s->conns[i] = s->conns[--s->n_conns];
+	}
+}
+
+/* The poll set, rebuilt from the state every turn: backpressure is then one condition per
+ * fd (do not read a command's output while its peer is behind, do not read a peer while its
+ * command is behind on stdin or while it does not read what it asked for). At CONN_SLOTS
+ * peers the rebuild costs nothing. Returns how many; *wake (-1: none) is lowered to the
+ * next deadline. */
+static nfds_t build_poll_set(struct service *s, struct pollfd *pfds, struct watch *what,
+			     int64_t *wake)
+{
+	nfds_t n = 0;
 
 #define WATCH(fd_, ev_, role_, c_)                                                                 \
 	do {                                                                                       \
 		pfds[n] = (struct pollfd){.fd = (fd_), .events = (short)(ev_)};                    \
-		what[n].role = (role_);                                                            \
-		what[n].c = (c_);                                                                  \
+		what[n] = (struct watch){.role = (role_), .c = (c_)};                              \
 		n++;                                                                               \
 	} while (0)
-		WATCH(s->sig_fd, POLLIN, ROLE_SIGNAL, NULL);
-		if (s->listen_fd >= 0)
-			WATCH(s->listen_fd, POLLIN, ROLE_LISTEN, NULL);
-		if (s->control_ep >= 0 && !s->control)
-			WATCH(s->control_ep, POLLIN, ROLE_CONTROL_WAKE, NULL);
-		for (size_t i = 0; i < s->n_conns; i++) {
-			struct conn *c = s->conns[i];
-			struct job *j = &c->job;
-			short ev = c->out.len ? POLLOUT : 0;
+	WATCH(s->sig_fd, POLLIN, ROLE_SIGNAL, NULL);
+	if (s->listen_fd >= 0)
+		WATCH(s->listen_fd, POLLIN, ROLE_LISTEN, NULL);
+	if (s->control_ep >= 0 && !s->control)
+		WATCH(s->control_ep, POLLIN, ROLE_CONTROL_WAKE, NULL);
+	for (size_t i = 0; i < s->n_conns; i++) {
+		struct conn *c = s->conns[i];
+		struct job *j = &c->job;
+		short ev = c->out.len ? POLLOUT : 0;
 
-			/* A peer that does not read what it asked for (INFO after INFO) is not
-			 * read either: what we queue for it stays bounded. */
-			if (!(j->pid > 0 && j->in.len >= STDIN_HIGH_WATER) &&
-			    c->out.len < OUT_HIGH_WATER)
-				ev |= POLLIN;
-			WATCH(c->fd, ev, ROLE_PEER, c);
-			if (j->in_fd >= 0 && j->in.len > 0)
-				WATCH(j->in_fd, POLLOUT, ROLE_STDIN, c);
-			if (c->out.len < OUT_HIGH_WATER) {
-				if (j->out_fd >= 0)
-					WATCH(j->out_fd, POLLIN, ROLE_STDOUT, c);
-				if (j->err_fd >= 0)
-					WATCH(j->err_fd, POLLIN, ROLE_STDERR, c);
-			}
-			if (c->deadline_ms && (wake < 0 || c->deadline_ms < wake))
-				wake = c->deadline_ms;
-			if (j->reaped && (wake < 0 || j->reaped_ms + LINGER_MS < wake))
-				wake = j->reaped_ms + LINGER_MS;
+		/* A peer that does not read what it asked for (INFO after INFO) is not read
+		 * either: what we queue for it stays bounded. */
+		if (!(j->pid > 0 && j->in.len >= STDIN_HIGH_WATER) && c->out.len < OUT_HIGH_WATER)
+			ev |= POLLIN;
+		WATCH(c->fd, ev, ROLE_PEER, c);
+		if (j->in_fd >= 0 && j->in.len > 0)
+			WATCH(j->in_fd, POLLOUT, ROLE_STDIN, c);
+		if (c->out.len < OUT_HIGH_WATER) {
+			if (j->out_fd >= 0)
+				WATCH(j->out_fd, POLLIN, ROLE_STDOUT, c);
+			if (j->err_fd >= 0)
+				WATCH(j->err_fd, POLLIN, ROLE_STDERR, c);
 		}
+		if (c->deadline_ms && (*wake < 0 || c->deadline_ms < *wake))
+			*wake = c->deadline_ms;
+		if (j->reaped && (*wake < 0 || j->reaped_ms + LINGER_MS < *wake))
+			*wake = j->reaped_ms + LINGER_MS;
+	}
 #undef WATCH
-		if (!s->control && s->control_fd >= 0 && (wake < 0 || s->control_next_check < wake))
-			wake = s->control_next_check;
-		timeout = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
-		r = poll(pfds, n, timeout);
-		if (r < 0) {
-			if (errno != EINTR)
-				console_say("poll: %s", strerror(errno));
-			return 0;
+	if (!s->control && s->control_fd >= 0 && (*wake < 0 || s->control_next_check < *wake))
+		*wake = s->control_next_check;
+	return n;
+}
+
+static void handle_signals(struct service *s)
+{
+	struct signalfd_siginfo si;
+
+	while (read(s->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGCHLD)
+			reap(s);
+		else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT ||
+			 si.ssi_signo == SIGPWR || si.ssi_signo == SIGUSR2)
+			begin_power_off(s, NULL);
+	}
+}
+
+/* Acts on what poll() found ready. */
+static void dispatch(struct service *s, const struct pollfd *pfds, const struct watch *what,
+		     nfds_t n, int64_t now)
+{
+	static uint8_t buf[READ_CHUNK];
+
+	for (nfds_t i = 0; i < n; i++) {
+		struct conn *c = what[i].c;
+		short rev = pfds[i].revents;
+
+		if (!rev || (c && c->dead))
+			continue;
+		switch (what[i].role) {
+		case ROLE_SIGNAL:
+			handle_signals(s);
+			break;
+		case ROLE_LISTEN:
+			accept_peer(s);
+			break;
+		case ROLE_CONTROL_WAKE: {
+			struct epoll_event ev[4];
+
+			/* Consume the edge; control_check looks at the port next turn. */
+			while (epoll_wait(s->control_ep, ev, 4, 0) > 0)
+				;
+			s->control_next_check = now;
+			break;
 		}
-		for (nfds_t i = 0; i < n; i++) {
-			struct conn *c = what[i].c;
-			short rev = pfds[i].revents;
-
-			if (!rev || (c && c->dead))
-				continue;
-			switch (what[i].role) {
-			case ROLE_SIGNAL: {
-				struct signalfd_siginfo si;
-
-				while (read(s->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-					if (si.ssi_signo == SIGCHLD)
-						reap(s);
-					else if (si.ssi_signo == SIGTERM ||
-						 si.ssi_signo == SIGINT || si.ssi_signo == SIGPWR ||
-						 si.ssi_signo == SIGUSR2)
-						begin_power_off(s, NULL);
-				}
-				break;
-			}
-			case ROLE_LISTEN:
-				accept_peer(s);
-				break;
-			case ROLE_CONTROL_WAKE: {
-				struct epoll_event ev[4];
-
-				/* Consume the edge; control_check looks at the port next turn. */
-				while (epoll_wait(s->control_ep, ev, 4, 0) > 0)
-					;
-				s->control_next_check = now;
-				break;
-			}
-			case ROLE_PEER:
-				if (rev & POLLOUT)
-					conn_write(c);
-				if ((rev & (POLLIN | POLLHUP | POLLERR)) && !c->dead)
-					conn_read(s, c, buf);
-				break;
-			case ROLE_STDIN:
-				job_write_stdin(&c->job);
-				break;
-			case ROLE_STDOUT:
-				job_read(c, &c->job.out_fd, FRAME_STDOUT, buf);
-				break;
-			case ROLE_STDERR:
-				job_read(c, &c->job.err_fd, FRAME_STDERR, buf);
-				break;
-			}
+		case ROLE_PEER:
+			if (rev & POLLOUT)
+				conn_write(c);
+			if ((rev & (POLLIN | POLLHUP | POLLERR)) && !c->dead)
+				conn_read(s, c, buf);
+			break;
+		case ROLE_STDIN:
+			job_write_stdin(&c->job);
+			break;
+		case ROLE_STDOUT:
+			job_read(c, &c->job.out_fd, FRAME_STDOUT, buf);
+			break;
+		case ROLE_STDERR:
+			job_read(c, &c->job.err_fd, FRAME_STDERR, buf);
+			break;
 		}
 	}
+}
+
+int service_step(struct service *s, int timeout_ms)
+{
+	struct pollfd pfds[POLL_SET_MAX];
+	struct watch what[POLL_SET_MAX];
+	int64_t now = time_now_ms(), wake = timeout_ms < 0 ? -1 : now + timeout_ms;
+	nfds_t n;
+	int timeout;
+
+	control_check(s, now);
+	for (size_t i = 0; i < s->n_conns; i++)
+		conn_tick(s->conns[i], now);
+	drop_dead_conns(s, now);
+	if (s->power_off)
+		return 1;
+	n = build_poll_set(s, pfds, what, &wake);
+	timeout = wake < 0 ? -1 : wake <= now ? 0 : (int)(wake - now);
+	if (poll(pfds, n, timeout) < 0) {
+		if (errno != EINTR)
+			console_say("poll: %s", strerror(errno));
+		return 0;
+	}
+	dispatch(s, pfds, what, n, now);
 	return s->power_off ? 1 : 0;
 }
 
