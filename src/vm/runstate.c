@@ -601,7 +601,7 @@ int runstate_clean_stale(const char *run_dir, uid_t owner)
 			remove_job_dir(jobs_fd, de->d_name, dfd);
 			continue;
 		}
-		log_info("cleaning up job %s, left by a vmhpc that did not finish", de->d_name);
+		log_debug("cleaning up job %s, left by a vmhpc that did not finish", de->d_name);
 		undo_resources(dfd, id, owner);
 		remove_job_dir(jobs_fd, de->d_name, dfd);
 		n++;
