@@ -67,11 +67,26 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	if (r < 0)
 		return log_error_errno(r, "--image: %s", error);
 	r = catalog_load(s, name, version, ret, &error);
-	if (r != -ENOENT || version != 0 || strcmp(name, "tiny-mpi") != 0 ||
-	    catalog_last_version(s, name, &version) < 0 || version != 0) {
+	if (r == 0 && version == 0 && strcmp(name, "tiny-mpi") == 0 &&
+	    job_check_image(*ret, NULL) < 0) {
+		/* The default image, asked for by name only, from an older vmhpc: its guest
+		 * cannot serve this one. A new version is built; the old stays as it was. */
+		log_info("the default image tiny-mpi:%u was built by another vmhpc version: "
+			 "building a new version",
+			 (*ret)->version);
+		*ret = manifest_free(*ret);
+	} else if (r != -ENOENT || version != 0 || strcmp(name, "tiny-mpi") != 0 ||
+		   catalog_last_version(s, name, &version) < 0 || version != 0) {
 		if (r < 0)
 			log_error("%s", error ? error : strerror(-r));
+		else if (job_check_image(*ret, &error) < 0) {
+			log_error("%s", error);
+			*ret = manifest_free(*ret);
+			return -EPROTO;
+		}
 		return r;
+	} else {
+		log_info("the store has no tiny-mpi yet: building it from the default spec");
 	}
 	free(TAKE_PTR(error));
 	spec = cli_sibling_path("VMHPC_DEFAULT_SPEC", "../examples/tiny-mpi.ini");
@@ -79,7 +94,6 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
 	if (!spec || !init || !exec)
 		return -ENOMEM;
-	log_info("the store has no tiny-mpi yet: building it from %s", spec);
 	chunker_params_default(&bo.chunking);
 	bo.spec_path = spec;
 	bo.init_path = init;

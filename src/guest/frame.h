@@ -17,12 +17,15 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FRAME_MAGIC0	    'V'
-#define FRAME_MAGIC1	    'H'
-#define FRAME_HEADER_BYTES  8
-#define FRAME_MAX_PAYLOAD   (256u * 1024u)
-#define FRAME_TOKEN_BYTES   32
-#define FRAME_PROTO_VERSION 1
+#define FRAME_MAGIC0	   'V'
+#define FRAME_MAGIC1	   'H'
+#define FRAME_HEADER_BYTES 8
+#define FRAME_MAX_PAYLOAD  (256u * 1024u)
+#define FRAME_TOKEN_BYTES  32
+/* 2: the host hands the token and job folder over in SETUP (not on the kernel command
+ * line). Images record the version of the vmhpc-init they hold (metadata guest_protocol):
+ * a runtime boots only images that speak its own. */
+#define FRAME_PROTO_VERSION 2
 #define FRAME_ERROR_MAX	    4096 /* bytes of text in an ERROR frame */
 
 /* Bounds of an EXEC request (the payload limit bounds the total as well). */

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guest/frame.h"
 #include "image/deb.h"
 #include "image/initramfs.h"
 #include "image/kernel.h"
@@ -289,6 +290,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "libraries", json_incref(root.libraries));
 	json_object_set_new(m->metadata, "host_files", json_incref(root.host_sources));
 	json_object_set_new(m->metadata, "root_fs", json_string("ext4"));
+	/* The exec protocol the image's vmhpc-init speaks: built from this tree, ours. */
+	json_object_set_new(m->metadata, "guest_protocol", json_integer(FRAME_PROTO_VERSION));
 	json_object_set_new(m->metadata, "root_content_bytes",
 			    json_integer((json_int_t)root.content_bytes));
 	json_object_set_new(m->metadata, "root_files", json_integer((json_int_t)root.n_entries));

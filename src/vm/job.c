@@ -472,6 +472,22 @@ int job_step(struct job *j, char **ret_error)
 
 static int write_state(struct job *j);
 
+int job_check_image(const struct manifest *m, char **ret_error)
+{
+	json_t *v = json_object_get(m->metadata, "guest_protocol");
+	json_int_t proto = json_is_integer(v) ? json_integer_value(v) : 1;
+
+	if (proto == FRAME_PROTO_VERSION)
+		return 0;
+	return error_set(ret_error, -EPROTO,
+			 "image %s:%u was built %s vmhpc: its guest init speaks exec protocol "
+			 "%lld, this vmhpc speaks %d; build a new version of it (`vmhpc image "
+			 "build SPEC`)",
+			 m->name, m->version,
+			 proto < FRAME_PROTO_VERSION ? "by an older" : "by a newer",
+			 (long long)proto, FRAME_PROTO_VERSION);
+}
+
 int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_error)
 {
 	struct job *j;
@@ -481,6 +497,9 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 
 	if (cfg->n_vms == 0 || cfg->n_vms > JOB_MAX_VMS)
 		return error_set(ret_error, -EINVAL, "a job has 1 to %d VMs", JOB_MAX_VMS);
+	r = job_check_image(cfg->image, ret_error);
+	if (r < 0)
+		return r;
 	j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;

@@ -65,6 +65,10 @@ struct job_vm_stats {
 
 struct job;
 
+/* 0 when image's vmhpc-init speaks this runtime's exec protocol (metadata guest_protocol),
+ * else -EPROTO with *ret_error (caller frees) saying to rebuild it. job_start checks it. */
+int job_check_image(const struct manifest *image, char **ret_error);
+
 /* Boots the job's VMs and waits until all are ready (job_start, then poll + job_step). On
  * failure everything made so far is undone and *ret_error (caller frees) says what failed;
  * when a guest did not come up it ends with the last lines of its console. Free with

@@ -68,3 +68,38 @@ leftovers() {
 finish() {
 	echo "$CHECKS checks passed"
 }
+
+# Jobs of this test run in a run folder of their own ($VMHPC_RUN_DIR), so that what the test
+# checks (and cleans) is its own, whatever else runs on the machine.
+use_own_run_dir() {
+	export VMHPC_RUN_DIR="$WORK/run"
+	mkdir -p "$VMHPC_RUN_DIR"
+	chmod 0700 "$VMHPC_RUN_DIR"
+	VIRTIOFSD_BEFORE=" $(pgrep -x virtiofsd | tr '\n' ' ') "
+	on_exit "'$VMHPC' cleanup"
+}
+
+# nothing_left WHAT: no QEMU, virtiofsd or job folder of this test's jobs is left. (The job
+# network needs no check of its own: it lives in a namespace that goes with the last QEMU.)
+nothing_left() {
+	local what=$1 left p
+	sleep 0.3
+	left=$( (pgrep -a -f "qemu-system-x86_64 .*$VMHPC_RUN_DIR/jobs/" || true
+		for p in $(pgrep -x virtiofsd); do
+			case "$VIRTIOFSD_BEFORE" in *" $p "*) ;; *) echo "virtiofsd pid $p" ;; esac
+		done
+		ls "$VMHPC_RUN_DIR/jobs" 2>/dev/null || true) | head -5)
+	[ -z "$left" ] || fail "$what left: $left"
+}
+
+# A plain user's job makes taps in its own namespaces through /dev/net/tun, which Debian's
+# udev leaves open to all (0666); machines without udev have it 0600. Opened up for the
+# test and put back as it was on exit.
+allow_unprivileged_taps() {
+	local mode
+	mode=$(stat -c %a /dev/net/tun)
+	if [ "$mode" != 666 ]; then
+		on_exit "chmod $mode /dev/net/tun"
+		chmod 0666 /dev/net/tun
+	fi
+}

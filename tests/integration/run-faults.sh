@@ -13,22 +13,9 @@ ring="${VMHPC_BUILD_ROOT:?}/mpi-ring"
 export VMHPC_CACHE="${VMHPC_CACHE:-/var/cache/vmhpc}"
 "$VMHPC" image build --level 1 "$VMHPC_SOURCE_ROOT/examples/tiny-mpi.ini" >/dev/null
 job="$WORK/job"
-# A run directory of our own: only this test's VMs are looked at (and cleaned).
-export VMHPC_RUN_DIR="$WORK/run"
-mkdir -p "$job" "$VMHPC_RUN_DIR"
-chmod 0700 "$VMHPC_RUN_DIR"
+mkdir -p "$job"
 cp "$ring" "$job/ring"
-on_exit "'$VMHPC' cleanup"
-
-nothing_left() {
-	local what=$1 left
-	sleep 0.3
-	left=$( (pgrep -a -f "qemu-system-x86_64 .*$VMHPC_RUN_DIR/jobs/" || true
-		pgrep -a -f "virtiofsd .*$VMHPC_RUN_DIR/jobs/" || true
-		for d in "$VMHPC_RUN_DIR"/jobs/*; do [ -e "$d" ] && echo "job dir $d" && grep "^link" "$d/resources"; done
-		ls "$VMHPC_RUN_DIR/jobs" 2>/dev/null || true) | head -5)
-	[ -z "$left" ] || fail "$what left: $left"
-}
+use_own_run_dir
 
 run() { (cd "$job" && "$VMHPC" run "$@"); }
 

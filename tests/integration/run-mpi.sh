@@ -17,15 +17,7 @@ chmod 0777 "$job"
 # virtiofsd runs with the submitting user's rights (case 2 is uid 4321): it must reach the folder.
 chmod 0755 "$WORK"
 cp "$ring" "$job/ring"
-on_exit "'$VMHPC' cleanup"
-
-nothing_left() {
-	local what=$1 left
-	left=$( (pgrep -a -f 'qemu-system-x86_64 .*/run/vmhpc/jobs/' || true;
-		pgrep -a -f 'virtiofsd .*/run/vmhpc/jobs/' || true;
-		ls /sys/class/net | grep '^vmhpc' || true; ls /run/vmhpc/jobs 2>/dev/null || true) | head -5)
-	[ -z "$left" ] || fail "$what left: $left"
-}
+use_own_run_dir
 
 run() { (cd "$job" && "$VMHPC" run "$@"); }
 
@@ -136,12 +128,7 @@ ok "reading libmpich (41 MB) grew the guest page cache by $((after - before)) kB
 
 # 8. Without root: the job's network is in a user + network namespace of its own.
 if command -v setpriv >/dev/null; then
-	# Its taps need the tun device open to the user, as Debian's udev leaves it (0666).
-	tun_mode=$(stat -c %a /dev/net/tun)
-	if [ "$tun_mode" != 666 ]; then
-		on_exit "chmod $tun_mode /dev/net/tun"
-		chmod 0666 /dev/net/tun
-	fi
+	allow_unprivileged_taps
 	[ -e /tmp/vmhpc-65534 ] || on_exit "rm -rf /tmp/vmhpc-65534"
 	mkdir -p "$WORK/nobody/bin" "$WORK/nobody/cache"
 	cp "$VMHPC" "$WORK/nobody/bin/vmhpc"

@@ -83,6 +83,7 @@ expect_fail "a root-only folder, sudo'd for the user" "submitting user must be a
 	env SUDO_UID="$uid" SUDO_GID="$gid" "$VMHPC" run --workdir "$WORK/rootonly" --vms 1 -n 1 -- hostname
 
 # 3. (7a) The plain user, no sudo: its own store, a shared job folder, MPI over 2 VMs.
+allow_unprivileged_taps
 "$VMHPC" image export tiny-mpi -o "$WORK/tiny-mpi.tar"
 chmod 0644 "$WORK/tiny-mpi.tar"
 as_user() {
