@@ -26,6 +26,7 @@
 #include "guest/console.h"
 #include "guest/control.h"
 #include "guest/frame.h"
+#include "guest/orphans.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
 #include "util/time.h"
@@ -47,6 +48,7 @@
 /* After a command exited, background children may hold its pipes: EXIT waits this long. */
 #define LINGER_MS	2000
 #define CONTROL_POLL_MS 1000 /* a disconnected control port is checked this often at least */
+#define SWEEP_MS	1000 /* how often running jobs are checked for stuck proxies */
 
 static const char *const default_env[] = {
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", NULL};
@@ -116,6 +118,8 @@ struct service {
 	int64_t control_next_check;
 	bool power_off;
 	struct conn *shutdown_by;
+	struct orphans orphans; /* what finished ranks left in the background (orphans.h) */
+	int64_t next_sweep_ms;
 };
 
 static void job_reset(struct job *j)
@@ -923,6 +927,15 @@ static void dispatch(struct service *s, const struct pollfd *pfds, const struct 
 	}
 }
 
+/* True while a command the service started runs. */
+static bool jobs_running(const struct service *s)
+{
+	for (size_t i = 0; i < s->n_conns; i++)
+		if (s->conns[i]->job.pid > 0)
+			return true;
+	return false;
+}
+
 int service_step(struct service *s, int timeout_ms)
 {
 	struct pollfd pfds[POLL_SET_MAX];
@@ -935,6 +948,19 @@ int service_step(struct service *s, int timeout_ms)
 	for (size_t i = 0; i < s->n_conns; i++)
 		conn_tick(s->conns[i], now);
 	drop_dead_conns(s, now);
+	if (s->pid1 && jobs_running(s)) {
+		if (now >= s->next_sweep_ms) {
+			int killed = orphans_sweep(&s->orphans, getpid(), now);
+
+			if (killed > 0)
+				console_say(
+				    "killed %d process%s the job's finished ranks left running",
+				    killed, killed == 1 ? "" : "es");
+			s->next_sweep_ms = now + SWEEP_MS;
+		}
+		if (wake < 0 || s->next_sweep_ms < wake)
+			wake = s->next_sweep_ms;
+	}
 	if (s->power_off)
 		return 1;
 	n = build_poll_set(s, pfds, what, &wake);
