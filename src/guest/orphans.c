@@ -82,6 +82,15 @@ static struct proc *list_procs(size_t *ret_n)
 	return procs;
 }
 
+/* True when the leader of session sid is an exited child of proxy, or gone. */
+static bool session_ended(const struct proc *procs, size_t n, pid_t sid, pid_t proxy)
+{
+	for (size_t k = 0; k < n; k++)
+		if (procs[k].pid == sid)
+			return procs[k].state == 'Z' && procs[k].ppid == proxy;
+	return true;
+}
+
 /* The proxy's slot in o (made when absent; NULL when full). */
 static int64_t *idle_since(struct orphans *o, pid_t pid, bool create)
 {
@@ -102,22 +111,24 @@ int orphans_sweep(struct orphans *o, pid_t reaper, int64_t now_ms)
 	struct orphans next = {0};
 	int killed = 0;
 
+	if (!procs)
+		return 0;
+
 	for (size_t i = 0; i < n; i++) {
 		const struct proc *p = &procs[i];
-		unsigned live = 0, exited = 0;
+		unsigned live = 0;
 		int64_t *since, *was;
 
 		if (!p->proxy || p->state == 'Z')
 			continue;
 		for (size_t k = 0; k < n; k++)
 			if (procs[k].ppid == p->pid) {
-				if (procs[k].state == 'Z')
-					exited++;
-				else
+				if (procs[k].state != 'Z')
 					live++;
 			}
-		/* Still running ranks, or none started yet: nothing is stuck. */
-		if (live > 0 || exited == 0)
+		/* Still running ranks: nothing is stuck. (None at all, for the grace period:
+		 * they exited and were reaped, and something else holds the proxy.) */
+		if (live > 0)
 			continue;
 		since = idle_since(&next, p->pid, true);
 		if (!since)
@@ -129,11 +140,17 @@ int orphans_sweep(struct orphans *o, pid_t reaper, int64_t now_ms)
 		for (size_t k = 0; k < n; k++) {
 			const struct proc *q = &procs[k];
 
-			/* Not a session leader: the command the exec service started
-			 * (mpiexec, or the proxy itself) leads its session. */
-			if (q->session == p->session && q->ppid == reaper && q->pid != p->pid &&
-			    q->pid != q->session && q->state != 'Z' && q->pid != reaper &&
-			    kill(q->pid, SIGKILL) == 0)
+			/* Not a session leader (the commands the exec service starts lead their
+			 * sessions), left to us, and of the job: in the proxy's session, or in
+			 * the session a rank made for itself (hydra's ranks call setsid) whose
+			 * leader has exited. */
+			if (q->ppid != reaper || q->pid == q->session || q->state == 'Z' ||
+			    q->pid == p->pid || q->pid == reaper)
+				continue;
+			if (q->session != p->session &&
+			    !session_ended(procs, n, q->session, p->pid))
+				continue;
+			if (kill(q->pid, SIGKILL) == 0)
 				killed++;
 		}
 	}

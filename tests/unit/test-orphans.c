@@ -30,6 +30,8 @@ static void pause_forever(void)
 /* A session led by a "mpiexec" whose child is a "hydra_pmi_proxy" with one rank. The rank
  * starts a background process (into *ret_bg, through the pipe) and exits after rank_s
  * seconds, or never when rank_s < 0. Returns the leader's pid. */
+static bool rank_setsid; /* as hydra's ranks do: each leads a session of its own */
+
 static pid_t start_tree(int rank_s, pid_t *ret_bg, pid_t *ret_proxy)
 {
 	int p[2];
@@ -50,7 +52,11 @@ static pid_t start_tree(int rank_s, pid_t *ret_bg, pid_t *ret_proxy)
 			prctl(PR_SET_NAME, "hydra_pmi_proxy");
 			rank = fork();
 			if (rank == 0) {
-				pid_t bg = fork();
+				pid_t bg;
+
+				if (rank_setsid)
+					setsid();
+				bg = fork();
 
 				if (bg == 0) {
 					prctl(PR_SET_NAME, "background");
@@ -168,6 +174,15 @@ static void test_background_killed_after_grace(void **state)
 	reap_all();
 }
 
+/* The same when the rank led a session of its own (hydra's do): the background process
+ * is in the exited rank's session, not the proxy's. */
+static void test_background_of_session_leader_rank(void **state)
+{
+	rank_setsid = true;
+	test_background_killed_after_grace(state);
+	rank_setsid = false;
+}
+
 static void test_running_rank_left_alone(void **state)
 {
 	struct orphans o = {0};
@@ -209,6 +224,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_background_killed_after_grace),
+	    cmocka_unit_test(test_background_of_session_leader_rank),
 	    cmocka_unit_test(test_running_rank_left_alone),
 	    cmocka_unit_test(test_other_session_left_alone),
 	};
