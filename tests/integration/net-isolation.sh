@@ -230,10 +230,14 @@ chmod a+r "$WORK/ring.tar"
 allow_unprivileged_taps
 as_user() { setpriv --reuid="$user" --regid="$user" --clear-groups env -i PATH=/usr/bin:/bin:/usr/sbin HOME="$home" VMHPC_BOOT_TIMEOUT_MS=600000 "$@"; }
 as_user "$WORK/bin/vmhpc" image import "$WORK/ring.tar" >/dev/null || fail "import as $user"
-(cd / && as_user "$WORK/bin/vmhpc" run --no-share --image tiny-mpi-ring --vms 2 -- mpi-ring) >"$WORK/user.out" 2>"$WORK/user.err" ||
+# The ring writes its result into the job folder: the user's own, shared into the VMs.
+mkdir "$home/job"
+chown "$user:" "$home/job"
+(cd "$home/job" && as_user "$WORK/bin/vmhpc" run --image tiny-mpi-ring --vms 2 -- mpi-ring) >"$WORK/user.out" 2>"$WORK/user.err" ||
 	fail "the plain user's ring: $(grep -v '^  ' "$WORK/user.err" | tail -20)"
 grep -q "VERIFIED" "$WORK/user.out" || fail "ring not verified: $(cat "$WORK/user.out")"
-ok "plain user $user: 2-VM MPI ring VERIFIED"
+[ "$(stat -c %U "$home/job/ring-result.txt")" = "$user" ] || fail "ring-result.txt: $(ls -l "$home/job")"
+ok "plain user $user: 2-VM MPI ring VERIFIED, its result in the user's shared job folder"
 
 (cd / && exec setpriv --reuid="$user" --regid="$user" --clear-groups env -i PATH=/usr/bin:/bin:/usr/sbin HOME="$home" VMHPC_BOOT_TIMEOUT_MS=600000 "$WORK/bin/vmhpc" run --no-share --image tiny-mpi-ring --vms 2 -- mpi-ring --sleep 300) >/dev/null 2>"$WORK/user2.err" &
 pid=$!
