@@ -329,7 +329,10 @@ int deb_host_owners(char *const *paths, size_t n_paths, char ***ret_owners)
 			continue;
 		/* "name:arch" file names: the package name is before the colon. */
 		pkg[strcspn(pkg, ":")] = '\0';
-		for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+		char *save = NULL;
+
+		for (char *line = strtok_r(text, "\n", &save); line;
+		     line = strtok_r(NULL, "\n", &save)) {
 			for (size_t i = 0; i < n_paths; i++) {
 				_cleanup_free_ char *v = NULL;
 
