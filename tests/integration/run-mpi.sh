@@ -135,7 +135,7 @@ if command -v setpriv >/dev/null; then
 	chmod -R a+rX "$VMHPC_STORE" "$WORK/nobody"
 	chmod a+rx "$WORK"
 	chown 65534:65534 "$WORK/nobody/cache"
-	setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/nobody" \
+	setpriv --reuid=65534 --regid=65534 --clear-groups env -u VMHPC_RUN_DIR HOME="$WORK/nobody" \
 		VMHPC_STORE="$VMHPC_STORE" VMHPC_CACHE="$WORK/nobody/cache" \
 		"$WORK/nobody/bin/vmhpc" run --no-share --vms 2 -- hostname >"$WORK/nobody.out" 2>"$WORK/nobody.err" ||
 		fail "unprivileged run: $(cat "$WORK/nobody.err")"
