@@ -309,7 +309,7 @@ int check_gc(struct store *s, struct check_gc_result *ret, char **ret_error)
 	r = store_foreach_chunk(s, gc_one, &st);
 	if (r < 0)
 		goto out;
-	r = store_clean_tmp(s);
+	r = store_clean_tmp(s, true);
 	if (r < 0)
 		goto out;
 	r = store_sync(s);

@@ -847,7 +847,7 @@ int store_sync(struct store *s)
 	return 0;
 }
 
-int store_clean_tmp(struct store *s)
+int store_clean_tmp(struct store *s, bool exclusive)
 {
 	DIR *d;
 	struct dirent *de;
@@ -873,8 +873,8 @@ int store_clean_tmp(struct store *s)
 		if (S_ISDIR(st.st_mode))
 			continue;
 		/* A live writer touches its temp file within milliseconds; a minute-old one
-		 * belongs to a writer that died. */
-		if (now - st.st_mtime < STORE_TMP_MAX_AGE_S)
+		 * belongs to a writer that died. Under the exclusive lock no writer lives. */
+		if (!exclusive && now - st.st_mtime < STORE_TMP_MAX_AGE_S)
 			continue;
 		if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT) {
 			r = -errno;

@@ -109,8 +109,9 @@ void store_part_done(struct store_part *part);
 /* Makes every chunk written so far durable (syncfs), before a manifest may name them. */
 int store_sync(struct store *s);
 
-/* Removes temp files left by a writer that died (older than a minute). */
-int store_clean_tmp(struct store *s);
+/* Removes temp files left by a writer that died: those older than a minute, or every one
+ * when the caller holds the store's exclusive lock (STORE_LOCK_COLLECT: no writer lives). */
+int store_clean_tmp(struct store *s, bool exclusive);
 
 enum store_lock_kind {
 	STORE_LOCK_WRITE,   /* shared: builders and importers adding chunks */

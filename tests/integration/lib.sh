@@ -75,19 +75,17 @@ use_own_run_dir() {
 	export VMHPC_RUN_DIR="$WORK/run"
 	mkdir -p "$VMHPC_RUN_DIR"
 	chmod 0700 "$VMHPC_RUN_DIR"
-	VIRTIOFSD_BEFORE=" $(pgrep -x virtiofsd | tr '\n' ' ') "
 	on_exit "'$VMHPC' cleanup"
 }
 
-# nothing_left WHAT: no QEMU, virtiofsd or job folder of this test's jobs is left. (The job
-# network needs no check of its own: it lives in a namespace that goes with the last QEMU.)
+# nothing_left WHAT: no QEMU, virtiofsd or job folder of this test's jobs is left. A
+# virtiofsd is known by its socket to QEMU, named in its job's folder (even once that is
+# gone); the job network needs no check of its own: it goes with the last QEMU.
 nothing_left() {
-	local what=$1 left p
+	local what=$1 left
 	sleep 0.3
 	left=$( (pgrep -a -f "qemu-system-x86_64 .*$VMHPC_RUN_DIR/jobs/" || true
-		for p in $(pgrep -x virtiofsd); do
-			case "$VIRTIOFSD_BEFORE" in *" $p "*) ;; *) echo "virtiofsd pid $p" ;; esac
-		done
+		ss -xapn 2>/dev/null | grep -F "$VMHPC_RUN_DIR/jobs/" | grep -o 'users:.*' || true
 		ls "$VMHPC_RUN_DIR/jobs" 2>/dev/null || true) | head -5)
 	[ -z "$left" ] || fail "$what left: $left"
 }

@@ -135,12 +135,11 @@ if command -v setpriv >/dev/null; then
 	chmod -R a+rX "$VMHPC_STORE" "$WORK/nobody"
 	chmod a+rx "$WORK"
 	chown 65534:65534 "$WORK/nobody/cache"
-	setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/nobody" \
+	setpriv --reuid=65534 --regid=65534 --clear-groups env -u VMHPC_RUN_DIR HOME="$WORK/nobody" \
 		VMHPC_STORE="$VMHPC_STORE" VMHPC_CACHE="$WORK/nobody/cache" \
 		"$WORK/nobody/bin/vmhpc" run --no-share --vms 2 -- hostname >"$WORK/nobody.out" 2>"$WORK/nobody.err" ||
 		fail "unprivileged run: $(cat "$WORK/nobody.err")"
 	[ "$(sort "$WORK/nobody.out" | tr '\n' ' ')" = "vm0 vm1 " ] || fail "unprivileged run printed: $(cat "$WORK/nobody.out")"
-	ls /sys/class/net | grep -q '^vmhpc' && fail "an unprivileged run made interfaces"
 	[ -z "$(ls "/tmp/vmhpc-65534/jobs" 2>/dev/null)" ] || fail "the unprivileged run left its job directory"
 	ok "an unprivileged run (private user + network namespace, no share) reaches both VMs"
 fi

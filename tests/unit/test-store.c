@@ -548,9 +548,12 @@ static void test_clean_tmp(void **state)
 	touch(tmp, "old.123.0");
 	touch(tmp, "fresh.123.1");
 	assert_int_equal(utimensat(AT_FDCWD, old, times, 0), 0);
-	assert_int_equal(store_clean_tmp(f->s), 0);
+	assert_int_equal(store_clean_tmp(f->s, false), 0);
 	assert_false(fs_exists(old));
 	assert_true(fs_exists(fresh));
+	/* Under the exclusive lock (gc) no writer lives: the fresh one goes too. */
+	assert_int_equal(store_clean_tmp(f->s, true), 0);
+	assert_false(fs_exists(fresh));
 	free(old);
 	free(fresh);
 	free(tmp);
