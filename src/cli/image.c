@@ -15,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "image/builder.h"
+#include "image/index.h"
 #include "store/catalog.h"
 #include "store/check.h"
 #include "store/manifest.h"
@@ -836,12 +837,13 @@ static bool under(const char *path, const char *prefix)
 
 static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 {
-	_cleanup_free_ char *text = NULL;
+	_cleanup_free_ char *error = NULL;
 	struct manifest *m = NULL;
 	struct store *s = NULL;
-	json_t *index = NULL, *entry, *out = NULL;
+	struct image_index *index = NULL;
+	json_t *out = NULL;
 	const char *prefix;
-	size_t i, shown = 0;
+	size_t shown = 0;
 	int r, code = parse_common(ctx, argc, argv, "ls", true);
 
 	if (code >= 0)
@@ -858,38 +860,36 @@ static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 	code = 1;
 	if (load_ref(s, argv[optind], &m) < 0)
 		goto out;
-	r = store_read_part(s, &m->parts[MANIFEST_PART_INDEX], MANIFEST_INDEX_MAX_BYTES, &text);
+	r = image_index_load(s, m, &index, &error);
 	if (r < 0) {
-		log_error_errno(r, "reading the file index of %s:%u: %m; run `vmhpc image verify`",
-				m->name, m->version);
-		goto out;
-	}
-	index = json_loads(text, 0, NULL);
-	if (!json_is_array(index)) {
-		log_error("the file index of %s:%u is damaged; run `vmhpc image verify`", m->name,
-			  m->version);
+		log_error("%s", error ? error : strerror(-r));
 		goto out;
 	}
 	out = json_array();
-	json_array_foreach(index, i, entry)
-	{
-		const char *path = json_string_value(json_object_get(entry, "path"));
-		const char *type = json_string_value(json_object_get(entry, "type"));
-		const char *target = json_string_value(json_object_get(entry, "target"));
+	for (size_t i = 0; i < image_index_count(index); i++) {
+		const struct image_index_entry *e = image_index_at(index, i);
 		char mode[11];
 
-		if (!path || !type || !under(path, prefix))
+		if (!under(e->path, prefix))
 			continue;
 		shown++;
 		if (ctx->json) {
-			json_array_append(out, entry);
+			json_t *o =
+			    json_pack("{s:s, s:s, s:i, s:I}", "path", e->path, "type", e->type,
+				      "mode", (int)e->mode, "size", (json_int_t)e->size_bytes);
+
+			if (o && e->target)
+				json_object_set_new(o, "target", json_string(e->target));
+			if (o && e->source)
+				json_object_set_new(o, "source", json_string(e->source));
+			json_array_append_new(out, o);
 			continue;
 		}
-		mode_string(type, (int)json_integer_value(json_object_get(entry, "mode")), mode);
-		printf("%s %10" JSON_INTEGER_FORMAT " %s%s%s  [%s]\n", mode,
-		       json_integer_value(json_object_get(entry, "size")), path,
-		       target ? " -> " : "", target ? target : "",
-		       json_string_value(json_object_get(entry, "source")) ?: "?");
+		mode_string(e->type, (int)e->mode, mode);
+		/* Paths come from the image, which may be someone else's: no terminal control. */
+		printf("%s %10" PRIu64 " %s%s%s  [%s]\n", mode, e->size_bytes, printable(e->path),
+		       e->target ? " -> " : "", e->target ? printable(e->target) : "",
+		       printable(e->source));
 	}
 	if (ctx->json) {
 		json_dumpf(out, stdout, JSON_INDENT(1));
@@ -903,7 +903,7 @@ static int verb_ls(struct cli_context *ctx, int argc, char **argv)
 	code = 0;
 out:
 	json_decref(out);
-	json_decref(index);
+	image_index_free(index);
 	manifest_free(m);
 	store_close(s);
 	return code;
