@@ -34,6 +34,7 @@
 
 #include "guest/client.h"
 #include "guest/frame.h"
+#include "guest/jobwatch.h"
 #include "util/cleanup.h"
 
 #define EXIT_FAILED	   255
@@ -341,6 +342,11 @@ int main(int argc, char **argv)
 	char **cmd = NULL;
 	int n_cmd = 0, opt, r, status = 0;
 	struct exec_client *c;
+	/* The job watch's two modes are whole programs of their own (guest/jobwatch.h). */
+	if (argc > 1 && strcmp(argv[1], "--job-watch") == 0)
+		return jobwatch_main(argc - 1, argv + 1);
+	if (argc == 2 && strcmp(argv[1], "--count-ranks") == 0)
+		return jobwatch_count_ranks_main();
 
 	/* '+': stop at the host, the command's own options are not ours. The short options are
 	 * ssh's, so that any ssh command line hydra (or a user) builds is understood. */
