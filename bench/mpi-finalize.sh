@@ -6,7 +6,7 @@
 #   VM_RUNS=100        runs of examples/mpi-stress.c across 2 VMs with the default image
 #                      (Debian's MPICH with the fix, docs/mpi.md), each under --time VM_LIMIT_S
 #   VM_BASE_RUNS=0     the same with Debian's unpatched libmpich (an image built from a copy of
-#                      tiny-mpi.ini without the fix): each hang costs VM_LIMIT_S
+#                      tiny-mpi.ini without the fix), each under --time VM_BASE_LIMIT_S (40)
 #   NATIVE_RUNS=30     natively, no VM: 3 ranks of hydra in a network namespace with
 #                      UCX_TLS=tcp,self (TCP between ranks, as between VMs), once with Debian's
 #                      library and once with the fixed one, each run under NATIVE_LIMIT_S
@@ -20,6 +20,7 @@ VM_RUNS=${VM_RUNS:-100}
 VM_BASE_RUNS=${VM_BASE_RUNS:-0}
 NATIVE_RUNS=${NATIVE_RUNS:-30}
 VM_LIMIT_S=${VM_LIMIT_S:-90}
+VM_BASE_LIMIT_S=${VM_BASE_LIMIT_S:-40}
 NATIVE_LIMIT_S=${NATIVE_LIMIT_S:-20}
 ARGS=(--quiet --max 1M --iters 1)
 vmhpc=$PWD/build/vmhpc
@@ -58,14 +59,14 @@ stats() {
 		}'
 }
 
-# vm_series NAME IMAGE RUNS
+# vm_series NAME IMAGE RUNS LIMIT_S
 vm_series() {
-	local name=$1 image=$2 runs=$3 hangs=0 fails=0 code s e
+	local name=$1 image=$2 runs=$3 limit=$4 hangs=0 fails=0 code s e
 	: >"$work/$name.times"
 	for i in $(seq 1 "$runs"); do
 		s=$(date +%s.%N)
 		set +e
-		(cd "$work/job" && "$vmhpc" run --image "$image" --vms 2 --time "${VM_LIMIT_S}s" -- ./stress "${ARGS[@]}") \
+		(cd "$work/job" && "$vmhpc" run --image "$image" --vms 2 --time "${limit}s" -- ./stress "${ARGS[@]}") \
 			>"$work/out" 2>"$work/err"
 		code=$?
 		set -e
@@ -121,11 +122,11 @@ if [ "$NATIVE_RUNS" -gt 0 ]; then
 	native_series "native, Debian's libmpich" "" "$NATIVE_RUNS"
 	native_series "native, fixed libmpich" "$work/lib" "$NATIVE_RUNS"
 fi
-"$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null
+"$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null 2>&1
 if [ "$VM_BASE_RUNS" -gt 0 ]; then
 	sed -e 's/^name = tiny-mpi$/name = tiny-mpi-debian/' -e '/^files = .*libmpich/d' \
 		examples/tiny-mpi.ini >"$work/debian.ini"
-	"$vmhpc" image build --level 1 "$work/debian.ini" >/dev/null
-	vm_series "2 VMs, Debian's libmpich" tiny-mpi-debian "$VM_BASE_RUNS"
+	"$vmhpc" image build --level 1 "$work/debian.ini" >/dev/null 2>&1
+	vm_series "2 VMs, Debian's libmpich" tiny-mpi-debian "$VM_BASE_RUNS" "$VM_BASE_LIMIT_S"
 fi
-vm_series "2 VMs, fixed libmpich" tiny-mpi "$VM_RUNS"
+vm_series "2 VMs, fixed libmpich" tiny-mpi "$VM_RUNS" "$VM_LIMIT_S"

@@ -40,7 +40,9 @@ bin_version=$(apt-cache policy libmpich12 | awk '/Candidate:/ {print $2}')
 src_version=$(apt-cache show "libmpich12=$bin_version" | awk -F'[()]' '/^Source:/ {print $2; exit}')
 [ -n "$src_version" ] || src_version=${bin_version%%+b*}
 patches=("$here"/mpich/*.patch)
-key="mpich $src_version (libmpich12 $bin_version) patches $(cat "${patches[@]}" | sha256sum | cut -c1-16)"
+# The binary patch's output hash stands for its edits (it changes with any of them).
+binary_sha256=$(sed -n 's/^patched_sha256=//p' "$0")
+key="mpich $src_version (libmpich12 $bin_version) patches $(cat "${patches[@]}" | sha256sum | cut -c1-16) binary ${binary_sha256:0:16}"
 
 mode=${1:-}
 case "$mode" in

@@ -238,14 +238,6 @@ static int wait_for(pid_t pid, int timeout_ms, int *ret_status)
 	return 0;
 }
 
-static volatile sig_atomic_t program_group;
-
-static void forward_signal(int sig)
-{
-	if (program_group > 0)
-		kill(-program_group, sig);
-}
-
 static int usage_error(const char *what)
 {
 	fprintf(stderr,
@@ -293,26 +285,26 @@ int jobwatch_main(int argc, char **argv)
 		return usage_error("cannot find my own binary in /proc/self/exe");
 	self[n] = '\0';
 
-	/* PROGRAM gets a process group of its own, so that stopping it and what it started
-	 * never hits the watch's caller; the signals that would end the watch are passed on to
-	 * that group instead: PROGRAM decides how to end, the watch stays to report it. */
+	/* PROGRAM stays in the watch's process group: the exec service sends SIGNAL to that
+	 * group and SIGKILLs it when its client is lost, and that must keep reaching mpiexec,
+	 * its proxies and its ranks. The watch itself ignores those signals (PROGRAM decides
+	 * how to end; the watch stays to report it), and leads its own group so that stopping
+	 * the group never reaches whoever started it (in a guest it leads a session already). */
+	if (getpgrp() != getpid())
+		setpgid(0, 0);
+	for (size_t s = 0; s < sizeof(forwarded) / sizeof(forwarded[0]); s++)
+		signal(forwarded[s], SIG_IGN);
 	child = fork();
 	if (child < 0) {
 		fprintf(stderr, "vmhpc-exec: fork: %s\n", strerror(errno));
 		return 1;
 	}
 	if (child == 0) {
-		setpgid(0, 0);
+		for (size_t s = 0; s < sizeof(forwarded) / sizeof(forwarded[0]); s++)
+			signal(forwarded[s], SIG_DFL); /* SIG_IGN would survive the exec */
 		execvp(argv[i + 1], argv + i + 1);
 		fprintf(stderr, "vmhpc-exec: %s: %s\n", argv[i + 1], strerror(errno));
 		_exit(errno == ENOENT ? 127 : 126);
-	}
-	setpgid(child, child); /* also here: no signal may find the group missing */
-	program_group = child;
-	for (size_t s = 0; s < sizeof(forwarded) / sizeof(forwarded[0]); s++) {
-		struct sigaction sa = {.sa_handler = forward_signal};
-
-		sigaction(forwarded[s], &sa, NULL);
 	}
 
 	for (;;) {
@@ -340,9 +332,10 @@ int jobwatch_main(int argc, char **argv)
 		"vmhpc-exec: every rank of the job has exited, but %s has not ended %ld s "
 		"later: stopping it\n",
 		argv[i + 1], grace_s);
-	kill(-child, SIGTERM); /* PROGRAM and whatever it started here */
-	if (!wait_for(child, TERM_GRACE_MS, &status))
-		kill(-child, SIGKILL);
-	wait_for(child, TERM_GRACE_MS, &status);
+	kill(0, SIGTERM); /* PROGRAM and what it started here; the watch ignores it */
+	if (!wait_for(child, TERM_GRACE_MS, &status)) {
+		kill(child, SIGKILL);
+		wait_for(child, TERM_GRACE_MS, &status);
+	}
 	return JOBWATCH_EXIT_STUCK;
 }

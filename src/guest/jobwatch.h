@@ -4,14 +4,15 @@
  *   vmhpc-exec --job-watch [--grace-s N] [--interval-ms N] HOST[,HOST...] -- PROGRAM [ARGS...]
  *   vmhpc-exec --count-ranks
  *
- * --job-watch runs PROGRAM (mpiexec) as its child in a process group of its own, passes on
- * SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that group, and every --interval-ms
+ * --job-watch runs PROGRAM (mpiexec) as its child, in the watch's process group (which the watch
+ * leads) so that the exec service's SIGNAL and SIGKILL reach it as before, ignores SIGINT,
+ * SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 itself, and every --interval-ms
  * (default 2000) asks every HOST how many ranks it runs, through `vmhpc-exec -n HOST --
  * /usr/bin/vmhpc-exec --count-ranks` (the exec service, token and host names as for hydra's
  * launches). A rank is a live process whose parent is a hydra_pmi_proxy. Once ranks were seen and
  * then none is left anywhere, PROGRAM has --grace-s (default 20) to end by itself; if it does not,
- * the watch says so on stderr, sends SIGTERM to PROGRAM's process group, SIGKILL 3 s later, and
- * exits JOBWATCH_EXIT_STUCK. Otherwise it exits as PROGRAM did (128 + signal when killed).
+ * the watch says so on stderr, sends SIGTERM to the process group, SIGKILL to PROGRAM 3 s later,
+ * and exits JOBWATCH_EXIT_STUCK. Otherwise it exits as PROGRAM did (128 + signal when killed).
  *
  * --count-ranks prints the number of ranks in this VM. */
 #pragma once

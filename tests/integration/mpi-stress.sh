@@ -8,7 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 set -e
 
-[ "$(id -u)" -eq 0 ] || { echo "skip: needs root (taps, bridges, virtiofsd)"; exit 77; }
+[ "$(id -u)" -eq 0 ] || fail "needs root (taps, bridges, virtiofsd): run as root, as CI does"
 stress="${VMHPC_BUILD_ROOT:?}/mpi-stress"
 [ -x "$stress" ] || fail "no $stress: build with libmpich-dev installed"
 runs2=${MPI_STRESS_RUNS2:-30}
