@@ -35,6 +35,7 @@
 
 #include "guest/client.h"
 #include "guest/frame.h"
+#include "guest/jobwatch.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -562,6 +563,11 @@ int main(int argc, char **argv)
 	struct exec_client *c;
 	int status = 0, r;
 
+	/* The job watch's two modes are whole programs of their own (guest/jobwatch.h). */
+	if (argc > 1 && strcmp(argv[1], "--job-watch") == 0)
+		return jobwatch_main(argc - 1, argv + 1);
+	if (argc == 2 && strcmp(argv[1], "--count-ranks") == 0)
+		return jobwatch_count_ranks_main();
 	parse_args(argc, argv, &t, &req);
 	resolve_credentials(&t, &req);
 	/* Writes to a closed stdout must fail with EPIPE (then the command is ended), not kill
