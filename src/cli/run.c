@@ -548,8 +548,9 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv)
 	if (argc > 1) {
 		if (strcmp(argv[1], "--help") == 0) {
 			printf(
-			    "usage: vmhpc cleanup\n  removes the VMs, virtiofsd processes, taps, "
-			    "bridges, sockets and job folders that killed `vmhpc run`s left\n");
+			    "usage: vmhpc cleanup\n  removes the VMs, virtiofsd processes, sockets "
+			    "and job folders that killed `vmhpc run`s left (a job's network goes "
+			    "with its last VM)\n");
 			return 0;
 		}
 		log_error("`vmhpc cleanup` takes no arguments");

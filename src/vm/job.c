@@ -20,12 +20,12 @@
 #include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
+#include "util/time.h"
 #include "vm/materialize.h"
 #include "vm/qmp.h"
 #include "vm/qemu.h"
 #include "vm/runstate.h"
 #include "vm/virtiofsd.h"
-#include "util/time.h"
 
 #define CONSOLE_TAIL_LINES 15
 #define OVERLAY_MAX_MB	   256

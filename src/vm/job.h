@@ -1,9 +1,10 @@
 /* A job's VMs on this node: the runtime library's narrow interface, called by `vmhpc run`
  * (and later by the node daemon and the Slurm plugin): boot the VMs of one image, wait
  * until each reports ready, run commands in them, shut them down, and undo everything.
- * Every resource is recorded in the job's runstate before it is made, so a killed owner
+ * Every process is recorded in the job's runstate before it is started, and the job's
+ * network lives in namespaces the kernel removes with the last QEMU, so a killed owner
  * leaves nothing `vmhpc cleanup` cannot find. Nothing here assumes it runs inside
- * `vmhpc run`. */
+ * `vmhpc run`; docs/runtime.md has the contract. */
 #pragma once
 
 #include <poll.h>
