@@ -22,7 +22,10 @@
 
 /* Where the child mounts its private tmpfs: any existing directory does, it is hidden
  * only in the child's mount namespace. */
-#define SHARE_TMPFS_DIR "/tmp"
+/* The FHS's mount point for temporary mounts: hidden from virtiofsd alone under a private
+ * tmpfs. Not /tmp, where programs and job folders often live (the folder is bound from its
+ * fd, so any path works; the program must still be visible at the exec). */
+#define SHARE_TMPFS_DIR "/mnt"
 #define SHARE_NAME	"job"
 #define LOG_TAIL_LINES	8
 /* How long a started virtiofsd is watched for an early exit (bad option, capabilities). */

@@ -137,7 +137,8 @@ static void test_starts_confined(void **state)
 static void test_exit_at_start_quotes_log(void **state)
 {
 	struct virtiofsd_config c = config_for(at("parent/job"));
-	/* Not under /tmp: the child hides /tmp under its private tmpfs before the exec. */
+	/* Not under /mnt: the child hides /mnt under its private tmpfs before the exec. The
+	 * build directory it lands in may well be under /tmp, as a CI clone can be. */
 	char dir[] = "test-virtiofsd-standin.XXXXXX", script[4096];
 	char *error = NULL;
 	pid_t pid = -1;
