@@ -48,7 +48,7 @@ import json, sys
 entries = {e["path"]: e for e in json.load(sys.stdin)}
 lib = entries["/usr/lib/x86_64-linux-gnu/libmpich.so.12.2.2"]
 # The image ships the fixed libmpich that scripts/build-mpich.sh made (docs/mpi.md): a
-# file of the spec over the package's own.
+# file of the spec, laid over the one from the package.
 assert lib["size"] > 30_000_000 and lib["source"] == "spec", lib
 assert entries["/usr/lib/x86_64-linux-gnu/libmpich.so.12"]["target"] == "libmpich.so.12.2.2"
 assert any(p.startswith("/usr/lib/x86_64-linux-gnu/ucx/libuct_") for p in entries)
