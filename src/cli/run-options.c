@@ -10,12 +10,34 @@
 #include "util/error.h"
 
 static const char usage[] =
-    "usage: vmhpc run [--vms N] [--vcpus V] [--mem SIZE] [-n RANKS] [--image NAME[:VER]]\n"
-    "                 [--time DURATION] [--workdir DIR | --no-share] [--oversubscribe]\n"
-    "                 [--label] [--json] [--accel kvm|tcg] -- PROGRAM [ARGS...]\n"
-    "  boots N small VMs from the image, runs PROGRAM across them with MPI (mpiexec in\n"
-    "  VM 0), streams its output, returns its exit code and tears everything down.\n"
-    "  PROGRAM is a path in the job folder (e.g. ./ring) or a program in the image.\n";
+    "usage: vmhpc run [OPTIONS] [--] PROGRAM [ARGS...]\n"
+    "  Boots small VMs from an image, runs PROGRAM across them with MPI (mpiexec in VM 0),\n"
+    "  streams its output, returns its exit code and tears everything down. PROGRAM is a\n"
+    "  path in the job folder (./ring) or a program in the image (hostname).\n"
+    "\n"
+    "options (default in brackets):\n"
+    "  --vms N            how many VMs to boot, 1 to 64 [2]\n"
+    "  --vcpus V          virtual CPUs per VM, 1 to 64 [1]\n"
+    "  --mem SIZE         memory per VM, e.g. 512M or 2G, 64M to 256G [256M]\n"
+    "  -n RANKS           MPI ranks, at most VMs x VCPUs without --oversubscribe\n"
+    "                     [VMs x VCPUs]\n"
+    "  --image NAME[:VER] the image to boot; without :VER its newest version\n"
+    "                     [tiny-mpi, built on first use]\n"
+    "  --time DURATION    stop the job after 90s, 10m, 2h or 1d and exit 124 [no limit]\n"
+    "  --workdir DIR      the job folder shared into every VM at the same path [.]\n"
+    "  --no-share         share no folder: PROGRAM must be in the image [share]\n"
+    "  --oversubscribe    allow more virtual CPUs than cores, and more ranks than\n"
+    "                     virtual CPUs [refuse]\n"
+    "  --label            prefix each output line with [rank@vm] [off]\n"
+    "  --json             print the closing report as one JSON object [table]\n"
+    "  --accel kvm|tcg    how QEMU runs the guests [kvm when a probe boot shows it works,\n"
+    "                     else tcg]\n"
+    "  -h, --help         print this help\n"
+    "\n"
+    "environment: VMHPC_STORE (image store), VMHPC_RUN_DIR (job state), VMHPC_LOG\n"
+    "(error|warning|info|debug). Exit code: PROGRAM's (mpiexec's), 124 on --time, 128+N\n"
+    "when interrupted by signal N, 2 for a request refused before booting, 1 otherwise.\n"
+    "More: docs/runtime.md and docs/mpi.md.\n";
 
 static int parse_uint(const char *text, unsigned min, unsigned max, unsigned *ret)
 {

@@ -265,38 +265,63 @@ static char **mpiexec_argv(const struct run_options *o, struct job *j)
 	return argv;
 }
 
+/* What each VM's guest said after the run (job_vm_usage); known false when it did not. */
+struct run_usage {
+	struct job_vm_usage vm[JOB_MAX_VMS];
+};
+
+static void print_report_json(const struct run_options *o, struct job *j, const struct manifest *m,
+			      double boot_s, double run_s, double shutdown_s,
+			      const struct job_vm_stats *stats, const struct run_usage *u,
+			      int exit_code)
+{
+	uint64_t pss_total = 0;
+	json_t *vms = json_array(), *out;
+
+	for (unsigned i = 0; i < o->vms; i++) {
+		json_t *vm =
+		    json_pack("{s:s, s:f, s:I, s:I, s:I}", "name", job_vm_name(j, i), "ready_s",
+			      stats[i].ready_s, "guest_used_kb", (json_int_t)stats[i].guest_used_kb,
+			      "host_rss_kb", (json_int_t)stats[i].host_rss_kb, "host_pss_kb",
+			      (json_int_t)stats[i].host_pss_kb);
+
+		pss_total += stats[i].host_pss_kb;
+		if (u->vm[i].known) {
+			json_object_set_new(vm, "job_mem_peak_kb",
+					    json_integer((json_int_t)u->vm[i].job_mem_peak_kb));
+			json_object_set_new(vm, "oom_kills",
+					    json_integer((json_int_t)u->vm[i].oom_kills));
+		}
+		json_array_append_new(vms, vm);
+	}
+	out = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:o, s:I}", "job",
+			job_id(j), "image", m->name, "version", (int)m->version, "vms", (int)o->vms,
+			"vcpus", (int)o->vcpus, "exit_code", exit_code, "accel",
+			accel_to_string(job_accel(j)), "materialize_s", job_materialize_s(j),
+			"boot_s", boot_s, "run_s", run_s, "shutdown_s", shutdown_s, "vm", vms,
+			"host_pss_total_kb", (json_int_t)pss_total);
+	json_dumpf(out, stderr, JSON_COMPACT);
+	fputc('\n', stderr);
+	json_decref(out);
+}
+
 static void print_report(const struct run_options *o, struct job *j, const struct manifest *m,
 			 double boot_s, double run_s, double shutdown_s,
-			 const struct job_vm_stats *stats, int exit_code)
+			 const struct job_vm_stats *stats, const struct run_usage *u, int exit_code)
 {
-	uint64_t pss_total = 0, used_total = 0;
-	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], b3[HUMANIZE_BYTES_LEN];
+	uint64_t pss_total = 0, used_total = 0, peak_max = 0;
+	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], b3[HUMANIZE_BYTES_LEN],
+	    b4[HUMANIZE_BYTES_LEN];
 
+	if (o->json) {
+		print_report_json(o, j, m, boot_s, run_s, shutdown_s, stats, u, exit_code);
+		return;
+	}
 	for (unsigned i = 0; i < o->vms; i++) {
 		pss_total += stats[i].host_pss_kb;
 		used_total += stats[i].guest_used_kb;
-	}
-	if (o->json) {
-		json_t *vms = json_array(), *out;
-
-		for (unsigned i = 0; i < o->vms; i++)
-			json_array_append_new(
-			    vms, json_pack("{s:s, s:f, s:I, s:I, s:I}", "name", job_vm_name(j, i),
-					   "ready_s", stats[i].ready_s, "guest_used_kb",
-					   (json_int_t)stats[i].guest_used_kb, "host_rss_kb",
-					   (json_int_t)stats[i].host_rss_kb, "host_pss_kb",
-					   (json_int_t)stats[i].host_pss_kb));
-		out =
-		    json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:o, s:I}",
-			      "job", job_id(j), "image", m->name, "version", (int)m->version, "vms",
-			      (int)o->vms, "vcpus", (int)o->vcpus, "exit_code", exit_code, "accel",
-			      accel_to_string(job_accel(j)), "materialize_s", job_materialize_s(j),
-			      "boot_s", boot_s, "run_s", run_s, "shutdown_s", shutdown_s, "vm", vms,
-			      "host_pss_total_kb", (json_int_t)pss_total);
-		json_dumpf(out, stderr, JSON_COMPACT);
-		fputc('\n', stderr);
-		json_decref(out);
-		return;
+		if (u->vm[i].known && u->vm[i].job_mem_peak_kb > peak_max)
+			peak_max = u->vm[i].job_mem_peak_kb;
 	}
 	fprintf(stderr,
 		"\nvmhpc: job %s: %u VM%s x %u VCPU, %u MB each, %s, image %s:%u, exit %d\n"
@@ -306,17 +331,52 @@ static void print_report(const struct run_options *o, struct job *j, const struc
 		job_id(j), o->vms, o->vms == 1 ? "" : "s", o->vcpus, o->mem_mb,
 		accel_to_string(job_accel(j)), m->name, m->version, exit_code, job_materialize_s(j),
 		boot_s, run_s, shutdown_s);
-	fprintf(stderr, "  %-6s %8s %12s %10s %10s\n", "VM", "ready", "guest used", "QEMU RSS",
-		"QEMU PSS");
+	/* "used at ready": the guest's MemTotal - MemAvailable when it reported ready, before
+	 * the job; "job peak": the most the job's processes held together (the guest's job
+	 * cgroup, memory.peak), what --mem must leave room for. */
+	fprintf(stderr, "  %-6s %8s %14s %10s %10s %10s\n", "VM", "ready", "used at ready",
+		"job peak", "QEMU RSS", "QEMU PSS");
 	for (unsigned i = 0; i < o->vms; i++)
-		fprintf(stderr, "  %-6s %6.2f s %12s %10s %10s\n", job_vm_name(j, i),
+		fprintf(stderr, "  %-6s %6.2f s %14s %10s %10s %10s\n", job_vm_name(j, i),
 			stats[i].ready_s, humanize_bytes(stats[i].guest_used_kb * 1024, b1),
+			u->vm[i].known && u->vm[i].job_mem_peak_kb
+			    ? humanize_bytes(u->vm[i].job_mem_peak_kb * 1024, b4)
+			    : "?",
 			humanize_bytes(stats[i].host_rss_kb * 1024, b2),
 			humanize_bytes(stats[i].host_pss_kb * 1024, b3));
-	fprintf(
-	    stderr,
-	    "  all VMs: guest used %s; host memory %s (sum of PSS: the shared root counted once)\n",
-	    humanize_bytes(used_total * 1024, b1), humanize_bytes(pss_total * 1024, b2));
+	fprintf(stderr,
+		"  all VMs: guest used at ready %s; highest job peak %s; host memory now %s (sum "
+		"of PSS: the shared root counted once)\n",
+		humanize_bytes(used_total * 1024, b1),
+		peak_max ? humanize_bytes(peak_max * 1024, b3) : "?",
+		humanize_bytes(pss_total * 1024, b2));
+}
+
+/* Asks every guest what the job used; says which VMs ran out of memory. Returns how many
+ * processes the guests' kernels killed for lack of memory. */
+static uint64_t collect_usage(struct job *j, const struct run_options *o, struct run_usage *u)
+{
+	uint64_t kills = 0;
+	char b1[HUMANIZE_BYTES_LEN];
+
+	for (unsigned i = 0; i < o->vms; i++) {
+		struct job_vm_usage *v = &u->vm[i];
+
+		if (job_vm_usage(j, i, 2000, v) < 0 || !v->known) {
+			v->known = false;
+			continue;
+		}
+		if (v->oom_kills == 0)
+			continue;
+		kills += v->oom_kills;
+		log_error("%s ran out of memory: its kernel killed %llu process%s of the job (the "
+			  "job's peak there: %s of --mem %uM); give each VM more with --mem, "
+			  "e.g. --mem %uM, or run fewer ranks per VM",
+			  job_vm_name(j, i), (unsigned long long)v->oom_kills,
+			  v->oom_kills == 1 ? "" : "es",
+			  humanize_bytes(v->job_mem_peak_kb * 1024, b1), o->mem_mb, o->mem_mb * 2);
+	}
+	return kills;
 }
 
 /* The checks that need no image: VCPUs against cores, the memory floor, the job folder
@@ -333,6 +393,15 @@ static int check_request(const struct run_options *o, struct job_config *cfg, ch
 		    "fewer VMs or VCPUs, or --oversubscribe",
 		    o->vms, o->vms == 1 ? "" : "s", o->vcpus, o->vcpus == 1 ? "" : "s",
 		    o->vms * o->vcpus, cores);
+		return 2;
+	}
+	/* More ranks than VCPUs time-share them: a 2-rank-per-VCPU job runs at half speed or
+	 * worse, which nobody wants by accident. */
+	if (o->ranks > o->vms * o->vcpus && !o->oversubscribe) {
+		log_error("-n %u ranks, but %u VM%s x %u VCPU%s = %u virtual CPUs; use -n %u or "
+			  "less, more --vms or --vcpus, or --oversubscribe",
+			  o->ranks, o->vms, o->vms == 1 ? "" : "s", o->vcpus,
+			  o->vcpus == 1 ? "" : "s", o->vms * o->vcpus, o->vms * o->vcpus);
 		return 2;
 	}
 	if (o->mem_mb < JOB_MIN_MEM_MB) {
@@ -456,6 +525,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	struct job_vm_stats stats[JOB_MAX_VMS] = {0};
 	struct boot_progress bp = {.tty = isatty(STDERR_FILENO)};
 	struct job_config cfg = {0};
+	struct run_usage usage = {0};
 	double t_boot, boot_s = 0, run_s = 0, shutdown_s = 0;
 	int r, code = 1;
 
@@ -477,6 +547,13 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		goto out;
 	if (check_program(s, m, &o, workdir) < 0)
 		goto out;
+	/* The version that runs is named before anything boots: a version built since the last
+	 * run (by this user or, in a shared store, another) is never a silent change. */
+	if (!strchr(o.image, ':'))
+		log_info("image %s:%u, the newest %s (--image %s:%u keeps to this version)",
+			 m->name, m->version, m->name, m->name, m->version);
+	else
+		log_info("image %s:%u", m->name, m->version);
 	sfd = block_job_signals();
 	if (sfd < 0) {
 		log_error_errno(sfd, "signalfd: %m");
@@ -524,6 +601,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		job_vm_stats(j, i, &stats[i]);
 
 	code = run_program(j, &o, &cfg, sfd, &run_s);
+	collect_usage(j, &o, &usage);
 	for (unsigned i = 0; i < o.vms; i++) {
 		double ready_s = stats[i].ready_s;
 		uint64_t used = stats[i].guest_used_kb;
@@ -533,7 +611,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		stats[i].guest_used_kb = used;
 	}
 	job_shutdown(j, SHUTDOWN_TIMEOUT_MS, &shutdown_s);
-	print_report(&o, j, m, boot_s, run_s, shutdown_s, stats, code);
+	print_report(&o, j, m, boot_s, run_s, shutdown_s, stats, &usage, code);
 out:
 	job_free(j);
 	manifest_free(m);

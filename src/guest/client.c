@@ -348,7 +348,7 @@ int exec_client_info(struct exec_client *c, int timeout_ms, struct frame_info *r
 	r = wait_frame(c, time_deadline_after_ms(timeout_ms), &f);
 	if (r < 0)
 		return r;
-	if (f.type != FRAME_INFO || f.len != FRAME_INFO_BYTES)
+	if (f.type != FRAME_INFO)
 		return -EPROTO;
 	return frame_info_decode(f.payload, f.len, ret_info) < 0 ? -EPROTO : 0;
 }

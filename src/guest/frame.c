@@ -78,7 +78,7 @@ static bool length_fits(enum frame_type type, uint32_t len)
 	case FRAME_EXIT:
 		return len == FRAME_EXIT_BYTES;
 	case FRAME_INFO:
-		return len == 0 || len == FRAME_INFO_BYTES;
+		return len == 0 || len == FRAME_INFO_BYTES || len == FRAME_INFO_USAGE_BYTES;
 	case FRAME_READY:
 		return len == FRAME_INFO_BYTES;
 	case FRAME_ERROR:
@@ -487,20 +487,31 @@ int frame_setup_decode(const uint8_t *data, size_t len, struct frame_setup *ret)
 	return 0;
 }
 
-void frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_BYTES])
+size_t frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_USAGE_BYTES])
 {
 	put_u64(out, i->mem_total_kb);
 	put_u64(out + 8, i->mem_available_kb);
 	put_u64(out + 16, i->uptime_ms);
+	if (!i->has_usage)
+		return FRAME_INFO_BYTES;
+	put_u64(out + 24, i->job_mem_peak_kb);
+	put_u64(out + 32, i->oom_kills);
+	return FRAME_INFO_USAGE_BYTES;
 }
 
 int frame_info_decode(const uint8_t *data, size_t len, struct frame_info *ret)
 {
-	if (len != FRAME_INFO_BYTES)
+	if (len != FRAME_INFO_BYTES && len != FRAME_INFO_USAGE_BYTES)
 		return -EBADMSG;
+	memset(ret, 0, sizeof(*ret));
 	ret->mem_total_kb = get_u64(data);
 	ret->mem_available_kb = get_u64(data + 8);
 	ret->uptime_ms = get_u64(data + 16);
+	if (len == FRAME_INFO_USAGE_BYTES) {
+		ret->has_usage = true;
+		ret->job_mem_peak_kb = get_u64(data + 24);
+		ret->oom_kills = get_u64(data + 32);
+	}
 	return 0;
 }
 

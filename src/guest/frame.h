@@ -154,16 +154,23 @@ int frame_exec_decode(const uint8_t *data, size_t len, struct frame_exec **ret);
 /* Frees a decoded request; NULL is fine; returns NULL. */
 struct frame_exec *frame_exec_free(struct frame_exec *e);
 
-/* The guest's state in INFO replies and READY. */
+/* The guest's state: READY carries the first three fields (FRAME_INFO_BYTES); an INFO reply
+ * from this vmhpc-init adds the job's usage (FRAME_INFO_USAGE_BYTES). An older guest answers
+ * INFO with FRAME_INFO_BYTES: has_usage is then false. */
 struct frame_info {
 	uint64_t mem_total_kb;	   /* MemTotal of /proc/meminfo */
 	uint64_t mem_available_kb; /* MemAvailable */
 	uint64_t uptime_ms;	   /* /proc/uptime */
+	bool has_usage;		   /* the two below were sent */
+	uint64_t job_mem_peak_kb;  /* the job's processes together at their peak; 0: unknown */
+	uint64_t oom_kills;	   /* processes the guest kernel killed for lack of memory */
 };
-#define FRAME_INFO_BYTES 24
+#define FRAME_INFO_BYTES       24
+#define FRAME_INFO_USAGE_BYTES 40
 
-void frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_BYTES]);
-/* 0 or -EBADMSG when len is not FRAME_INFO_BYTES. */
+/* Encodes i into out, with the usage when i->has_usage; returns the payload's length. */
+size_t frame_info_encode(const struct frame_info *i, uint8_t out[FRAME_INFO_USAGE_BYTES]);
+/* 0 or -EBADMSG when len is neither FRAME_INFO_BYTES nor FRAME_INFO_USAGE_BYTES. */
 int frame_info_decode(const uint8_t *data, size_t len, struct frame_info *ret);
 
 /* The host's SETUP: what the guest must not learn from its kernel command line. */

@@ -40,6 +40,7 @@
 #include "guest/console.h"
 #include "guest/control.h"
 #include "guest/frame.h"
+#include "guest/jobcg.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
 #include "util/time.h"
@@ -508,6 +509,7 @@ int main(int argc, char **argv)
 	char control_path[PATH_MAX] = "";
 	struct service *s;
 	sigset_t all;
+	int r;
 
 	if (getpid() != 1)
 		return serve_dev(argc, argv);
@@ -528,6 +530,11 @@ int main(int argc, char **argv)
 	sc.control_fd = receive_setup(&cfg, control_path, sizeof(control_path));
 	setup_root(&cfg);
 	setup_dev();
+	r = jobcg_setup();
+	if (r < 0)
+		console_say("the job's cgroup: %s; its peak memory will not be known",
+			    strerror(-r));
+	sc.job_cgroup = r == 0;
 	write_hosts(&cfg);
 	write_token_file(&cfg);
 	setup_network(&cfg);

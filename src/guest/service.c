@@ -26,6 +26,7 @@
 #include "guest/console.h"
 #include "guest/control.h"
 #include "guest/frame.h"
+#include "guest/jobcg.h"
 #include "guest/orphans.h"
 #include "guest/service.h"
 #include "util/cleanup.h"
@@ -120,6 +121,7 @@ struct service {
 	struct conn *shutdown_by;
 	struct orphans orphans; /* what finished ranks left in the background (orphans.h) */
 	int64_t next_sweep_ms;
+	bool job_cgroup; /* commands run in jobcg's group */
 };
 
 static void job_reset(struct job *j)
@@ -203,7 +205,7 @@ static void conn_refuse(struct conn *c, const char *msg)
 	c->authed = false;
 }
 
-static void read_info(struct frame_info *info)
+static void read_info(bool usage, struct frame_info *info)
 {
 	_cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
 	char line[256];
@@ -221,16 +223,24 @@ static void read_info(struct frame_info *info)
 	/* CLOCK_BOOTTIME is what /proc/uptime shows, without parsing a decimal. */
 	clock_gettime(CLOCK_BOOTTIME, &ts);
 	info->uptime_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	if (usage) {
+		info->has_usage = true;
+		info->job_mem_peak_kb = jobcg_mem_peak_kb();
+		info->oom_kills = jobcg_oom_kills();
+	}
 }
 
-static void send_info(struct conn *c, enum frame_type type)
+/* READY keeps its first length (a host finds it by its header); INFO replies carry the
+ * job's usage too when the job has its cgroup. */
+static void send_info(struct conn *c, enum frame_type type, bool usage)
 {
 	struct frame_info info;
-	uint8_t payload[FRAME_INFO_BYTES];
+	uint8_t payload[FRAME_INFO_USAGE_BYTES];
+	size_t len;
 
-	read_info(&info);
-	frame_info_encode(&info, payload);
-	conn_send(c, type, payload, sizeof(payload));
+	read_info(usage && type == FRAME_INFO, &info);
+	len = frame_info_encode(&info, payload);
+	conn_send(c, type, payload, len);
 }
 
 /* HELLO on the control port starts a host session, answered READY first: a host program may
@@ -247,12 +257,12 @@ static void control_hello(struct conn *c)
 		frame_buf_clear(&c->out);
 		c->authed = false;
 	}
-	send_info(c, FRAME_READY);
+	send_info(c, FRAME_READY, false);
 }
 
 /* The child side of a command: never returns. */
-static void __attribute__((noreturn))
-job_child(const struct frame_exec *e, const char *token_env, int in, int out, int err)
+static void __attribute__((noreturn)) job_child(const struct frame_exec *e, const char *token_env,
+						bool job_cgroup, int in, int out, int err)
 {
 	extern char **environ;
 	char *const *env = e->envc ? e->envp : (char *const *)default_env;
@@ -265,6 +275,10 @@ job_child(const struct frame_exec *e, const char *token_env, int in, int out, in
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* Its own session and process group: SIGNAL and a lost client reach all it started. */
 	setsid();
+	/* Before the user's rights are taken: cgroup.procs is root's. A command that cannot
+	 * join still runs; only the job's peak memory is then short of it. */
+	if (job_cgroup)
+		jobcg_enter();
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
 		_exit(126);
 	if (e->gid != getgid() || e->uid != getuid()) {
@@ -335,7 +349,7 @@ static void job_start(struct service *s, struct conn *c, const struct frame_exec
 		goto fail;
 	}
 	if (pid == 0)
-		job_child(e, s->token_env, in[0], out[1], err[1]);
+		job_child(e, s->token_env, s->job_cgroup, in[0], out[1], err[1]);
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
@@ -452,7 +466,7 @@ static const char *handle_frame(struct service *s, struct conn *c, const struct 
 	case FRAME_INFO:
 		if (f->len != 0)
 			return "INFO request with a payload";
-		send_info(c, FRAME_INFO);
+		send_info(c, FRAME_INFO, s->job_cgroup);
 		return NULL;
 	case FRAME_SHUTDOWN:
 		console_say("%s: shutdown requested", c->peer);
@@ -704,7 +718,7 @@ static void control_check(struct service *s, int64_t now)
 	/* The host waits for READY, so a connection is never lost in boot's races; the
 	 * handshake that follows is the same as on TCP. */
 	s->control->deadline_ms = 0;
-	send_info(s->control, FRAME_READY);
+	send_info(s->control, FRAME_READY, false);
 	add_conn(s, s->control);
 }
 
@@ -989,6 +1003,7 @@ int service_new(const struct service_config *cfg, struct service **ret_service)
 	if (!s)
 		return -ENOMEM;
 	s->pid1 = cfg->pid1;
+	s->job_cgroup = cfg->job_cgroup;
 	s->listen_fd = -1;
 	s->control_fd = -1;
 	s->control_ep = -1;

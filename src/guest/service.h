@@ -20,6 +20,7 @@ struct service_config {
 	int control_fd;		  /* the control port, open; the service owns it. -1: none */
 	const char *control_name; /* for console lines */
 	int auth_timeout_ms;	  /* how long a peer has to present HELLO; 0: 5 s */
+	bool job_cgroup;	  /* commands join guest/jobcg.h's group; INFO reports its usage */
 };
 
 struct service;

@@ -735,6 +735,29 @@ int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret)
 	return 0;
 }
 
+int job_vm_usage(struct job *j, unsigned vm, int timeout_ms, struct job_vm_usage *ret)
+{
+	struct frame_info info;
+	struct job_vm *v;
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	if (vm >= j->n_vms || !j->vms[vm].ctl)
+		return -EINVAL;
+	v = &j->vms[vm];
+	r = greet(v, j->token, NULL);
+	if (r < 0)
+		return r;
+	r = exec_client_info(v->ctl, timeout_ms, &info);
+	if (r < 0)
+		return r;
+	ret->guest_used_kb = info.mem_total_kb - info.mem_available_kb;
+	ret->known = info.has_usage;
+	ret->job_mem_peak_kb = info.job_mem_peak_kb;
+	ret->oom_kills = info.oom_kills;
+	return 0;
+}
+
 int job_shutdown(struct job *j, int timeout_ms, double *ret_seconds)
 {
 	double t0 = time_now_s();

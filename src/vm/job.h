@@ -64,6 +64,14 @@ struct job_vm_stats {
 	uint64_t host_pss_kb; /* QEMU's proportional share (shared pages split) */
 };
 
+/* What a guest says of its job after (or while) it runs: job_vm_usage. */
+struct job_vm_usage {
+	uint64_t guest_used_kb;	  /* MemTotal - MemAvailable now */
+	uint64_t job_mem_peak_kb; /* the job's processes together at their peak; 0: unknown */
+	uint64_t oom_kills;	  /* processes the guest kernel killed for lack of memory */
+	bool known;		  /* false: an older guest, which reports none of the above */
+};
+
 struct job;
 
 /* 0 when image's vmhpc-init speaks this runtime's exec protocol (metadata guest_protocol),
@@ -139,6 +147,11 @@ int job_forwarded_signal(const struct job *j, unsigned vm);
 
 /* Fills the VM's memory figures (host side measured now). */
 int job_vm_stats(struct job *j, unsigned vm, struct job_vm_stats *ret);
+
+/* Asks VM vm's guest, on its control port, for its memory now, the job's peak and its
+ * out-of-memory kills (no command may be running on that port). 0, or -errno when the
+ * guest does not answer within timeout_ms. */
+int job_vm_usage(struct job *j, unsigned vm, int timeout_ms, struct job_vm_usage *ret);
 
 /* Asks every guest to power off and waits up to timeout_ms for QEMU to exit (then kills
  * it); *ret_seconds is the wall time it took. */

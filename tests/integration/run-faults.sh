@@ -2,8 +2,9 @@
 # `vmhpc run` when things go wrong: a VM killed during the job, a boot that times out, a QEMU
 # that exits while booting, a guest that no longer answers at shutdown (QMP quit, then
 # SIGKILL), Ctrl-C that mpiexec ignores (grace period; a second Ctrl-C), a background process
-# left in a guest, and more ranks than VMs over 2 VCPUs each. Every case must end in bounded
-# time with a message naming what happened, and leave nothing behind.
+# left in a guest, more ranks than VMs over 2 VCPUs each, more ranks than VCPUs (refused), and
+# a guest out of memory. Every case must end in bounded time with a message naming what
+# happened, and leave nothing behind.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -140,4 +141,54 @@ run --vms 2 --vcpus 2 --oversubscribe -n 4 -- ./ring >"$WORK/ranks.out" 2>"$WORK
 grep -q "ring of 4 ranks.*VERIFIED" "$WORK/ranks.out" || fail "4 ranks: $(cat "$WORK/ranks.out")"
 nothing_left "4 ranks"
 ok "4 ranks over 2 VMs x 2 VCPUs verified"
+
+# 8. More ranks than virtual CPUs is refused before anything boots, like more VCPUs than cores.
+set +e
+run --vms 2 -n 3 -- ./ring >"$WORK/over.out" 2>"$WORK/over.err"
+code=$?
+set -e
+[ "$code" -eq 2 ] || fail "-n 3 on 2 VMs x 1 VCPU: exit $code, expected 2: $(cat "$WORK/over.err")"
+grep -q -- "-n 3 ranks, but 2 VMs x 1 VCPU = 2 virtual CPUs; use -n 2 or less, more --vms or --vcpus, or --oversubscribe" "$WORK/over.err" ||
+	fail "-n 3: no clear refusal: $(cat "$WORK/over.err")"
+grep -q "ready after" "$WORK/over.err" && fail "-n 3: VMs were booted"
+nothing_left "-n above VCPUs"
+ok "-n above VMs x VCPUs is refused before booting (exit 2)"
+
+# 9. A rank that needs more memory than its VM has: the guest's kernel kills it, and the run
+# says so and names --mem (not only "exit code 9").
+cat >"$job/hog.c" <<'EOS'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv)
+{
+	size_t mb = strtoul(argv[1], NULL, 10);
+	for (size_t i = 0; i < mb; i++) {
+		char *p = malloc(1 << 20);
+		if (!p)
+			return 3;
+		memset(p, 1, 1 << 20);
+	}
+	printf("touched %zu MiB\n", mb);
+	return 0;
+}
+EOS
+cc -O1 -o "$job/hog" "$job/hog.c"
+set +e
+run --vms 1 --mem 128M -- ./hog 400 >"$WORK/oom.out" 2>"$WORK/oom.err"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "400 MiB in a 128M VM: exit 0: $(cat "$WORK/oom.out")"
+grep -q "vm0 ran out of memory: its kernel killed [0-9]* process.* of the job .*give each VM more with --mem, e.g. --mem 256M" "$WORK/oom.err" ||
+	fail "no out-of-memory message naming --mem: $(cat "$WORK/oom.err")"
+nothing_left "out of memory"
+run --vms 1 --mem 128M --json -- ./hog 30 >"$WORK/fit.out" 2>"$WORK/fit.err" || fail "30 MiB in a 128M VM: $(cat "$WORK/fit.err")"
+tail -n 1 "$WORK/fit.err" | python3 -c '
+import json, sys
+vm = json.load(sys.stdin)["vm"][0]
+# 30 MiB touched by the rank, plus mpiexec and hydra: the peak covers it and stays below --mem.
+assert 30 * 1024 < vm["job_mem_peak_kb"] < 128 * 1024 and vm["oom_kills"] == 0, vm
+' || fail "job peak after 30 MiB: $(tail -n 1 "$WORK/fit.err")"
+nothing_left "job peak"
+ok "out of memory in a guest is named with --mem (exit $code); a job's peak memory is reported"
 finish

@@ -29,12 +29,17 @@ r = json.load(sys.stdin)
 assert r["exit_code"] == 0 and r["vms"] == 2 and len(r["vm"]) == 2, r
 for vm in r["vm"]:
     assert vm["ready_s"] > 0 and 0 < vm["guest_used_kb"] < 200000 and vm["host_pss_kb"] > 0, vm
+    # The job ran in the job cgroup of each guest: its peak is known, nothing ran out of memory.
+    assert 0 < vm["job_mem_peak_kb"] < 256 * 1024 and vm["oom_kills"] == 0, vm
 assert r["boot_s"] > 0 and r["shutdown_s"] >= 0 and r["host_pss_total_kb"] > 0, r
 ' || fail "--json report: $(tail -n 1 "$WORK/hello.err")"
 run --vms 2 -- ./ring --hello >"$WORK/hello.out" 2>"$WORK/hello.err" || fail "hello: $(cat "$WORK/hello.err")"
 grep -q "hello from rank 0 of 2 on vm0" "$WORK/hello.out" || fail "no rank 0 on vm0: $(cat "$WORK/hello.out")"
 grep -q "hello from rank 1 of 2 on vm1" "$WORK/hello.out" || fail "no rank 1 on vm1: $(cat "$WORK/hello.out")"
 grep -q "boot (slowest VM)" "$WORK/hello.err" || fail "no timing table: $(cat "$WORK/hello.err")"
+grep -q "used at ready .*job peak" "$WORK/hello.err" || fail "no job peak column: $(cat "$WORK/hello.err")"
+grep -q "^vmhpc: image tiny-mpi:[0-9]*, the newest tiny-mpi (--image tiny-mpi:[0-9]* keeps" "$WORK/hello.err" ||
+	fail "the default image is not named before booting: $(cat "$WORK/hello.err")"
 nothing_left "hello"
 ok "2-VM MPI hello: rank 0 on vm0, rank 1 on vm1, timing table printed"
 

@@ -39,7 +39,7 @@ static size_t rnd_below(size_t n)
 /* A valid payload for each type (direction-specific INFO takes both forms elsewhere). */
 static size_t sample_payload(enum frame_type type, uint8_t *out, size_t cap)
 {
-	struct frame_info info = {1000, 500, 1234};
+	struct frame_info info = {.mem_total_kb = 1000, .mem_available_kb = 500, .uptime_ms = 1234};
 	size_t n;
 
 	switch (type) {
@@ -69,8 +69,7 @@ static size_t sample_payload(enum frame_type type, uint8_t *out, size_t cap)
 		return FRAME_EXIT_BYTES;
 	case FRAME_INFO:
 	case FRAME_READY:
-		frame_info_encode(&info, out);
-		return FRAME_INFO_BYTES;
+		return frame_info_encode(&info, out);
 	case FRAME_STDIN_EOF:
 	case FRAME_SHUTDOWN:
 		return 0;
@@ -488,19 +487,36 @@ static void test_exec_bounds(void **state)
 
 static void test_small_codecs(void **state)
 {
-	struct frame_info in = {262144, 230000, 2500}, out;
-	uint8_t b[FRAME_INFO_BYTES];
+	struct frame_info in = {.mem_total_kb = 262144,
+				.mem_available_kb = 230000,
+				.uptime_ms = 2500},
+			  out;
+	uint8_t b[FRAME_INFO_USAGE_BYTES];
 	enum frame_exit_kind kind;
 	uint32_t value;
 	uint8_t tok[FRAME_TOKEN_BYTES], tok2[FRAME_TOKEN_BYTES];
 	char hex[2 * FRAME_TOKEN_BYTES + 2];
 
-	frame_info_encode(&in, b);
-	assert_int_equal(frame_info_decode(b, sizeof(b), &out), 0);
+	/* READY's length, and an older guest's INFO: no usage. */
+	assert_int_equal(frame_info_encode(&in, b), FRAME_INFO_BYTES);
+	assert_int_equal(frame_info_decode(b, FRAME_INFO_BYTES, &out), 0);
 	assert_int_equal(out.mem_total_kb, 262144);
 	assert_int_equal(out.mem_available_kb, 230000);
 	assert_int_equal(out.uptime_ms, 2500);
-	assert_int_equal(frame_info_decode(b, sizeof(b) - 1, &out), -EBADMSG);
+	assert_false(out.has_usage);
+	assert_int_equal(frame_info_decode(b, FRAME_INFO_BYTES - 1, &out), -EBADMSG);
+	/* INFO with the job's usage. */
+	in.has_usage = true;
+	in.job_mem_peak_kb = 123456;
+	in.oom_kills = 2;
+	assert_int_equal(frame_info_encode(&in, b), FRAME_INFO_USAGE_BYTES);
+	assert_int_equal(frame_info_decode(b, FRAME_INFO_USAGE_BYTES, &out), 0);
+	assert_true(out.has_usage);
+	assert_int_equal(out.job_mem_peak_kb, 123456);
+	assert_int_equal(out.oom_kills, 2);
+	assert_int_equal(out.uptime_ms, 2500);
+	assert_int_equal(frame_info_decode(b, FRAME_INFO_USAGE_BYTES - 1, &out), -EBADMSG);
+	assert_int_equal(frame_info_decode(b, FRAME_INFO_USAGE_BYTES + 1, &out), -EBADMSG);
 
 	frame_exit_encode(FRAME_EXIT_CODE, 7, b);
 	assert_int_equal(frame_exit_decode(b, FRAME_EXIT_BYTES, &kind, &value), 0);
