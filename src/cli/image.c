@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/select.h"
 #include "image/builder.h"
 #include "image/index.h"
 #include "store/catalog.h"
@@ -966,10 +967,95 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 	return r < 0 ? 1 : 0;
 }
 
+/* `vmhpc image match [--rank R] [--name NAME] [--json] EXPR`: the versions that satisfy EXPR,
+ * best first; exit 1 with the reasons when none does. */
+static int verb_match(struct cli_context *ctx, int argc, char **argv)
+{
+	static const struct option options[] = {
+	    {"rank", required_argument, NULL, 'r'},
+	    {"name", required_argument, NULL, 'n'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const struct verb *v = find_verb("match");
+	const char *rank = NULL, *name = NULL;
+	_cleanup_free_ char *error = NULL;
+	struct select_result res = {0};
+	struct store *s = NULL;
+	int c, r, code = 1;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			rank = optarg;
+			break;
+		case 'n':
+			name = optarg;
+			break;
+		case 'j':
+			ctx->json = true;
+			break;
+		case 'h':
+			printf("usage: vmhpc image match %s\n  %s\n  EXPR: docs/matching.md, e.g. "
+			       "'os == \"debian-12\" && mpich >= \"4.0.2\" && "
+			       "has(\"libgfortran5\")'\n",
+			       v->args, v->summary);
+			return 0;
+		default:
+			fprintf(stderr, "usage: vmhpc image match %s\n", v->args);
+			return 2;
+		}
+	}
+	if (want_args(argc, 1, 1, "match") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	r = select_images(s, name, argv[optind], rank, &res, &error);
+	if (r < 0) {
+		select_log_error(argv[optind], error ? error : strerror(-r));
+		code = r == -EINVAL ? 2 : 1;
+		goto out;
+	}
+	if (ctx->json) {
+		json_t *out = json_array();
+
+		for (size_t i = 0; i < res.n; i++)
+			json_array_append_new(out, json_pack("{s:s, s:i, s:b, s:i, s:s}", "name",
+							     res.cands[i].name, "version",
+							     (int)res.cands[i].version, "match",
+							     i < res.n_match, "failing",
+							     res.failing[i], "why", res.why[i]));
+		json_dumpf(out, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(out);
+	} else if (res.n_match == 0) {
+		select_print_no_match(&res, argv[optind], 20);
+	}
+	for (size_t i = 0; i < res.n_match && !ctx->json; i++) {
+		const struct match_candidate *m = &res.cands[i];
+		char t[HUMANIZE_TIME_LEN], b[HUMANIZE_BYTES_LEN];
+
+		printf("%s:%u\tos %s, kernel %s, %s, %s by %s\n", printable(m->name), m->version,
+		       printable(json_string_value(json_object_get(m->metadata, "os"))),
+		       printable(json_string_value(json_object_get(m->metadata, "kernel_release"))),
+		       humanize_bytes(m->size_bytes, b), humanize_time((time_t)m->created_s, t),
+		       printable(m->owner));
+	}
+	code = res.n_match ? 0 : 1;
+out:
+	select_result_done(&res);
+	store_close(s);
+	return code;
+}
+
 static const struct verb verbs[] = {
     {"build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec"},
     {"list", verb_list, "[--json]", "list image versions with stored and unique sizes"},
     {"show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata"},
+    {"match", verb_match, "[--rank newest|smallest|FIELD] [--name NAME] [--json] EXPR",
+     "the versions whose metadata satisfy EXPR, best first; why not when none"},
     {"rm", verb_rm, "NAME:VERSION", "remove an image version (chunks stay until gc)"},
     {"verify", verb_verify, "", "re-hash every chunk; report damage and what it breaks"},
     {"gc", verb_gc, "", "remove chunks no image version uses"},

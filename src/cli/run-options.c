@@ -23,6 +23,9 @@ static const char usage[] =
     "                     [VMs x VCPUs]\n"
     "  --image NAME[:VER] the image to boot; without :VER its newest version\n"
     "                     [tiny-mpi, built on first use]\n"
+    "  --require EXPR     boot the newest version whose metadata satisfies EXPR, e.g.\n"
+    "                     'mpich >= \"4.0.2\" && has(\"libgfortran5\")' (docs/matching.md);\n"
+    "                     with --image NAME only NAME's versions [none]\n"
     "  --time DURATION    stop the job after 90s, 10m, 2h or 1d and exit 124 [no limit]\n"
     "  --workdir DIR      the job folder shared into every VM at the same path [.]\n"
     "  --no-share         share no folder: PROGRAM must be in the image [share]\n"
@@ -116,19 +119,13 @@ int run_parse_mem(const char *text, unsigned *ret_mb)
 int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret_error)
 {
 	static const struct option options[] = {
-	    {"vms", required_argument, NULL, 'N'},
-	    {"vcpus", required_argument, NULL, 'c'},
-	    {"mem", required_argument, NULL, 'm'},
-	    {"image", required_argument, NULL, 'i'},
-	    {"time", required_argument, NULL, 't'},
-	    {"workdir", required_argument, NULL, 'w'},
-	    {"no-share", no_argument, NULL, 'S'},
-	    {"oversubscribe", no_argument, NULL, 'o'},
-	    {"label", no_argument, NULL, 'l'},
-	    {"json", no_argument, NULL, 'j'},
-	    {"accel", required_argument, NULL, 'a'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	    {"vms", required_argument, NULL, 'N'},     {"vcpus", required_argument, NULL, 'c'},
+	    {"mem", required_argument, NULL, 'm'},     {"image", required_argument, NULL, 'i'},
+	    {"require", required_argument, NULL, 'R'}, {"time", required_argument, NULL, 't'},
+	    {"workdir", required_argument, NULL, 'w'}, {"no-share", no_argument, NULL, 'S'},
+	    {"oversubscribe", no_argument, NULL, 'o'}, {"label", no_argument, NULL, 'l'},
+	    {"json", no_argument, NULL, 'j'},	       {"accel", required_argument, NULL, 'a'},
+	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
 	};
 	struct run_options o = {
 	    .vms = 2,
@@ -171,6 +168,10 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 			break;
 		case 'i':
 			o.image = optarg;
+			o.image_given = true;
+			break;
+		case 'R':
+			o.require = optarg;
 			break;
 		case 't':
 			if (run_parse_duration(optarg, &o.time_limit_s) < 0)

@@ -16,6 +16,8 @@ struct run_options {
 	unsigned mem_mb;       /* --mem SIZE per VM (default 256M) */
 	unsigned ranks;	       /* -n N (default vms * vcpus) */
 	const char *image;     /* --image NAME[:VER] (default tiny-mpi) */
+	bool image_given;      /* --image was on the command line */
+	const char *require;   /* --require EXPR (image/match.h), or NULL */
 	unsigned time_limit_s; /* --time DURATION (0: none) */
 	const char *workdir;   /* --workdir DIR (default: the current directory) */
 	bool share;	       /* false with --no-share */

@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "cli/run-options.h"
+#include "cli/select.h"
 #include "image/builder.h"
 #include "image/index.h"
 #include "store/catalog.h"
@@ -104,6 +105,51 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 				       error ? error : strerror(-r));
 	builder_result_done(&res);
 	return catalog_load(s, name, 0, ret, NULL);
+}
+
+/* --require: the best version (newest) that satisfies the expression, among NAME's versions
+ * when --image NAME was given, else among all; *ret_ref is "NAME:VERSION" (caller frees).
+ * Returns 0, or the exit code with the reason logged (2: a bad expression; 1: no match). */
+static int choose_image(struct store *s, const struct run_options *o, char **ret_ref)
+{
+	_cleanup_free_ char *name = NULL, *error = NULL;
+	struct select_result res = {0};
+	uint32_t version = 0;
+	int r, code = 1;
+
+	if (o->image_given && manifest_parse_ref(o->image, &name, &version, &error) < 0) {
+		log_error("--image: %s", error);
+		return 2;
+	}
+	r = select_images(s, name, o->require, NULL, &res, &error);
+	if (r < 0) {
+		select_log_error(o->require, error ? error : strerror(-r));
+		return r == -EINVAL ? 2 : 1;
+	}
+	for (size_t i = 0; i < res.n; i++) {
+		if (version ? res.cands[i].version != version : i >= res.n_match)
+			continue;
+		if (i >= res.n_match) {
+			log_error("--image %s does not satisfy --require: %s", o->image,
+				  res.why[i]);
+			goto out;
+		}
+		if (asprintf(ret_ref, "%s:%u", res.cands[i].name, res.cands[i].version) < 0)
+			goto out;
+		log_info("%s:%u satisfies --require (the best of %zu matching version%s)",
+			 res.cands[i].name, res.cands[i].version, res.n_match,
+			 res.n_match == 1 ? "" : "s");
+		code = 0;
+		goto out;
+	}
+	if (version)
+		log_error("--image %s: the store has no such version (see `vmhpc image list`)",
+			  o->image);
+	else
+		select_print_no_match(&res, o->require, 20);
+out:
+	select_result_done(&res);
+	return code;
 }
 
 /* Says before booting whether PROGRAM can be found: in the job folder (a path with '/')
@@ -517,7 +563,7 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 {
 	struct run_options o;
-	_cleanup_free_ char *error = NULL, *workdir = NULL, *cache = NULL;
+	_cleanup_free_ char *error = NULL, *workdir = NULL, *cache = NULL, *chosen = NULL;
 	_cleanup_close_ int sfd = -1;
 	struct store *s = NULL;
 	struct manifest *m = NULL;
@@ -543,13 +589,19 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	cache = node_cache_dir(ctx);
 	if (!cache || cli_open_store(ctx, &s) < 0)
 		return 1;
-	if (load_image(ctx, s, o.image, &m) < 0)
+	if (o.require) {
+		code = choose_image(s, &o, &chosen);
+		if (code != 0)
+			goto out;
+		code = 1;
+	}
+	if (load_image(ctx, s, chosen ? chosen : o.image, &m) < 0)
 		goto out;
 	if (check_program(s, m, &o, workdir) < 0)
 		goto out;
 	/* The version that runs is named before anything boots: a version built since the last
 	 * run (by this user or, in a shared store, another) is never a silent change. */
-	if (!strchr(o.image, ':'))
+	if (!strchr(o.image, ':') && !chosen)
 		log_info("image %s:%u, the newest %s (--image %s:%u keeps to this version)",
 			 m->name, m->version, m->name, m->name, m->version);
 	else

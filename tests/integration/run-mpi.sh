@@ -157,5 +157,16 @@ expect_fail "program not in the job folder" "not an executable file in the job f
 expect_fail "program not in the image" "is not in the image" run -- no-such-program
 expect_fail "memory below the floor" "below what a guest needs" run --mem 64M -- ./ring
 expect_fail "missing workdir" "--workdir /no/such/dir" run --workdir /no/such/dir -- ./ring
+expect_fail "--require that no version satisfies" 'tiny-mpi:1 fails 1 clause: mpich >= "99" (mpich is "4.0.2' run --require 'mpich >= "99"' -- ./ring
+expect_fail "--image outside --require" "does not satisfy --require" run --image tiny-mpi:1 --require '!has("mpich")' -- ./ring
+expect_fail "--require with a mistake" "column 7: mpich is a version string" run --require 'mpich>4' -- ./ring
 nothing_left "refusals"
+
+# 10. --require picks the version to boot by what the job needs.
+run --vms 1 --require 'os == "tiny" && mpich >= "4.0.2" && has("libucx0")' -- ./ring --hello >"$WORK/req.out" 2>"$WORK/req.err" ||
+	fail "--require: $(cat "$WORK/req.err")"
+grep -q "^vmhpc: tiny-mpi:[0-9]* satisfies --require" "$WORK/req.err" || fail "--require: the chosen version is not named: $(cat "$WORK/req.err")"
+grep -q "hello from rank 0 of 1" "$WORK/req.out" || fail "--require: $(cat "$WORK/req.out")"
+nothing_left "--require"
+ok "--require boots the version that satisfies it, and refuses before booting when none does"
 finish
