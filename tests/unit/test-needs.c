@@ -376,7 +376,7 @@ static void test_scripts(void **state)
 	text = needs_format(&res, "./py", "tiny-mpi", 1);
 	assert_non_null(strstr(text, "./py needs interpreter /usr/bin/python3, which image "
 				     "tiny-mpi:1 lacks; add package python3-minimal"));
-	assert_non_null(strstr(text, "the interpreter's path in [root] binaries"));
+	assert_non_null(strstr(text, "the interpreter's path to [root] binaries"));
 	free(text);
 	needs_result_done(&res);
 
