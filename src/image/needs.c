@@ -179,7 +179,9 @@ static int view_resolve(const struct checker *c, const char *path, char **ret_re
 	const char *p;
 	int r;
 
-	if (path[0] != '/' || strlen(path) >= PATH_MAX)
+	if (path[0] != '/')
+		return -EINVAL;
+	if (strlen(path) >= PATH_MAX)
 		return -ENAMETOOLONG;
 	strcpy(todo, path);
 	done[0] = '\0';
@@ -753,8 +755,10 @@ static int load_program(struct checker *c, const char *program, bool *ret_elf)
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0)
-		return error_set(c->ret_error, r, "%s: %s in the job folder", c->display_name,
-				 strerror(-r));
+		return error_set(c->ret_error, r,
+				 "%s: %s as the VMs see it (the job folder, and the image for a "
+				 "link that leads out of it); give a program in the job folder",
+				 c->display_name, strerror(-r));
 	if (where == WHERE_IMAGE)
 		return 0; /* a link into the image: the builder checked that program */
 

@@ -397,6 +397,16 @@ static void test_scripts(void **state)
 	write_text(path, "#!ok.sh\n", 0755);
 	assert_complete("rel", idx);
 
+	/* A link out of the job folder leads into the image in the VMs, not to the host. */
+	snprintf(path, sizeof(path), "%s/inimage", job);
+	assert_int_equal(symlink("/bin/busybox", path), 0);
+	assert_complete("inimage", idx);
+	snprintf(path, sizeof(path), "%s/outlink", job);
+	assert_int_equal(symlink("/usr/bin/cc", path), 0);
+	assert_int_equal(check("outlink", idx, &res, &error), -ENOENT);
+	assert_non_null(strstr(error, "./outlink: No such file or directory as the VMs see it"));
+	free(error);
+
 	snprintf(path, sizeof(path), "%s/noint", job);
 	write_text(path, "#!   \n", 0755);
 	assert_int_equal(check("noint", idx, &res, &error), -ENOEXEC);
