@@ -11,6 +11,8 @@ packages=(
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
   # guests and MPI
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
+  # Fortran MPI programs (mpif90) in tests/integration/own-program.sh
+  gfortran
   # the tests' own tools
   python3 file procps
 )

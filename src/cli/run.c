@@ -20,6 +20,7 @@
 #include "cli/select.h"
 #include "image/builder.h"
 #include "image/index.h"
+#include "image/needs.h"
 #include "store/catalog.h"
 #include "util/cleanup.h"
 #include "util/fsutil.h"
@@ -177,8 +178,13 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 
 		if (!host)
 			return -ENOMEM;
-		if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111))
-			return 0;
+		if (stat(host, &sb) == 0 && S_ISREG(sb.st_mode) && (sb.st_mode & 0111)) {
+			/* and the libraries it needs, in the image or the job folder */
+			r = needs_check_image(s, m, host, prog, workdir, &error);
+			if (r < 0)
+				log_error("%s", error ? error : strerror(-r));
+			return r;
+		}
 		log_error(
 		    "PROGRAM '%s' is not an executable file in the job folder %s; build it there "
 		    "or give its path",

@@ -658,9 +658,7 @@ static size_t dst_len(const char *s, const char *ref)
 	return n;
 }
 
-/* Expands $ORIGIN, $LIB and $PLATFORM in the n bytes at s into out; unknown tokens stay as
- * they are (as in glibc). -ENAMETOOLONG when the result does not fit. */
-static int expand_dst(const char *s, size_t n, const char *origin, char out[static PATH_MAX])
+int closure_expand_tokens(const char *s, size_t n, const char *origin, char out[static PATH_MAX])
 {
 	size_t len = 0;
 
@@ -755,7 +753,7 @@ static int search_list(struct resolver *res, const char *list, const char *origi
 		char dir[PATH_MAX], candidate[PATH_MAX];
 		int r;
 
-		r = expand_dst(p, (size_t)(end - p), origin, dir);
+		r = closure_expand_tokens(p, (size_t)(end - p), origin, dir);
 		p = *end ? end + 1 : end;
 		if (r == -ENOMEM)
 			return r;
@@ -949,7 +947,8 @@ static int resolve_program(struct resolver *res, size_t program_file)
 
 			if (strmap_get(&prog.names, needed, NULL))
 				continue; /* already loaded under this name or soname */
-			r = expand_dst(needed, strlen(needed), prog.objs[o].origin, expanded);
+			r = closure_expand_tokens(needed, strlen(needed), prog.objs[o].origin,
+						  expanded);
 			if (r == -ENOMEM)
 				return r;
 			if (r < 0)

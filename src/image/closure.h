@@ -4,6 +4,7 @@
  * /sbin, /lib and /lib64 become /usr/bin, /usr/sbin, /usr/lib and /usr/lib64. */
 #pragma once
 
+#include <limits.h>
 #include <stddef.h>
 
 struct closure_layer {
@@ -45,6 +46,11 @@ int closure_lookup(const struct closure_layer *layers, size_t n_layers, const ch
 /* Returns the usr-merged form of an absolute path, also cleaned lexically ("//", "." and
  * ".." removed) (caller frees), NULL on no memory or a path of PATH_MAX bytes or more. */
 char *closure_usrmerge_path(const char *path);
+
+/* Expands $ORIGIN (to origin), $LIB and $PLATFORM, also in braces, in the n bytes at s
+ * into out, as glibc's ld.so does in DT_NEEDED, DT_RPATH and DT_RUNPATH; unknown tokens
+ * stay as they are. -ENAMETOOLONG when the result does not fit, -ENOMEM. */
+int closure_expand_tokens(const char *s, size_t n, const char *origin, char out[static PATH_MAX]);
 
 /* Releases everything c holds; leaves it empty. */
 void closure_done(struct closure *c);

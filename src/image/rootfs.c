@@ -37,6 +37,7 @@ struct origin {
 
 struct build_state {
 	const char *staging;
+	const char *work_dir;
 	struct origin *origins;
 	size_t n_origins;
 	json_t *index;
@@ -421,20 +422,115 @@ static int collect_plugin_dir(const struct rootfs_layer *layers, size_t n_layers
 			 image_dir);
 }
 
+/* Copies one of the user's own programs (binaries = ./PATH, read with the spec author's
+ * rights) into the layer at own_root, at its place in the image, and checks it is an x86-64
+ * ELF program or library. Errors name the spec line. */
+static int stage_program(struct build_state *st, const struct image_spec *spec,
+			 const struct spec_program *prog, const char *own_root)
+{
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *dest = NULL, *where = NULL;
+	struct elf_info *info = NULL;
+	struct stat sb;
+	int r;
+
+	if (asprintf(&where, "%s:%u: binaries %s (%s)", spec->origin, prog->line, prog->given,
+		     prog->src) < 0)
+		return -ENOMEM;
+	fd = src_openat(st, AT_FDCWD, prog->src, O_RDONLY | O_NONBLOCK);
+	if (fd < 0)
+		return error_set(st->ret_error, fd,
+				 "%s: %s; build the program first or fix the path (relative "
+				 "to the spec's folder)%s",
+				 where, strerror(-fd),
+				 fd == -EACCES && st->identity
+				     ? " and check that you, the user building, may read it"
+				     : "");
+	if (fstat(fd, &sb) < 0)
+		return error_set(st->ret_error, -errno, "%s: %s", where, strerror(errno));
+	if (S_ISDIR(sb.st_mode))
+		return error_set(st->ret_error, -EISDIR,
+				 "%s is a directory; name the program file in it", where);
+	if (!S_ISREG(sb.st_mode))
+		return error_set(st->ret_error, -EINVAL, "%s is a %s; name a program file", where,
+				 file_type_name(sb.st_mode));
+	if (!(sb.st_mode & 0111))
+		return error_set(st->ret_error, -EACCES,
+				 "%s is not executable; name a program (built, or chmod +x), "
+				 "and put data in [root] files",
+				 where);
+	dest = fs_path_join(own_root, prog->dest);
+	if (!dest)
+		return -ENOMEM;
+	r = fs_mkdir_p(own_root, 0700);
+	if (r == 0) {
+		_cleanup_free_ char *dir = fs_path_join(own_root, SPEC_PROGRAM_DIR);
+
+		r = dir ? fs_mkdir_p(dir, 0755) : -ENOMEM;
+	}
+	if (r == 0)
+		r = fs_copy_fd(fd, dest, sb.st_mode & 0755);
+	if (r < 0)
+		return error_set(st->ret_error, r, "%s: copying it: %s", where, strerror(-r));
+	r = elf_read_file(dest, &info);
+	elf_info_free(info);
+	if (r == -ENOEXEC)
+		return error_set(st->ret_error, r,
+				 "%s is not an ELF program or library; put scripts and data in "
+				 "[root] files",
+				 where);
+	if (r == -ENOTSUP)
+		return error_set(st->ret_error, r,
+				 "%s is built for another architecture; vmhpc images are x86-64",
+				 where);
+	if (r == -EBADMSG)
+		return error_set(st->ret_error, r,
+				 "%s is a damaged ELF file (truncated or inconsistent headers); "
+				 "build it again",
+				 where);
+	if (r < 0)
+		return error_set(st->ret_error, r, "%s: %s", where, strerror(-r));
+	return 0;
+}
+
 static int stage_closure(struct build_state *st, const struct image_spec *spec,
 			 const struct rootfs_layer *layers, size_t n_layers, json_t *libraries,
 			 json_t *host_sources)
 {
-	struct closure_layer *cl = calloc(n_layers, sizeof(*cl));
+	/* The user's own programs (binaries = ./PATH) are copied into a layer of their own,
+	 * first in the list: the closure then finds them where they go in the image and
+	 * resolves their libraries like any binary's (the packages first, the host last). */
+	const size_t own = spec->n_programs > 0 ? 1 : 0;
+	_cleanup_free_ char *own_root = fs_path_join(st->work_dir, "programs");
+	struct closure_layer *cl = calloc(n_layers + own, sizeof(*cl));
 	char **paths = NULL;
 	size_t n_paths = 0;
 	struct closure c = {0};
 	int r = 0;
 
-	if (!cl)
+	if (!cl || !own_root) {
+		free(cl);
 		return -ENOMEM;
+	}
+	if (own)
+		cl[0].root = own_root;
 	for (size_t l = 0; l < n_layers; l++)
-		cl[l].root = layers[l].root;
+		cl[own + l].root = layers[l].root;
+	for (size_t i = 0; i < spec->n_programs && r == 0; i++) {
+		char **grown;
+
+		r = stage_program(st, spec, &spec->programs[i], own_root);
+		if (r < 0)
+			break;
+		grown = realloc(paths, (n_paths + 1) * sizeof(*grown));
+		if (!grown) {
+			r = -ENOMEM;
+			break;
+		}
+		paths = grown;
+		paths[n_paths] = strdup(spec->programs[i].dest);
+		r = paths[n_paths++] ? 0 : -ENOMEM;
+	}
 	for (size_t i = 0; i < spec->n_binaries && r == 0; i++) {
 		char **grown = realloc(paths, (n_paths + 1) * sizeof(*grown));
 
@@ -453,7 +549,7 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 		struct elf_info *info = NULL;
 		size_t layer;
 
-		r = closure_lookup(cl, n_layers, spec->binaries[i], &host, &real, &layer);
+		r = closure_lookup(cl + own, n_layers, spec->binaries[i], &host, &real, &layer);
 		if (r == -ENOENT) {
 			r = error_set(
 			    st->ret_error, r,
@@ -484,14 +580,14 @@ static int stage_closure(struct build_state *st, const struct image_spec *spec,
 		r = collect_plugin_dir(layers, n_layers, spec->plugin_dirs[i], &paths, &n_paths,
 				       st->ret_error);
 	if (r == 0 && n_paths > 0) {
-		r = closure_resolve(cl, n_layers, paths, n_paths, &c, st->ret_error);
+		r = closure_resolve(cl, n_layers + own, paths, n_paths, &c, st->ret_error);
 		if (r < 0 && st->ret_error && !*st->ret_error)
 			error_set(st->ret_error, r, "resolving the binaries' libraries: %s",
 				  strerror(-r));
 	}
 	for (size_t i = 0; r == 0 && i < c.n_files; i++) {
 		const struct closure_file *f = &c.files[i];
-		const char *source = layers[f->layer].source;
+		const char *source = f->layer < own ? "spec" : layers[f->layer - own].source;
 
 		r = stage_file(st, f->host_path, f->real_image_path, source);
 		if (r == 0 && strcmp(f->image_path, f->real_image_path) != 0) {
@@ -800,6 +896,7 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 		goto out;
 	}
 	st.staging = staging;
+	st.work_dir = work_dir;
 	r = fs_mkdir_p(staging, 0755);
 	if (r < 0)
 		goto out;

@@ -263,6 +263,70 @@ static int handle_abs_path(struct parser *p, const struct spec_key *k, unsigned 
 	return check_abs_path(p, line, k->name, *word);
 }
 
+/* [root] binaries: an absolute path in the image, or "./PATH" / "../PATH": a program of the
+ * user's own, relative to the spec's folder, stored in spec->programs (returns 1: stored). */
+static int handle_binary(struct parser *p, const struct spec_key *k, unsigned line, char **word)
+{
+	char q[QUOTE_BUF_SIZE], q2[QUOTE_BUF_SIZE];
+	struct image_spec *s = p->spec;
+	struct spec_program *prog;
+	const char *name;
+	_cleanup_free_ char *src = NULL, *dest = NULL;
+
+	if (strncmp(*word, "./", 2) != 0 && strncmp(*word, "../", 3) != 0) {
+		if ((*word)[0] != '/')
+			return parser_error(p, line,
+					    "binaries %s is not an absolute path; write it from / "
+					    "on, or ./%s for a program in the spec's folder",
+					    quote(q, *word), *word);
+		return check_abs_path(p, line, k->name, *word);
+	}
+	if (has_control_char(*word, false))
+		return parser_error(p, line, "binaries %s has a control character; remove it",
+				    quote(q, *word));
+	name = strrchr(*word, '/') + 1;
+	if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return parser_error(p, line,
+				    "binaries %s names a folder, not a program; write the "
+				    "program's path, e.g. ./myprog",
+				    quote(q, *word));
+	if (!p->base_dir)
+		return parser_error(p, line,
+				    "binaries %s is relative and this spec has no folder to anchor "
+				    "it; use an absolute path",
+				    quote(q, *word));
+	src = fs_path_join(p->base_dir, strncmp(*word, "./", 2) == 0 ? *word + 2 : *word);
+	if (!src || asprintf(&dest, "%s/%s", SPEC_PROGRAM_DIR, name) < 0)
+		return -ENOMEM;
+	if (strlen(src) >= PATH_MAX)
+		return parser_error(p, line, "binaries %s is longer than %d bytes; shorten it",
+				    quote(q, src), PATH_MAX - 1);
+	for (size_t i = 0; i < s->n_programs; i++)
+		if (strcmp(s->programs[i].dest, dest) == 0)
+			return parser_error(p, line,
+					    "binaries %s and %s (line %u) would both be %s in the "
+					    "image; rename one",
+					    quote(q, *word), quote(q2, s->programs[i].given),
+					    s->programs[i].line, dest);
+	if (s->n_programs >= SPEC_MAX_LIST_ITEMS)
+		return parser_error(p, line,
+				    "binaries has more than %d programs of your own; "
+				    "split the image",
+				    SPEC_MAX_LIST_ITEMS);
+	prog = realloc(s->programs, (s->n_programs + 1) * sizeof(*prog));
+	if (!prog)
+		return -ENOMEM;
+	s->programs = prog;
+	prog = &prog[s->n_programs];
+	*prog = (struct spec_program){.line = line, .given = strdup(*word)};
+	if (!prog->given)
+		return -ENOMEM;
+	prog->src = TAKE_PTR(src);
+	prog->dest = TAKE_PTR(dest);
+	s->n_programs++;
+	return 1;
+}
+
 static int handle_module(struct parser *p, const struct spec_key *k, unsigned line, char **word)
 {
 	char q[QUOTE_BUF_SIZE];
@@ -405,7 +469,7 @@ static const struct spec_key spec_keys[] = {
     SCALAR(SECTION_KERNEL, "package", kernel_package, handle_package),
     LIST(SECTION_KERNEL, "modules", modules, handle_module),
     LIST(SECTION_ROOT, "packages", packages, handle_package),
-    LIST(SECTION_ROOT, "binaries", binaries, handle_abs_path),
+    LIST(SECTION_ROOT, "binaries", binaries, handle_binary),
     LIST(SECTION_ROOT, "plugin_dirs", plugin_dirs, handle_abs_path),
     LIST(SECTION_ROOT, "files", files, handle_file),
     SCALAR(SECTION_ROOT, "tree", tree, handle_abs_path),
@@ -450,8 +514,8 @@ static int list_add_words(struct parser *p, const struct spec_key *k, unsigned l
 		r = k->handle(p, k, line, &word);
 		if (r < 0)
 			return r;
-		if (k->offset == offsetof(struct image_spec, files))
-			continue; /* handle_file stored it */
+		if (r > 0 || k->offset == offsetof(struct image_spec, files))
+			continue; /* the handler stored it */
 		r = list_append((char ***)(void *)field_ptr(p->spec, k->offset), n, word);
 		if (r < 0)
 			return r;
@@ -792,6 +856,12 @@ struct image_spec *image_spec_free(struct image_spec *spec)
 	for (size_t i = 0; i < spec->n_binaries; i++)
 		free(spec->binaries[i]);
 	free(spec->binaries);
+	for (size_t i = 0; i < spec->n_programs; i++) {
+		free(spec->programs[i].src);
+		free(spec->programs[i].dest);
+		free(spec->programs[i].given);
+	}
+	free(spec->programs);
 	for (size_t i = 0; i < spec->n_plugin_dirs; i++)
 		free(spec->plugin_dirs[i]);
 	free(spec->plugin_dirs);

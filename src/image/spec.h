@@ -26,6 +26,20 @@ struct spec_file {
 	char *dest; /* absolute path in the image */
 };
 
+/* Where [root] binaries = ./PATH puts the user's own program: found by name by `vmhpc run`
+ * (its PATH starts there) and apart from every file a Debian package ships. */
+#define SPEC_PROGRAM_DIR "/usr/local/bin"
+
+/* A program of the user's own: [root] binaries given as a path relative to the spec's
+ * folder ("./ring", "../bin/ring"). It goes to SPEC_PROGRAM_DIR/NAME with its library
+ * closure. */
+struct spec_program {
+	char *src;   /* absolute path on the host (anchored at the spec's folder) */
+	char *dest;  /* SPEC_PROGRAM_DIR "/" its file name */
+	char *given; /* as the spec wrote it, for messages */
+	unsigned line;
+};
+
 struct image_spec {
 	char *origin;	   /* the spec's path, for messages */
 	char *name;	   /* [image] name: required */
@@ -42,6 +56,8 @@ struct image_spec {
 	char **binaries; /* [root] binaries: absolute paths of programs/libraries; their closure
 			    goes in */
 	size_t n_binaries;
+	struct spec_program *programs; /* [root] binaries given as ./PATH, in spec order */
+	size_t n_programs;
 	char **plugin_dirs; /* [root] plugin_dirs: directories copied whole, with their libraries'
 			       closure */
 	size_t n_plugin_dirs;

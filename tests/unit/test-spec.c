@@ -324,6 +324,43 @@ static void test_bad_files(void **state)
 		     "\"/etc/motd\" given twice, first at line 2");
 }
 
+/* binaries = ./PATH: the user's own program, anchored at the spec's folder, going to
+ * /usr/local/bin/NAME; absolute binaries are left as they are. */
+static void test_own_programs(void **state)
+{
+	static const char text[] =
+	    "[image]\nname=x\n" KERNEL "[root]\nbinaries = /usr/bin/busybox ./ring\n"
+	    "\t../bin/ep.x\nbinaries = ./sub/dir/hello\n";
+	struct image_spec *s = NULL;
+	_cleanup_free_ char *err = NULL;
+
+	assert_int_equal(spec_parse_string(text, strlen(text), ORIGIN, BASE, &s, &err), 0);
+	assert_int_equal(s->n_binaries, 1);
+	assert_string_equal(s->binaries[0], "/usr/bin/busybox");
+	assert_int_equal(s->n_programs, 3);
+	assert_string_equal(s->programs[0].src, BASE "/ring");
+	assert_string_equal(s->programs[0].dest, "/usr/local/bin/ring");
+	assert_string_equal(s->programs[0].given, "./ring");
+	assert_int_equal(s->programs[0].line, 6);
+	assert_string_equal(s->programs[1].src, BASE "/../bin/ep.x");
+	assert_string_equal(s->programs[1].dest, "/usr/local/bin/ep.x");
+	assert_int_equal(s->programs[1].line, 7);
+	assert_string_equal(s->programs[2].dest, "/usr/local/bin/hello");
+	assert_int_equal(s->programs[2].line, 8);
+	image_spec_free(s);
+	s = NULL;
+
+	expect_error("[root]\nbinaries = ./ring\n\t./other/ring\n", 3, "\"./other/ring\"",
+		     "\"./ring\" (line 2)", "/usr/local/bin/ring", "rename one");
+	expect_error("[root]\nbinaries = ./dir/\n", 2, "names a folder");
+	expect_error("[root]\nbinaries = ./..\n", 2, "names a folder");
+	expect_error("[root]\nbinaries = ring\n", 2, "not an absolute path", "./ring");
+	assert_int_equal(
+	    spec_parse_string("[root]\nbinaries = ./ring\n", 23, ORIGIN, NULL, &s, &err), -EINVAL);
+	assert_non_null(strstr(err, ORIGIN ":2: "));
+	assert_non_null(strstr(err, "no folder to anchor"));
+}
+
 static void test_relative_src_without_base(void **state)
 {
 	static const char text[] = "[root]\nfiles = motd:/etc/motd\n";
@@ -627,6 +664,7 @@ int main(void)
 	    cmocka_unit_test(test_bad_packages),
 	    cmocka_unit_test(test_bad_paths),
 	    cmocka_unit_test(test_bad_files),
+	    cmocka_unit_test(test_own_programs),
 	    cmocka_unit_test(test_relative_src_without_base),
 	    cmocka_unit_test(test_scalar_twice),
 	    cmocka_unit_test(test_continuation_after_scalar),
