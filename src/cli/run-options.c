@@ -39,7 +39,8 @@ static const char usage[] =
     "\n"
     "environment: VMHPC_STORE (image store), VMHPC_RUN_DIR (job state), VMHPC_LOG\n"
     "(error|warning|info|debug). Exit code: PROGRAM's (mpiexec's), 124 on --time, 128+N\n"
-    "when interrupted by signal N, 2 for a request refused before booting, 1 otherwise.\n"
+    "when interrupted by signal N, 2 for a bad option or a request this machine cannot\n"
+    "take (VCPUs, ranks, memory, an expression), 1 otherwise.\n"
     "More: docs/runtime.md and docs/mpi.md.\n";
 
 static int parse_uint(const char *text, unsigned min, unsigned max, unsigned *ret)
