@@ -13,6 +13,8 @@ packages=(
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
   # Fortran MPI programs (mpif90) in tests/integration/own-program.sh
   gfortran
+  # Open MPI images (examples/openmpi.ini) and programs for them (mpicc.openmpi)
+  openmpi-bin libopenmpi-dev
   # the tests' own tools
   python3 file procps
 )
@@ -32,6 +34,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Open MPI's alternatives outrank MPICH's (50 against 40): with both installed, plain mpicc,
+# mpirun and <mpi.h> would become Open MPI's. The default image is MPICH, so they stay MPICH's;
+# Open MPI is there as mpicc.openmpi and mpirun.openmpi (docs/mpi.md).
+if [ "$(id -u)" -eq 0 ] && [ -e /usr/bin/mpicc.mpich ]; then
+  update-alternatives --quiet --set mpi /usr/bin/mpicc.mpich
+  update-alternatives --quiet --set mpirun /usr/bin/mpirun.mpich
+  [ -d /usr/include/x86_64-linux-gnu/mpich ] &&
+    update-alternatives --quiet --set mpi-x86_64-linux-gnu /usr/include/x86_64-linux-gnu/mpich
 fi
 
 # The image builder downloads packages with apt-get download: it needs package lists.

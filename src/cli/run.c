@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/launcher.h"
 #include "cli/run-options.h"
 #include "cli/select.h"
 #include "image/builder.h"
@@ -223,6 +224,21 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 	return 0;
 }
 
+/* Says before booting whether the image has an MPI vmhpc can launch (launcher.h). */
+static int check_launcher(const struct manifest *m)
+{
+	_cleanup_free_ char *error = NULL, *ref = NULL;
+	enum launcher_mpi mpi;
+	int r;
+
+	if (asprintf(&ref, "%s:%u", m->name, m->version) < 0)
+		return -ENOMEM;
+	r = launcher_mpi_of_image(m->metadata, ref, &mpi, &error);
+	if (r < 0)
+		log_error("%s", error ? error : strerror(-r));
+	return r;
+}
+
 struct boot_progress {
 	bool tty;
 	int signal_fd;
@@ -268,53 +284,6 @@ static void submitting_user(uid_t *ret_uid, gid_t *ret_gid)
 
 	*ret_uid = geteuid() == 0 && sudo_uid ? (uid_t)atoi(sudo_uid) : getuid();
 	*ret_gid = geteuid() == 0 && sudo_gid ? (gid_t)atoi(sudo_gid) : getgid();
-}
-
-/* The mpiexec command line that runs PROGRAM over every VM's VCPUs. */
-static char **mpiexec_argv(const struct run_options *o, struct job *j)
-{
-	size_t n = 0, cap = (size_t)o->argc + 20;
-	char **argv = calloc(cap, sizeof(char *));
-	char *hosts = malloc((size_t)o->vms * 24 + 1), ranks[16];
-	size_t len = 0;
-
-	if (!argv || !hosts) {
-		free(argv);
-		free(hosts);
-		return NULL;
-	}
-	hosts[0] = '\0';
-	for (unsigned i = 0; i < o->vms; i++)
-		len += (size_t)sprintf(hosts + len, "%s%s:%u", i ? "," : "", job_vm_name(j, i),
-				       o->vcpus);
-	snprintf(ranks, sizeof(ranks), "%u", o->ranks);
-	argv[n++] = strdup("/usr/bin/mpiexec.hydra");
-	/* hydra reaches the other VMs "by ssh" through vmhpc-exec and their exec services. */
-	argv[n++] = strdup("-launcher");
-	argv[n++] = strdup("ssh");
-	argv[n++] = strdup("-launcher-exec");
-	argv[n++] = strdup("/usr/bin/vmhpc-exec");
-	argv[n++] = strdup("-iface");
-	argv[n++] = strdup("eth0");
-	argv[n++] = strdup("-hosts");
-	argv[n++] = hosts;
-	argv[n++] = strdup("-n");
-	argv[n++] = strdup(ranks);
-	if (o->label) {
-		argv[n++] = strdup("-prepend-pattern");
-		argv[n++] = strdup("[%r@%h] ");
-	}
-	for (int i = 0; i < o->argc; i++)
-		argv[n++] = strdup(o->argv[i]);
-	argv[n] = NULL;
-	for (size_t i = 0; i < n; i++)
-		if (!argv[i]) {
-			for (size_t k = 0; k < n; k++)
-				free(argv[k]);
-			free(argv);
-			return NULL;
-		}
-	return argv;
 }
 
 /* What each VM's guest said after the run (job_vm_usage); known false when it did not. */
@@ -506,18 +475,19 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 		       int signal_fd, double *ret_run_s)
 {
 	_cleanup_free_ char *error = NULL;
-	char **mpi_argv = mpiexec_argv(o, j);
-	char *envp[] = {"PATH=/usr/local/bin:/usr/bin:/usr/sbin", "HOME=/root",
-			/* Debian's MPICH is ch4:ucx: TCP between VMs, shared memory inside one
-			 * (docs/guest.md). */
-			"UCX_TLS=tcp,sysv,posix,self", "UCX_NET_DEVICES=eth0",
-			"UCX_WARN_UNUSED_ENV_VARS=n", NULL};
+	const char *hosts[JOB_MAX_VMS];
+	struct launcher_job lj = {.hosts = hosts,
+				  .n_hosts = o->vms,
+				  .slots = o->vcpus,
+				  .ranks = o->ranks,
+				  .label = o->label,
+				  .argc = o->argc,
+				  .argv = o->argv};
+	struct launcher_command *cmd = NULL;
 	struct frame_exec req = {
 	    .uid = cfg->owner_uid,
 	    .gid = cfg->owner_gid,
 	    .cwd = (char *)(cfg->workdir ? cfg->workdir : "/"),
-	    .argv = mpi_argv,
-	    .envp = envp,
 	};
 	struct exec_client_io io = {.stdin_fd = -1,
 				    .stdout_fd = STDOUT_FILENO,
@@ -527,14 +497,19 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 	double t_run = time_now_s();
 	int r, code, status = 0;
 
-	if (!mpi_argv)
+	for (unsigned i = 0; i < o->vms; i++)
+		hosts[i] = job_vm_name(j, i);
+	if (launcher_mpi_of_image(cfg->image->metadata, cfg->image->name, &lj.mpi, &error) < 0 ||
+	    launcher_command_new(&lj, &cmd) < 0) {
+		log_error("%s", error ? error : "out of memory");
 		return 1;
+	}
+	req.argv = cmd->argv;
+	req.envp = cmd->envp;
 	r = job_exec(j, 0, &req, &io, o->time_limit_s ? (int)o->time_limit_s * 1000 : -1, &status,
 		     &error);
 	*ret_run_s = time_now_s() - t_run;
-	for (char **p = mpi_argv; *p; p++)
-		free(*p);
-	free(mpi_argv);
+	launcher_command_free(cmd);
 
 	if ((r >= 0 || r == -EINTR) && job_forwarded_signal(j, 0)) {
 		int sig = job_forwarded_signal(j, 0);
@@ -555,8 +530,13 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 	} else {
 		code = status;
 		/* mpiexec's own status: a rank's exit code, or 255 when hydra reports a rank
-		 * killed by a signal; 128+N only when mpiexec itself was killed. */
-		if (status > 128 && status <= 128 + 64)
+		 * killed by a signal; 128+N only when mpiexec itself was killed; the job watch's
+		 * LAUNCHER_EXIT_STUCK when it had to stop an mpiexec that outlived its ranks. */
+		if (status == LAUNCHER_EXIT_STUCK)
+			log_error("every rank had exited but %s did not end within %d s; the job "
+				  "was stopped (exit code %d)",
+				  launcher_program_name(lj.mpi), LAUNCHER_WATCH_GRACE_S, status);
+		else if (status > 128 && status <= 128 + 64)
 			log_error(
 			    "the job failed with exit code %d (mpiexec ended by signal %d, %s)",
 			    status, status - 128, strsignal(status - 128));
@@ -612,6 +592,8 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 			 m->name, m->version, m->name, m->name, m->version);
 	else
 		log_info("image %s:%u", m->name, m->version);
+	if (check_launcher(m) < 0)
+		goto out;
 	sfd = block_job_signals();
 	if (sfd < 0) {
 		log_error_errno(sfd, "signalfd: %m");

@@ -36,6 +36,7 @@
 #include "guest/client.h"
 #include "guest/frame.h"
 #include "guest/jobwatch.h"
+#include "guest/label.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -87,6 +88,8 @@ static void usage(FILE *out)
 	    "  --wait-ms N       retry refused or reset connections this long (a booting guest)\n"
 	    "  --info            print the guest's memory and uptime\n"
 	    "  --shutdown        power the guest off\n"
+	    "also: --job-watch HOSTS -- MPIEXEC ..., --count-ranks (guest/jobwatch.h), "
+	    "--label-lines -- PROGRAM ... (guest/label.h)\n"
 	    "ssh options (-x -X -q -t -T -4 -6 -A -a -C -v ..., -l USER -o OPT -i FILE ...) are "
 	    "accepted and ignored.\n",
 	    program, program, program, program, TOKEN_FILE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS);
@@ -568,6 +571,8 @@ int main(int argc, char **argv)
 		return jobwatch_main(argc - 1, argv + 1);
 	if (argc == 2 && strcmp(argv[1], "--count-ranks") == 0)
 		return jobwatch_count_ranks_main();
+	if (argc > 1 && strcmp(argv[1], "--label-lines") == 0)
+		return label_main(argc - 1, argv + 1);
 	parse_args(argc, argv, &t, &req);
 	resolve_credentials(&t, &req);
 	/* Writes to a closed stdout must fail with EPIPE (then the command is ended), not kill

@@ -4,8 +4,9 @@
  * Why here: the host reaches VM 0 through its control port, which carries one session at a
  * time, and that session is busy with mpiexec for the whole job; a guest program next to
  * mpiexec can ask every VM over the job network, as hydra does, through the exec service that
- * is already there. Why by process: hydra's proxies are the only parents of ranks in a VM, so
- * "a live child of a hydra_pmi_proxy" is a rank, whatever the program is called. */
+ * is already there. Why by process: the launcher's daemons (hydra's proxies; Open MPI's orteds
+ * and orterun) are the only parents of ranks in a VM, so "a live child of one of them" is a
+ * rank, whatever the program is called. */
 #include "guest/jobwatch.h"
 
 #include <ctype.h>
@@ -24,7 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROXY_COMM	    "hydra_pmi_proxy" /* 15 characters: all of it fits in comm */
 #define MAX_PROCS	    65536
 #define MAX_HOSTS	    256
 #define PROBE_TIMEOUT_MS    10000
@@ -32,11 +32,25 @@
 #define GRACE_S_DEFAULT	    20
 #define INTERVAL_MS_DEFAULT 2000
 
+/* The processes whose children are ranks: MPICH's proxy in every VM; Open MPI's orted in
+ * the other VMs and orterun itself in VM 0 (it starts the local ranks; vmhpc run starts it by
+ * that name, not through its mpirun link). Names as comm holds them: at most 15 characters.
+ * Not "mpiexec": hydra's mpiexec started by that link is the parent of a proxy, not of ranks. */
+static const char *const launcher_comms[] = {"hydra_pmi_proxy", "orted", "orterun"};
+/* Children of those that are not ranks: the rsh agents orterun starts for the orteds (and
+ * the line labeler a rank leaves behind for a moment, which is the rank's own child). */
+#define AGENT_COMM "vmhpc-exec"
+
 struct proc_entry {
 	int pid, ppid;
 	char state;
-	bool proxy;
+	bool launcher, agent;
 };
+
+static bool comm_is(const char *comm, size_t len, const char *name)
+{
+	return len == strlen(name) && memcmp(comm, name, len) == 0;
+}
 
 static int64_t now_ms(void)
 {
@@ -70,8 +84,11 @@ static int read_stat(const char *proc_dir, const char *pid, struct proc_entry *r
 	if (!open_paren || !close_paren || close_paren < open_paren)
 		return -EIO;
 	ret->pid = atoi(buf);
-	ret->proxy = (size_t)(close_paren - open_paren - 1) == strlen(PROXY_COMM) &&
-		     memcmp(open_paren + 1, PROXY_COMM, strlen(PROXY_COMM)) == 0;
+	ret->launcher = false;
+	for (size_t i = 0; i < sizeof(launcher_comms) / sizeof(launcher_comms[0]); i++)
+		ret->launcher |= comm_is(open_paren + 1, (size_t)(close_paren - open_paren - 1),
+					 launcher_comms[i]);
+	ret->agent = comm_is(open_paren + 1, (size_t)(close_paren - open_paren - 1), AGENT_COMM);
 	if (sscanf(close_paren + 1, " %c %d", &ret->state, &ret->ppid) != 2)
 		return -EIO;
 	return 0;
@@ -102,10 +119,10 @@ int jobwatch_count_ranks(const char *proc_dir)
 	closedir(d);
 	/* A zombie rank has exited; only its proxy has yet to reap it. */
 	for (size_t i = 0; i < n; i++) {
-		if (procs[i].state == 'Z' || procs[i].state == 'X')
+		if (procs[i].state == 'Z' || procs[i].state == 'X' || procs[i].agent)
 			continue;
 		for (size_t k = 0; k < n; k++)
-			if (procs[k].proxy && procs[k].pid == procs[i].ppid) {
+			if (procs[k].launcher && procs[k].pid == procs[i].ppid) {
 				count++;
 				break;
 			}

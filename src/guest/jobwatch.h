@@ -9,7 +9,8 @@
  * SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 itself, and every --interval-ms
  * (default 2000) asks every HOST how many ranks it runs, through `vmhpc-exec -n HOST --
  * /usr/bin/vmhpc-exec --count-ranks` (the exec service, token and host names as for hydra's
- * launches). A rank is a live process whose parent is a hydra_pmi_proxy. Once ranks were seen and
+ * launches). A rank is a live process whose parent is a hydra_pmi_proxy, an orted or orterun
+ * (Open MPI), other than the vmhpc-exec rsh agents orterun starts. Once ranks were seen and
  * then none is left anywhere, PROGRAM has --grace-s (default 20) to end by itself; if it does not,
  * the watch says so on stderr, sends SIGTERM to the process group, SIGKILL to PROGRAM 3 s later,
  * and exits JOBWATCH_EXIT_STUCK. Otherwise it exits as PROGRAM did (128 + signal when killed).
@@ -26,6 +27,6 @@ int jobwatch_main(int argc, char **argv);
 /* Prints the number of ranks in this system (below /proc) and returns 0, or 1 on failure. */
 int jobwatch_count_ranks_main(void);
 
-/* The number of live processes whose parent is a hydra_pmi_proxy, reading PROC_DIR (normally
- * "/proc"); -errno when PROC_DIR cannot be read. */
+/* The number of ranks (live processes whose parent is an MPI launcher's daemon, above; not
+ * vmhpc-exec) reading PROC_DIR (normally "/proc"); -errno when PROC_DIR cannot be read. */
 int jobwatch_count_ranks(const char *proc_dir);

@@ -298,6 +298,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "initramfs_modules", json_integer((json_int_t)n_modules));
 	if (spec->description)
 		json_object_set_new(m->metadata, "description", json_string(spec->description));
+	if (spec->mpi)
+		json_object_set_new(m->metadata, "mpi", json_string(spec->mpi));
 
 	ret->stored_new_bytes = stats.new_stored_bytes;
 	ret->root_content_bytes = root.content_bytes;

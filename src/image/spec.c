@@ -218,6 +218,17 @@ static int check_abs_path(struct parser *p, unsigned line, const char *what, con
 
 /* Scalars */
 
+/* [image] mpi: which MPI's launcher `vmhpc run` uses (src/cli/launcher.h). */
+static int handle_mpi(struct parser *p, const struct spec_key *k, unsigned line, char **word)
+{
+	char q[QUOTE_BUF_SIZE];
+
+	if (strcmp(*word, "mpich") == 0 || strcmp(*word, "openmpi") == 0)
+		return 0;
+	return parser_error(p, line, "mpi %s is not an MPI vmhpc can launch; use mpich or openmpi",
+			    quote(q, *word));
+}
+
 static int handle_name(struct parser *p, const struct spec_key *k, unsigned line, char **word)
 {
 	_cleanup_free_ char *msg = NULL;
@@ -466,6 +477,7 @@ static const struct spec_key spec_keys[] = {
     SCALAR(SECTION_IMAGE, "os", os, handle_name),
     SCALAR(SECTION_IMAGE, "description", description, handle_text),
     SCALAR(SECTION_IMAGE, "boot_args", boot_args, handle_text),
+    SCALAR(SECTION_IMAGE, "mpi", mpi, handle_mpi),
     SCALAR(SECTION_KERNEL, "package", kernel_package, handle_package),
     LIST(SECTION_KERNEL, "modules", modules, handle_module),
     LIST(SECTION_ROOT, "packages", packages, handle_package),
@@ -475,7 +487,7 @@ static const struct spec_key spec_keys[] = {
     SCALAR(SECTION_ROOT, "tree", tree, handle_abs_path),
 };
 
-/* "name, os, description, boot_args" for a section, into buf. */
+/* "name, os, description, boot_args, mpi" for a section, into buf. */
 static const char *known_keys(enum spec_section section, char *buf, size_t size)
 {
 	size_t o = 0;
@@ -846,6 +858,7 @@ struct image_spec *image_spec_free(struct image_spec *spec)
 	free(spec->os);
 	free(spec->description);
 	free(spec->boot_args);
+	free(spec->mpi);
 	free(spec->kernel_package);
 	for (size_t i = 0; i < spec->n_modules; i++)
 		free(spec->modules[i]);

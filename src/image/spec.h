@@ -2,7 +2,7 @@
  * Format (docs/image-spec.md has the full reference):
  *
  *   # comment            ; comment
- *   [image]              name, os, description, boot_args
+ *   [image]              name, os, description, boot_args, mpi
  *   [kernel]             package, modules
  *   [root]               packages, binaries, plugin_dirs, files, tree
  *
@@ -46,6 +46,7 @@ struct image_spec {
 	char *os;	   /* [image] os: metadata, default "tiny" */
 	char *description; /* [image] description, or NULL */
 	char *boot_args;   /* [image] boot_args: extra kernel command line, or NULL */
+	char *mpi; /* [image] mpi: "mpich" or "openmpi" (the launcher vmhpc run uses), or NULL */
 
 	char *kernel_package; /* [kernel] package: Debian package with /boot/vmlinuz-*: required */
 	char **modules; /* [kernel] modules: names as in modules.dep (dependencies are added) */

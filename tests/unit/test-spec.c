@@ -27,6 +27,7 @@ static const char full_spec[] = "# vmhpc test spec\n"
 				"os=debian-12\n"
 				"description =   A tiny MPI image # this is part of the value  \n"
 				"boot_args = quiet loglevel=3\n"
+				"mpi = mpich\n"
 				"\n"
 				"[kernel]\n"
 				"package = linux-image-cloud-amd64\n"
@@ -71,6 +72,7 @@ static void check_full_spec(const struct image_spec *s)
 	assert_string_equal(s->os, "debian-12");
 	assert_string_equal(s->description, "A tiny MPI image # this is part of the value");
 	assert_string_equal(s->boot_args, "quiet loglevel=3");
+	assert_string_equal(s->mpi, "mpich");
 	assert_string_equal(s->kernel_package, "linux-image-cloud-amd64");
 	assert_strv(s->modules, s->n_modules, modules, ARRAY_SIZE(modules));
 	assert_strv(s->packages, s->n_packages, packages, ARRAY_SIZE(packages));
@@ -184,7 +186,7 @@ static void expect_error_len(const char *text, size_t len, unsigned line, ...)
 static void test_unknown_key(void **state)
 {
 	expect_error("[image]\nname = x\ncolour = red\n", 3, "\"colour\"", "[image]",
-		     "name, os, description, boot_args");
+		     "name, os, description, boot_args, mpi");
 	expect_error("[image]\nname = x\n" KERNEL "packages = a\n", 5, "\"packages\"", "[kernel]",
 		     "package, modules");
 	expect_error("[root]\nbinary = /x\n", 2, "\"binary\"",
@@ -384,6 +386,20 @@ static void test_continuation_after_scalar(void **state)
 {
 	expect_error("[image]\nname = a\n  b\n", 3, "after name", "line 2");
 	expect_error("[image]\nname = a\ndescription = one\n\ttwo\n", 4, "after description");
+}
+
+static void test_mpi(void **state)
+{
+	struct image_spec *s = NULL;
+	_cleanup_free_ char *err = NULL;
+	static const char text[] = "[image]\nname = a\nmpi = openmpi\n" KERNEL;
+
+	assert_int_equal(spec_parse_string(text, strlen(text), ORIGIN, BASE, &s, &err), 0);
+	assert_string_equal(s->mpi, "openmpi");
+	image_spec_free(s);
+	expect_error("[image]\nname = a\nmpi = mvapich\n", 3, "\"mvapich\"", "mpich or openmpi");
+	expect_error("[image]\nname = a\nmpi = MPICH\n", 3, "mpich or openmpi");
+	expect_error("[image]\nname = a\nmpi = mpich\nmpi = openmpi\n", 4, "mpi given twice");
 }
 
 static void test_nul_byte(void **state)
@@ -668,6 +684,7 @@ int main(void)
 	    cmocka_unit_test(test_relative_src_without_base),
 	    cmocka_unit_test(test_scalar_twice),
 	    cmocka_unit_test(test_continuation_after_scalar),
+	    cmocka_unit_test(test_mpi),
 	    cmocka_unit_test(test_nul_byte),
 	    cmocka_unit_test(test_limits),
 	    cmocka_unit_test(test_parse_file),
