@@ -538,6 +538,30 @@ static int verb_show(struct cli_context *ctx, int argc, char **argv)
 	return 0;
 }
 
+/* A version belongs to who built it. In a store shared through sudo (root's, used for many
+ * users), the user sudo acts for may remove only their own versions; root itself (not
+ * through sudo) may remove all, and a user's own store is all theirs. Logs and returns
+ * -EPERM when refused; 0 (also when the version is missing: the caller says so). */
+static int check_owner(struct store *s, const char *name, uint32_t version)
+{
+	const char *sudo_uid = getenv("SUDO_UID");
+	struct manifest *m = NULL;
+	struct passwd *pw;
+	int r = 0;
+
+	if (geteuid() != 0 || !sudo_uid || catalog_load(s, name, version, &m, NULL) < 0)
+		return 0;
+	pw = getpwuid((uid_t)strtoul(sudo_uid, NULL, 10));
+	if (!pw || strcmp(pw->pw_name, m->owner) != 0) {
+		log_error("%s:%u belongs to %s, not to %s for whom sudo runs this; ask its "
+			  "owner, or remove it as root without sudo",
+			  name, version, printable(m->owner), pw ? pw->pw_name : sudo_uid);
+		r = -EPERM;
+	}
+	manifest_free(m);
+	return r;
+}
+
 static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 {
 	_cleanup_free_ char *name = NULL, *error = NULL;
@@ -561,6 +585,11 @@ static int verb_rm(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
+	r = check_owner(s, name, version);
+	if (r < 0) {
+		store_close(s);
+		return 1;
+	}
 	r = catalog_remove(s, name, version);
 	if (r == -ENOENT)
 		log_error("there is no image %s:%u; see `vmhpc image list`", name, version);
@@ -1050,12 +1079,257 @@ out:
 	return code;
 }
 
+/* Prints the packages that differ between two versions' metadata: added, removed, changed.
+ * Returns how many differ. */
+static size_t print_package_changes(const json_t *from, const json_t *to)
+{
+	const json_t *a = json_object_get(from, "packages"), *b = json_object_get(to, "packages");
+	const char *k;
+	json_t *v;
+	size_t n = 0;
+
+	json_object_foreach((json_t *)a, k, v)
+	{
+		const char *now = json_string_value(json_object_get(b, k));
+
+		if (!now)
+			printf("  - %-32s %s\n", printable(k), printable(json_string_value(v)));
+		else if (strcmp(now, json_string_value(v) ? json_string_value(v) : "") != 0)
+			printf("  ~ %-32s %s -> %s\n", printable(k),
+			       printable(json_string_value(v)), printable(now));
+		else
+			continue;
+		n++;
+	}
+	json_object_foreach((json_t *)b, k, v)
+	{
+		if (json_object_get(a, k))
+			continue;
+		printf("  + %-32s %s\n", printable(k), printable(json_string_value(v)));
+		n++;
+	}
+	return n;
+}
+
+/* Bytes of to's chunks that from lacks: what a node holding from must fetch to run to. */
+static int bytes_to_fetch(struct store *s, const struct manifest *from, const struct manifest *to,
+			  uint64_t *ret_plain, uint64_t *ret_stored, uint64_t *ret_total_stored,
+			  size_t *ret_chunks)
+{
+	struct store_chunk_ref *fa = NULL, *tb = NULL;
+	size_t na = 0, nb = 0, i = 0;
+	int r;
+
+	*ret_plain = *ret_stored = *ret_total_stored = 0;
+	*ret_chunks = 0;
+	r = manifest_distinct_chunks(from, &fa, &na);
+	if (r == 0)
+		r = manifest_distinct_chunks(to, &tb, &nb);
+	/* Both sorted by id: one merge walk. */
+	for (size_t j = 0; r == 0 && j < nb; j++) {
+		uint64_t stored = 0;
+		int c = 1;
+
+		while (i < na && (c = memcmp(fa[i].id, tb[j].id, STORE_ID_BYTES)) < 0)
+			i++;
+		if (store_chunk_stored_bytes(s, tb[j].id, &stored) < 0)
+			stored = tb[j].size_bytes;
+		*ret_total_stored += stored;
+		if (i < na && c == 0)
+			continue;
+		*ret_plain += tb[j].size_bytes;
+		*ret_stored += stored;
+		(*ret_chunks)++;
+	}
+	free(fa);
+	free(tb);
+	return r;
+}
+
+/* Prints the files that differ between two indexes (at most limit lines); returns how many. */
+static size_t print_file_changes(const struct image_index *a, const struct image_index *b,
+				 size_t limit)
+{
+	size_t i = 0, j = 0, n = 0, na = image_index_count(a), nb = image_index_count(b);
+	char sz[HUMANIZE_BYTES_LEN];
+
+	while (i < na || j < nb) {
+		const struct image_index_entry *x = i < na ? image_index_at(a, i) : NULL,
+					       *y = j < nb ? image_index_at(b, j) : NULL;
+		int c = !x ? 1 : !y ? -1 : strcmp(x->path, y->path);
+		char mark;
+		const struct image_index_entry *e;
+
+		if (c < 0) {
+			mark = '-', e = x, i++;
+		} else if (c > 0) {
+			mark = '+', e = y, j++;
+		} else {
+			i++, j++;
+			if (x->size_bytes == y->size_bytes && x->mode == y->mode &&
+			    strcmp(x->type, y->type) == 0 &&
+			    strcmp(x->target ? x->target : "", y->target ? y->target : "") == 0 &&
+			    strcmp(x->source ? x->source : "", y->source ? y->source : "") == 0)
+				continue;
+			mark = '~', e = y;
+		}
+		if (n++ < limit)
+			printf("  %c %s  (%s%s%s)\n", mark, printable(e->path),
+			       humanize_bytes(e->size_bytes, sz), e->source ? ", " : "",
+			       e->source ? printable(e->source) : "");
+	}
+	if (n > limit)
+		printf("  ... and %zu more\n", n - limit);
+	return n;
+}
+
+/* `vmhpc image diff A B`: packages, files and bytes that differ, and what a node holding A
+ * must fetch to run B. */
+static int verb_diff(struct cli_context *ctx, int argc, char **argv)
+{
+	struct manifest *a = NULL, *b = NULL;
+	struct image_index *ia = NULL, *ib = NULL;
+	_cleanup_free_ char *error = NULL;
+	struct store *s = NULL;
+	uint64_t plain, stored, total;
+	size_t chunks, n;
+	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN], b3[HUMANIZE_BYTES_LEN];
+	int code = parse_common(ctx, argc, argv, "diff", false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 2, 2, "diff") >= 0)
+		return 2;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	code = 1;
+	if (load_ref(s, argv[optind], &a) < 0 || load_ref(s, argv[optind + 1], &b) < 0)
+		goto out;
+	if (image_index_load(s, a, &ia, &error) < 0 || image_index_load(s, b, &ib, &error) < 0) {
+		log_error("%s", error);
+		goto out;
+	}
+	printf("%s:%u -> %s:%u\n", printable(a->name), a->version, printable(b->name), b->version);
+	printf("packages:\n");
+	n = print_package_changes(a->metadata, b->metadata);
+	if (n == 0)
+		printf("  (the same)\n");
+	printf("files (- only in %s:%u, + only in %s:%u, ~ changed):\n", printable(a->name),
+	       a->version, printable(b->name), b->version);
+	n = print_file_changes(ia, ib, 60);
+	if (n == 0)
+		printf("  (the same)\n");
+	if (bytes_to_fetch(s, a, b, &plain, &stored, &total, &chunks) < 0) {
+		log_error("reading the chunk lists of %s:%u and %s:%u: out of memory", a->name,
+			  a->version, b->name, b->version);
+		goto out;
+	}
+	printf("bytes: a node holding %s:%u fetches %zu chunks, %s stored (%s plain), of %s:%u's "
+	       "%s stored (%.1f%%)\n",
+	       printable(a->name), a->version, chunks, humanize_bytes(stored, b1),
+	       humanize_bytes(plain, b2), printable(b->name), b->version, humanize_bytes(total, b3),
+	       total ? 100.0 * (double)stored / (double)total : 0.0);
+	code = 0;
+out:
+	image_index_free(ia);
+	image_index_free(ib);
+	manifest_free(a);
+	manifest_free(b);
+	store_close(s);
+	return code;
+}
+
+/* `vmhpc image update NAME[:VERSION]`: rebuilds the version (default: the newest) from the spec
+ * it recorded with the package versions apt offers now; a new version only when something
+ * changed, and what changed. */
+static int verb_update(struct cli_context *ctx, int argc, char **argv)
+{
+	struct builder_options opts = {.cache_dir = ctx->cache_dir,
+				       .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+				       .progress = isatty(STDERR_FILENO)};
+	struct builder_result res = {0};
+	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
+	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	_cleanup_free_ char *error = NULL;
+	_cleanup_free_ gid_t *groups = NULL;
+	struct fs_identity identity;
+	struct manifest *old = NULL, *now = NULL;
+	struct store *s = NULL;
+	uint64_t plain, stored, total;
+	size_t chunks;
+	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN];
+	int r, code = parse_common(ctx, argc, argv, "update", false);
+
+	if (code >= 0)
+		return code;
+	if (want_args(argc, 1, 1, "update") >= 0)
+		return 2;
+	chunker_params_default(&opts.chunking);
+	opts.init_path = init;
+	opts.exec_path = exec;
+	r = sudo_identity(&identity, &groups);
+	if (r < 0) {
+		log_error(
+		    "SUDO_UID/SUDO_GID ('%s'/'%s') are not user and group numbers; unset them "
+		    "or run through sudo",
+		    getenv("SUDO_UID"), getenv("SUDO_GID"));
+		return 2;
+	}
+	if (r > 0)
+		opts.source_identity = &identity;
+	if (cli_open_store(ctx, &s) < 0)
+		return 1;
+	code = 1;
+	if (load_ref(s, argv[optind], &old) < 0)
+		goto out;
+	opts.update_of = old;
+	r = builder_build(s, &opts, &res, &error);
+	if (r < 0) {
+		log_error("updating %s:%u: %s", old->name, old->version,
+			  error ? error : strerror(-r));
+		goto out;
+	}
+	if (res.unchanged) {
+		printf(
+		    "%s:%u is up to date: rebuilt from its recorded spec with what apt offers now, "
+		    "every part came out the same; no new version\n",
+		    printable(old->name), old->version);
+		code = 0;
+		goto out;
+	}
+	if (catalog_load(s, res.name, res.version, &now, NULL) < 0 ||
+	    bytes_to_fetch(s, old, now, &plain, &stored, &total, &chunks) < 0) {
+		log_error("updated %s:%u as %s:%u, but cannot read it back", old->name,
+			  old->version, res.name, res.version);
+		goto out;
+	}
+	printf("updated %s:%u -> %s:%u\npackages:\n", printable(old->name), old->version,
+	       printable(res.name), res.version);
+	if (print_package_changes(old->metadata, now->metadata) == 0)
+		printf("  (the same versions; files from this machine changed)\n");
+	printf("stored %s new of %s (%.1f%%): what a node holding %s:%u fetches\n",
+	       humanize_bytes(stored, b1), humanize_bytes(total, b2),
+	       total ? 100.0 * (double)stored / (double)total : 0.0, printable(old->name),
+	       old->version);
+	code = 0;
+out:
+	builder_result_done(&res);
+	manifest_free(old);
+	manifest_free(now);
+	store_close(s);
+	return code;
+}
+
 static const struct verb verbs[] = {
     {"build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec"},
     {"list", verb_list, "[--json]", "list image versions with stored and unique sizes"},
     {"show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata"},
     {"match", verb_match, "[--rank newest|smallest|FIELD] [--name NAME] [--json] EXPR",
      "the versions whose metadata satisfy EXPR, best first; why not when none"},
+    {"diff", verb_diff, "A B",
+     "packages, files and bytes that differ; what a node holding A fetches for B"},
+    {"update", verb_update, "NAME[:VERSION]",
+     "rebuild from the recorded spec with today's packages; a new version if anything changed"},
     {"rm", verb_rm, "NAME:VERSION", "remove an image version (chunks stay until gc)"},
     {"verify", verb_verify, "", "re-hash every chunk; report damage and what it breaks"},
     {"gc", verb_gc, "", "remove chunks no image version uses"},

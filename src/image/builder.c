@@ -17,6 +17,7 @@
 #include "image/deb.h"
 #include "image/initramfs.h"
 #include "image/kernel.h"
+#include "image/lineage.h"
 #include "image/rootfs.h"
 #include "image/spec.h"
 #include "store/catalog.h"
@@ -31,6 +32,7 @@
 void builder_result_done(struct builder_result *r)
 {
 	free(r->name);
+	free(r->base_ref);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -158,14 +160,17 @@ static int put_file(struct store *s, const char *path, const struct builder_opti
 	return r;
 }
 
-static char *owner_name(void)
+/* Who the version belongs to: whose rights read the spec's sources (the user root builds for
+ * through sudo), else this process's user. */
+static char *owner_name(const struct fs_identity *identity)
 {
-	struct passwd *pw = getpwuid(getuid());
+	uid_t uid = identity ? identity->uid : getuid();
+	struct passwd *pw = getpwuid(uid);
 	char *out = NULL;
 
 	if (pw)
 		return strdup(pw->pw_name);
-	if (asprintf(&out, "uid %u", (unsigned)getuid()) < 0)
+	if (asprintf(&out, "uid %u", (unsigned)uid) < 0)
 		return NULL;
 	return out;
 }
@@ -321,6 +326,55 @@ out:
 	return r;
 }
 
+/* The spec to build: the file's, or (update) the one the version recorded; a derived spec
+ * merged with its base's. */
+static int load_spec(struct store *s, const struct builder_options *opts,
+		     struct image_spec **ret_spec, char **ret_base_ref, char **ret_error)
+{
+	struct image_spec *spec = NULL, *merged = NULL;
+	int r;
+
+	if (opts->update_of) {
+		const char *base =
+		    json_string_value(json_object_get(opts->update_of->metadata, LINEAGE_BASE_KEY));
+
+		r = lineage_recorded_spec(opts->update_of, ret_spec, ret_error);
+		if (r == 0 && base) {
+			*ret_base_ref = strdup(base);
+			r = *ret_base_ref ? 0 : -ENOMEM;
+		}
+		return r;
+	}
+	r = spec_parse_file(opts->spec_path, &spec, ret_error);
+	if (r < 0)
+		return r;
+	if (!spec->base) {
+		*ret_spec = spec;
+		return 0;
+	}
+	r = lineage_resolve(s, spec, &merged, ret_base_ref, ret_error);
+	image_spec_free(spec);
+	if (r < 0)
+		return r;
+	*ret_spec = merged;
+	return 0;
+}
+
+static bool same_parts(const struct manifest *a, const struct manifest *b)
+{
+	for (int k = 0; k < _MANIFEST_PART_KIND_MAX; k++) {
+		const struct store_part *x = &a->parts[k], *y = &b->parts[k];
+
+		if (x->size_bytes != y->size_bytes || x->n_chunks != y->n_chunks)
+			return false;
+		for (size_t i = 0; i < x->n_chunks; i++)
+			if (x->chunks[i].size_bytes != y->chunks[i].size_bytes ||
+			    memcmp(x->chunks[i].id, y->chunks[i].id, STORE_ID_BYTES) != 0)
+				return false;
+	}
+	return true;
+}
+
 int builder_build(struct store *s, const struct builder_options *opts, struct builder_result *ret,
 		  char **ret_error)
 {
@@ -330,10 +384,11 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 	_cleanup_close_ int store_lock_fd = -1, work_lock_fd = -1;
 	struct store_chunk_ref *refs = NULL;
 	size_t n_refs = 0;
+	const char *spec_name = opts->update_of ? opts->update_of->name : opts->spec_path;
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
-	r = spec_parse_file(opts->spec_path, &spec, ret_error);
+	r = load_spec(s, opts, &spec, &ret->base_ref, ret_error);
 	if (r < 0)
 		return r;
 	if (access(opts->init_path, R_OK) < 0 || access(opts->exec_path, R_OK) < 0) {
@@ -367,7 +422,7 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 		goto out;
 	}
 	m->name = strdup(spec->name);
-	m->owner = owner_name();
+	m->owner = owner_name(opts->source_identity);
 	m->boot_args = strdup(spec->boot_args ? spec->boot_args : "");
 	m->created_s = time(NULL);
 	if (!m->name || !m->owner || !m->boot_args) {
@@ -375,8 +430,18 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 		goto out;
 	}
 	r = build_into(s, opts, spec, work, m, ret, ret_error);
+	if (r == 0)
+		r = lineage_record(m->metadata, spec, ret->base_ref);
 	if (r < 0)
 		goto out;
+	if (opts->update_of && same_parts(m, opts->update_of)) {
+		/* Nothing changed: the chunks were all there already, and no version is made. */
+		ret->unchanged = true;
+		ret->name = strdup(m->name);
+		ret->version = opts->update_of->version;
+		r = ret->name ? 0 : -ENOMEM;
+		goto out;
+	}
 	r = catalog_commit(s, m);
 	if (r == -EOVERFLOW) {
 		r = error_set(ret_error, r,
@@ -408,6 +473,6 @@ out:
 	manifest_free(m);
 	image_spec_free(spec);
 	if (r < 0 && ret_error && !*ret_error)
-		error_set(ret_error, r, "building %s: %s", opts->spec_path, strerror(-r));
+		error_set(ret_error, r, "building %s: %s", spec_name, strerror(-r));
 	return r;
 }

@@ -25,6 +25,10 @@ struct builder_options {
 	 * Root building for a user through sudo passes that user's: a spec must not copy
 	 * what its author could not read (docs/image-spec.md). */
 	const struct fs_identity *source_identity;
+	/* `vmhpc image update`: rebuild this version from the spec it recorded (spec_path is then
+	 * unused), with what apt and the host offer now; when every part comes out the same,
+	 * nothing is committed (builder_result.unchanged). */
+	const struct manifest *update_of;
 };
 
 /* Images are built once and copied to many nodes: spend CPU here to send fewer bytes. */
@@ -38,6 +42,8 @@ struct builder_result {
 	uint64_t stored_total_bytes; /* compressed bytes of all its distinct chunks */
 	uint64_t root_content_bytes;
 	uint64_t n_files;
+	bool unchanged; /* update_of: every part came out the same; version is update_of's */
+	char *base_ref; /* a derived version's base, "NAME:VERSION", or NULL */
 };
 
 /* Builds and commits. On failure *ret_error (caller frees) says what went wrong and what

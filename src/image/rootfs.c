@@ -26,7 +26,8 @@
 #define ROOTFS_BLOCK_BYTES 4096u
 #define ROOTFS_INODE_BYTES 256u
 /* Every file gets this mtime: equal inputs make equal images, so versions dedup. */
-#define ROOTFS_FIXED_TIME_S 946684800 /* 2000-01-01 */
+#define ROOTFS_FIXED_TIME_S	 946684800 /* 2000-01-01 */
+#define ROOTFS_FIXED_TIME_STRING "946684800"
 
 /* Where each staged path came from, for the index. */
 struct origin {
@@ -789,7 +790,7 @@ static int run_mke2fs(struct build_state *st, const struct image_spec *spec, con
 	_cleanup_free_ char *ext = NULL;
 	unsigned char digest[32];
 	char uuid[37];
-	char *env[] = {"E2FSPROGS_FAKE_TIME=946684800", NULL};
+	char *env[] = {"E2FSPROGS_FAKE_TIME=" ROOTFS_FIXED_TIME_STRING, NULL};
 	struct proc_options opts = {.extra_env = env, .stdout_fd = -1};
 	int r, code;
 
@@ -842,6 +843,62 @@ static int run_mke2fs(struct build_state *st, const struct image_spec *spec, con
 		return strstr(err, "space") || strstr(err, "Could not allocate")
 			   ? -ENOSPC
 			   : error_set(st->ret_error, -EIO, "mke2fs failed: %s", last ? last : "?");
+	}
+	return 0;
+}
+
+/* mke2fs -d copies each staged file's ctime, which is when this build staged it: the same
+ * inputs would give other inode tables on every build. Setting every ctime to the fixed time
+ * mke2fs uses for the rest makes equal inputs give byte-equal roots again (`vmhpc image
+ * update` knows "nothing changed" by that). debugfs writes the inode checksums. */
+static bool has_control_char(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return true;
+	return false;
+}
+
+static int fix_ctimes(struct build_state *st, const char *work_dir, const char *image)
+{
+	_cleanup_free_ char *script = fs_path_join(work_dir, "ctimes.debugfs");
+	_cleanup_free_ char *err = NULL, *last = NULL;
+	_cleanup_fclose_ FILE *f = NULL;
+	/* The superblock's write time too: libext2fs takes the fixed time from the env. */
+	char *env[] = {"E2FSPROGS_FAKE_TIME=" ROOTFS_FIXED_TIME_STRING, NULL};
+	struct proc_options opts = {.extra_env = env, .stdout_fd = -1};
+	char *argv[] = {"debugfs", "-w", "-f", script, (char *)image, NULL};
+	size_t i;
+	json_t *e;
+	int r, code;
+
+	if (!script)
+		return -ENOMEM;
+	f = fopen(script, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "sif / ctime @%d\n", ROOTFS_FIXED_TIME_S);
+	json_array_foreach(st->index, i, e)
+	{
+		const char *path = json_string_value(json_object_get(e, "path"));
+
+		/* debugfs reads one line per command and a quoted path: a name with a quote
+		 * or a control character keeps its ctime (only its inode's bytes vary). */
+		if (!path || strpbrk(path, "\"\\") || has_control_char(path))
+			continue;
+		fprintf(f, "sif \"%s\" ctime @%d\n", path, ROOTFS_FIXED_TIME_S);
+	}
+	if (fflush(f) != 0 || ferror(f))
+		return -EIO;
+	r = proc_run(argv, &opts, NULL, &err, &code);
+	if (r < 0)
+		return error_set(st->ret_error, r, "running debugfs: %s; install e2fsprogs",
+				 strerror(-r));
+	/* debugfs exits 0 whatever a command said: its complaints name the command. */
+	if (code != 0 || (err && strstr(err, "sif:"))) {
+		last = err ? proc_last_line(err) : NULL;
+		return error_set(st->ret_error, -EIO, "setting the root's inode times: %s",
+				 last ? last : "debugfs failed");
 	}
 	return 0;
 }
@@ -946,6 +1003,8 @@ int rootfs_build(const struct image_spec *spec, const struct rootfs_layer *layer
 			      "mke2fs ran out of space building the root image in %s; the disk "
 			      "holding it may be full",
 			      work_dir);
+	if (r == 0)
+		r = fix_ctimes(&st, work_dir, image);
 	if (r < 0)
 		goto out;
 	ret->index_json = json_dumps(st.index, JSON_COMPACT);

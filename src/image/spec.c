@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,6 +339,36 @@ static int handle_binary(struct parser *p, const struct spec_key *k, unsigned li
 	return 1;
 }
 
+/* [image] base: NAME or NAME:VERSION of a version in the store the build writes to. */
+static int handle_base(struct parser *p, const struct spec_key *k, unsigned line, char **word)
+{
+	_cleanup_free_ char *msg = NULL, *name = strdup(*word);
+	char q[QUOTE_BUF_SIZE], *colon;
+	int r;
+
+	if (!name)
+		return -ENOMEM;
+	colon = strchr(name, ':');
+	if (colon) {
+		char *end;
+		unsigned long v;
+
+		*colon = '\0';
+		errno = 0;
+		v = strtoul(colon + 1, &end, 10);
+		if (!colon[1] || *end || errno || v == 0 || v > UINT32_MAX || colon[1] == '-' ||
+		    colon[1] == '+')
+			return parser_error(p, line,
+					    "base %s: the version after ':' must be a whole number "
+					    "from 1; write NAME or NAME:VERSION",
+					    quote(q, *word));
+	}
+	r = name_check("base image name", name, &msg);
+	if (r == -EINVAL)
+		return parser_error(p, line, "%s", msg);
+	return r;
+}
+
 static int handle_module(struct parser *p, const struct spec_key *k, unsigned line, char **word)
 {
 	char q[QUOTE_BUF_SIZE];
@@ -485,6 +516,12 @@ static const struct spec_key spec_keys[] = {
     LIST(SECTION_ROOT, "plugin_dirs", plugin_dirs, handle_abs_path),
     LIST(SECTION_ROOT, "files", files, handle_file),
     SCALAR(SECTION_ROOT, "tree", tree, handle_abs_path),
+    SCALAR(SECTION_IMAGE, "base", base, handle_base),
+    LIST(SECTION_KERNEL, "remove_modules", remove_modules, handle_module),
+    LIST(SECTION_ROOT, "remove_packages", remove_packages, handle_package),
+    LIST(SECTION_ROOT, "remove_binaries", remove_binaries, handle_abs_path),
+    LIST(SECTION_ROOT, "remove_plugin_dirs", remove_plugin_dirs, handle_abs_path),
+    LIST(SECTION_ROOT, "remove_files", remove_files, handle_abs_path),
 };
 
 /* "name, os, description, boot_args, mpi" for a section, into buf. */
@@ -576,7 +613,7 @@ static bool is_key_char(char c)
 static int parse_key_value(struct parser *p, unsigned line, char *s, char *eq)
 {
 	char q[QUOTE_BUF_SIZE];
-	char keys[128];
+	char keys[256];
 	const struct spec_key *k = NULL;
 	char *key, *value;
 	size_t idx;
@@ -692,6 +729,24 @@ static int check_complete(struct parser *p)
 		return parser_error(p, image_line,
 				    "%s has no name; add \"name = NAME\" under [image]",
 				    image_line ? "[image]" : "the spec");
+	if (!s->base) {
+		const char *removal = s->n_remove_modules	? "remove_modules"
+				      : s->n_remove_packages	? "remove_packages"
+				      : s->n_remove_binaries	? "remove_binaries"
+				      : s->n_remove_plugin_dirs ? "remove_plugin_dirs"
+				      : s->n_remove_files	? "remove_files"
+								: NULL;
+
+		if (removal)
+			return parser_error(p, 0,
+					    "%s takes away from a base version, and this spec has "
+					    "none; add \"base = NAME[:VERSION]\" under [image] or "
+					    "drop %s",
+					    removal, removal);
+	} else {
+		/* The rest comes from the base (image/lineage.h). */
+		return 0;
+	}
 	if (!s->kernel_package)
 		return parser_error(p, kernel_line,
 				    "%s has no package; add \"package = PACKAGE\" (e.g. "
@@ -849,6 +904,13 @@ int spec_parse_file(const char *path, struct image_spec **ret_spec, char **ret_e
 	return spec_parse_string(data, len, path, base_dir, ret_spec, ret_error);
 }
 
+static void free_list(char **items, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(items[i]);
+	free(items);
+}
+
 struct image_spec *image_spec_free(struct image_spec *spec)
 {
 	if (!spec)
@@ -884,6 +946,12 @@ struct image_spec *image_spec_free(struct image_spec *spec)
 	}
 	free(spec->files);
 	free(spec->tree);
+	free(spec->base);
+	free_list(spec->remove_modules, spec->n_remove_modules);
+	free_list(spec->remove_packages, spec->n_remove_packages);
+	free_list(spec->remove_binaries, spec->n_remove_binaries);
+	free_list(spec->remove_plugin_dirs, spec->n_remove_plugin_dirs);
+	free_list(spec->remove_files, spec->n_remove_files);
 	free(spec);
 	return NULL;
 }

@@ -65,6 +65,21 @@ struct image_spec {
 	struct spec_file *files; /* [root] files: SRC:DEST pairs copied as they are */
 	size_t n_files;
 	char *tree; /* [root] tree: a whole root directory to import (absolute), or NULL */
+
+	/* A derived version (image/lineage.h): [image] base = NAME[:VERSION] starts from what
+	 * that version was built from; the lists above add to it, these take away. */
+	char *base;
+	char **remove_modules; /* [kernel] remove_modules */
+	size_t n_remove_modules;
+	char **remove_packages; /* [root] remove_packages */
+	size_t n_remove_packages;
+	char **remove_binaries; /* [root] remove_binaries: image paths (own programs: their
+				   /usr/local/bin path) */
+	size_t n_remove_binaries;
+	char **remove_plugin_dirs; /* [root] remove_plugin_dirs */
+	size_t n_remove_plugin_dirs;
+	char **remove_files; /* [root] remove_files: DEST paths */
+	size_t n_remove_files;
 };
 
 /* Checks an image name: 1-64 chars of [A-Za-z0-9._-], starting with a letter or digit
