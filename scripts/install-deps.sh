@@ -7,12 +7,15 @@ packages=(
   # build
   build-essential meson ninja-build pkg-config clang-format
   libssl-dev libzstd-dev libjansson-dev libarchive-dev libseccomp-dev libsqlite3-dev libcmocka-dev
+  libcurl4-openssl-dev
   # image builder
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
   # guests and MPI
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
   # the tests' own tools
   python3 file procps
+  # a real OCI registry for the push/pull tests, and htpasswd for its auth
+  docker-registry apache2-utils
 )
 
 missing=()
