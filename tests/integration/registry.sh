@@ -176,9 +176,9 @@ ok "the next pull resumes: $(jget "$WORK/pull3.json" chunks_present) chunks kept
 # --- interrupted push: no tag until the end, the next push sends only the rest -------------
 "$VMHPC" image push --insecure --max-rate 1M small:1 "$REG/other/small:1" >/dev/null 2>&1 &
 pid=$!
-layers="$WORK/reg-plain/data/docker/registry/v2/repositories/other/_layers/sha256"
+layers="$WORK/reg-plain/data/docker/registry/v2/repositories/other/small/_layers/sha256"
 for i in $(seq 400); do [ "$(ls "$layers" 2>/dev/null | wc -l)" -ge 20 ] && break; sleep 0.05; done
-kill -9 "$pid"
+kill -9 "$pid" 2>/dev/null || fail "the throttled push ended before it could be killed"
 wait "$pid" 2>/dev/null || true
 expect_fail "pull of a push killed midway" "has no other/small:1" \
 	env VMHPC_STORE="$WORK/store-empty" "$VMHPC" image pull --insecure "$REG/other/small:1"
@@ -249,6 +249,35 @@ ok "pull with the credentials of a docker config.json"
 printf '{"auths": {"%s": {"auth": "!!"}}}\n' "$AREG" >"$WORK/docker/config.json"
 expect_fail "a malformed config.json" "is not base64" \
 	env DOCKER_CONFIG="$WORK/docker" VMHPC_STORE="$WORK/store6" "$VMHPC" image pull --insecure "$AREG/vmhpc/small:1"
+
+# --- Bearer tokens: the registry's `auth: token`, with a token service of the test's own ----
+if command -v openssl >/dev/null; then
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/token.key" -out "$WORK/token.pem" \
+		-subj /CN=vmhpc-test-token -days 1 2>/dev/null
+	openssl x509 -in "$WORK/token.pem" -outform DER -out "$WORK/token.der"
+	python3 "$VMHPC_SOURCE_ROOT/tests/integration/token-server.py" "$WORK/token.port" \
+		"$WORK/token.key" "$WORK/token.der" vmhpc-test-issuer 'carol:t0ken' &
+	on_exit "kill $!"
+	for i in $(seq 100); do [ -f "$WORK/token.port" ] && break; sleep 0.1; done
+	[ -f "$WORK/token.port" ] || fail "the token service did not start"
+	start_registry token "auth:
+  token:
+    realm: http://127.0.0.1:$(cat "$WORK/token.port")/token
+    service: vmhpc-test-registry
+    issuer: vmhpc-test-issuer
+    rootcertbundle: $WORK/token.pem"
+	TREG="127.0.0.1:$(cat "$WORK/reg-token/port")"
+	expect_fail "Bearer without credentials" "token service of registry $TREG wants credentials" \
+		"$VMHPC" image push --insecure small:1 "$TREG/vmhpc/small:1"
+	expect_fail "Bearer with a wrong password" "refused the credentials from VMHPC_REGISTRY_AUTH" \
+		env VMHPC_REGISTRY_AUTH=carol:nope "$VMHPC" image push --insecure small:1 "$TREG/vmhpc/small:1"
+	VMHPC_REGISTRY_AUTH=carol:t0ken "$VMHPC" image push --insecure --json small:1 "$TREG/vmhpc/small:1" >"$WORK/push-token.json"
+	VMHPC_REGISTRY_AUTH=carol:t0ken VMHPC_STORE="$WORK/store7" "$VMHPC" image pull --insecure --json "$TREG/vmhpc/small:1" >"$WORK/pull-token.json"
+	VMHPC_STORE="$WORK/store7" "$VMHPC" image verify >/dev/null || fail "verify after the Bearer pull fails"
+	ok "Bearer token dance: push ($(jget "$WORK/push-token.json" http.requests) requests) and pull ($(jget "$WORK/pull-token.json" http.requests) requests) with tokens from the realm"
+else
+	echo "openssl is missing: Bearer auth not tested"
+fi
 
 [ -z "$(leftovers)" ] || fail "temp files left: $(leftovers)"
 finish
