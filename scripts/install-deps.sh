@@ -14,8 +14,9 @@ packages=(
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
   # the tests' own tools
   python3 file procps
-  # a real OCI registry for the push/pull tests, and htpasswd for its auth
-  docker-registry apache2-utils
+  # a real OCI registry for the push/pull tests, htpasswd for its auth, openssl for its
+  # tokens, skopeo as an independent OCI client
+  docker-registry apache2-utils openssl skopeo
 )
 
 missing=()

@@ -205,6 +205,19 @@ expect_fail "no registry at all" "cannot reach registry 127.0.0.1:$port" \
 	env VMHPC_STORE="$WORK/store-empty" "$VMHPC" image pull --insecure "127.0.0.1:$port/vmhpc/small:1"
 [ -z "$(VMHPC_STORE="$WORK/store-empty" versions)" ] || fail "a failed pull added a version"
 
+# --- an independent OCI client copies the artifact; vmhpc pulls the copy -------------------
+if command -v skopeo >/dev/null; then
+	skopeo copy --src-tls-verify=false --dest-tls-verify=false \
+		"docker://$REG/vmhpc/small:1" "docker://$REG/copied/small:1" >/dev/null 2>"$WORK/skopeo.err" ||
+		fail "skopeo copy failed: $(cat "$WORK/skopeo.err")"
+	VMHPC_STORE="$WORK/store-copy" "$VMHPC" image pull --insecure --json "$REG/copied/small:1" >"$WORK/pull-copy.json"
+	[ "$(jget "$WORK/pull-copy.json" digest)" = "$(jget "$WORK/pull1.json" digest)" ] || fail "skopeo's copy has another manifest digest"
+	cmp "$STORE1/manifests/small/1.json" "$WORK/store-copy/manifests/small/1.json" || fail "the copy's manifest differs"
+	ok "skopeo copy keeps the manifest digest; vmhpc pulls the copy"
+else
+	echo "skopeo is missing: interoperability not checked"
+fi
+
 # --- a damaged blob in the registry is refused; nothing committed --------------------------
 layer=$(VMHPC_STORE="$STORE2" "$VMHPC" image pull --insecure --json "$REG/vmhpc/small:1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["digest"])')
 blobs="$WORK/reg-plain/data/docker/registry/v2/blobs/sha256"
