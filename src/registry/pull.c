@@ -81,6 +81,12 @@ int pull_image(struct store *s, struct oci_client *c, const char *repo, const ch
 
 	r = oci_manifest_get(c, repo, reference, OCI_MEDIA_TYPE_MANIFEST, &oci_json, &oci_len,
 			     ret_error);
+	if (r == -ENOENT) {
+		r = wrap_error(ret_error, r,
+			       "the registry has no %s%s%s (check the repository and the tag)",
+			       repo, strncmp(reference, "sha256:", 7) == 0 ? "@" : ":", reference);
+		goto out;
+	}
 	if (r < 0)
 		goto out;
 	oci_digest(oci_json, oci_len, res.digest);
