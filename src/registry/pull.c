@@ -139,8 +139,14 @@ int pull_image(struct store *s, struct oci_client *c, const char *repo, const ch
 				res.chunks_present++;
 				continue;
 			}
-			if (r != -EBADMSG)
+			if (r != -EBADMSG) {
+				char hex[STORE_ID_HEX_LEN + 1];
+
+				store_id_to_hex(refs[i].id, hex);
+				r = error_set(ret_error, r, "reading chunk %s in %s: %s", hex,
+					      store_path(s), strerror(-r));
 				goto out;
+			}
 			res.chunks_repaired++;
 		}
 		r = fetch_chunk(s, c, repo, &refs[i], &a->chunks[i], ret_error);
