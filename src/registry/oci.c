@@ -12,6 +12,7 @@
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/time.h"
 
 /* An error body or a token answer is small; anything bigger is cut off. */
 #define SMALL_BODY_MAX	 (64u * 1024)
@@ -27,6 +28,7 @@ struct oci_client {
 	struct auth_credentials credentials; /* user NULL: anonymous */
 	char *authorization;		     /* "Basic ..." or "Bearer ...", sent once known */
 	struct oci_stats stats;
+	double started_s; /* for --max-rate over the whole session */
 	char curl_error[CURL_ERROR_SIZE];
 };
 
@@ -80,6 +82,7 @@ int oci_client_new(const char *registry, const struct oci_options *options, stru
 	c->insecure = options->insecure;
 	c->push = options->push;
 	c->max_rate_bytes = options->max_rate_bytes;
+	c->started_s = time_now_s();
 	if (asprintf(&c->base, "%s://%s", c->insecure ? "http" : "https", registry) < 0)
 		c->base = NULL;
 	if (options->credentials && options->credentials->user) {
@@ -199,6 +202,27 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+/* curl's own limit works within one transfer, but a chunk blob is over before it bites:
+ * so the session as a whole is held to max_rate_bytes each way as well. */
+static void throttle(const struct oci_client *c)
+{
+	uint64_t most = c->stats.bytes_sent > c->stats.bytes_received ? c->stats.bytes_sent
+								      : c->stats.bytes_received;
+	double due_s, ahead_s;
+
+	if (!c->max_rate_bytes)
+		return;
+	due_s = (double)most / (double)c->max_rate_bytes;
+	ahead_s = due_s - (time_now_s() - c->started_s);
+	if (ahead_s > 0) {
+		struct timespec ts = {.tv_sec = (time_t)ahead_s,
+				      .tv_nsec = (long)((ahead_s - (double)(time_t)ahead_s) * 1e9)};
+
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
+}
+
 struct request {
 	const char *method; /* GET, HEAD, POST, PUT */
 	const char *url;
@@ -284,6 +308,7 @@ static int perform(struct oci_client *c, const struct request *q, struct respons
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &resp->status);
 	curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, NULL);
 	curl_slist_free_all(headers);
+	throttle(c);
 	if (auth_line)
 		explicit_bzero(auth_line, strlen(auth_line));
 	if (rc == CURLE_OK)

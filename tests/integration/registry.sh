@@ -114,6 +114,14 @@ grep -q "already has it as small:1" "$WORK/pull1b.txt" || fail "a second pull ad
 grep -q "0 fetched (0 B)" "$WORK/pull1b.txt" || fail "a second pull fetched chunks: $(cat "$WORK/pull1b.txt")"
 ok "pulling it again fetches no chunk and adds no version"
 
+victim=$(find "$STORE2/chunks" -type f | head -n 1)
+printf 'garbage' >"$victim"
+VMHPC_STORE="$STORE2" "$VMHPC" image pull --insecure --json "$REG/vmhpc/small:1" >"$WORK/pull1c.json"
+[ "$(jget "$WORK/pull1c.json" chunks_repaired)" = 1 ] && [ "$(jget "$WORK/pull1c.json" chunks_fetched)" = 1 ] ||
+	fail "a damaged chunk here was not fetched again: $(cat "$WORK/pull1c.json")"
+VMHPC_STORE="$STORE2" "$VMHPC" image verify >/dev/null || fail "verify after the repairing pull fails"
+ok "a chunk damaged here is found by the next pull and fetched again (only it)"
+
 before=$(registry_bytes plain)
 "$VMHPC" image push --insecure --json small:1 "$REG/vmhpc/small:1" >"$WORK/push1b.json"
 [ "$(jget "$WORK/push1b.json" chunk_bytes_uploaded)" = 0 ] || fail "re-push uploaded chunks: $(cat "$WORK/push1b.json")"
