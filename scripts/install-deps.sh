@@ -7,6 +7,7 @@ packages=(
   # build
   build-essential meson ninja-build pkg-config clang-format
   libssl-dev libzstd-dev libjansson-dev libarchive-dev libseccomp-dev libsqlite3-dev libcmocka-dev
+  libcurl4-openssl-dev
   # image builder
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
   # guests and MPI
@@ -17,6 +18,9 @@ packages=(
   openmpi-bin libopenmpi-dev
   # the tests' own tools
   python3 file procps
+  # a real OCI registry for the push/pull tests, htpasswd for its auth, openssl for its
+  # tokens, skopeo as an independent OCI client
+  docker-registry apache2-utils openssl skopeo
 )
 
 missing=()

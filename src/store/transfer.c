@@ -127,12 +127,14 @@ static bool same_parts(const struct manifest *a, const struct manifest *b)
 	return true;
 }
 
-static int commit_imported(struct store *s, struct manifest *m, char **ret_error)
+int transfer_commit_received(struct store *s, struct manifest *m, bool *ret_added)
 {
 	struct manifest *existing = NULL;
 	uint32_t last;
 	int r;
 
+	if (ret_added)
+		*ret_added = false;
 	r = catalog_load(s, m->name, m->version, &existing, NULL);
 	if (r == 0) {
 		bool same = same_parts(existing, m);
@@ -141,6 +143,8 @@ static int commit_imported(struct store *s, struct manifest *m, char **ret_error
 		if (same)
 			return 0;
 	}
+	if (ret_added)
+		*ret_added = true;
 	r = catalog_last_version(s, m->name, &last);
 	if (r < 0)
 		return r;
@@ -323,7 +327,7 @@ int transfer_import(struct store *s, int in_fd, char **ret_name, uint32_t *ret_v
 						   : "");
 		goto out;
 	}
-	r = commit_imported(s, m, ret_error);
+	r = transfer_commit_received(s, m, NULL);
 	if (r == -ENOSPC || r == -EDQUOT) {
 		r = import_chunk_error(s, m, NULL, r, &stats, ret_error);
 		goto out;
