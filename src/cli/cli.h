@@ -29,3 +29,9 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv);
 /* `vmhpc image push` and `pull` (cli/registry.c); each returns the process exit code. */
 int cli_image_push(struct cli_context *ctx, int argc, char **argv);
 int cli_image_pull(struct cli_context *ctx, int argc, char **argv);
+
+struct reference;
+struct oci_client;
+/* A registry client for ref's registry with the user's credentials for it (cli/registry.c);
+ * plain HTTP with insecure. Logs what failed. Free with oci_client_free(). */
+int cli_registry_client(const struct reference *ref, bool insecure, struct oci_client **ret);

@@ -15,6 +15,8 @@
 
 #include "cli/cli.h"
 #include "cli/select.h"
+#include "registry/listing.h"
+#include "registry/reference.h"
 #include "image/builder.h"
 #include "image/index.h"
 #include "store/catalog.h"
@@ -998,19 +1000,60 @@ static int verb_cat(struct cli_context *ctx, int argc, char **argv)
 
 /* `vmhpc image match [--rank R] [--name NAME] [--json] EXPR`: the versions that satisfy EXPR,
  * best first; exit 1 with the reasons when none does. */
+/* The registry's versions for `image match --registry`; NULL listing (with a warning) when
+ * the registry cannot be read: matching goes on over the store. */
+static int load_remote(const struct cli_context *ctx, const char *text, bool insecure,
+		       struct listing *ret, char **ret_prefix)
+{
+	_cleanup_free_ char *error = NULL, *cache = NULL;
+	struct reference *ref = NULL;
+	struct oci_client *c = NULL;
+	int r;
+
+	r = reference_parse(text, &ref, &error);
+	if (r < 0) {
+		log_error("--registry %s: %s", text, error);
+		return r;
+	}
+	if (asprintf(ret_prefix, "%s/%s", ref->registry, ref->repository) < 0) {
+		reference_free(ref);
+		return -ENOMEM;
+	}
+	cache = fs_path_join(ctx->cache_dir, "registry-configs");
+	r = cli_registry_client(ref, insecure, &c);
+	if (r == 0)
+		r = listing_load(c, ref->repository, cache, ret, &error);
+	if (r < 0)
+		log_warning("--registry %s: %s; matching over the local store only", *ret_prefix,
+			    error ? printable(error) : strerror(-r));
+	else
+		log_debug("%s: %zu versions (%zu other artifacts skipped), %zu configs from the "
+			  "cache",
+			  *ret_prefix, ret->n, ret->skipped, ret->configs_cached);
+	oci_client_free(c);
+	reference_free(ref);
+	return r < 0 ? 1 : 0;
+}
+
+/* `vmhpc image match [--rank R] [--name NAME] [--registry REF [--insecure]] [--json] EXPR`:
+ * the versions that satisfy EXPR, best first; exit 1 with the reasons when none does. */
 static int verb_match(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
 	    {"rank", required_argument, NULL, 'r'},
 	    {"name", required_argument, NULL, 'n'},
+	    {"registry", required_argument, NULL, 'R'},
+	    {"insecure", no_argument, NULL, 'k'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	const struct verb *v = find_verb("match");
-	const char *rank = NULL, *name = NULL;
-	_cleanup_free_ char *error = NULL;
+	const char *rank = NULL, *name = NULL, *registry = NULL;
+	_cleanup_free_ char *error = NULL, *prefix = NULL;
 	struct select_result res = {0};
+	struct listing remote = {0};
+	bool insecure = false, have_remote = false;
 	struct store *s = NULL;
 	int c, r, code = 1;
 
@@ -1023,12 +1066,21 @@ static int verb_match(struct cli_context *ctx, int argc, char **argv)
 		case 'n':
 			name = optarg;
 			break;
+		case 'R':
+			registry = optarg;
+			break;
+		case 'k':
+			insecure = true;
+			break;
 		case 'j':
 			ctx->json = true;
 			break;
 		case 'h':
-			printf("usage: vmhpc image match %s\n  %s\n  EXPR: docs/matching.md, e.g. "
-			       "'os == \"debian-12\" && mpich >= \"4.0.2\" && "
+			printf("usage: vmhpc image match %s\n  %s\n  --registry REGISTRY/REPO: its "
+			       "tags "
+			       "are candidates too (--insecure: plain HTTP)\n  EXPR: "
+			       "docs/matching.md, "
+			       "e.g. 'os == \"debian-12\" && mpich >= \"4.0.2\" && "
 			       "has(\"libgfortran5\")'\n",
 			       v->args, v->summary);
 			return 0;
@@ -1041,7 +1093,16 @@ static int verb_match(struct cli_context *ctx, int argc, char **argv)
 		return 2;
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
-	r = select_images(s, name, argv[optind], rank, &res, &error);
+	if (registry) {
+		r = load_remote(ctx, registry, insecure, &remote, &prefix);
+		if (r < 0) {
+			code = 2;
+			goto out;
+		}
+		have_remote = r == 0;
+	}
+	r = select_images_with(s, name, have_remote ? &remote : NULL, prefix, argv[optind], rank,
+			       &res, &error);
 	if (r < 0) {
 		select_log_error(argv[optind], error ? error : strerror(-r));
 		code = r == -EINVAL ? 2 : 1;
@@ -1050,12 +1111,16 @@ static int verb_match(struct cli_context *ctx, int argc, char **argv)
 	if (ctx->json) {
 		json_t *out = json_array();
 
-		for (size_t i = 0; i < res.n; i++)
-			json_array_append_new(out, json_pack("{s:s, s:i, s:b, s:i, s:s}", "name",
-							     res.cands[i].name, "version",
-							     (int)res.cands[i].version, "match",
-							     i < res.n_match, "failing",
-							     res.failing[i], "why", res.why[i]));
+		for (size_t i = 0; i < res.n; i++) {
+			json_t *e = json_pack("{s:s, s:i, s:b, s:i, s:s}", "name",
+					      res.cands[i].name, "version",
+					      (int)res.cands[i].version, "match", i < res.n_match,
+					      "failing", res.failing[i], "why", res.why[i]);
+
+			if (res.cands[i].where)
+				json_object_set_new(e, "registry", json_string(res.cands[i].where));
+			json_array_append_new(out, e);
+		}
 		json_dumpf(out, stdout, JSON_INDENT(2));
 		putchar('\n');
 		json_decref(out);
@@ -1064,9 +1129,10 @@ static int verb_match(struct cli_context *ctx, int argc, char **argv)
 	}
 	for (size_t i = 0; i < res.n_match && !ctx->json; i++) {
 		const struct match_candidate *m = &res.cands[i];
-		char t[HUMANIZE_TIME_LEN], b[HUMANIZE_BYTES_LEN];
+		char t[HUMANIZE_TIME_LEN], b[HUMANIZE_BYTES_LEN], label[512];
 
-		printf("%s:%u\tos %s, kernel %s, %s, %s by %s\n", printable(m->name), m->version,
+		printf("%s\tos %s, kernel %s, %s, %s by %s\n",
+		       printable(select_label(m, label, sizeof(label))),
 		       printable(json_string_value(json_object_get(m->metadata, "os"))),
 		       printable(json_string_value(json_object_get(m->metadata, "kernel_release"))),
 		       humanize_bytes(m->size_bytes, b), humanize_time((time_t)m->created_s, t),
@@ -1075,6 +1141,7 @@ static int verb_match(struct cli_context *ctx, int argc, char **argv)
 	code = res.n_match ? 0 : 1;
 out:
 	select_result_done(&res);
+	listing_done(&remote);
 	store_close(s);
 	return code;
 }
@@ -1324,7 +1391,9 @@ static const struct verb verbs[] = {
     {"build", verb_build, "[--chunk-avg N ...] SPEC", "build an image version from a spec"},
     {"list", verb_list, "[--json]", "list image versions with stored and unique sizes"},
     {"show", verb_show, "[--json] NAME[:VERSION]", "show an image version's metadata"},
-    {"match", verb_match, "[--rank newest|smallest|FIELD] [--name NAME] [--json] EXPR",
+    {"match", verb_match,
+     "[--rank newest|smallest|FIELD] [--name NAME] [--registry REGISTRY/REPO [--insecure]] "
+     "[--json] EXPR",
      "the versions whose metadata satisfy EXPR, best first; why not when none"},
     {"diff", verb_diff, "A B",
      "packages, files and bytes that differ; what a node holding A fetches for B"},

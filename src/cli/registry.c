@@ -141,6 +141,11 @@ static int open_client(const struct reference *ref, const struct registry_args *
 	return r;
 }
 
+int cli_registry_client(const struct reference *ref, bool insecure, struct oci_client **ret)
+{
+	return open_client(ref, &(struct registry_args){.insecure = insecure}, false, ret);
+}
+
 static void print_traffic(const struct oci_client *c, double seconds)
 {
 	const struct oci_stats *st = oci_client_stats(c);

@@ -17,6 +17,9 @@ void select_result_done(struct select_result *r)
 		if (r->why)
 			free(r->why[i]);
 	}
+	for (size_t i = 0; i < r->n_wheres; i++)
+		free(r->wheres[i]);
+	free(r->wheres);
 	free(r->manifests);
 	free(r->cands);
 	free(r->failing);
@@ -37,21 +40,22 @@ static struct match_candidate candidate_of(const struct manifest *m)
 	return c;
 }
 
-static int load_candidates(struct store *s, const char *name, struct select_result *r,
-			   char **ret_error)
+static int load_candidates(struct store *s, const char *name, const struct listing *remote,
+			   const char *remote_prefix, struct select_result *r, char **ret_error)
 {
 	struct catalog_entry *entries = NULL;
-	size_t n = 0;
+	size_t n = 0, n_remote = remote ? remote->n : 0;
 	int r2;
 
 	r2 = catalog_list(s, &entries, &n);
 	if (r2 < 0)
 		return error_set(ret_error, r2, "listing the store's images: %s", strerror(-r2));
-	r->manifests = calloc(n ? n : 1, sizeof(*r->manifests));
-	r->cands = calloc(n ? n : 1, sizeof(*r->cands));
-	r->failing = calloc(n ? n : 1, sizeof(*r->failing));
-	r->why = calloc(n ? n : 1, sizeof(*r->why));
-	if (!r->manifests || !r->cands || !r->failing || !r->why) {
+	r->manifests = calloc(n + n_remote + 1, sizeof(*r->manifests));
+	r->cands = calloc(n + n_remote + 1, sizeof(*r->cands));
+	r->failing = calloc(n + n_remote + 1, sizeof(*r->failing));
+	r->why = calloc(n + n_remote + 1, sizeof(*r->why));
+	r->wheres = calloc(n_remote + 1, sizeof(*r->wheres));
+	if (!r->manifests || !r->cands || !r->failing || !r->why || !r->wheres) {
 		catalog_entries_free(entries, n);
 		return -ENOMEM;
 	}
@@ -68,7 +72,30 @@ static int load_candidates(struct store *s, const char *name, struct select_resu
 		r->n++;
 	}
 	catalog_entries_free(entries, n);
+	/* The registry's versions: their manifests stay the listing's (manifests[i] NULL). */
+	for (size_t i = 0; i < n_remote; i++) {
+		const struct manifest *m = remote->entries[i].manifest;
+		char *where;
+
+		if (name && strcmp(m->name, name) != 0)
+			continue;
+		if (asprintf(&where, "%s:%s", remote_prefix, remote->entries[i].tag) < 0)
+			return -ENOMEM;
+		r->wheres[r->n_wheres++] = where;
+		r->cands[r->n] = candidate_of(m);
+		r->cands[r->n].where = where;
+		r->n++;
+	}
 	return 0;
+}
+
+const char *select_label(const struct match_candidate *c, char *buf, size_t size)
+{
+	if (c->where)
+		snprintf(buf, size, "%s (%s:%u)", c->where, c->name, c->version);
+	else
+		snprintf(buf, size, "%s:%u", c->name, c->version);
+	return buf;
 }
 
 struct ranked {
@@ -91,6 +118,13 @@ static int by_failing(const void *a, const void *b)
 int select_images(struct store *s, const char *name, const char *expr, const char *rank,
 		  struct select_result *ret, char **ret_error)
 {
+	return select_images_with(s, name, NULL, NULL, expr, rank, ret, ret_error);
+}
+
+int select_images_with(struct store *s, const char *name, const struct listing *remote,
+		       const char *remote_prefix, const char *expr, const char *rank,
+		       struct select_result *ret, char **ret_error)
+{
 	struct select_result r = {0};
 	struct match_expr *e = NULL;
 	struct ranked *rk = NULL;
@@ -107,7 +141,7 @@ int select_images(struct store *s, const char *name, const char *expr, const cha
 	res = match_parse(expr, &e, ret_error);
 	if (res < 0)
 		return res;
-	res = load_candidates(s, name, &r, ret_error);
+	res = load_candidates(s, name, remote, remote_prefix, &r, ret_error);
 	if (res < 0)
 		goto out;
 	if (r.n == 0) {
@@ -168,16 +202,22 @@ out:
 void select_print_no_match(const struct select_result *r, const char *expr, size_t limit)
 {
 	fprintf(stderr, "vmhpc: no image version matches: %s\n", expr);
-	for (size_t i = 0; i < r->n && i < limit; i++)
-		fprintf(stderr, "  %s:%u fails %d clause%s: %s\n", r->cands[i].name,
-			r->cands[i].version, r->failing[i], r->failing[i] == 1 ? "" : "s",
-			r->why[i]);
+	for (size_t i = 0; i < r->n && i < limit; i++) {
+		char label[512];
+
+		fprintf(stderr, "  %s fails %d clause%s: %s\n",
+			select_label(&r->cands[i], label, sizeof(label)), r->failing[i],
+			r->failing[i] == 1 ? "" : "s", r->why[i]);
+	}
 	if (r->n > limit)
 		fprintf(stderr, "  ... and %zu more\n", r->n - limit);
-	if (r->n)
-		fprintf(stderr, "vmhpc: the closest is %s:%u (%d clause%s fail%s)\n",
-			r->cands[0].name, r->cands[0].version, r->failing[0],
+	if (r->n) {
+		char label[512];
+
+		fprintf(stderr, "vmhpc: the closest is %s (%d clause%s fail%s)\n",
+			select_label(&r->cands[0], label, sizeof(label)), r->failing[0],
 			r->failing[0] == 1 ? "" : "s", r->failing[0] == 1 ? "s" : "");
+	}
 }
 
 void select_log_error(const char *expr, const char *error)

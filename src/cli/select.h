@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "image/match.h"
+#include "registry/listing.h"
 #include "store/manifest.h"
 #include "store/store.h"
 
@@ -16,6 +17,8 @@ struct select_result {
 	int *failing;		       /* per cand: clauses that fail (0 for matches) */
 	char **why;		       /* per cand: match_explain's text */
 	struct manifest **manifests;   /* owned; cands point into them */
+	char **wheres;		       /* owned: the registry candidates' references */
+	size_t n_wheres;
 };
 
 /* Loads every version in s (only those named name, when not NULL), keeps those that satisfy
@@ -25,6 +28,15 @@ struct select_result {
  * select_print_no_match. Free with select_result_done. */
 int select_images(struct store *s, const char *name, const char *expr, const char *rank,
 		  struct select_result *ret, char **ret_error);
+
+/* The same over the store's versions and remote's (a registry repository's tags, NULL: none);
+ * remote_prefix ("REGISTRY/REPO") names them. remote must outlive ret. */
+int select_images_with(struct store *s, const char *name, const struct listing *remote,
+		       const char *remote_prefix, const char *expr, const char *rank,
+		       struct select_result *ret, char **ret_error);
+
+/* "NAME:VERSION", or "REGISTRY/REPO:TAG (NAME:VERSION)" for a registry's, into buf. */
+const char *select_label(const struct match_candidate *c, char *buf, size_t size);
 
 /* Says on stderr why no version matches: each candidate's failing clauses (at most limit
  * lines), then the closest one. */

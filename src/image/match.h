@@ -26,6 +26,7 @@ struct match_candidate {
 	const char *owner;
 	const json_t *metadata; /* os, arch, kernel_release, description, packages{},
 				   libraries{NAME: {version, ...}} */
+	const char *where;	/* for messages only: a registry reference, or NULL (the store) */
 };
 
 struct match_expr;

@@ -519,6 +519,67 @@ int oci_ping(struct oci_client *c, char **ret_error)
 	return r;
 }
 
+int oci_tags_list(struct oci_client *c, const char *repo, char ***ret_tags, size_t *ret_n,
+		  char **ret_error)
+{
+	_cleanup_free_ char *url = NULL;
+	struct response resp;
+	json_t *doc = NULL, *tags, *t;
+	char **out = NULL;
+	size_t i, n = 0;
+	int r;
+
+	/* One page as large as we accept: a repository of image versions has hundreds. */
+	if (asprintf(&url, "%s/v2/%s/tags/list?n=%d", c->base, repo, OCI_TAGS_MAX) < 0)
+		return -ENOMEM;
+	r = request(c,
+		    &(struct request){.method = "GET",
+				      .url = url,
+				      .accept = "application/json",
+				      .max_response_bytes = OCI_MANIFEST_MAX_BYTES},
+		    &resp, ret_error);
+	if (r < 0)
+		goto out;
+	if (resp.status != 200) {
+		r = status_error(c, "GET of the tag list", &resp, ret_error);
+		goto out;
+	}
+	doc = json_loadb(resp.data ? resp.data : "", resp.len, 0, NULL);
+	tags = json_object_get(doc, "tags");
+	if (!doc || !(json_is_array(tags) || json_is_null(tags))) {
+		r = error_set(ret_error, -EBADMSG,
+			      "registry %s sent a tag list for %s that is not "
+			      "{\"tags\": [...]}",
+			      c->registry, repo);
+		goto out;
+	}
+	out = calloc(json_array_size(tags) + 1, sizeof(*out));
+	if (!out) {
+		r = -ENOMEM;
+		goto out;
+	}
+	json_array_foreach(tags, i, t)
+	{
+		if (!json_is_string(t) || n >= OCI_TAGS_MAX)
+			continue;
+		out[n] = strdup(json_string_value(t));
+		if (!out[n++]) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	*ret_tags = TAKE_PTR(out);
+	*ret_n = n;
+	r = 0;
+out:
+	for (size_t k = 0; out && k < n; k++)
+		free(out[k]);
+	free(out);
+	json_decref(doc);
+	response_done(&resp);
+	return r;
+}
+
 int oci_blob_exists(struct oci_client *c, const char *repo, const char *digest, bool *ret_exists,
 		    char **ret_error)
 {

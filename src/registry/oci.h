@@ -47,6 +47,12 @@ void oci_digest(const void *data, size_t len, char out[OCI_DIGEST_LEN + 1]);
 
 /* GET /v2/: the registry answers and accepts our credentials. */
 int oci_ping(struct oci_client *c, char **ret_error);
+/* GET /v2/REPO/tags/list: repo's tags (at most OCI_TAGS_MAX), sorted as the registry sent
+ * them; *ret_tags (each and the array) caller frees. -ENOENT when repo is unknown. */
+#define OCI_TAGS_MAX 10000
+int oci_tags_list(struct oci_client *c, const char *repo, char ***ret_tags, size_t *ret_n,
+		  char **ret_error);
+
 /* HEAD a blob: *ret_exists says whether repo has it. */
 int oci_blob_exists(struct oci_client *c, const char *repo, const char *digest, bool *ret_exists,
 		    char **ret_error);

@@ -148,6 +148,24 @@ cmp "$STORE1/manifests/small/2.json" "$STORE2/manifests/small/2.json" || fail "t
 VMHPC_STORE="$STORE2" "$VMHPC" image verify >/dev/null || fail "verify after pulling v2 fails"
 ok "pull v2 after v1: received $moved bytes (chunks $(jget "$WORK/pull2.json" chunk_bytes_fetched), manifest+config $(jget "$WORK/pull2.json" metadata_bytes)) for $unique2 bytes only v2 has ($(python3 -c "print('%.3f' % ($moved / $unique2))")x)"
 
+# --- the registry's versions as candidates of the image manager's matching -------------------
+STORE4="$WORK/store4"
+VMHPC_STORE="$STORE4" VMHPC_CACHE="$WORK/cache4" VMHPC_LOG=debug "$VMHPC" image match --registry "$REG/vmhpc/small" --insecure 'name == "small" && version >= 2' >"$WORK/match1.out" 2>"$WORK/match1.err" ||
+	fail "match --registry: $(cat "$WORK/match1.err")"
+[ "$(cut -f1 "$WORK/match1.out")" = "$REG/vmhpc/small:2 (small:2)" ] || fail "match --registry found: $(cat "$WORK/match1.out")"
+grep -q "2 versions (0 other artifacts skipped), 0 configs from the cache" "$WORK/match1.err" || fail "first listing: $(cat "$WORK/match1.err")"
+VMHPC_STORE="$STORE4" VMHPC_CACHE="$WORK/cache4" VMHPC_LOG=debug "$VMHPC" image match --registry "$REG/vmhpc/small" --insecure 'version >= 1' >"$WORK/match2.out" 2>"$WORK/match2.err" ||
+	fail "match --registry again: $(cat "$WORK/match2.err")"
+grep -q "2 configs from the cache" "$WORK/match2.err" || fail "second listing did not use the cache: $(cat "$WORK/match2.err")"
+[ "$(wc -l <"$WORK/match2.out")" = 2 ] || fail "match over both tags: $(cat "$WORK/match2.out")"
+set +e
+VMHPC_STORE="$STORE4" VMHPC_CACHE="$WORK/cache4" "$VMHPC" image match --registry "$REG/vmhpc/small" --insecure 'has("libgfortran5")' >/dev/null 2>"$WORK/match3.err"
+code=$?
+set -e
+[ "$code" = 1 ] || fail "no match over the registry: exit $code"
+grep -q "^  $REG/vmhpc/small:[12] (small:[12]) fails 1 clause: has(\"libgfortran5\")" "$WORK/match3.err" || fail "no reasons for the registry's versions: $(cat "$WORK/match3.err")"
+ok "image match --registry: the repository's tags are candidates, their configs cached, reasons named"
+
 # --- interrupted pull: kill -9, then the registry stopped; each resumes ---------------------
 STORE3="$WORK/store3"
 VMHPC_STORE="$STORE3" "$VMHPC" image pull --insecure --max-rate 1M "$REG/vmhpc/small:1" >/dev/null 2>&1 &
@@ -171,6 +189,11 @@ grep -q "no version was added" "$WORK/pull3.err" || fail "the error does not say
 ok "registry stopped mid-pull: $(tail -n 1 "$WORK/pull3.err" | cut -c1-200)"
 expect_fail "pull with the registry down" "cannot reach registry $REG" \
 	env VMHPC_STORE="$STORE3" "$VMHPC" image pull --insecure "$REG/vmhpc/small:1"
+"$VMHPC" image match --registry "$REG/vmhpc/small" --insecure 'version >= 1' >"$WORK/match4.out" 2>"$WORK/match4.err" ||
+	fail "match with the registry down: $(cat "$WORK/match4.err")"
+grep -q "matching over the local store only" "$WORK/match4.err" || fail "match with the registry down does not say so: $(cat "$WORK/match4.err")"
+[ "$(cut -f1 "$WORK/match4.out" | sort | tr '\n' ' ')" = "small:1 small:2 " ] || fail "match with the registry down: $(cat "$WORK/match4.out")"
+ok "image match with the registry down matches over the local store and says so"
 
 start_registry plain
 had=$(chunk_files "$STORE3")
