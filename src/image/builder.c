@@ -303,6 +303,17 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "initramfs_modules", json_integer((json_int_t)n_modules));
 	if (spec->description)
 		json_object_set_new(m->metadata, "description", json_string(spec->description));
+	{
+		/* The programs the spec asked for (image paths), for matching:
+		 * has("mpiexec.hydra"). */
+		json_t *bins = json_array();
+
+		for (size_t i = 0; i < spec->n_binaries; i++)
+			json_array_append_new(bins, json_string(spec->binaries[i]));
+		for (size_t i = 0; i < spec->n_programs; i++)
+			json_array_append_new(bins, json_string(spec->programs[i].dest));
+		json_object_set_new(m->metadata, "binaries", bins);
+	}
 	if (spec->mpi)
 		json_object_set_new(m->metadata, "mpi", json_string(spec->mpi));
 

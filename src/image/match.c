@@ -655,6 +655,26 @@ static const char *library_version(const struct match_candidate *c, const char *
 	return json_string_value(json_object_get(lib, "version"));
 }
 
+/* A binary the spec asked for, by its image path or its file name. */
+static bool has_binary(const struct match_candidate *c, const char *name)
+{
+	const json_t *bins = json_object_get(c->metadata, "binaries");
+	size_t i;
+	json_t *b;
+
+	json_array_foreach(bins, i, b)
+	{
+		const char *path = json_string_value(b), *base;
+
+		if (!path)
+			continue;
+		base = strrchr(path, '/');
+		if (strcmp(path, name) == 0 || (base && strcmp(base + 1, name) == 0))
+			return true;
+	}
+	return false;
+}
+
 /* The operand's value in c: a string (NULL when c lacks it) or a number. */
 static const char *operand_string(const struct node *n, const struct match_candidate *c)
 {
@@ -747,7 +767,8 @@ static bool eval(const struct node *n, const struct match_candidate *c)
 	case NODE_NOT:
 		return !eval(n->a, c);
 	case NODE_HAS:
-		return package_version(c, n->key) || library_version(c, n->key);
+		return package_version(c, n->key) || library_version(c, n->key) ||
+		       has_binary(c, n->key);
 	case NODE_CMP:
 		return eval_compare(n, c);
 	}
@@ -884,7 +905,7 @@ static int explain(const struct match_expr *e, const struct node *n,
 		describe_value(n, c, t);
 		text_add(t, ")");
 	} else if (n->kind == NODE_HAS) {
-		text_add(t, " (neither a package nor a library of this version)");
+		text_add(t, " (neither a package, a library nor a binary of this version)");
 	} else if (n->kind == NODE_NOT) {
 		text_add(t, " (true for this version)");
 	}

@@ -7,9 +7,10 @@
  * created (numbers: size in bytes, with an optional K/M/G/T suffix on literals; created in
  * Unix seconds), a package name (its version, e.g. mpich), pkg("NAME") for a package whose
  * name is also a field's, lib("SONAME") for a library's version; has("NAME"): the version holds
- * that package or library. Strings compare as Debian versions (debversion.h) with < <= > >=,
- * and exactly with == and !=. A package or library a version lacks makes every comparison on
- * it false. Operators: ! && || and parentheses, with the usual precedence. */
+ * that package, library (soname) or binary (its image path or file name). Strings compare as Debian
+ * versions (debversion.h) with < <= > >=, and exactly with == and !=. A package or library a
+ * version lacks makes every comparison on it false. Operators: ! && || and parentheses, with the
+ * usual precedence. */
 #pragma once
 
 #include <jansson.h>

@@ -40,7 +40,7 @@ code=$?
 set -e
 [ "$code" -eq 1 ] || fail "no match: exit $code"
 grep -q '^vmhpc: no image version matches: has("libgfortran5") && kernel >= "7"' "$WORK/none.err" || fail "no match: $(cat "$WORK/none.err")"
-grep -q '^  plain:2 fails 2 clauses: has("libgfortran5") (neither a package nor a library of this version); kernel >= "7" (kernel is "6\.' "$WORK/none.err" ||
+grep -q '^  plain:2 fails 2 clauses: has("libgfortran5") (neither a package, a library nor a binary of this version); kernel >= "7" (kernel is "6\.' "$WORK/none.err" ||
 	fail "no per-version reason: $(cat "$WORK/none.err")"
 grep -q '^vmhpc: the closest is fortran:1 (1 clause fails)' "$WORK/none.err" || fail "no closest: $(cat "$WORK/none.err")"
 ok "no match: each version's failing clauses and the closest version (exit 1)"

@@ -30,6 +30,9 @@ static json_t *metadata(const char *os, const char *kernel, const char *mpich, c
 	}
 	json_object_set_new(m, "packages", pk);
 	json_object_set_new(m, "libraries", libs);
+	json_object_set_new(m, "binaries",
+			    json_pack("[s, s]", "/usr/bin/busybox",
+				      mpich ? "/usr/bin/mpiexec.hydra" : "/usr/local/bin/ep.x"));
 	return m;
 }
 
@@ -236,6 +239,9 @@ static void test_eval(void **state)
 	assert_int_equal(matches(f, "!(mpich >= \"0\")"), 0x8);
 	assert_int_equal(matches(f, "has(\"libgfortran5\")"), 0x6);
 	assert_int_equal(matches(f, "has(\"libgfortran.so.5\")"), 0x6);
+	assert_int_equal(matches(f, "has(\"mpiexec.hydra\")"), 0x7);	   /* a binary by name */
+	assert_int_equal(matches(f, "has(\"/usr/local/bin/ep.x\")"), 0x8); /* by image path */
+	assert_int_equal(matches(f, "has(\"bin/ep.x\")"), 0x0);
 	assert_int_equal(matches(f, "lib(\"libgfortran.so.5\") >= \"5\""), 0x6);
 	assert_int_equal(matches(f, "pkg(\"libc6\") == \"2.36-9+deb12u4\""), 0xf);
 	assert_int_equal(matches(f, "\"4.0.2\" <= mpich"), 0x7);
@@ -279,12 +285,12 @@ static void test_explain(void **state)
 	free(why);
 	assert_int_equal(match_explain(e, &f->c[0], &why), 2);
 	assert_string_equal(why, "os == \"debian-12\" (os is \"tiny\"); has(\"libgfortran5\") "
-				 "(neither a package nor a library of this version)");
+				 "(neither a package, a library nor a binary of this version)");
 	free(why);
 	assert_int_equal(match_explain(e, &f->c[3], &why), 3);
 	assert_string_equal(why, "kernel >= \"6.1\" (kernel is \"5.10.0-30-amd64\"); mpich >= "
 				 "\"4.0.2\" (no package mpich); has(\"libgfortran5\") (neither a "
-				 "package nor a library of this version)");
+				 "package, a library nor a binary of this version)");
 	free(why);
 	match_expr_free(e);
 	e = parse("!(os == \"tiny\") && (size < 1K || version > 5)");
