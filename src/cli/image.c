@@ -202,6 +202,25 @@ static int sudo_identity(struct fs_identity *id, gid_t **ret_groups)
 	return 1;
 }
 
+/* A build through sudo reads with the acting user's rights (sudo_identity); logs and returns
+ * -EINVAL on malformed SUDO_UID/SUDO_GID. identity and *groups back opts->source_identity. */
+static int use_sudo_identity(struct builder_options *opts, struct fs_identity *identity,
+			     gid_t **groups)
+{
+	int r = sudo_identity(identity, groups);
+
+	if (r < 0) {
+		log_error(
+		    "SUDO_UID/SUDO_GID ('%s'/'%s') are not user and group numbers; unset them "
+		    "or run through sudo",
+		    getenv("SUDO_UID"), getenv("SUDO_GID"));
+		return -EINVAL;
+	}
+	if (r > 0)
+		opts->source_identity = identity;
+	return 0;
+}
+
 static int verb_build(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -275,16 +294,8 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	opts.spec_path = argv[optind];
 	opts.init_path = init;
 	opts.exec_path = exec;
-	r = sudo_identity(&identity, &groups);
-	if (r < 0) {
-		log_error(
-		    "SUDO_UID/SUDO_GID ('%s'/'%s') are not user and group numbers; unset them "
-		    "or run through sudo",
-		    getenv("SUDO_UID"), getenv("SUDO_GID"));
+	if (use_sudo_identity(&opts, &identity, &groups) < 0)
 		return 2;
-	}
-	if (r > 0)
-		opts.source_identity = &identity;
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
 	r = builder_build(s, &opts, &res, &error);
@@ -1334,16 +1345,8 @@ static int verb_update(struct cli_context *ctx, int argc, char **argv)
 	chunker_params_default(&opts.chunking);
 	opts.init_path = init;
 	opts.exec_path = exec;
-	r = sudo_identity(&identity, &groups);
-	if (r < 0) {
-		log_error(
-		    "SUDO_UID/SUDO_GID ('%s'/'%s') are not user and group numbers; unset them "
-		    "or run through sudo",
-		    getenv("SUDO_UID"), getenv("SUDO_GID"));
+	if (use_sudo_identity(&opts, &identity, &groups) < 0)
 		return 2;
-	}
-	if (r > 0)
-		opts.source_identity = &identity;
 	if (cli_open_store(ctx, &s) < 0)
 		return 1;
 	code = 1;
