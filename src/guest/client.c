@@ -32,7 +32,8 @@ struct exec_client {
 	char *error; /* text of the last ERROR frame */
 	bool have_ready;
 	struct frame_info ready;
-	bool resync;	      /* skipping input up to the next READY header */
+	bool resync;   /* skipping input up to the next READY header */
+	bool welcomed; /* a HELLO was answered: a later WELCOME is an older session's, skipped */
 	int forwarded_signal; /* the last signal exec_client_run passed on, 0 if none */
 	struct run *run;      /* the command being run (exec_client_run_start), or NULL */
 };
@@ -229,6 +230,10 @@ static int wait_frame(struct exec_client *c, int64_t deadline, struct frame *f)
 					c->have_ready = true;
 				continue;
 			}
+			/* On the control port a retried connect may leave the answer to an
+			 * earlier HELLO in flight; it says nothing about this request. */
+			if (f->type == FRAME_WELCOME && c->welcomed)
+				continue;
 			if (f->type == FRAME_ERROR)
 				note_error(c, f);
 			return 0;
@@ -323,6 +328,7 @@ int exec_client_hello(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYT
 	r = frame_buf_put(&c->out, FRAME_HELLO, token, FRAME_TOKEN_BYTES);
 	if (r < 0)
 		return r;
+	c->welcomed = false; /* this HELLO's answer is awaited, not skipped */
 	r = wait_frame(c, time_deadline_after_ms(timeout_ms), &f);
 	if (r == -ECONNRESET && c->error)
 		return -EACCES;
@@ -334,6 +340,7 @@ int exec_client_hello(struct exec_client *c, const uint8_t token[FRAME_TOKEN_BYT
 		return -EPROTO;
 	if (frame_get_u32(f.payload) != FRAME_PROTO_VERSION)
 		return -EPROTONOSUPPORT;
+	c->welcomed = true;
 	return 0;
 }
 
@@ -450,7 +457,8 @@ static int run_frame(struct exec_client *c, const struct exec_client_io *io, str
 		return -EPROTO;
 	case FRAME_INFO:
 	case FRAME_SHUTDOWN:
-		return 0; /* answers to requests someone else queued on this connection */
+	case FRAME_WELCOME: /* an older HELLO's, on the control port */
+		return 0;   /* answers to requests someone else queued on this connection */
 	default:
 		return -EPROTO;
 	}

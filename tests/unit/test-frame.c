@@ -638,6 +638,42 @@ static void test_setup_codec(void **state)
 	assert_string_equal(frame_type_to_string(FRAME_SETUP), "SETUP");
 }
 
+/* On the control port a connect that was retried can leave the answer to its earlier HELLO
+ * in flight: the client takes the first WELCOME as its own and skips the later one, so the
+ * next request (INFO) gets its own answer, not -EPROTO. */
+static void test_stale_welcome(void **state)
+{
+	uint8_t token[FRAME_TOKEN_BYTES] = {1}, welcome[4], info[FRAME_INFO_USAGE_BYTES];
+	struct frame_info fi = {.mem_total_kb = 1000,
+				.mem_available_kb = 400,
+				.has_usage = true,
+				.job_mem_peak_kb = 77};
+	struct frame_buf b = {0};
+	struct exec_client *c = NULL;
+	size_t info_len;
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	frame_put_u32(welcome, FRAME_PROTO_VERSION);
+	info_len = frame_info_encode(&fi, info);
+	/* The old session's READY and WELCOME, then the new session's, then the INFO answer. */
+	assert_int_equal(frame_buf_put(&b, FRAME_READY, info, FRAME_INFO_BYTES), 0);
+	assert_int_equal(frame_buf_put(&b, FRAME_WELCOME, welcome, 4), 0);
+	assert_int_equal(frame_buf_put(&b, FRAME_READY, info, FRAME_INFO_BYTES), 0);
+	assert_int_equal(frame_buf_put(&b, FRAME_WELCOME, welcome, 4), 0);
+	assert_int_equal(frame_buf_put(&b, FRAME_INFO, info, info_len), 0);
+	assert_int_equal(frame_buf_flush(&b, sv[1]), 0);
+	frame_buf_clear(&b);
+	assert_int_equal(exec_client_new(sv[0], &c), 0);
+	assert_int_equal(exec_client_hello(c, token, 1000), 0);
+	memset(&fi, 0, sizeof(fi));
+	assert_int_equal(exec_client_info(c, 1000, &fi), 0);
+	assert_true(fi.has_usage);
+	assert_int_equal(fi.job_mem_peak_kb, 77);
+	exec_client_free(c);
+	close(sv[1]);
+}
+
 /* A peer that closed: writing to it is -EPIPE, not SIGPIPE, with SIGPIPE at its default
  * disposition (which would kill this process). Before frame_send, write() did. */
 static void test_dead_peer_epipe(void **state)
@@ -890,6 +926,7 @@ int main(void)
 	    cmocka_unit_test(test_fuzz),
 	    cmocka_unit_test(test_setup_codec),
 	    cmocka_unit_test(test_dead_peer_epipe),
+	    cmocka_unit_test(test_stale_welcome),
 	    cmocka_unit_test(test_fuzz_million),
 	};
 
