@@ -583,7 +583,9 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (load_image(ctx, s, chosen ? chosen : o.image, &m) < 0)
 		goto out;
-	if (check_program(s, m, &o, workdir) < 0)
+	/* An image without an MPI launcher is the first thing to say: what PROGRAM needs
+	 * from it comes after. */
+	if (check_launcher(m) < 0 || check_program(s, m, &o, workdir) < 0)
 		goto out;
 	/* The version that runs is named before anything boots: a version built since the last
 	 * run (by this user or, in a shared store, another) is never a silent change. */
@@ -592,8 +594,6 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 			 m->name, m->version, m->name, m->name, m->version);
 	else
 		log_info("image %s:%u", m->name, m->version);
-	if (check_launcher(m) < 0)
-		goto out;
 	sfd = block_job_signals();
 	if (sfd < 0) {
 		log_error_errno(sfd, "signalfd: %m");
