@@ -268,9 +268,9 @@ static int fetch_main(int argc, char **argv)
 		for (size_t i = 0; i < n; i++)
 			json_array_append_new(json_object_get(out, "per_node"),
 					      json_pack("{s:s, s:b, s:f, s:O?, s:s?}", "node",
-							t[i].node, t[i].reply != NULL, "seconds",
-							t[i].seconds, "reply", t[i].reply, "error",
-							t[i].error));
+							t[i].node, "ok", t[i].reply != NULL,
+							"seconds", t[i].seconds, "reply",
+							t[i].reply, "error", t[i].error));
 		json_dumpf(out, stdout, JSON_INDENT(1));
 		printf("\n");
 		json_decref(out);
