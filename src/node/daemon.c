@@ -460,6 +460,11 @@ static int make_room(struct store *s, uint64_t need, char **ret_error)
 			_cleanup_free_ char *names = NULL;
 
 			free(victims);
+			/* The message gives what pinned images hold, shared chunks included. */
+			pinned = 0;
+			for (size_t i = 0; i < D.n_images; i++)
+				if (D.images[i].n_jobs)
+					pinned += D.images[i].bytes;
 			for (size_t i = 0; i < D.n_images; i++) {
 				char *nn = NULL;
 
