@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A test cluster on one machine: N "physical nodes" as network namespaces, each joined by a
-# veth pair to a bridge in the host's namespace (the front-end), one `vmhpc node` per
-# namespace with its own cache folder, a docker-registry and a munged (temp key and socket)
-# on the front-end. Everything is torn down on exit, even on failure: namespaces, links,
+# veth pair to a bridge in the host's namespace, one `vmhpc node` per namespace with its own
+# cache folder; a docker-registry in a "front-end" namespace on the same bridge; a munged
+# (temp key and socket) that all of them reach through its unix socket. Everything is torn down on exit, even on failure: namespaces, links,
 # processes, temp folders.
 #
 # Sourced by tests/integration/node-*.sh and bench/distribution.sh:
@@ -34,10 +34,15 @@ cluster_down() {
 	for p in "${CL_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	for p in "${CL_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	for n in "${CL_NODES[@]}"; do
-		[ -f "$CL_DIR/$n.pid" ] && kill -9 "$(cat "$CL_DIR/$n.pid")" 2>/dev/null
+		if [ -f "$CL_DIR/$n.pid" ]; then
+			kill -9 "$(cat "$CL_DIR/$n.pid")" 2>/dev/null
+			wait "$(cat "$CL_DIR/$n.pid")" 2>/dev/null
+		fi
 		ip netns del "vh$CL_ID-$n" 2>/dev/null || true
 		ip link del "vh${CL_ID}$n" 2>/dev/null || true
 	done
+	ip netns del "vh$CL_ID-front" 2>/dev/null || true
+	ip link del "vh${CL_ID}fe" 2>/dev/null || true
 	ip link del "$CL_BR" 2>/dev/null || true
 	[ -n "$CL_DIR" ] && rm -rf "$CL_DIR"
 	CL_PIDS=()
@@ -93,10 +98,23 @@ cluster_up() { # N [RATE]
 		--pid-file="$CL_DIR/munged.pid" --seed-file="$CL_DIR/munge.seed" \
 		--log-file="$CL_DIR/munged.log" >/dev/null 2>&1 &
 	CL_PIDS+=($!)
-	# The front-end: a bridge with the registry's address.
+	# The switch: a bridge, where the host (the CLI, pushes) has .254. The front-end, with
+	# the registry, is a namespace of its own on it with .1, so that its link is shaped
+	# like every node's: a registry that every node pulls from shares one link, as a real
+	# one does.
 	ip link add "$CL_BR" type bridge
-	ip addr add "$CL_FRONT/24" dev "$CL_BR"
+	ip addr add "$CL_NET.254/24" dev "$CL_BR"
 	ip link set "$CL_BR" up
+	ip netns add "vh$CL_ID-front"
+	ip link add "vh${CL_ID}fe" type veth peer name eth0 netns "vh$CL_ID-front"
+	ip link set "vh${CL_ID}fe" master "$CL_BR" up
+	ip -n "vh$CL_ID-front" addr add "$CL_FRONT/24" dev eth0
+	ip -n "vh$CL_ID-front" link set eth0 up
+	ip -n "vh$CL_ID-front" link set lo up
+	if [ -n "$CL_RATE" ]; then
+		ip netns exec "vh$CL_ID-front" tc qdisc add dev eth0 root tbf rate "$CL_RATE" burst 64kb latency 100ms
+		tc qdisc add dev "vh${CL_ID}fe" root tbf rate "$CL_RATE" burst 64kb latency 100ms
+	fi
 	mkdir -p "$CL_DIR/registry"
 	cat >"$CL_DIR/registry.yml" <<CONFIG
 version: 0.1
@@ -110,7 +128,7 @@ storage:
 http:
   addr: $CL_REGISTRY
 CONFIG
-	docker-registry serve "$CL_DIR/registry.yml" >"$CL_DIR/registry.log" 2>&1 &
+	ip netns exec "vh$CL_ID-front" docker-registry serve "$CL_DIR/registry.yml" >"$CL_DIR/registry.log" 2>&1 &
 	CL_PIDS+=($!)
 	: >"$CL_DIR/peers"
 	for i in $(seq 1 "$n"); do
@@ -133,6 +151,14 @@ CONFIG
 	[ -S "$CL_DIR/munge.sock" ] || { cluster_log "munged did not start: $(cat "$CL_DIR/munged.log")"; return 1; }
 	cluster_wait_port "" "$CL_FRONT" "$CL_REG_PORT" || { cluster_log "registry: $(cat "$CL_DIR/registry.log")"; return 1; }
 	for i in $(seq 1 "$n"); do cluster_node_start "n$i" || return 1; done
+}
+
+# Empties every node's cache (daemons stopped, folders removed, daemons started again).
+cluster_reset_caches() {
+	local n
+	for n in "${CL_NODES[@]}"; do cluster_node_kill "$n" TERM; done
+	for n in "${CL_NODES[@]}"; do rm -rf "$CL_DIR/cache-$n"; done
+	for n in "${CL_NODES[@]}"; do cluster_node_start "$n" || return 1; done
 }
 
 cluster_fetch() { # REF HOSTLIST [ARGS...]
