@@ -634,6 +634,75 @@ static int open_registry(const char *ref_text, struct reference **ret_ref, struc
 	return 0;
 }
 
+/* Chunk blobs are fetched over REGISTRY_STREAMS connections at once: a registry answers
+ * each small blob GET in a few ms (docs/registry.md), and one request at a time leaves the
+ * link idle meanwhile. */
+#define REGISTRY_STREAMS 4
+
+struct registry_job {
+	struct fetch *f;
+	const struct artifact *a;
+	size_t next; /* next chunk index to claim (under D.lock) */
+	int error;
+	char *error_text;
+};
+
+static void *registry_worker(void *arg)
+{
+	struct registry_job *job = arg;
+	struct fetch *f = job->f;
+	struct reference *ref = NULL;
+	struct oci_client *c = NULL;
+	struct store *s = NULL;
+	char *error = NULL;
+	int r;
+
+	r = open_registry(f->ref, &ref, &c, &error);
+	if (r == 0) {
+		r = store_open(D.store_dir, &s);
+		if (r < 0)
+			error_set(&error, r, "opening the cache: %s", strerror(-r));
+	}
+	while (r == 0) {
+		_cleanup_free_ void *data = NULL;
+		size_t i, len = 0;
+
+		pthread_mutex_lock(&D.lock);
+		while (job->next < f->n && f->have[job->next])
+			job->next++;
+		i = job->next++;
+		if (job->error)
+			i = f->n;
+		pthread_mutex_unlock(&D.lock);
+		if (i >= f->n)
+			break;
+		r = oci_blob_get(c, ref->repository, job->a->chunks[i].digest,
+				 job->a->chunks[i].size_bytes, &data, &len, &error);
+		if (r < 0)
+			break;
+		/* store_put_compressed_chunk decompresses and hashes: nothing unverified is
+		 * stored, and only stored chunks are marked (and so forwarded). */
+		r = store_put_compressed_chunk(s, f->refs[i].id, data, len, NULL);
+		if (r < 0) {
+			error_set(&error, r, "a chunk blob of %s does not verify", f->ref);
+			break;
+		}
+		fetch_mark(f, i, len, "registry");
+	}
+	pthread_mutex_lock(&D.lock);
+	if (r < 0 && !job->error) {
+		job->error = r;
+		job->error_text = error;
+		error = NULL;
+	}
+	pthread_mutex_unlock(&D.lock);
+	free(error);
+	store_close(s);
+	oci_client_free(c);
+	reference_free(ref);
+	return NULL;
+}
+
 static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_error)
 {
 	_cleanup_free_ char *oci_json = NULL, *config = NULL, *why = NULL;
@@ -641,7 +710,9 @@ static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_erro
 	struct oci_client *c = NULL;
 	struct artifact *a = NULL;
 	uint64_t *sizes = NULL;
-	size_t oci_len = 0, config_len = 0;
+	size_t oci_len = 0, config_len = 0, n_workers = 0;
+	struct registry_job job = {0};
+	pthread_t workers[REGISTRY_STREAMS];
 	int r;
 
 	r = open_registry(f->ref, &ref, &c, ret_error);
@@ -670,30 +741,27 @@ static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_erro
 	r = fetch_set_manifest(f, s, config, config_len, sizes, a->n_chunks, ret_error);
 	if (r < 0)
 		goto out;
-	for (size_t i = 0; i < f->n; i++) {
-		_cleanup_free_ void *data = NULL;
-		size_t len = 0;
-		bool have;
-
-		pthread_mutex_lock(&D.lock);
-		have = f->have[i];
-		pthread_mutex_unlock(&D.lock);
-		if (have)
-			continue;
-		r = oci_blob_get(c, ref->repository, a->chunks[i].digest, a->chunks[i].size_bytes,
-				 &data, &len, ret_error);
-		if (r < 0)
-			goto out;
-		/* store_put_compressed_chunk decompresses and hashes: nothing unverified is
-		 * stored, and only stored chunks are marked (and so forwarded). */
-		r = store_put_compressed_chunk(s, f->refs[i].id, data, len, NULL);
-		if (r < 0) {
-			r = error_set(ret_error, r, "a chunk blob of %s does not verify", f->ref);
-			goto out;
-		}
-		fetch_mark(f, i, len, "registry");
+	job.f = f;
+	job.a = a;
+	for (size_t w = 0; w < REGISTRY_STREAMS && w < f->n; w++)
+		if (pthread_create(&workers[n_workers], NULL, registry_worker, &job) == 0)
+			n_workers++;
+	for (size_t w = 0; w < n_workers; w++)
+		pthread_join(workers[w], NULL);
+	if (job.error) {
+		r = error_set(ret_error, job.error, "%s",
+			      job.error_text ? job.error_text : "fetch");
+		goto out;
 	}
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < f->n; i++)
+		if (!f->have[i])
+			r = -EIO;
+	pthread_mutex_unlock(&D.lock);
+	if (r < 0)
+		r = error_set(ret_error, r, "%s: not every chunk arrived", f->ref);
 out:
+	free(job.error_text);
 	free(sizes);
 	artifact_free(a);
 	oci_client_free(c);
