@@ -10,7 +10,8 @@
 # random bytes). Prints a Markdown table for bench/RESULTS.md.
 set -eu
 : "${VMHPC:=$(cd "$(dirname "$0")/.." && pwd)/build/vmhpc}"
-export VMHPC
+: "${VMHPC_INIT:=$(dirname "$VMHPC")/vmhpc-init}"
+export VMHPC VMHPC_INIT
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RATE=${1:-100mbit}
 LARGE_MB=${2:-300}
@@ -29,7 +30,7 @@ echo "building images..." >&2
 head -c "$((LARGE_MB * 1000000))" /dev/urandom >"$WORK/large.bin"
 sed 's/^name = tiny-mpi$/name = large/' "$ROOT/examples/tiny-mpi.ini" >"$WORK/large.ini"
 printf 'files = %s:/opt/large.bin\n' "$WORK/large.bin" >>"$WORK/large.ini"
-"$VMHPC" image build "$WORK/large.ini" >/dev/null
+"$VMHPC" image build --level 1 "$WORK/large.ini" >/dev/null
 rm -f "$WORK/large.bin"
 
 max_n=0

@@ -30,13 +30,15 @@ CL_RATE=""
 cluster_log() { echo "cluster: $*" >&2; }
 
 cluster_down() {
-	local p n
+	# Runs from EXIT traps, often under `set -e`: nothing here may stop it half-way.
+	local p n pid
 	for p in "${CL_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 	for p in "${CL_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	for n in "${CL_NODES[@]}"; do
-		if [ -f "$CL_DIR/$n.pid" ]; then
-			kill -9 "$(cat "$CL_DIR/$n.pid")" 2>/dev/null
-			wait "$(cat "$CL_DIR/$n.pid")" 2>/dev/null
+		pid=$(cat "$CL_DIR/$n.pid" 2>/dev/null || true)
+		if [ -n "$pid" ]; then
+			kill -9 "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
 		fi
 		ip netns del "vh$CL_ID-$n" 2>/dev/null || true
 		ip link del "vh${CL_ID}$n" 2>/dev/null || true
@@ -44,9 +46,10 @@ cluster_down() {
 	ip netns del "vh$CL_ID-front" 2>/dev/null || true
 	ip link del "vh${CL_ID}fe" 2>/dev/null || true
 	ip link del "$CL_BR" 2>/dev/null || true
-	[ -n "$CL_DIR" ] && rm -rf "$CL_DIR"
+	if [ -n "$CL_DIR" ]; then rm -rf "$CL_DIR" || true; fi
 	CL_PIDS=()
 	CL_NODES=()
+	return 0
 }
 
 # Waits until something listens on host:port (from namespace ns, or the host's if "").
