@@ -921,8 +921,8 @@ static void *fetch_thread(void *arg)
 		dead[src] = true;
 		log_warning("fetching %s: parent %s failed (%s); re-parenting", f->ref,
 			    f->hosts[src], e ? e : "?");
-		if (asprintf(&nl, "%s%s%s", dead_list ? dead_list : "", dead_list ? "; " : "",
-			     e ? e : f->hosts[src]) >= 0) {
+		if (asprintf(&nl, "%s%s%s (%s)", dead_list ? dead_list : "", dead_list ? "; " : "",
+			     f->hosts[src], e ? e : "failed") >= 0) {
 			free(dead_list);
 			dead_list = nl;
 		}

@@ -138,4 +138,14 @@ for i in 0 2 3; do
 done
 verify_cache n2
 ok "n2 completed big:1 with the $n2_bytes bytes it lacked (of $total_big); the others moved 0"
+# 5. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
+cluster_node_kill n1 9
+kill -9 "${CL_PIDS[1]}"
+wait "${CL_PIDS[1]}" 2>/dev/null || true
+if cluster_fetch "$CL_REGISTRY/vmhpc/other:1" 'n[1-2]' >"$WORK/f5.out" 2>"$WORK/f5.err"; then
+	fail "fetch with no path succeeded"
+fi
+grep -q "node n2: no path left for .*: n1 (.*registry: " "$WORK/f5.err" ||
+	fail "n2's error does not name n1 and the registry: $(cat "$WORK/f5.err")"
+ok "no path left: $(grep 'node n2' "$WORK/f5.err" | cut -c1-200)"
 echo "node-distribution: $CHECKS checks passed"
