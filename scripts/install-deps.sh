@@ -21,6 +21,9 @@ packages=(
   # a real OCI registry for the push/pull tests, htpasswd for its auth, openssl for its
   # tokens, skopeo as an independent OCI client
   docker-registry apache2-utils openssl skopeo
+  # the node daemon: MUNGE authenticates peers (libmunge, and munged in the cluster tests);
+  # tc (iproute2) shapes links in bench/distribution.sh
+  munge libmunge-dev
 )
 
 missing=()

@@ -25,6 +25,8 @@ char *cli_sibling_path(const char *env, const char *name);
 int cli_image_main(struct cli_context *ctx, int argc, char **argv);
 int cli_run_main(struct cli_context *ctx, int argc, char **argv);
 int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv);
+/* `vmhpc node`: the node daemon and its clients (cli/node.c). */
+int cli_node_main(struct cli_context *ctx, int argc, char **argv);
 
 /* `vmhpc image push` and `pull` (cli/registry.c); each returns the process exit code. */
 int cli_image_push(struct cli_context *ctx, int argc, char **argv);

@@ -1,0 +1,1626 @@
+/* The node daemon. Why threads beside the event loop: the store, the registry client
+ * (libcurl easy handles) and MUNGE are blocking APIs, and a relay must wait for chunks
+ * from upstream while it writes them downstream. So the main thread runs one poll loop
+ * (accepting on the unix socket and the TCP port, signals through a signalfd), and each
+ * accepted connection and each image being fetched gets its own thread, which blocks with
+ * timeouts. All shared state is under one mutex; one condition variable wakes every waiter
+ * when anything changes (a chunk arrived, a fetch ended). Each thread opens its own struct
+ * store (a store is single-threaded). */
+#include "node/node.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "node/auth.h"
+#include "node/client.h"
+#include "node/hostlist.h"
+#include "node/policy.h"
+#include "node/proto.h"
+#include "node/tree.h"
+#include "registry/artifact.h"
+#include "registry/auth.h"
+#include "registry/oci.h"
+#include "registry/reference.h"
+#include "store/catalog.h"
+#include "store/manifest.h"
+#include "store/transfer.h"
+#include "util/cleanup.h"
+#include "util/error.h"
+#include "util/fsutil.h"
+#include "util/log.h"
+
+#define MAX_CONNECTIONS	 256
+#define MAX_SOURCES	 64
+#define KEEPALIVE_MS	 1000
+#define REQUEST_MAX	 (1u << 20)
+#define PRESENT_WAIT_MS	 (24 * 3600 * 1000)
+#define MAX_JOBS_PER_IMG 1024
+
+struct fetch {
+	char *ref;
+	char **hosts;
+	size_t n_hosts;
+	bool central;
+	struct manifest *m;
+	struct store_chunk_ref *refs; /* distinct chunks, ascending id */
+	uint64_t *sizes;	      /* compressed bytes of each */
+	bool *have;		      /* verified and stored here */
+	size_t n;
+	char *meta; /* the META payload for children */
+	bool done, failed;
+	char *error;
+	char *name;
+	uint32_t version;
+	uint64_t bytes_received;
+	size_t chunks_received;
+	char *source;
+	int users;
+	struct fetch *next;
+};
+
+struct cached {
+	char *ref, *name;
+	uint32_t version;
+	uint64_t bytes;
+	int64_t last_used;
+	char **jobs;
+	size_t n_jobs;
+};
+
+struct counter {
+	char name[64];
+	uint64_t bytes;
+};
+
+struct daemon {
+	const struct node_options *o;
+	char *store_dir, *state_path;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct fetch *fetches;
+	struct cached *images;
+	size_t n_images;
+	int64_t clock;
+	unsigned connections;
+	/* metrics */
+	uint64_t hits, misses, distributions, errors, evictions, refused;
+	struct counter received[MAX_SOURCES], sent[MAX_SOURCES];
+};
+
+static struct daemon D = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void count(struct counter *table, const char *name, uint64_t bytes)
+{
+	for (size_t i = 0; i < MAX_SOURCES; i++) {
+		if (table[i].name[0] == 0)
+			snprintf(table[i].name, sizeof(table[i].name), "%s", name);
+		if (strcmp(table[i].name, name) == 0) {
+			table[i].bytes += bytes;
+			return;
+		}
+	}
+}
+
+static void wake(void)
+{
+	pthread_cond_broadcast(&D.cond);
+}
+
+/* Waits on the condition for at most ms (lock held). */
+static void wait_ms(int ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&D.cond, &D.lock, &ts);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the cache's state on disk (lock held) ---- */
+
+static int state_save(void)
+{
+	json_t *arr = json_array();
+	_cleanup_free_ char *text = NULL;
+
+	for (size_t i = 0; i < D.n_images; i++) {
+		struct cached *c = &D.images[i];
+		json_t *jobs = json_array();
+
+		for (size_t j = 0; j < c->n_jobs; j++)
+			json_array_append_new(jobs, json_string(c->jobs[j]));
+		json_array_append_new(
+		    arr, json_pack("{s:s, s:s, s:i, s:I, s:I, s:o}", "ref", c->ref, "name", c->name,
+				   "version", (int)c->version, "bytes", (json_int_t)c->bytes,
+				   "last_used", (json_int_t)c->last_used, "jobs", jobs));
+	}
+	text = json_dumps(
+	    json_pack("{s:i, s:I, s:o}", "format", 1, "clock", (json_int_t)D.clock, "images", arr),
+	    JSON_INDENT(1));
+	if (!text)
+		return -ENOMEM;
+	return fs_write_atomic(D.state_path, text, strlen(text), 0600);
+}
+
+static void cached_free(struct cached *c)
+{
+	free(c->ref);
+	free(c->name);
+	for (size_t j = 0; j < c->n_jobs; j++)
+		free(c->jobs[j]);
+	free(c->jobs);
+}
+
+static struct cached *cached_find(const char *ref)
+{
+	for (size_t i = 0; i < D.n_images; i++)
+		if (strcmp(D.images[i].ref, ref) == 0)
+			return &D.images[i];
+	return NULL;
+}
+
+static int cached_add(const char *ref, const char *name, uint32_t version, uint64_t bytes)
+{
+	struct cached *n = realloc(D.images, (D.n_images + 1) * sizeof(*n));
+
+	if (!n)
+		return -ENOMEM;
+	D.images = n;
+	n[D.n_images] = (struct cached){.ref = strdup(ref),
+					.name = strdup(name),
+					.version = version,
+					.bytes = bytes,
+					.last_used = ++D.clock};
+	D.n_images++;
+	return 0;
+}
+
+static uint64_t manifest_stored_bytes(struct store *s, const struct manifest *m)
+{
+	struct store_chunk_ref *refs = NULL;
+	uint64_t total = 0, b;
+	size_t n = 0;
+
+	if (manifest_distinct_chunks(m, &refs, &n) < 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (store_chunk_stored_bytes(s, refs[i].id, &b) == 0)
+			total += b;
+	free(refs);
+	return total;
+}
+
+/* Loads state.json and reconciles it with the store's catalog: a version the catalog has
+ * but the state lacks (a kill between commit and state save) is adopted as least recently
+ * used; a state entry whose version is gone is dropped. */
+static int state_load(struct store *s)
+{
+	_cleanup_free_ char *text = NULL;
+	struct catalog_entry *entries = NULL;
+	json_t *root = NULL, *img;
+	size_t len, n = 0, i;
+	int r;
+
+	r = fs_read_file(D.state_path, 64u << 20, &text, &len);
+	if (r < 0 && r != -ENOENT)
+		return log_error_errno(r, "reading the node state %s: %m", D.state_path);
+	if (r == 0) {
+		root = json_loadb(text, len, 0, NULL);
+		if (!json_is_object(root))
+			log_warning("node state %s is damaged; rebuilding it from the cache",
+				    D.state_path);
+		D.clock = json_integer_value(json_object_get(root, "clock"));
+		json_array_foreach(json_object_get(root, "images"), i, img)
+		{
+			const char *ref = json_string_value(json_object_get(img, "ref"));
+			const char *name = json_string_value(json_object_get(img, "name"));
+			int version = (int)json_integer_value(json_object_get(img, "version"));
+			struct manifest *m = NULL;
+			json_t *job;
+			size_t j;
+
+			if (!ref || !name || version <= 0 ||
+			    catalog_load(s, name, (uint32_t)version, &m, NULL) < 0) {
+				log_warning(
+				    "node state: dropping %s, its version is not in the cache",
+				    ref ? ref : "?");
+				continue;
+			}
+			manifest_free(m);
+			if (cached_add(
+				ref, name, (uint32_t)version,
+				(uint64_t)json_integer_value(json_object_get(img, "bytes"))) < 0)
+				return log_error_errno(-ENOMEM, "loading the node state: %m");
+			D.images[D.n_images - 1].last_used =
+			    json_integer_value(json_object_get(img, "last_used"));
+			json_array_foreach(json_object_get(img, "jobs"), j, job)
+			{
+				struct cached *c = &D.images[D.n_images - 1];
+				char **nj = realloc(c->jobs, (c->n_jobs + 1) * sizeof(*nj));
+
+				if (!nj || !json_is_string(job))
+					continue;
+				c->jobs = nj;
+				c->jobs[c->n_jobs++] = strdup(json_string_value(job));
+			}
+		}
+		json_decref(root);
+	}
+	r = catalog_list(s, &entries, &n);
+	if (r < 0)
+		return log_error_errno(r, "listing the cache %s: %m", D.store_dir);
+	for (i = 0; i < n; i++) {
+		bool known = false;
+		char ref[128];
+
+		for (size_t k = 0; k < D.n_images; k++)
+			if (strcmp(D.images[k].name, entries[i].name) == 0 &&
+			    D.images[k].version == entries[i].version)
+				known = true;
+		if (known)
+			continue;
+		snprintf(ref, sizeof(ref), "local:%s:%u", entries[i].name, entries[i].version);
+		if (cached_add(ref, entries[i].name, entries[i].version, 0) == 0)
+			D.images[D.n_images - 1].last_used = 0;
+	}
+	catalog_entries_free(entries, n);
+	return state_save();
+}
+
+/* ---- eviction (lock held) ---- */
+
+static int cmp_id(const void *a, const void *b)
+{
+	return memcmp(a, b, STORE_ID_BYTES);
+}
+
+struct idset {
+	uint8_t (*ids)[STORE_ID_BYTES];
+	size_t n;
+};
+
+static int idset_add_manifest(struct idset *set, const struct store_chunk_ref *refs, size_t n)
+{
+	uint8_t(*ni)[STORE_ID_BYTES] = realloc(set->ids, (set->n + n + 1) * STORE_ID_BYTES);
+
+	if (!ni)
+		return -ENOMEM;
+	set->ids = ni;
+	for (size_t i = 0; i < n; i++)
+		memcpy(set->ids[set->n++], refs[i].id, STORE_ID_BYTES);
+	return 0;
+}
+
+static bool idset_has(const struct idset *set, const uint8_t id[STORE_ID_BYTES])
+{
+	return set->n && bsearch(id, set->ids, set->n, STORE_ID_BYTES, cmp_id);
+}
+
+static int chunks_of(struct store *s, const struct cached *c, struct store_chunk_ref **ret,
+		     size_t *ret_n)
+{
+	struct manifest *m = NULL;
+	int r = catalog_load(s, c->name, c->version, &m, NULL);
+
+	if (r < 0)
+		return r;
+	r = manifest_distinct_chunks(m, ret, ret_n);
+	manifest_free(m);
+	return r;
+}
+
+/* The chunks of every cached image but skip, and of every fetch in flight. */
+static int protected_set(struct store *s, size_t skip, struct idset *ret)
+{
+	struct idset set = {0};
+
+	for (size_t i = 0; i < D.n_images; i++) {
+		struct store_chunk_ref *refs = NULL;
+		size_t n = 0;
+
+		if (i == skip || chunks_of(s, &D.images[i], &refs, &n) < 0)
+			continue;
+		idset_add_manifest(&set, refs, n);
+		free(refs);
+	}
+	for (struct fetch *f = D.fetches; f; f = f->next)
+		if (f->refs)
+			idset_add_manifest(&set, f->refs, f->n);
+	if (set.n)
+		qsort(set.ids, set.n, STORE_ID_BYTES, cmp_id);
+	*ret = set;
+	return 0;
+}
+
+static uint64_t store_bytes(struct store *s);
+
+struct sum_ctx {
+	struct store *s;
+	uint64_t total;
+};
+
+static int sum_one(const uint8_t id[STORE_ID_BYTES], void *userdata)
+{
+	struct sum_ctx *c = userdata;
+	uint64_t b;
+
+	if (store_chunk_stored_bytes(c->s, id, &b) == 0)
+		c->total += b;
+	return 0;
+}
+
+static uint64_t store_bytes(struct store *s)
+{
+	struct sum_ctx c = {.s = s};
+
+	store_foreach_chunk(s, sum_one, &c);
+	return c.total;
+}
+
+/* What evicting image i would free: its chunks nobody else needs. */
+static uint64_t unique_bytes(struct store *s, size_t i)
+{
+	struct store_chunk_ref *refs = NULL;
+	struct idset prot = {0};
+	uint64_t total = 0, b;
+	size_t n = 0;
+
+	if (chunks_of(s, &D.images[i], &refs, &n) < 0)
+		return 0;
+	protected_set(s, i, &prot);
+	for (size_t k = 0; k < n; k++)
+		if (!idset_has(&prot, refs[k].id) &&
+		    store_chunk_stored_bytes(s, refs[k].id, &b) == 0)
+			total += b;
+	free(prot.ids);
+	free(refs);
+	return total;
+}
+
+static void evict(struct store *s, size_t i)
+{
+	struct store_chunk_ref *refs = NULL;
+	struct idset prot = {0};
+	size_t n = 0;
+
+	log_info("evicting %s (%s:%u) from the node cache", D.images[i].ref, D.images[i].name,
+		 D.images[i].version);
+	if (chunks_of(s, &D.images[i], &refs, &n) == 0) {
+		protected_set(s, i, &prot);
+		/* The version goes first: a crash in between leaves unnamed chunks (gc's work),
+		 * never a version that names missing chunks. */
+		catalog_remove(s, D.images[i].name, D.images[i].version);
+		for (size_t k = 0; k < n; k++)
+			if (!idset_has(&prot, refs[k].id))
+				store_remove_chunk(s, refs[k].id);
+	}
+	free(prot.ids);
+	free(refs);
+	cached_free(&D.images[i]);
+	memmove(&D.images[i], &D.images[i + 1], (D.n_images - i - 1) * sizeof(*D.images));
+	D.n_images--;
+	D.evictions++;
+}
+
+/* Makes room for need more bytes; *ret_error names the pinned images when it cannot. */
+static int make_room(struct store *s, uint64_t need, char **ret_error)
+{
+	for (int round = 0; round < 8; round++) {
+		uint64_t used = store_bytes(s), pinned = 0;
+		struct node_policy_image *imgs;
+		size_t *victims, nv = 0;
+		int r;
+
+		if (used + need <= D.o->cache_max_bytes)
+			return 0;
+		imgs = calloc(D.n_images + 1, sizeof(*imgs));
+		victims = calloc(D.n_images + 1, sizeof(*victims));
+		if (!imgs || !victims) {
+			free(imgs);
+			free(victims);
+			return -ENOMEM;
+		}
+		for (size_t i = 0; i < D.n_images; i++)
+			imgs[i] = (struct node_policy_image){.bytes = unique_bytes(s, i),
+							     .last_used = D.images[i].last_used,
+							     .pinned = D.images[i].n_jobs > 0};
+		r = node_policy_pick(imgs, D.n_images, used, need, D.o->cache_max_bytes, victims,
+				     &nv, &pinned);
+		free(imgs);
+		if (r < 0 || nv == 0) {
+			_cleanup_free_ char *names = NULL;
+
+			free(victims);
+			/* The message gives what pinned images hold, shared chunks included. */
+			pinned = 0;
+			for (size_t i = 0; i < D.n_images; i++)
+				if (D.images[i].n_jobs)
+					pinned += D.images[i].bytes;
+			for (size_t i = 0; i < D.n_images; i++) {
+				char *nn = NULL;
+
+				if (!D.images[i].n_jobs)
+					continue;
+				if (asprintf(&nn, "%s%s%s:%u (job %s)", names ? names : "",
+					     names ? ", " : "", D.images[i].name,
+					     D.images[i].version, D.images[i].jobs[0]) < 0)
+					break;
+				free(names);
+				names = nn;
+			}
+			return error_set(
+			    ret_error, -ENOSPC,
+			    "node cache full: %llu bytes needed, %llu of %llu used, "
+			    "%llu by images pinned by running jobs (%s); release a job "
+			    "or raise --cache-max",
+			    (unsigned long long)need, (unsigned long long)used,
+			    (unsigned long long)D.o->cache_max_bytes, (unsigned long long)pinned,
+			    names ? names : "none");
+		}
+		/* Evict from the highest index down so that earlier indices stay valid. */
+		for (size_t a = 0; a < nv; a++)
+			for (size_t b = a + 1; b < nv; b++)
+				if (victims[b] > victims[a]) {
+					size_t t = victims[a];
+					victims[a] = victims[b];
+					victims[b] = t;
+				}
+		for (size_t a = 0; a < nv; a++)
+			evict(s, victims[a]);
+		free(victims);
+		state_save();
+	}
+	return error_set(ret_error, -ENOSPC, "node cache: could not make room for %llu bytes",
+			 (unsigned long long)need);
+}
+
+/* ---- fetches ---- */
+
+static void fetch_unref(struct fetch *f)
+{
+	if (!f || --f->users > 0)
+		return;
+	free(f->ref);
+	hostlist_free(f->hosts, f->n_hosts);
+	manifest_free(f->m);
+	free(f->refs);
+	free(f->sizes);
+	free(f->have);
+	free(f->meta);
+	free(f->error);
+	free(f->name);
+	free(f->source);
+	free(f);
+}
+
+/* Sets f's manifest (lock not held on entry); the same version again is fine. */
+static int fetch_set_manifest(struct fetch *f, struct store *s, const char *manifest_text,
+			      size_t len, const uint64_t *sizes, size_t n_sizes, char **ret_error)
+{
+	struct manifest *m = NULL;
+	struct store_chunk_ref *refs = NULL;
+	_cleanup_free_ char *why = NULL;
+	uint64_t need = 0;
+	size_t n = 0;
+	bool *have;
+	json_t *jsizes;
+	int r;
+
+	r = manifest_from_json(manifest_text, len, &m, &why);
+	if (r < 0)
+		return error_set(ret_error, -EBADMSG, "the image's manifest: %s", why);
+	r = manifest_distinct_chunks(m, &refs, &n);
+	if (r < 0 || n != n_sizes) {
+		manifest_free(m);
+		free(refs);
+		return error_set(ret_error, -EBADMSG,
+				 "the image's manifest names %zu chunks, its "
+				 "sizes %zu",
+				 n, n_sizes);
+	}
+	pthread_mutex_lock(&D.lock);
+	if (f->m) {
+		bool same = f->n == n && memcmp(f->refs, refs, n * sizeof(*refs)) == 0;
+
+		pthread_mutex_unlock(&D.lock);
+		manifest_free(m);
+		free(refs);
+		return same ? 0
+			    : error_set(ret_error, -EBADMSG,
+					"a peer offers another version of %s than first seen",
+					f->ref);
+	}
+	pthread_mutex_unlock(&D.lock);
+	have = calloc(n + 1, sizeof(*have));
+	if (!have)
+		return -ENOMEM;
+	/* What is here already counts only once re-hashed. */
+	for (size_t i = 0; i < n; i++) {
+		void *plain = NULL;
+		size_t plen;
+
+		if (store_has_chunk(s, refs[i].id) &&
+		    store_get_chunk(s, refs[i].id, &plain, &plen) == 0)
+			have[i] = true;
+		else
+			need += sizes[i];
+		free(plain);
+	}
+	jsizes = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(jsizes, json_integer((json_int_t)sizes[i]));
+	pthread_mutex_lock(&D.lock);
+	f->m = m;
+	f->refs = refs;
+	f->n = n;
+	f->have = have;
+	f->sizes = malloc((n + 1) * sizeof(*sizes));
+	if (f->sizes)
+		memcpy(f->sizes, sizes, n * sizeof(*sizes));
+	f->meta =
+	    json_dumps(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
+		       JSON_COMPACT);
+	r = make_room(s, need, ret_error);
+	wake();
+	pthread_mutex_unlock(&D.lock);
+	return r;
+}
+
+static void fetch_mark(struct fetch *f, size_t i, uint64_t bytes, const char *source)
+{
+	pthread_mutex_lock(&D.lock);
+	f->have[i] = true;
+	f->bytes_received += bytes;
+	f->chunks_received++;
+	count(D.received, source, bytes);
+	wake();
+	pthread_mutex_unlock(&D.lock);
+}
+
+static int open_registry(const char *ref_text, struct reference **ret_ref, struct oci_client **ret,
+			 char **ret_error)
+{
+	struct auth_credentials cred = {0};
+	struct reference *ref = NULL;
+	int r;
+
+	r = reference_parse(ref_text, &ref, ret_error);
+	if (r < 0)
+		return r;
+	r = auth_credentials_find(ref->registry, &cred, ret_error);
+	if (r < 0 && r != -ENOENT) {
+		reference_free(ref);
+		return r;
+	}
+	r = oci_client_new(ref->registry,
+			   &(struct oci_options){.insecure = D.o->insecure,
+						 .credentials = cred.user ? &cred : NULL},
+			   ret);
+	auth_credentials_done(&cred);
+	if (r < 0) {
+		reference_free(ref);
+		return error_set(ret_error, r, "starting an HTTP client: %s", strerror(-r));
+	}
+	*ret_ref = ref;
+	return 0;
+}
+
+/* Chunk blobs are fetched over REGISTRY_STREAMS connections at once: a registry answers
+ * each small blob GET in a few ms (docs/registry.md), and one request at a time leaves the
+ * link idle meanwhile. */
+#define REGISTRY_STREAMS 4
+
+struct registry_job {
+	struct fetch *f;
+	const struct artifact *a;
+	size_t next; /* next chunk index to claim (under D.lock) */
+	int error;
+	char *error_text;
+};
+
+static void *registry_worker(void *arg)
+{
+	struct registry_job *job = arg;
+	struct fetch *f = job->f;
+	struct reference *ref = NULL;
+	struct oci_client *c = NULL;
+	struct store *s = NULL;
+	char *error = NULL;
+	int r;
+
+	r = open_registry(f->ref, &ref, &c, &error);
+	if (r == 0) {
+		r = store_open(D.store_dir, &s);
+		if (r < 0)
+			error_set(&error, r, "opening the cache: %s", strerror(-r));
+	}
+	while (r == 0) {
+		_cleanup_free_ void *data = NULL;
+		size_t i, len = 0;
+
+		pthread_mutex_lock(&D.lock);
+		while (job->next < f->n && f->have[job->next])
+			job->next++;
+		i = job->next++;
+		if (job->error)
+			i = f->n;
+		pthread_mutex_unlock(&D.lock);
+		if (i >= f->n)
+			break;
+		r = oci_blob_get(c, ref->repository, job->a->chunks[i].digest,
+				 job->a->chunks[i].size_bytes, &data, &len, &error);
+		if (r < 0)
+			break;
+		/* store_put_compressed_chunk decompresses and hashes: nothing unverified is
+		 * stored, and only stored chunks are marked (and so forwarded). */
+		r = store_put_compressed_chunk(s, f->refs[i].id, data, len, NULL);
+		if (r < 0) {
+			error_set(&error, r, "a chunk blob of %s does not verify", f->ref);
+			break;
+		}
+		fetch_mark(f, i, len, "registry");
+	}
+	pthread_mutex_lock(&D.lock);
+	if (r < 0 && !job->error) {
+		job->error = r;
+		job->error_text = error;
+		error = NULL;
+	}
+	pthread_mutex_unlock(&D.lock);
+	free(error);
+	store_close(s);
+	oci_client_free(c);
+	reference_free(ref);
+	return NULL;
+}
+
+static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_error)
+{
+	_cleanup_free_ char *oci_json = NULL, *config = NULL, *why = NULL;
+	struct reference *ref = NULL;
+	struct oci_client *c = NULL;
+	struct artifact *a = NULL;
+	uint64_t *sizes = NULL;
+	size_t oci_len = 0, config_len = 0, n_workers = 0;
+	struct registry_job job = {0};
+	pthread_t workers[REGISTRY_STREAMS];
+	int r;
+
+	r = open_registry(f->ref, &ref, &c, ret_error);
+	if (r < 0)
+		return r;
+	r = oci_manifest_get(c, ref->repository, reference_target(ref), OCI_MEDIA_TYPE_MANIFEST,
+			     &oci_json, &oci_len, ret_error);
+	if (r < 0)
+		goto out;
+	r = artifact_parse(oci_json, oci_len, &a, &why);
+	if (r < 0) {
+		r = error_set(ret_error, r, "the manifest of %s: %s", f->ref, why);
+		goto out;
+	}
+	r = oci_blob_get(c, ref->repository, a->config.digest, a->config.size_bytes,
+			 (void **)&config, &config_len, ret_error);
+	if (r < 0)
+		goto out;
+	sizes = calloc(a->n_chunks + 1, sizeof(*sizes));
+	if (!sizes) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < a->n_chunks; i++)
+		sizes[i] = a->chunks[i].size_bytes;
+	r = fetch_set_manifest(f, s, config, config_len, sizes, a->n_chunks, ret_error);
+	if (r < 0)
+		goto out;
+	job.f = f;
+	job.a = a;
+	for (size_t w = 0; w < REGISTRY_STREAMS && w < f->n; w++)
+		if (pthread_create(&workers[n_workers], NULL, registry_worker, &job) == 0)
+			n_workers++;
+	for (size_t w = 0; w < n_workers; w++)
+		pthread_join(workers[w], NULL);
+	if (job.error) {
+		r = error_set(ret_error, job.error, "%s",
+			      job.error_text ? job.error_text : "fetch");
+		goto out;
+	}
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < f->n; i++)
+		if (!f->have[i])
+			r = -EIO;
+	pthread_mutex_unlock(&D.lock);
+	if (r < 0)
+		r = error_set(ret_error, r, "%s: not every chunk arrived", f->ref);
+out:
+	free(job.error_text);
+	free(sizes);
+	artifact_free(a);
+	oci_client_free(c);
+	reference_free(ref);
+	return r;
+}
+
+/* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying). */
+static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
+{
+	_cleanup_free_ char *addr = NULL, *payload = NULL;
+	_cleanup_close_ int fd = -1;
+	enum node_msg_type type;
+	json_t *req, *meta = NULL, *want;
+	size_t len;
+	int r, timeout = D.o->peer_timeout_ms;
+
+	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, ret_error);
+	if (r < 0)
+		return -EPIPE;
+	r = node_connect_tcp(addr, timeout, &fd, ret_error);
+	if (r < 0)
+		return -EPIPE;
+	req = json_pack("{s:s, s:s, s:s?, s:o}", "op", "feed", "ref", f->ref, "from", D.o->name,
+			"nodes", json_array());
+	for (size_t i = 0; i < f->n_hosts; i++)
+		json_array_append_new(json_object_get(req, "nodes"), json_string(f->hosts[i]));
+	r = node_send_signed(fd, D.o->munge_socket, req, timeout, ret_error);
+	json_decref(req);
+	if (r < 0)
+		return r == -EACCES ? r : -EPIPE;
+	do {
+		free(payload);
+		payload = NULL;
+		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+	} while (r == 0 && type == NODE_MSG_REPLY && strstr(payload, "keepalive"));
+	if (r < 0)
+		return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
+	if (type != NODE_MSG_META)
+		return error_set(ret_error, -EPIPE, "%s: %s", peer,
+				 type == NODE_MSG_ERROR || type == NODE_MSG_REPLY ? payload
+										  : "no manifest");
+	meta = json_loadb(payload, len, 0, NULL);
+	{
+		const char *mt = json_string_value(json_object_get(meta, "manifest"));
+		json_t *js = json_object_get(meta, "sizes"), *v;
+		size_t n = json_array_size(js), i;
+		uint64_t *sizes = calloc(n + 1, sizeof(*sizes));
+
+		if (!mt || !sizes) {
+			free(sizes);
+			json_decref(meta);
+			return error_set(ret_error, -EPIPE, "%s sent a bad manifest", peer);
+		}
+		json_array_foreach(js, i, v) sizes[i] = (uint64_t)json_integer_value(v);
+		r = fetch_set_manifest(f, s, mt, strlen(mt), sizes, n, ret_error);
+		free(sizes);
+		json_decref(meta);
+		if (r == -EBADMSG)
+			return -EPIPE;
+		if (r < 0)
+			return r;
+	}
+	want = json_array();
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < f->n; i++)
+		if (!f->have[i])
+			json_array_append_new(want, json_integer((json_int_t)i));
+	pthread_mutex_unlock(&D.lock);
+	{
+		_cleanup_free_ char *wt = json_dumps(want, JSON_COMPACT);
+
+		json_decref(want);
+		r = node_proto_send(fd, NODE_MSG_WANT, wt, strlen(wt), timeout);
+		if (r < 0)
+			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
+	}
+	for (;;) {
+		uint32_t idx;
+
+		free(payload);
+		payload = NULL;
+		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		if (r < 0)
+			return error_set(ret_error, -EPIPE, "%s: %s", peer,
+					 r == -ETIMEDOUT ? "silent for too long" : strerror(-r));
+		if (type == NODE_MSG_REPLY)
+			continue; /* keepalive */
+		if (type == NODE_MSG_END)
+			break;
+		if (type != NODE_MSG_CHUNK || len < 4)
+			return error_set(ret_error, -EPIPE, "%s: %s", peer,
+					 type == NODE_MSG_ERROR ? payload : "unexpected frame");
+		memcpy(&idx, payload, 4);
+		if (idx >= f->n)
+			return error_set(ret_error, -EPIPE, "%s sent chunk %u of %zu", peer, idx,
+					 f->n);
+		r = store_put_compressed_chunk(s, f->refs[idx].id, payload + 4, len - 4, NULL);
+		if (r == -EBADMSG || r == -EINVAL)
+			return error_set(ret_error, -EPIPE, "%s sent a chunk that does not verify",
+					 peer);
+		if (r < 0)
+			return error_set(ret_error, r, "storing a chunk: %s", strerror(-r));
+		fetch_mark(f, idx, len - 4, peer);
+	}
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < f->n; i++)
+		if (!f->have[i])
+			r = -EPIPE;
+	pthread_mutex_unlock(&D.lock);
+	if (r < 0)
+		return error_set(ret_error, -EPIPE, "%s ended before sending every chunk", peer);
+	return 0;
+}
+
+static void *fetch_thread(void *arg)
+{
+	struct fetch *f = arg;
+	_cleanup_free_ char *error = NULL, *dead_list = NULL;
+	struct store *s = NULL;
+	bool *dead = calloc(f->n_hosts + 1, sizeof(bool));
+	int rank = -1, r;
+
+	for (size_t i = 0; i < f->n_hosts; i++)
+		if (D.o->name && strcmp(f->hosts[i], D.o->name) == 0)
+			rank = (int)i;
+	r = store_open(D.store_dir, &s);
+	if (r < 0 || !dead) {
+		error_set(&error, r ? r : -ENOMEM, "opening the cache %s: %s", D.store_dir,
+			  strerror(-r));
+		goto out;
+	}
+	for (;;) {
+		int src = f->central || rank <= 0
+			      ? NODE_TREE_REGISTRY
+			      : node_tree_live_parent((size_t)rank, f->n_hosts, dead);
+		char *e = NULL, *nl = NULL;
+
+		free(f->source);
+		f->source = strdup(src < 0 ? "registry" : f->hosts[src]);
+		if (src < 0) {
+			r = fetch_from_registry(f, s, &error);
+			if (r < 0 && dead_list) {
+				char *inner = TAKE_PTR(error);
+
+				error_set(&error, r, "no path left for %s: %s; registry: %s",
+					  f->ref, dead_list, inner);
+				free(inner);
+			}
+			break;
+		}
+		r = fetch_from_peer(f, s, f->hosts[src], &e);
+		if (r != -EPIPE) {
+			error = e;
+			break;
+		}
+		dead[src] = true;
+		log_warning("fetching %s: parent %s failed (%s); re-parenting", f->ref,
+			    f->hosts[src], e ? e : "?");
+		if (asprintf(&nl, "%s%s%s (%s)", dead_list ? dead_list : "", dead_list ? "; " : "",
+			     f->hosts[src], e ? e : "failed") >= 0) {
+			free(dead_list);
+			dead_list = nl;
+		}
+		free(e);
+	}
+	if (r == 0) {
+		struct manifest *m = f->m;
+		bool added = false;
+
+		r = transfer_commit_received(s, m, &added);
+		if (r < 0)
+			error_set(&error, r, "saving %s in the cache: %s", f->ref, strerror(-r));
+	}
+out:
+	pthread_mutex_lock(&D.lock);
+	for (struct fetch **p = &D.fetches; *p; p = &(*p)->next)
+		if (*p == f) {
+			*p = f->next;
+			break;
+		}
+	if (r == 0) {
+		f->name = strdup(f->m->name);
+		f->version = f->m->version;
+		if (!cached_find(f->ref))
+			cached_add(f->ref, f->m->name, f->m->version,
+				   manifest_stored_bytes(s, f->m));
+		state_save();
+		D.distributions++;
+		f->done = true;
+	} else {
+		D.errors++;
+		f->failed = true;
+		f->error = TAKE_PTR(error);
+		if (!f->error)
+			f->error = strdup(strerror(-r));
+	}
+	wake();
+	fetch_unref(f);
+	pthread_mutex_unlock(&D.lock);
+	store_close(s);
+	free(dead);
+	return NULL;
+}
+
+/* The fetch of ref (lock held): joins one in flight, or starts one. NULL with *ret_hit
+ * when the cache has it. */
+static struct fetch *fetch_get(const char *ref, char **hosts, size_t n_hosts, bool central,
+			       bool *ret_hit)
+{
+	struct fetch *f;
+	pthread_t t;
+	pthread_attr_t attr;
+
+	*ret_hit = false;
+	if (cached_find(ref)) {
+		*ret_hit = true;
+		return NULL;
+	}
+	for (f = D.fetches; f; f = f->next)
+		if (strcmp(f->ref, ref) == 0) {
+			f->users++;
+			return f;
+		}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	f->ref = strdup(ref);
+	f->central = central;
+	f->hosts = calloc(n_hosts + 1, sizeof(char *));
+	for (size_t i = 0; i < n_hosts; i++)
+		f->hosts[i] = strdup(hosts[i]);
+	f->n_hosts = n_hosts;
+	f->users = 2; /* the thread and the caller */
+	f->next = D.fetches;
+	D.fetches = f;
+	D.misses++;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, fetch_thread, f) != 0) {
+		D.fetches = f->next;
+		f->users = 1;
+		fetch_unref(f);
+		f = NULL;
+	}
+	pthread_attr_destroy(&attr);
+	return f;
+}
+
+/* ---- requests ---- */
+
+static json_t *reply_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_t *reply_error(const char *fmt, ...)
+{
+	char buf[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	return json_pack("{s:b, s:s}", "ok", 0, "error", buf);
+}
+
+static int parse_nodes(json_t *req, char ***ret_hosts, size_t *ret_n, char **ret_error)
+{
+	json_t *nodes = json_object_get(req, "nodes"), *v;
+	size_t i;
+
+	if (json_is_string(nodes))
+		return hostlist_expand(json_string_value(nodes), ret_hosts, ret_n, ret_error);
+	*ret_hosts = calloc(json_array_size(nodes) + 1, sizeof(char *));
+	*ret_n = 0;
+	json_array_foreach(nodes, i, v) if (json_is_string(v))(*ret_hosts)[(*ret_n)++] =
+	    strdup(json_string_value(v));
+	return 0;
+}
+
+static json_t *do_present(json_t *req)
+{
+	const char *ref = json_string_value(json_object_get(req, "ref"));
+	const char *job = json_string_value(json_object_get(req, "job"));
+	bool central = json_is_true(json_object_get(req, "central"));
+	_cleanup_free_ char *error = NULL;
+	char **hosts = NULL;
+	size_t n_hosts = 0;
+	struct fetch *f;
+	struct cached *c;
+	bool hit;
+	double t0 = now_s();
+	json_t *reply;
+
+	if (!ref)
+		return reply_error("present: give \"ref\", an image in a registry");
+	if (parse_nodes(req, &hosts, &n_hosts, &error) < 0)
+		return reply_error("present %s: nodes: %s", ref, error);
+	pthread_mutex_lock(&D.lock);
+	f = fetch_get(ref, hosts, n_hosts, central, &hit);
+	hostlist_free(hosts, n_hosts);
+	if (hit)
+		D.hits++;
+	if (!f && !hit) {
+		pthread_mutex_unlock(&D.lock);
+		return reply_error("present %s: out of memory or threads", ref);
+	}
+	while (f && !f->done && !f->failed)
+		wait_ms(KEEPALIVE_MS);
+	if (f && f->failed) {
+		reply =
+		    reply_error("%s%s%s: %s", D.o->name ? "node " : "", D.o->name ? D.o->name : "",
+				D.o->name ? "" : "node", f->error ? f->error : "failed");
+		fetch_unref(f);
+		pthread_mutex_unlock(&D.lock);
+		return reply;
+	}
+	c = cached_find(ref);
+	if (!c) {
+		fetch_unref(f);
+		pthread_mutex_unlock(&D.lock);
+		return reply_error("present %s: evicted while it arrived; try again", ref);
+	}
+	c->last_used = ++D.clock;
+	if (job && *job) {
+		bool pinned = false;
+
+		for (size_t j = 0; j < c->n_jobs; j++)
+			pinned |= strcmp(c->jobs[j], job) == 0;
+		if (!pinned && c->n_jobs < MAX_JOBS_PER_IMG) {
+			char **nj = realloc(c->jobs, (c->n_jobs + 1) * sizeof(*nj));
+
+			if (nj) {
+				c->jobs = nj;
+				c->jobs[c->n_jobs++] = strdup(job);
+			}
+		}
+	}
+	state_save();
+	reply = json_pack("{s:b, s:s?, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
+			  "name", c->name, "version", (int)c->version, "bytes_received",
+			  (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
+			  (json_int_t)(f ? f->chunks_received : 0), "source",
+			  f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
+	fetch_unref(f);
+	pthread_mutex_unlock(&D.lock);
+	return reply;
+}
+
+static json_t *do_release(json_t *req)
+{
+	const char *job = json_string_value(json_object_get(req, "job"));
+	int released = 0;
+
+	if (!job)
+		return reply_error("release: give \"job\"");
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < D.n_images; i++) {
+		struct cached *c = &D.images[i];
+
+		for (size_t j = 0; j < c->n_jobs; j++)
+			if (strcmp(c->jobs[j], job) == 0) {
+				free(c->jobs[j]);
+				c->jobs[j] = c->jobs[--c->n_jobs];
+				released++;
+				break;
+			}
+	}
+	state_save();
+	pthread_mutex_unlock(&D.lock);
+	return json_pack("{s:b, s:i}", "ok", 1, "released", released);
+}
+
+static char *metrics_text(void)
+{
+	struct store *s = NULL;
+	uint64_t bytes = 0, pinned = 0;
+	char *out = NULL;
+	size_t size = 0;
+	FILE *f = open_memstream(&out, &size);
+
+	if (!f)
+		return NULL;
+	if (store_open(D.store_dir, &s) == 0) {
+		bytes = store_bytes(s);
+		store_close(s);
+	}
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < D.n_images; i++)
+		pinned += D.images[i].n_jobs > 0;
+	fprintf(f,
+		"# HELP vmhpc_node_cache_bytes Compressed chunk bytes in the node cache.\n"
+		"# TYPE vmhpc_node_cache_bytes gauge\nvmhpc_node_cache_bytes %llu\n"
+		"# TYPE vmhpc_node_cache_max_bytes gauge\nvmhpc_node_cache_max_bytes %llu\n"
+		"# TYPE vmhpc_node_cache_images gauge\nvmhpc_node_cache_images %zu\n"
+		"# TYPE vmhpc_node_cache_images_pinned gauge\nvmhpc_node_cache_images_pinned "
+		"%llu\n"
+		"# TYPE vmhpc_node_cache_hits_total counter\nvmhpc_node_cache_hits_total %llu\n"
+		"# TYPE vmhpc_node_cache_misses_total counter\nvmhpc_node_cache_misses_total "
+		"%llu\n"
+		"# TYPE vmhpc_node_evictions_total counter\nvmhpc_node_evictions_total %llu\n"
+		"# TYPE vmhpc_node_distributions_total counter\nvmhpc_node_distributions_total "
+		"%llu\n"
+		"# TYPE vmhpc_node_errors_total counter\nvmhpc_node_errors_total %llu\n"
+		"# TYPE vmhpc_node_requests_refused_total counter\n"
+		"vmhpc_node_requests_refused_total %llu\n",
+		(unsigned long long)bytes, (unsigned long long)D.o->cache_max_bytes, D.n_images,
+		(unsigned long long)pinned, (unsigned long long)D.hits,
+		(unsigned long long)D.misses, (unsigned long long)D.evictions,
+		(unsigned long long)D.distributions, (unsigned long long)D.errors,
+		(unsigned long long)D.refused);
+	fprintf(f, "# TYPE vmhpc_node_received_bytes_total counter\n");
+	for (size_t i = 0; i < MAX_SOURCES && D.received[i].name[0]; i++)
+		fprintf(f, "vmhpc_node_received_bytes_total{source=\"%s\"} %llu\n",
+			D.received[i].name, (unsigned long long)D.received[i].bytes);
+	fprintf(f, "# TYPE vmhpc_node_sent_bytes_total counter\n");
+	for (size_t i = 0; i < MAX_SOURCES && D.sent[i].name[0]; i++)
+		fprintf(f, "vmhpc_node_sent_bytes_total{peer=\"%s\"} %llu\n", D.sent[i].name,
+			(unsigned long long)D.sent[i].bytes);
+	pthread_mutex_unlock(&D.lock);
+	fclose(f);
+	return out;
+}
+
+/* Feeds a child: META, then every chunk it wants as soon as it is here and verified. */
+static void do_feed(int fd, json_t *req, const char *peer)
+{
+	const char *ref = json_string_value(json_object_get(req, "ref"));
+	_cleanup_free_ char *error = NULL;
+	struct store *s = NULL;
+	char **hosts = NULL;
+	size_t n_hosts = 0, n_want = 0, sent = 0;
+	bool hit, *want = NULL;
+	struct fetch *f = NULL;
+	uint32_t *order = NULL;
+	int timeout = D.o->peer_timeout_ms, r;
+
+	if (!ref || parse_nodes(req, &hosts, &n_hosts, &error) < 0 ||
+	    store_open(D.store_dir, &s) < 0) {
+		node_proto_send(fd, NODE_MSG_ERROR, "bad feed request", 16, timeout);
+		goto out;
+	}
+	pthread_mutex_lock(&D.lock);
+	f = fetch_get(ref, hosts, n_hosts, false, &hit);
+	if (hit) {
+		/* Serve the cached version through a finished fetch of its own. */
+		struct cached *c = cached_find(ref);
+		struct manifest *m = NULL;
+		_cleanup_free_ char *text = NULL;
+
+		c->last_used = ++D.clock;
+		f = calloc(1, sizeof(*f));
+		if (f && catalog_load(s, c->name, c->version, &m, NULL) == 0 &&
+		    manifest_distinct_chunks(m, &f->refs, &f->n) == 0 &&
+		    manifest_to_json(m, &text) == 0) {
+			json_t *js = json_array();
+
+			f->users = 1;
+			f->m = m;
+			f->done = true;
+			f->have = calloc(f->n + 1, sizeof(bool));
+			for (size_t i = 0; i < f->n; i++) {
+				uint64_t b = 0;
+
+				f->have[i] = true;
+				store_chunk_stored_bytes(s, f->refs[i].id, &b);
+				json_array_append_new(js, json_integer((json_int_t)b));
+			}
+			f->meta = json_dumps(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
+					     JSON_COMPACT);
+		} else {
+			manifest_free(m);
+			free(f);
+			f = NULL;
+		}
+	}
+	pthread_mutex_unlock(&D.lock);
+	if (!f) {
+		node_proto_send(fd, NODE_MSG_ERROR, "cannot serve it", 15, timeout);
+		goto out;
+	}
+	/* Wait for the manifest, keeping the child's timeout at bay. */
+	for (;;) {
+		_cleanup_free_ char *meta = NULL;
+		bool failed;
+
+		pthread_mutex_lock(&D.lock);
+		if (!f->meta && !f->failed)
+			wait_ms(KEEPALIVE_MS);
+		meta = f->meta ? strdup(f->meta) : NULL;
+		failed = f->failed;
+		pthread_mutex_unlock(&D.lock);
+		if (failed) {
+			node_proto_send(fd, NODE_MSG_ERROR, f->error, strlen(f->error), timeout);
+			goto out;
+		}
+		if (meta) {
+			r = node_proto_send(fd, NODE_MSG_META, meta, strlen(meta), timeout);
+			if (r < 0)
+				goto out;
+			break;
+		}
+		if (node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout) < 0)
+			goto out;
+	}
+	{
+		_cleanup_free_ char *payload = NULL;
+		enum node_msg_type type;
+		json_t *arr, *v;
+		size_t len, i;
+
+		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		if (r < 0 || type != NODE_MSG_WANT)
+			goto out;
+		arr = json_loadb(payload, len, 0, NULL);
+		want = calloc(f->n + 1, sizeof(bool));
+		order = calloc(f->n + 1, sizeof(*order));
+		json_array_foreach(arr, i, v)
+		{
+			json_int_t k = json_integer_value(v);
+
+			if (k >= 0 && (size_t)k < f->n && !want[k]) {
+				want[k] = true;
+				n_want++;
+			}
+		}
+		json_decref(arr);
+	}
+	while (sent < n_want) {
+		size_t ready = 0;
+		bool failed;
+
+		pthread_mutex_lock(&D.lock);
+		for (size_t i = 0; i < f->n; i++)
+			if (want[i] && f->have[i]) {
+				order[ready++] = (uint32_t)i;
+				want[i] = false;
+			}
+		failed = f->failed;
+		if (!ready && !failed)
+			wait_ms(KEEPALIVE_MS);
+		pthread_mutex_unlock(&D.lock);
+		if (!ready && failed) {
+			node_proto_send(fd, NODE_MSG_ERROR, f->error, strlen(f->error), timeout);
+			goto out;
+		}
+		if (!ready &&
+		    node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout) < 0)
+			goto out;
+		for (size_t k = 0; k < ready; k++) {
+			_cleanup_free_ void *data = NULL;
+			_cleanup_free_ char *frame = NULL;
+			size_t len = 0;
+
+			r = store_get_compressed_chunk(s, f->refs[order[k]].id, &data, &len);
+			if (r < 0) {
+				node_proto_send(fd, NODE_MSG_ERROR, "chunk unreadable here", 21,
+						timeout);
+				goto out;
+			}
+			frame = malloc(len + 4);
+			if (!frame)
+				goto out;
+			memcpy(frame, &order[k], 4);
+			memcpy(frame + 4, data, len);
+			r = node_proto_send(fd, NODE_MSG_CHUNK, frame, len + 4, timeout);
+			if (r < 0)
+				goto out;
+			pthread_mutex_lock(&D.lock);
+			count(D.sent, peer, len);
+			pthread_mutex_unlock(&D.lock);
+			sent++;
+		}
+	}
+	node_proto_send(fd, NODE_MSG_END, NULL, 0, timeout);
+out:
+	free(want);
+	free(order);
+	hostlist_free(hosts, n_hosts);
+	if (f) {
+		pthread_mutex_lock(&D.lock);
+		fetch_unref(f);
+		pthread_mutex_unlock(&D.lock);
+	}
+	store_close(s);
+}
+
+struct conn {
+	int fd;
+	bool local;
+	char peer[64];
+};
+
+static bool uid_allowed(uid_t uid)
+{
+	return uid == 0 || (D.o->slurm_uid != (uid_t)-1 && uid == D.o->slurm_uid);
+}
+
+static void refuse(int fd, const char *why)
+{
+	_cleanup_free_ char *text = NULL;
+	json_t *reply = reply_error("refused: %s", why);
+
+	pthread_mutex_lock(&D.lock);
+	D.refused++;
+	pthread_mutex_unlock(&D.lock);
+	log_warning("refused a request: %s", why);
+	text = json_dumps(reply, JSON_COMPACT);
+	json_decref(reply);
+	node_proto_send(fd, NODE_MSG_REPLY, text, strlen(text), 5000);
+}
+
+static void *conn_thread(void *arg)
+{
+	struct conn *c = arg;
+	_cleanup_free_ char *payload = NULL, *body = NULL, *error = NULL, *text = NULL;
+	enum node_msg_type type;
+	char peek[4];
+	json_t *req = NULL, *reply = NULL;
+	const char *op;
+	size_t len;
+	int r;
+
+	r = (int)recv(c->fd, peek, 4, MSG_PEEK | MSG_WAITALL);
+	if (r == 4 && !c->local && memcmp(peek, "GET ", 4) == 0) {
+		/* Prometheus scrapes GET /metrics; nothing else is served over HTTP. */
+		char buf[1024];
+		_cleanup_free_ char *m = NULL, *resp = NULL;
+
+		r = (int)recv(c->fd, buf, sizeof(buf) - 1, 0);
+		m = metrics_text();
+		if (m && asprintf(&resp,
+				  "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+				  "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+				  strlen(m), m) >= 0)
+			fs_write_all(c->fd, resp, strlen(resp));
+		goto out;
+	}
+	r = node_proto_recv(c->fd, REQUEST_MAX, 10000, &type, &payload, &len);
+	if (r < 0)
+		goto out;
+	if (c->local) {
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
+
+		if (type != NODE_MSG_REQUEST ||
+		    getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
+		    !uid_allowed(cred.uid)) {
+			refuse(c->fd, "only root or the Slurm user may use the node's socket");
+			goto out;
+		}
+		body = TAKE_PTR(payload);
+	} else {
+		uid_t uid;
+		gid_t gid;
+
+		if (type != NODE_MSG_REQUEST_MUNGE) {
+			refuse(c->fd, "peers must send a MUNGE credential");
+			goto out;
+		}
+		r = node_auth_decode(D.o->munge_socket, payload, &body, &len, &uid, &gid, &error);
+		if (r < 0) {
+			refuse(c->fd, error ? error : "bad MUNGE credential");
+			goto out;
+		}
+		if (!uid_allowed(uid)) {
+			refuse(c->fd, "the credential's uid is neither root nor the Slurm user");
+			goto out;
+		}
+	}
+	req = json_loads(body, 0, NULL);
+	op = json_string_value(json_object_get(req, "op"));
+	if (!op)
+		reply = reply_error("a request is a JSON object with \"op\"");
+	else if (strcmp(op, "present") == 0)
+		reply = do_present(req);
+	else if (strcmp(op, "release") == 0)
+		reply = do_release(req);
+	else if (strcmp(op, "metrics") == 0) {
+		_cleanup_free_ char *m = metrics_text();
+
+		reply = json_pack("{s:b, s:s}", "ok", 1, "metrics", m ? m : "");
+	} else if (strcmp(op, "feed") == 0 && !c->local) {
+		const char *from = json_string_value(json_object_get(req, "from"));
+		char label[64];
+
+		/* The peer's own name, when it gives one, labels the metric; its address
+		 * otherwise. */
+		snprintf(label, sizeof(label), "%s", from && strlen(from) < 40 ? from : c->peer);
+		for (char *q = label; *q; q++)
+			if (!isalnum((unsigned char)*q) && *q != '-' && *q != '.' && *q != '_')
+				*q = '_';
+		do_feed(c->fd, req, label);
+		goto out;
+	} else
+		reply = reply_error("unknown op \"%s\" (present, release, metrics)", op);
+	text = json_dumps(reply, JSON_COMPACT);
+	if (text)
+		node_proto_send(c->fd, NODE_MSG_REPLY, text, strlen(text), 10000);
+out:
+	json_decref(req);
+	json_decref(reply);
+	close(c->fd);
+	pthread_mutex_lock(&D.lock);
+	D.connections--;
+	pthread_mutex_unlock(&D.lock);
+	free(c);
+	return NULL;
+}
+
+static int listen_tcp(const char *addr, int *ret_fd)
+{
+	_cleanup_free_ char *host = strdup(addr);
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	_cleanup_close_ int fd = -1;
+	char *colon = host ? strrchr(host, ':') : NULL;
+	int one = 1;
+
+	if (!colon)
+		return -EINVAL;
+	*colon = 0;
+	sa.sin_port = htons((uint16_t)atoi(colon + 1));
+	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+		return -EINVAL;
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0)
+		return -errno;
+	*ret_fd = TAKE_FD(fd);
+	return 0;
+}
+
+static int listen_unix(const char *path, int *ret_fd)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	_cleanup_close_ int fd = -1;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
+	    listen(fd, 64) < 0)
+		return -errno;
+	*ret_fd = TAKE_FD(fd);
+	return 0;
+}
+
+static void accept_one(int lfd, bool local)
+{
+	struct sockaddr_in sa;
+	socklen_t sl = sizeof(sa);
+	struct conn *c;
+	pthread_t t;
+	pthread_attr_t attr;
+	int fd =
+	    accept4(lfd, local ? NULL : (struct sockaddr *)&sa, local ? NULL : &sl, SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	pthread_mutex_lock(&D.lock);
+	if (D.connections >= MAX_CONNECTIONS) {
+		pthread_mutex_unlock(&D.lock);
+		close(fd);
+		return;
+	}
+	D.connections++;
+	pthread_mutex_unlock(&D.lock);
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->local = local;
+	if (!local)
+		inet_ntop(AF_INET, &sa.sin_addr, c->peer, sizeof(c->peer));
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, conn_thread, c) != 0) {
+		close(fd);
+		free(c);
+		pthread_mutex_lock(&D.lock);
+		D.connections--;
+		pthread_mutex_unlock(&D.lock);
+	}
+	pthread_attr_destroy(&attr);
+}
+
+int node_daemon_run(const struct node_options *o)
+{
+	_cleanup_close_ int tcp_fd = -1, unix_fd = -1, sig_fd = -1;
+	struct store *s = NULL;
+	pthread_condattr_t ca;
+	sigset_t mask;
+	int r;
+
+	D.o = o;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&D.cond, &ca);
+	D.store_dir = fs_path_join(o->cache_dir, "store");
+	D.state_path = fs_path_join(o->cache_dir, "state.json");
+	if (!D.store_dir || !D.state_path)
+		return log_error_errno(-ENOMEM, "starting the node daemon: %m");
+	r = fs_mkdir_p(o->cache_dir, 0700);
+	if (r < 0)
+		return log_error_errno(r, "creating the node cache %s: %m", o->cache_dir);
+	r = store_open(D.store_dir, &s);
+	if (r < 0)
+		return log_error_errno(r, "opening the node cache %s: %m", D.store_dir);
+	/* No writer of ours lives yet: temp files are a killed daemon's leftovers. */
+	store_clean_tmp(s, true);
+	r = state_load(s);
+	store_close(s);
+	if (r < 0)
+		return r;
+	r = listen_tcp(o->listen, &tcp_fd);
+	if (r < 0)
+		return log_error_errno(r, "listening on %s (give --listen IPV4:PORT): %m",
+				       o->listen);
+	r = listen_unix(o->socket_path, &unix_fd);
+	if (r < 0)
+		return log_error_errno(r, "listening on the socket %s: %m", o->socket_path);
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sig_fd < 0)
+		return log_error_errno(-errno, "signalfd: %m");
+	log_info("node %s: cache %s (max %llu bytes), listening on %s and %s",
+		 o->name ? o->name : "?", o->cache_dir, (unsigned long long)o->cache_max_bytes,
+		 o->listen, o->socket_path);
+	for (;;) {
+		struct pollfd p[3] = {{.fd = tcp_fd, .events = POLLIN},
+				      {.fd = unix_fd, .events = POLLIN},
+				      {.fd = sig_fd, .events = POLLIN}};
+
+		if (poll(p, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return log_error_errno(-errno, "poll: %m");
+		}
+		if (p[2].revents) {
+			struct signalfd_siginfo si;
+
+			if (read(sig_fd, &si, sizeof(si)) == sizeof(si) && si.ssi_signo != SIGPIPE)
+				break;
+		}
+		if (p[0].revents)
+			accept_one(tcp_fd, false);
+		if (p[1].revents)
+			accept_one(unix_fd, true);
+	}
+	log_info("node %s: stopping", o->name ? o->name : "?");
+	unlink(o->socket_path);
+	return 0;
+}

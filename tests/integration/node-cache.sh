@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# vmhpc node's cache through the prolog's local API (`vmhpc node present/release`): two jobs
+# asking for one image at once fetch it once; --cache-max is held by evicting the least
+# recently used image that no job pins; with every image pinned a full cache is a clear
+# error that evicts nothing; the state survives a restart; the cache verifies throughout.
+. "$(dirname "$0")/lib.sh"
+set -e
+
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 77; }
+for t in munged docker-registry ip; do
+	command -v "$t" >/dev/null || { echo "SKIP: $t is not installed (scripts/install-deps.sh)"; exit 77; }
+done
+. "$VMHPC_SOURCE_ROOT/tests/cluster/cluster.sh"
+on_exit cluster_down
+
+metric() {
+	ip netns exec "vh$CL_ID-n1" curl -sf "http://$CL_NET.11:7420/metrics" | awk -v m="$1" '$1 == m {print $2}'
+}
+present() { # IMAGE JOB
+	"$VMHPC" node present --socket "$CL_DIR/n1.sock" --image "$CL_REGISTRY/vmhpc/$1" --job "$2"
+}
+verify_cache() {
+	VMHPC_STORE="$CL_DIR/cache-n1/store" "$VMHPC" image verify >"$WORK/verify" 2>&1 ||
+		fail "the cache does not verify: $(cat "$WORK/verify")"
+}
+images() { python3 -c 'import json,sys; print(" ".join(sorted(i["name"] for i in json.load(open(sys.argv[1]))["images"])))' "$CL_DIR/cache-n1/state.json"; }
+
+# a: busybox (~15 MB); b and c: a plus 12 MB of random bytes each (their own).
+small_spec a >"$WORK/a.ini"
+"$VMHPC" image build --level 1 "$WORK/a.ini" >/dev/null
+for x in b c; do
+	head -c 12000000 /dev/urandom >"$WORK/$x.bin"
+	small_spec $x "files = $WORK/$x.bin:/opt/$x.bin" >"$WORK/$x.ini"
+	"$VMHPC" image build --level 1 "$WORK/$x.ini" >/dev/null
+done
+CL_CACHE_MAX=35M
+cluster_up 1
+for x in a b c; do cluster_push $x:1 $x:1; done
+ok "one node with --cache-max 35M, images a (~15 MB), b and c (~12 MB more each)"
+
+# Two jobs ask for a at once: one fetch.
+present a:1 job1 >"$WORK/p1" &
+p1=$!
+present a:1 job2 >"$WORK/p2" &
+p2=$!
+wait $p1 || fail "job1: $(cat "$WORK/p1")"
+wait $p2 || fail "job2: $(cat "$WORK/p2")"
+[ "$(metric vmhpc_node_cache_misses_total)" = 1 ] || fail "misses: $(metric vmhpc_node_cache_misses_total)"
+[ "$(metric vmhpc_node_distributions_total)" = 1 ] || fail "a was fetched more than once"
+recv=$(metric 'vmhpc_node_received_bytes_total{source="registry"}')
+[ "$recv" = "$(metric vmhpc_node_cache_bytes)" ] || fail "received $recv bytes, cache holds $(metric vmhpc_node_cache_bytes)"
+ok "two jobs asking for a at once: one fetch of $recv bytes"
+
+present b:1 job3 >/dev/null || fail "b"
+# a (jobs 1, 2) and b (job 3) pinned: c does not fit, nothing is evicted.
+expect_fail "cache full with every image pinned" "node cache full" present c:1 job4
+[ "$(images)" = "a b" ] || fail "images after the refusal: $(images)"
+[ "$(metric vmhpc_node_evictions_total)" = 0 ] || fail "something was evicted"
+verify_cache
+ok "nothing evicted, the cache verifies"
+
+# Job 3 ends: b is unpinned and goes; a, pinned and older, stays.
+"$VMHPC" node release --socket "$CL_DIR/n1.sock" --job job3 >/dev/null
+present c:1 job4 >/dev/null || fail "c after releasing job3"
+[ "$(images)" = "a c" ] || fail "images: $(images)"
+[ "$(metric vmhpc_node_evictions_total)" = 1 ] || fail "evictions: $(metric vmhpc_node_evictions_total)"
+used=$(metric vmhpc_node_cache_bytes)
+[ "$used" -le 35000000 ] || fail "cache holds $used bytes, more than --cache-max"
+verify_cache
+ok "release job3, then c: b (unpinned) evicted, a (pinned, least recently used) kept; $used bytes <= 35M"
+
+# LRU among unpinned: release everything, touch a, then b needs room: c (older) goes.
+for j in job1 job2 job4; do "$VMHPC" node release --socket "$CL_DIR/n1.sock" --job $j >/dev/null; done
+present c:1 "" >/dev/null
+present a:1 "" >/dev/null
+present b:1 job5 >/dev/null || fail "b again"
+[ "$(images)" = "a b" ] || fail "LRU: images $(images), expected a b (c least recently used)"
+ok "unpinned: the least recently used (c) was evicted, not a"
+
+# The state survives a restart: b is still pinned by job5, a is not.
+cluster_node_kill n1 TERM
+cluster_node_start n1
+[ "$(images)" = "a b" ] || fail "after restart: $(images)"
+[ "$(metric vmhpc_node_cache_images_pinned)" = 1 ] || fail "pins lost in the restart"
+present a:1 job6 >"$WORK/p6"
+grep -q '"source":"cache"' "$WORK/p6" || fail "a not served from the cache after restart: $(cat "$WORK/p6")"
+verify_cache
+ok "after a restart: same images, job5's pin kept, a served from the cache"
+echo "node-cache: $CHECKS checks passed"

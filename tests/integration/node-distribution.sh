@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# vmhpc node: an image version distributed to 4 nodes of a test cluster (network
+# namespaces, tests/cluster/cluster.sh) down the pipelined binomial tree; every cache
+# verifies; a second run moves 0 bytes; a forged or absent MUNGE credential and a plain
+# user on the local socket are refused and change nothing; a node killed with kill -9
+# mid-distribution: the others re-parent and finish, and the restarted daemon's cache
+# verifies and completes.
+. "$(dirname "$0")/lib.sh"
+set -e
+
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 77; }
+for t in munged docker-registry ip tc; do
+	command -v "$t" >/dev/null || { echo "SKIP: $t is not installed (scripts/install-deps.sh)"; exit 77; }
+done
+. "$VMHPC_SOURCE_ROOT/tests/cluster/cluster.sh"
+on_exit cluster_down
+
+jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): v = v[int(k)] if k.isdigit() else v[k]
+print(str(v).lower() if isinstance(v, bool) else v)' "$1" "$2"; }
+metric() { # NODE NAME: a metric's value from the node's GET /metrics
+	local i=${1#n}
+	ip netns exec "vh$CL_ID-$1" curl -sf "http://$CL_NET.$((10 + i)):7420/metrics" |
+		awk -v m="$2" '$1 == m {print $2}'
+}
+verify_cache() { # NODE
+	VMHPC_STORE="$CL_DIR/cache-$1/store" "$VMHPC" image verify >"$WORK/verify-$1" 2>&1 ||
+		fail "$1's cache does not verify: $(cat "$WORK/verify-$1")"
+	grep -q " 0 problems" "$WORK/verify-$1" || fail "$1's cache: $(cat "$WORK/verify-$1")"
+}
+
+# Two versions: small (busybox, ~15 MB) and big (the same plus 24 MB of random bytes).
+small_spec small >"$WORK/small.ini"
+"$VMHPC" image build --level 1 "$WORK/small.ini" >/dev/null
+head -c 24000000 /dev/urandom >"$WORK/extra.bin"
+small_spec big "files = $WORK/extra.bin:/opt/extra.bin" >"$WORK/big.ini"
+"$VMHPC" image build --level 1 "$WORK/big.ini" >/dev/null
+
+CL_PEER_TIMEOUT_MS=2000
+cluster_up 4 100mbit
+cluster_push small:1 small:1
+cluster_push big:1 big:1
+ok "cluster of 4 nodes, registry and munged up ($CL_DIR)"
+REF="$CL_REGISTRY/vmhpc/small:1"
+
+# 1. Distribution to 4 nodes.
+cluster_fetch "$REF" 'n[1-4]' --json >"$WORK/f1.json" || fail "fetch: $(cat "$WORK/f1.json")"
+[ "$(jget "$WORK/f1.json" ok)" = true ] || fail "fetch failed: $(cat "$WORK/f1.json")"
+chunk_bytes=$(jget "$WORK/f1.json" per_node.0.reply.bytes_received)
+[ "$chunk_bytes" -gt 1000000 ] || fail "n1 received $chunk_bytes bytes"
+for i in 0 1 2 3; do
+	[ "$(jget "$WORK/f1.json" per_node.$i.reply.bytes_received)" = "$chunk_bytes" ] ||
+		fail "node $i received other than $chunk_bytes bytes: $(cat "$WORK/f1.json")"
+done
+# The tree: n1 from the registry, n2 and n3 from n1, n4 from n2.
+srcs=$(for i in 0 1 2 3; do jget "$WORK/f1.json" per_node.$i.reply.source; done | tr '\n' ' ')
+[ "$srcs" = "registry n1 n1 n2 " ] || fail "sources are '$srcs', not the binomial tree"
+ok "small:1 reached n1..n4 in $(jget "$WORK/f1.json" seconds) s, $chunk_bytes bytes each, tree: $srcs"
+for n in n1 n2 n3 n4; do verify_cache $n; done
+ok "vmhpc image verify passes on every node's cache"
+[ "$(metric n1 'vmhpc_node_sent_bytes_total{peer="n2"}')" = "$chunk_bytes" ] ||
+	fail "n1's metrics: $(metric n1 'vmhpc_node_sent_bytes_total{peer="n2"}') sent to n2"
+[ "$(metric n4 'vmhpc_node_received_bytes_total{source="n2"}')" = "$chunk_bytes" ] || fail "n4's metrics"
+ok "metrics: n1 sent $chunk_bytes bytes to n2, n4 received them from n2"
+
+# 2. Again: every node has it, 0 bytes move.
+cluster_fetch "$REF" 'n[1-4]' --json >"$WORK/f2.json"
+[ "$(jget "$WORK/f2.json" bytes_received)" = 0 ] || fail "second run moved bytes: $(cat "$WORK/f2.json")"
+[ "$(metric n3 vmhpc_node_cache_hits_total)" = 1 ] || fail "n3: no cache hit counted"
+ok "second run: 0 bytes moved, in $(jget "$WORK/f2.json" seconds) s"
+
+# 3. Authentication. A credential from another munged (another key) is forged here.
+other="$WORK/munge2"
+mkdir -p "$other"
+dd if=/dev/urandom of="$other/key" bs=1024 count=1 status=none
+chmod 600 "$other/key"
+munged -F -f --socket="$other/sock" --key-file="$other/key" --pid-file="$other/pid" \
+	--seed-file="$other/seed" --log-file="$other/log" >/dev/null 2>&1 &
+on_exit "kill -9 $!"
+for _ in $(seq 50); do [ -S "$other/sock" ] && break; sleep 0.1; done
+cp "$CL_DIR/cache-n1/state.json" "$WORK/state-before"
+expect_fail "a forged MUNGE credential is refused" "MUNGE credential refused" \
+	"$VMHPC" node fetch --image "$CL_REGISTRY/vmhpc/big:1" --nodes n1 \
+	--peers "$CL_DIR/peers" --munge-socket "$other/sock"
+# No credential at all: a plain request frame on the TCP port.
+python3 - "$CL_NET.11" >"$WORK/plain.out" <<'PY'
+import json, socket, struct, sys
+s = socket.create_connection((sys.argv[1], 7420))
+body = json.dumps({"op": "present", "ref": "x/y:z", "nodes": "n1"}).encode()
+s.sendall(struct.pack("<IHHI", 0x4e484d56, 1, 0, len(body)) + body)
+h = s.recv(12); n = struct.unpack("<I", h[8:12])[0]; d = b""
+while len(d) < n: d += s.recv(n - len(d))
+print(d.decode())
+PY
+grep -q "peers must send a MUNGE credential" "$WORK/plain.out" || fail "plain request: $(cat "$WORK/plain.out")"
+ok "a request without a credential is refused: $(cat "$WORK/plain.out")"
+# A plain user on the local socket.
+expect_fail "a plain user on the node's socket is refused" "only root or the Slurm user" \
+	setpriv --reuid=65534 --regid=65534 --clear-groups "$VMHPC" node present \
+	--socket "$CL_DIR/n1.sock" --image "$CL_REGISTRY/vmhpc/big:1" --job 1
+cmp -s "$WORK/state-before" "$CL_DIR/cache-n1/state.json" || fail "a refused request changed n1's state"
+[ "$(metric n1 vmhpc_node_cache_images)" = 1 ] || fail "a refused request added an image"
+[ "$(metric n1 vmhpc_node_requests_refused_total)" = 3 ] || fail "n1 counted $(metric n1 vmhpc_node_requests_refused_total) refusals, not 3"
+ok "refused requests changed nothing (state, images) and were counted"
+
+# 4. kill -9 of n2 (n4's parent) mid-distribution of big:1: n4 re-parents to n1.
+BIG="$CL_REGISTRY/vmhpc/big:1"
+base=$(metric n2 'vmhpc_node_received_bytes_total{source="n1"}')
+cluster_fetch "$BIG" 'n[1-4]' --json >"$WORK/f3.json" 2>"$WORK/f3.err" &
+fetch_pid=$!
+got=0
+for _ in $(seq 400); do
+	got=$(( $(metric n2 'vmhpc_node_received_bytes_total{source="n1"}') - base ))
+	[ "$got" -gt 2000000 ] && break
+	sleep 0.02
+done
+[ "$got" -gt 2000000 ] || fail "n2 did not start receiving big:1"
+cluster_node_kill n2 9
+if wait "$fetch_pid"; then fail "fetch succeeded although n2 was killed: $(cat "$WORK/f3.json")"; fi
+grep -q "node n2" "$WORK/f3.err" || fail "the fetch does not name n2: $(cat "$WORK/f3.err")"
+for i in 0 2 3; do
+	[ "$(jget "$WORK/f3.json" per_node.$i.ok)" = true ] || fail "node $i failed: $(cat "$WORK/f3.json")"
+done
+[ "$(jget "$WORK/f3.json" per_node.3.reply.source)" = n1 ] ||
+	fail "n4 did not re-parent to n1: $(jget "$WORK/f3.json" per_node.3.reply.source)"
+grep -q "parent n2 failed" "$CL_DIR/n4.log" || fail "n4's log says nothing of n2"
+ok "n2 killed after $got bytes: n1, n3, n4 finished, n4 re-parented to n1; fetch names n2"
+for n in n1 n3 n4; do verify_cache $n; done
+cluster_node_start n2
+verify_cache n2
+ok "the restarted n2's cache verifies"
+cluster_fetch "$BIG" 'n[1-4]' --json >"$WORK/f4.json" || fail "re-fetch: $(cat "$WORK/f4.json")"
+n2_bytes=$(jget "$WORK/f4.json" per_node.1.reply.bytes_received)
+total_big=$(jget "$WORK/f3.json" per_node.0.reply.bytes_received)
+[ "$n2_bytes" -lt "$total_big" ] || fail "n2 fetched everything again ($n2_bytes of $total_big)"
+for i in 0 2 3; do
+	[ "$(jget "$WORK/f4.json" per_node.$i.reply.bytes_received)" = 0 ] || fail "node $i received bytes again"
+done
+verify_cache n2
+ok "n2 completed big:1 with the $n2_bytes bytes it lacked (of $total_big); the others moved 0"
+# 5. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
+cluster_node_kill n1 9
+kill -9 "${CL_PIDS[1]}"
+wait "${CL_PIDS[1]}" 2>/dev/null || true
+if cluster_fetch "$CL_REGISTRY/vmhpc/other:1" 'n[1-2]' >"$WORK/f5.out" 2>"$WORK/f5.err"; then
+	fail "fetch with no path succeeded"
+fi
+grep -q "node n2: no path left for .*: n1 (.*registry: " "$WORK/f5.err" ||
+	fail "n2's error does not name n1 and the registry: $(cat "$WORK/f5.err")"
+ok "no path left: $(grep 'node n2' "$WORK/f5.err" | cut -c1-200)"
+echo "node-distribution: $CHECKS checks passed"

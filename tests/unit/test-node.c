@@ -1,0 +1,265 @@
+/* The node daemon's pure parts: hostlists, the binomial tree and its re-parenting, the
+ * cache's eviction policy, and the frame header (with a fuzz loop). */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "node/hostlist.h"
+#include "node/policy.h"
+#include "node/proto.h"
+#include "node/tree.h"
+
+static void expect_hosts(const char *text, const char *joined)
+{
+	char **hosts = NULL, *error = NULL, buf[4096] = "";
+	size_t n = 0;
+
+	assert_int_equal(hostlist_expand(text, &hosts, &n, &error), 0);
+	assert_null(error);
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			strcat(buf, " ");
+		strcat(buf, hosts[i]);
+	}
+	assert_string_equal(buf, joined);
+	hostlist_free(hosts, n);
+}
+
+static void expect_bad(const char *text, const char *needle)
+{
+	char **hosts = NULL, *error = NULL;
+	size_t n = 0;
+
+	assert_true(hostlist_expand(text, &hosts, &n, &error) < 0);
+	assert_non_null(error);
+	if (!strstr(error, needle))
+		fail_msg("%s: %s", text, error);
+	free(error);
+}
+
+static void test_hostlist(void **state)
+{
+	expect_hosts("n1", "n1");
+	expect_hosts("n[1-4]", "n1 n2 n3 n4");
+	expect_hosts("n[1-2,7],login", "n1 n2 n7 login");
+	expect_hosts("m[01-03]", "m01 m02 m03");
+	expect_hosts("m[08-11]", "m08 m09 m10 m11");
+	expect_hosts("rack[1-2]-a,x", "rack1-a rack2-a x");
+	expect_hosts("a,b[3],c", "a b3 c");
+	expect_bad("", "empty");
+	expect_bad("n[1-4", "without");
+	expect_bad("n1-4]", "brackets do not match");
+	expect_bad("n[4-1]", "backwards");
+	expect_bad("n[a-b]", "decimal");
+	expect_bad("n[1-2][3]", "one bracket");
+	expect_bad("n1,,n2", "empty name");
+	expect_bad("n1,", "ends with a comma");
+	expect_bad("n1,n1", "twice");
+	expect_bad("n[1-99999]", "more than");
+	expect_bad("n/1", "not allowed");
+	expect_bad("n[1,]", "empty range");
+}
+
+static void test_tree(void **state)
+{
+	size_t ch[16];
+	bool dead[16] = {false};
+
+	assert_int_equal(node_tree_parent(0, 8), NODE_TREE_REGISTRY);
+	assert_int_equal(node_tree_parent(1, 8), 0);
+	assert_int_equal(node_tree_parent(2, 8), 0);
+	assert_int_equal(node_tree_parent(3, 8), 1);
+	assert_int_equal(node_tree_parent(4, 8), 0);
+	assert_int_equal(node_tree_parent(5, 8), 1);
+	assert_int_equal(node_tree_parent(6, 8), 2);
+	assert_int_equal(node_tree_parent(7, 8), 3);
+	assert_int_equal(node_tree_parent(8, 8), -EINVAL);
+	assert_int_equal(node_tree_children(0, 8, ch, 16), 3);
+	assert_int_equal(ch[0], 4);
+	assert_int_equal(ch[1], 2);
+	assert_int_equal(ch[2], 1);
+	assert_int_equal(node_tree_children(1, 8, ch, 16), 2);
+	assert_int_equal(ch[0], 5);
+	assert_int_equal(ch[1], 3);
+	assert_int_equal(node_tree_children(3, 8, ch, 16), 1);
+	assert_int_equal(ch[0], 7);
+	assert_int_equal(node_tree_children(7, 8, ch, 16), 0);
+	assert_int_equal(node_tree_children(0, 1, ch, 16), 0);
+	assert_int_equal(node_tree_children(2, 5, ch, 16), 0);
+	assert_int_equal(node_tree_children(0, 5, ch, 1), 3); /* count beyond max */
+
+	/* Every node but the root has exactly one parent, and parent/children agree. */
+	for (size_t n = 1; n <= 16; n++) {
+		size_t seen[16] = {0};
+
+		for (size_t r = 0; r < n; r++) {
+			int k = node_tree_children(r, n, ch, 16);
+
+			for (int i = 0; i < k; i++) {
+				assert_int_equal(node_tree_parent(ch[i], n), (int)r);
+				seen[ch[i]]++;
+			}
+		}
+		for (size_t r = 1; r < n; r++)
+			assert_int_equal(seen[r], 1);
+	}
+	/* Re-parenting: 3's parent 1 dies: 3 hangs from 0; 7 keeps 3. */
+	dead[1] = true;
+	assert_int_equal(node_tree_live_parent(3, 8, dead), 0);
+	assert_int_equal(node_tree_live_parent(7, 8, dead), 3);
+	dead[3] = true;
+	assert_int_equal(node_tree_live_parent(7, 8, dead), 0);
+	dead[0] = true;
+	assert_int_equal(node_tree_live_parent(7, 8, dead), NODE_TREE_REGISTRY);
+	assert_int_equal(node_tree_live_parent(6, 8, dead), 2);
+}
+
+static void test_policy(void **state)
+{
+	struct node_policy_image imgs[4] = {
+	    {.bytes = 100, .last_used = 5},
+	    {.bytes = 200, .last_used = 1, .pinned = true},
+	    {.bytes = 300, .last_used = 3},
+	    {.bytes = 50, .last_used = 2},
+	};
+	size_t v[4], n = 9;
+	uint64_t pinned = 0;
+
+	/* Fits: nothing evicted. */
+	assert_int_equal(node_policy_pick(imgs, 4, 650, 100, 1000, v, &n, &pinned), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(pinned, 200);
+	/* Needs 100 freed: the LRU unpinned (3, last_used 2) frees 50, then 2 (300). */
+	assert_int_equal(node_policy_pick(imgs, 4, 650, 450, 1000, v, &n, NULL), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0], 3);
+	assert_int_equal(v[1], 2);
+	/* The pinned image (1, least recently used) is never chosen, even if that fails. */
+	assert_int_equal(node_policy_pick(imgs, 4, 650, 900, 1000, v, &n, &pinned), -ENOSPC);
+	assert_int_equal(n, 0);
+	/* Everything pinned: cache full. */
+	for (int i = 0; i < 4; i++)
+		imgs[i].pinned = true;
+	assert_int_equal(node_policy_pick(imgs, 4, 650, 400, 1000, v, &n, &pinned), -ENOSPC);
+	assert_int_equal(pinned, 650);
+	/* An image larger than the whole cache. */
+	assert_int_equal(node_policy_pick(imgs, 0, 0, 2000, 1000, v, &n, NULL), -ENOSPC);
+}
+
+static void test_proto_header(void **state)
+{
+	uint8_t h[NODE_PROTO_HEADER_BYTES];
+	enum node_msg_type type;
+	uint32_t len;
+
+	for (int t = 1; t < _NODE_MSG_TYPE_MAX; t++) {
+		assert_non_null(node_msg_type_to_string(t));
+		node_proto_header_encode(t, 1234, h);
+		assert_int_equal(node_proto_header_decode(h, NODE_PROTO_MAX_PAYLOAD, &type, &len),
+				 0);
+		assert_int_equal(type, t);
+		assert_int_equal(len, 1234);
+	}
+	assert_null(node_msg_type_to_string(_NODE_MSG_TYPE_MAX));
+	node_proto_header_encode(NODE_MSG_CHUNK, 5000, h);
+	assert_int_equal(node_proto_header_decode(h, 4096, &type, &len), -EMSGSIZE);
+	node_proto_header_encode(NODE_MSG_CHUNK, NODE_PROTO_MAX_PAYLOAD + 1, h);
+	assert_int_equal(node_proto_header_decode(h, UINT32_MAX, &type, &len), -EMSGSIZE);
+	memcpy(h, "GET /metrics", NODE_PROTO_HEADER_BYTES);
+	assert_int_equal(node_proto_header_decode(h, UINT32_MAX, &type, &len), -EBADMSG);
+	node_proto_header_encode(NODE_MSG_END, 0, h);
+	h[6] = 1; /* flags must be 0 */
+	assert_int_equal(node_proto_header_decode(h, UINT32_MAX, &type, &len), -EBADMSG);
+}
+
+/* Random headers and random mutations of good ones: the decoder never accepts a type out of
+ * range or a length beyond the limit, and never crashes. */
+static void test_proto_fuzz(void **state)
+{
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+
+	for (int i = 0; i < 200000; i++) {
+		uint8_t h[NODE_PROTO_HEADER_BYTES];
+		enum node_msg_type type = 0;
+		uint32_t len = 0, max = (i % 3) ? 65536 : NODE_PROTO_MAX_PAYLOAD;
+		int r;
+
+		if (i % 2) {
+			node_proto_header_encode((enum node_msg_type)(1 + i % 8), (uint32_t)x, h);
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			h[x % NODE_PROTO_HEADER_BYTES] ^= (uint8_t)(x >> 8);
+		} else
+			for (size_t k = 0; k < sizeof(h); k++) {
+				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+				h[k] = (uint8_t)x;
+			}
+		r = node_proto_header_decode(h, max, &type, &len);
+		if (r == 0) {
+			assert_true(type >= 1 && type < _NODE_MSG_TYPE_MAX);
+			assert_true(len <= max);
+		} else
+			assert_true(r == -EBADMSG || r == -EMSGSIZE);
+	}
+}
+
+/* Frames through a socket pair: whole, a truncated one, a silent peer. */
+static void test_proto_io(void **state)
+{
+	int sv[2];
+	char *payload = NULL;
+	size_t len;
+	enum node_msg_type type;
+	static char big[300000];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	memset(big, 'x', sizeof(big));
+	if (fork() == 0) {
+		node_proto_send(sv[1], NODE_MSG_CHUNK, big, sizeof(big), 5000);
+		node_proto_send(sv[1], NODE_MSG_END, NULL, 0, 5000);
+		_exit(0);
+	}
+	assert_int_equal(
+	    node_proto_recv(sv[0], NODE_PROTO_MAX_PAYLOAD, 5000, &type, &payload, &len), 0);
+	assert_int_equal(type, NODE_MSG_CHUNK);
+	assert_int_equal(len, sizeof(big));
+	assert_memory_equal(payload, big, len);
+	free(payload);
+	assert_int_equal(node_proto_recv(sv[0], 100, 5000, &type, &payload, &len), 0);
+	assert_int_equal(type, NODE_MSG_END);
+	assert_int_equal(len, 0);
+	free(payload);
+	/* Silent: times out. */
+	assert_int_equal(node_proto_recv(sv[0], 100, 100, &type, &payload, &len), -ETIMEDOUT);
+	/* Truncated frame, then EOF. */
+	{
+		uint8_t h[NODE_PROTO_HEADER_BYTES];
+
+		node_proto_header_encode(NODE_MSG_CHUNK, 10, h);
+		assert_int_equal(write(sv[1], h, sizeof(h)), (ssize_t)sizeof(h));
+		assert_int_equal(write(sv[1], "abc", 3), 3);
+		close(sv[1]);
+		assert_int_equal(node_proto_recv(sv[0], 100, 5000, &type, &payload, &len),
+				 -ECONNRESET);
+	}
+	close(sv[0]);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_hostlist),   cmocka_unit_test(test_tree),
+	    cmocka_unit_test(test_policy),     cmocka_unit_test(test_proto_header),
+	    cmocka_unit_test(test_proto_fuzz), cmocka_unit_test(test_proto_io),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
