@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdalign.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -41,6 +42,7 @@ enum slot_state {
 	SLOT_ATTACHED = 1,
 	SLOT_CLOSED = 2,
 	SLOT_DEAD = 3,
+	SLOT_ATTACHING = 4, /* taken; pid and rings being set up; not yet to be sent to */
 };
 
 struct slot {
@@ -280,6 +282,38 @@ int shm_region_info(const void *base, size_t size_bytes, unsigned *ret_nodes,
 	return 0;
 }
 
+int shm_region_check(const void *base, size_t size_bytes, uint64_t key, char **ret_error)
+{
+	const struct header *hdr = base;
+	int r = check_header(base, size_bytes, "shared-memory region", ret_error);
+
+	if (r < 0)
+		return r;
+	if (hdr->key != key)
+		return set_error(ret_error, -ESTALE, "shared-memory region belongs to another job");
+	return 0;
+}
+
+int shm_region_reap(void *base, size_t size_bytes, unsigned node)
+{
+	struct header *hdr = base;
+	uint32_t expected = SLOT_ATTACHED;
+	pid_t pid;
+
+	if (check_header(base, size_bytes, "region", NULL) < 0 || node >= hdr->n_nodes)
+		return 0;
+	if (atomic_load_explicit(&hdr->slots[node].state, memory_order_acquire) != SLOT_ATTACHED)
+		return 0;
+	pid = (pid_t)hdr->slots[node].pid;
+	if (pid <= 0 || kill(pid, 0) == 0 || errno != ESRCH)
+		return 0;
+	return atomic_compare_exchange_strong_explicit(&hdr->slots[node].state, &expected,
+						       SLOT_DEAD, memory_order_acq_rel,
+						       memory_order_acquire)
+		   ? 1
+		   : 0;
+}
+
 int shm_region_mark_dead(void *base, size_t size_bytes, unsigned node)
 {
 	struct header *hdr = base;
@@ -335,7 +369,7 @@ int shm_channel_attach(void *base, size_t size_bytes, const struct shm_options *
 	struct slot *s = &hdr->slots[options->node];
 	state = atomic_load_explicit(&s->state, memory_order_acquire);
 	do {
-		if (state == SLOT_ATTACHED)
+		if (state == SLOT_ATTACHED || state == SLOT_ATTACHING)
 			return set_error(ret_error, -EBUSY,
 					 "shared-memory region: node %u is held by another process "
 					 "(pid %u in its VM): one process per node attaches",
@@ -375,6 +409,7 @@ int shm_channel_attach(void *base, size_t size_bytes, const struct shm_options *
 		    atomic_load_explicit(&ring_ctl(c, p, c->node)->head, memory_order_acquire);
 	}
 	atomic_fetch_add_explicit(&s->generation, 1, memory_order_release);
+	atomic_store_explicit(&s->state, SLOT_ATTACHED, memory_order_release);
 	*ret_channel = c;
 	return 0;
 }

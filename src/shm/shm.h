@@ -46,6 +46,13 @@ int shm_region_create(const char *path, size_t size_bytes, unsigned n_nodes, uin
  * command and by the host when a VM dies. base must be a formatted region. */
 int shm_region_mark_dead(void *base, size_t size_bytes, unsigned node);
 
+/* 0 when base holds a formatted region of key's job, else -EPROTO or -ESTALE (message). */
+int shm_region_check(const void *base, size_t size_bytes, uint64_t key, char **ret_error);
+
+/* Marks node's slot dead when the process that attached it (a pid of this OS) is gone;
+ * 1 when it did, 0 when there was nothing to do. For vmhpc-init after it reaps a command. */
+int shm_region_reap(void *base, size_t size_bytes, unsigned node);
+
 /* Reads the header: the number of nodes and the ring size. */
 int shm_region_info(const void *base, size_t size_bytes, unsigned *ret_nodes,
 		    size_t *ret_ring_bytes);
