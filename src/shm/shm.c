@@ -484,18 +484,35 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* One waiting loop's state: spins first (a message is often microseconds away), then
- * yields, then sleeps from 10 us doubling to 1 ms, so an idle rank gives its VCPU back. */
+/* One waiting loop's state. Spins for SPIN_US (a message is often microseconds away), then
+ * yields until YIELD_US (an overcommitted CPU runs the peer), then sleeps from 10 us
+ * doubling to 1 ms, so an idle rank gives its VCPU back. The phases go by the clock, not by
+ * counts: a spin costs ~40 ns on the host and far more under TCG. */
 struct backoff {
 	unsigned spins;
 	unsigned sleep_us;
+	uint64_t wait_start_us;
 	uint64_t start_ms, deadline_ms; /* deadline 0: none */
 	uint64_t peer_heartbeat, peer_seen_ms;
 	uint64_t now_ms;
 };
 
-#define SPIN_LIMIT  2000u
-#define YIELD_LIMIT 2200u
+#define SPIN_US	 20u
+#define YIELD_US 200u
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void backoff_restart(struct backoff *b)
+{
+	b->spins = 0;
+	b->sleep_us = 10;
+}
 
 static void backoff_init(struct backoff *b, int timeout_ms)
 {
@@ -504,7 +521,7 @@ static void backoff_init(struct backoff *b, int timeout_ms)
 	b->peer_seen_ms = b->now_ms;
 	if (timeout_ms >= 0)
 		b->deadline_ms = b->start_ms + (uint64_t)timeout_ms;
-	b->sleep_us = 10;
+	backoff_restart(b);
 }
 
 static void heartbeat(struct shm_channel *c)
@@ -516,24 +533,28 @@ static void heartbeat(struct shm_channel *c)
 /* Waits one step; returns true when the clock was read in this step (b->now_ms fresh). */
 static bool backoff_step(struct shm_channel *c, struct backoff *b)
 {
-	b->spins++;
-	if ((b->spins & 63) == 0)
-		heartbeat(c);
-	if (b->spins < SPIN_LIMIT) {
+	uint64_t us, waited;
+
+	if (b->spins++ == 0) {
+		b->wait_start_us = now_us();
+		return false;
+	}
+	if ((b->spins & 15) != 0) {
 		cpu_relax();
-		if ((b->spins & 255) != 0)
-			return false;
-	} else if (b->spins < YIELD_LIMIT) {
+		return false;
+	}
+	heartbeat(c);
+	us = now_us();
+	waited = us - b->wait_start_us;
+	if (waited >= SPIN_US && waited < YIELD_US) {
 		sched_yield();
-		if ((b->spins & 15) != 0)
-			return false;
-	} else {
+	} else if (waited >= YIELD_US) {
 		struct timespec ts = {0, (long)b->sleep_us * 1000};
 		nanosleep(&ts, NULL);
 		if (b->sleep_us < 1000)
 			b->sleep_us *= 2;
 	}
-	b->now_ms = now_ms();
+	b->now_ms = us / 1000;
 	return true;
 }
 
@@ -630,8 +651,7 @@ int shm_send(struct shm_channel *c, unsigned peer, const void *buf, size_t len, 
 	}
 	for (int i = 0; i < 8; i++)
 		frame[i] = (uint8_t)(len64 >> (8 * i));
-	b.spins = 0;
-	b.sleep_us = 10;
+	backoff_restart(&b);
 	while (sent < total) {
 		head = atomic_load_explicit(&rc->head, memory_order_relaxed);
 		uint64_t room = c->ring_bytes - (head - c->peer_tail[peer]);
@@ -657,8 +677,7 @@ int shm_send(struct shm_channel *c, unsigned peer, const void *buf, size_t len, 
 		sent += n;
 		if (sent < total)
 			heartbeat(c);
-		b.spins = 0;
-		b.sleep_us = 10;
+		backoff_restart(&b);
 	}
 	return 0;
 }
@@ -707,8 +726,7 @@ int shm_recv(struct shm_channel *c, unsigned peer, void *buf, size_t cap, size_t
 	tail += sizeof(frame);
 	atomic_store_explicit(&rc->tail, tail, memory_order_release);
 
-	b.spins = 0;
-	b.sleep_us = 10;
+	backoff_restart(&b);
 	b.peer_heartbeat =
 	    atomic_load_explicit(&c->hdr->slots[peer].heartbeat, memory_order_relaxed);
 	b.peer_seen_ms = b.now_ms;
@@ -738,8 +756,7 @@ int shm_recv(struct shm_channel *c, unsigned peer, void *buf, size_t cap, size_t
 		got += n;
 		if (b.spins) {
 			/* Progress after a wait: the peer is alive. */
-			b.spins = 0;
-			b.sleep_us = 10;
+			backoff_restart(&b);
 			b.now_ms = b.peer_seen_ms = now_ms();
 		}
 	}
