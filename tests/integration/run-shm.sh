@@ -43,4 +43,28 @@ run --vms 1 --shm -- ./shm-pingpong --sizes 8 --iters 1 >"$WORK/one.out" 2>"$WOR
 	fail "--shm with 1 VM gave a channel (exit $code): $(cat "$WORK/one.err" "$WORK/one.out")"
 ok "--shm with 1 VM: no region"
 nothing_left "a one-VM job"
+
+# 4. A plain user: vmhpc-init gives the BAR (resource2) to the command's user, who is not
+# root in the guest, and the channel works the same.
+user="vmhpcshm$$"
+home="$WORK/home-$user"
+useradd -M -d "$home" -s /bin/sh "$user"
+on_exit "userdel -f $user"
+uid=$(id -u "$user")
+on_exit "rm -rf /tmp/vmhpc-$uid"
+mkdir -p "$home/job" "$WORK/bin"
+cp "$VMHPC" "$WORK/bin/vmhpc"
+cp "$pp" "$home/job/shm-pingpong"
+chown -R "$user:" "$home"
+chmod a+rx "$WORK" "$WORK/bin" "$WORK/bin/vmhpc"
+"$VMHPC" image export tiny-mpi -o "$WORK/img.tar"
+chmod a+r "$WORK/img.tar"
+allow_unprivileged_taps
+as_user() { setpriv --reuid="$user" --regid="$user" --clear-groups env -i PATH=/usr/bin:/bin:/usr/sbin HOME="$home" VMHPC_BOOT_TIMEOUT_MS=600000 "$@"; }
+as_user "$WORK/bin/vmhpc" image import "$WORK/img.tar" >/dev/null || fail "import as $user"
+(cd "$home/job" && as_user "$WORK/bin/vmhpc" run --vms 2 --shm -- ./shm-pingpong --sizes 8,1048576 --iters 20) \
+	>"$WORK/user.out" 2>"$WORK/user.err" || fail "the plain user's ping-pong: $(tail -20 "$WORK/user.err") $(cat "$WORK/user.out")"
+grep -q "^ok: every message arrived whole and in order" "$WORK/user.out" || fail "plain user: no ok line: $(cat "$WORK/user.out")"
+[ -z "$(ls "/tmp/vmhpc-$uid/jobs" 2>/dev/null)" ] || fail "the plain user's job directory is left"
+ok "plain user $user (uid $uid): the BAR is the command's user's, ping-pong over the channel works"
 finish
