@@ -11,7 +11,8 @@
 #
 # Needs root (the job's taps, virtiofsd). Environment: BUILD (default build), ITERS
 # (round trips per size, default 200; /10 from 64 KiB up), VMHPC_STORE (default: a temp
-# store, the image built into it), ACCEL (tcg|kvm, else probed).
+# store, the image built into it), ACCEL (tcg|kvm, else probed), SPIN_US (how long a wait
+# spins before it yields and sleeps; default the library's, 20 us).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -25,13 +26,13 @@ export VMHPC_INIT=${VMHPC_INIT:-$repo/$build/vmhpc-init}
 vmhpc=$repo/$build/vmhpc
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%F)"
-"$repo/$build/shm-pingpong" --host --sizes $sizes --iters "$iters" >"$work/host.out"
+SHM_SPIN_US=${SPIN_US:-} "$repo/$build/shm-pingpong" --host --sizes $sizes --iters "$iters" >"$work/host.out"
 
 "$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null
 mkdir -p "$work/job"
 chmod 0755 "$work" "$work/job"
 cp "$repo/$build/shm-pingpong" bench/bypass-vm.sh "$work/job/"
-(cd "$work/job" && BYPASS_SIZES=$sizes BYPASS_ITERS=$iters "$vmhpc" run --vms 2 --shm \
+(cd "$work/job" && BYPASS_SIZES=$sizes BYPASS_ITERS=$iters BYPASS_SPIN_US=${SPIN_US:-} "$vmhpc" run --vms 2 --shm \
 	${ACCEL:+--accel "$ACCEL"} -- ./bypass-vm.sh >"$work/vm.out" 2>"$work/vm.err") ||
 	{ cat "$work/vm.err" "$work/vm.out" >&2; exit 1; }
 accel=$(grep -o 'VCPU, [0-9]* MB each, [a-z]*' "$work/vm.err" | awk '{print $NF}')

@@ -10,6 +10,7 @@
  *   shm-pingpong --tcp ADDR:PORT ...                           rank 0 connects to ADDR, rank 1
  *       listens on PORT (any address)
  *
+ * SHM_SPIN_US sets how long a wait spins before it yields and sleeps (shm_options.spin_us).
  * Rank 0 prints one line per size: "SIZE LAT_US BW_MBPS". Exit 0 only when every message
  * arrived whole and in order. */
 #include <errno.h>
@@ -183,6 +184,7 @@ static int open_shm(struct transport *t, unsigned rank)
 {
 	const char *path = getenv(SHM_ENV_PATH), *key = getenv(SHM_ENV_KEY);
 	struct shm_options o = {.node = rank};
+	const char *spin = getenv("SHM_SPIN_US");
 	char *error = NULL;
 	int r;
 
@@ -194,6 +196,7 @@ static int open_shm(struct transport *t, unsigned rank)
 		return -ENODEV;
 	}
 	o.key = strtoull(key, NULL, 16);
+	o.spin_us = spin ? (unsigned)atoi(spin) : 0;
 	r = shm_channel_open(path, &o, &t->ch, &error);
 	if (r < 0) {
 		fprintf(stderr, "shm-pingpong: %s\n", error ? error : strerror(-r));
@@ -298,7 +301,9 @@ int main(int argc, char **argv)
 			return 1;
 		pid = fork();
 		rank = pid == 0 ? 1 : 0;
-		struct shm_options o = {.node = rank, .key = 1};
+		const char *spin = getenv("SHM_SPIN_US");
+		struct shm_options o = {
+		    .node = rank, .key = 1, .spin_us = spin ? (unsigned)atoi(spin) : 0};
 		if (shm_channel_attach(base, size, &o, &t.ch, NULL) < 0)
 			return 1;
 		t.send = shm_tsend;

@@ -83,7 +83,8 @@ struct shm_channel {
 	unsigned node, n_nodes;
 	uint64_t ring_bytes;
 	unsigned dead_ms;
-	uint64_t heartbeat; /* our own, mirrored */
+	unsigned spin_us, yield_us; /* the backoff's phases */
+	uint64_t heartbeat;	    /* our own, mirrored */
 	/* Per peer, the other side's index as last read: a producer reloads the consumer's
 	 * tail (and a consumer the producer's head) only when the cached one does not
 	 * suffice, so the shared cache lines move once per batch, not once per message. */
@@ -388,6 +389,8 @@ int shm_channel_attach(void *base, size_t size_bytes, const struct shm_options *
 	c->n_nodes = hdr->n_nodes;
 	c->ring_bytes = hdr->ring_bytes;
 	c->dead_ms = options->dead_ms ? options->dead_ms : SHM_DEAD_MS_DEFAULT;
+	c->spin_us = options->spin_us ? options->spin_us : SHM_SPIN_US_DEFAULT;
+	c->yield_us = c->spin_us + 180;
 	s->pid = (uint32_t)getpid();
 	/* Bytes an earlier holder of a peer's slot left for us are not ours: drop them. No
 	 * peer sends to us before it sees us attached with the new generation, and that
@@ -484,8 +487,8 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* One waiting loop's state. Spins for SPIN_US (a message is often microseconds away), then
- * yields until YIELD_US (an overcommitted CPU runs the peer), then sleeps from 10 us
+/* One waiting loop's state. Spins for spin_us (a message is often microseconds away), then
+ * yields for 180 us more (an overcommitted CPU runs the peer), then sleeps from 10 us
  * doubling to 1 ms, so an idle rank gives its VCPU back. The phases go by the clock, not by
  * counts: a spin costs ~40 ns on the host and far more under TCG. */
 struct backoff {
@@ -496,9 +499,6 @@ struct backoff {
 	uint64_t peer_heartbeat, peer_seen_ms;
 	uint64_t now_ms;
 };
-
-#define SPIN_US	 20u
-#define YIELD_US 200u
 
 static uint64_t now_us(void)
 {
@@ -546,9 +546,9 @@ static bool backoff_step(struct shm_channel *c, struct backoff *b)
 	heartbeat(c);
 	us = now_us();
 	waited = us - b->wait_start_us;
-	if (waited >= SPIN_US && waited < YIELD_US) {
+	if (waited >= c->spin_us && waited < c->yield_us) {
 		sched_yield();
-	} else if (waited >= YIELD_US) {
+	} else if (waited >= c->yield_us) {
 		struct timespec ts = {0, (long)b->sleep_us * 1000};
 		nanosleep(&ts, NULL);
 		if (b->sleep_us < 1000)

@@ -17,6 +17,7 @@
 #define SHM_HEADER_BYTES    8192u
 #define SHM_MIN_RING_BYTES  4096u
 #define SHM_DEAD_MS_DEFAULT 5000u
+#define SHM_SPIN_US_DEFAULT 20u
 #define SHM_MAX_MESSAGE	    (UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
 #define SHM_ENV_PATH "VMHPC_SHM"
@@ -64,6 +65,7 @@ struct shm_options {
 	uint64_t key;  /* shm_token_hash() of the job's token */
 	unsigned
 	    dead_ms; /* a peer silent this long in the middle of a message is dead; 0: default */
+	unsigned spin_us; /* a wait spins this long, yields 180 us more, then sleeps; 0: default */
 };
 
 /* Maps the region at path (a /dev/shm file or a PCI resource2) read-write and attaches as
