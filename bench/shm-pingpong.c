@@ -39,17 +39,28 @@ struct transport {
 	struct shm_channel *ch;
 	unsigned peer;
 	int fd;
+	int timeout_ms;
 };
+
+/* What was going on when something failed, for the error message. */
+static const char *last_op = "start";
+static size_t last_size;
 
 static int shm_tsend(struct transport *t, const void *buf, size_t len)
 {
-	return shm_send(t->ch, t->peer, buf, len, 60000);
+	last_op = "send";
+	last_size = len;
+	return shm_send(t->ch, t->peer, buf, len, t->timeout_ms);
 }
 
 static int shm_trecv(struct transport *t, void *buf, size_t len)
 {
 	size_t got;
-	int r = shm_recv(t->ch, t->peer, buf, len, &got, 60000);
+	int r;
+
+	last_op = "receive";
+	last_size = len;
+	r = shm_recv(t->ch, t->peer, buf, len, &got, t->timeout_ms);
 
 	if (r == 0 && got != len)
 		return -EBADMSG;
@@ -133,6 +144,14 @@ static int run(struct transport *t, unsigned rank, const size_t *sizes, size_t n
 {
 	uint32_t seq = 1;
 	int r = 0;
+
+	/* A first exchange with a long timeout: the other rank may start much later (its VM's
+	 * launcher under load). */
+	t->timeout_ms = 600000;
+	if ((r = rank == 0 ? t->send(t, "h", 1) : t->recv(t, rbuf, 1)) < 0 ||
+	    (r = rank == 0 ? t->recv(t, rbuf, 1) : t->send(t, "h", 1)) < 0)
+		return r;
+	t->timeout_ms = 60000;
 
 	for (size_t k = 0; k < n_sizes; k++) {
 		size_t size = sizes[k];
@@ -367,7 +386,8 @@ int main(int argc, char **argv)
 			close(t.fd);
 	}
 	if (r < 0) {
-		fprintf(stderr, "shm-pingpong: rank %u: %s\n", rank, strerror(-r));
+		fprintf(stderr, "shm-pingpong: rank %u: %s of %zu bytes: %s\n", rank, last_op,
+			last_size, strerror(-r));
 		return 1;
 	}
 	if (rank == 0)
