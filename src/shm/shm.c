@@ -487,10 +487,12 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* One waiting loop's state. Spins for spin_us (a message is often microseconds away), then
- * yields for 180 us more (an overcommitted CPU runs the peer), then sleeps from 10 us
- * doubling to 1 ms, so an idle rank gives its VCPU back. The phases go by the clock, not by
- * counts: a spin costs ~40 ns on the host and far more under TCG. */
+/* One waiting loop's state. Spins for spin_us, then yields for 180 us more, then sleeps
+ * from 10 us doubling to 1 ms, so an idle rank gives its VCPU back. The phases go by the
+ * clock, not by counts: a spin costs ~40 ns on the host and far more under TCG. Why the
+ * spin is long (2 ms by default): once both sides of a ping-pong sleep, every message pays
+ * the guest's timer granularity (measured under TCG: 8 B latency ~540 us with a 20 us spin,
+ * ~1 us with 2 ms; bench/RESULTS.md). */
 struct backoff {
 	unsigned spins;
 	unsigned sleep_us;

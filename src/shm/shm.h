@@ -17,7 +17,7 @@
 #define SHM_HEADER_BYTES    8192u
 #define SHM_MIN_RING_BYTES  4096u
 #define SHM_DEAD_MS_DEFAULT 5000u
-#define SHM_SPIN_US_DEFAULT 20u
+#define SHM_SPIN_US_DEFAULT 2000u
 #define SHM_MAX_MESSAGE	    (UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
 #define SHM_ENV_PATH "VMHPC_SHM"
