@@ -32,6 +32,7 @@ static const char usage[] =
     "  --oversubscribe    allow more virtual CPUs than cores, and more ranks than\n"
     "                     virtual CPUs [refuse]\n"
     "  --label            prefix each output line with [rank@vm] [off]\n"
+    "  --shm              a shared-memory channel between the VMs (docs/bypass.md) [off]\n"
     "  --json             print the closing report as one JSON object [table]\n"
     "  --accel kvm|tcg    how QEMU runs the guests [kvm when a probe boot shows it works,\n"
     "                     else tcg]\n"
@@ -120,13 +121,21 @@ int run_parse_mem(const char *text, unsigned *ret_mb)
 int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret_error)
 {
 	static const struct option options[] = {
-	    {"vms", required_argument, NULL, 'N'},     {"vcpus", required_argument, NULL, 'c'},
-	    {"mem", required_argument, NULL, 'm'},     {"image", required_argument, NULL, 'i'},
-	    {"require", required_argument, NULL, 'R'}, {"time", required_argument, NULL, 't'},
-	    {"workdir", required_argument, NULL, 'w'}, {"no-share", no_argument, NULL, 'S'},
-	    {"oversubscribe", no_argument, NULL, 'o'}, {"label", no_argument, NULL, 'l'},
-	    {"json", no_argument, NULL, 'j'},	       {"accel", required_argument, NULL, 'a'},
-	    {"help", no_argument, NULL, 'h'},	       {NULL, 0, NULL, 0},
+	    {"vms", required_argument, NULL, 'N'},
+	    {"vcpus", required_argument, NULL, 'c'},
+	    {"mem", required_argument, NULL, 'm'},
+	    {"image", required_argument, NULL, 'i'},
+	    {"require", required_argument, NULL, 'R'},
+	    {"time", required_argument, NULL, 't'},
+	    {"workdir", required_argument, NULL, 'w'},
+	    {"no-share", no_argument, NULL, 'S'},
+	    {"oversubscribe", no_argument, NULL, 'o'},
+	    {"label", no_argument, NULL, 'l'},
+	    {"shm", no_argument, NULL, 'M'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"accel", required_argument, NULL, 'a'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct run_options o = {
 	    .vms = 2,
@@ -191,6 +200,9 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 			break;
 		case 'l':
 			o.label = true;
+			break;
+		case 'M':
+			o.shm = true;
 			break;
 		case 'j':
 			o.json = true;

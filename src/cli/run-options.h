@@ -23,6 +23,7 @@ struct run_options {
 	bool share;	       /* false with --no-share */
 	bool oversubscribe;    /* --oversubscribe */
 	bool label;	       /* --label */
+	bool shm;	       /* --shm */
 	bool json;	       /* --json */
 	const char *accel;     /* --accel kvm|tcg (default: probe) */
 	int argc;	       /* PROGRAM ARGS after "--" (or the first non-option) */

@@ -143,6 +143,14 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 		else
 			console_say("vmhpc.exec_port \"%.64s\" is not 1..65535; using %u", value,
 				    cfg->exec_port);
+	} else if (strcmp(key, "shm_node") == 0) {
+		if (cmdline_parse_uint(value, 63, &v)) {
+			cfg->have_shm_node = true;
+			cfg->shm_node = (unsigned)v;
+		} else {
+			console_say("vmhpc.shm_node \"%.64s\" is not 0..63; no shared memory",
+				    value);
+		}
 	} else {
 		console_say("unknown key vmhpc.%.64s ignored", key);
 	}

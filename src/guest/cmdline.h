@@ -33,6 +33,8 @@ struct config {
 	unsigned overlay_mb;
 	char share[FRAME_SETUP_MAX_PATH + 1]; /* from the host's SETUP, not the command line */
 	uint16_t exec_port;
+	bool have_shm_node; /* vmhpc.shm_node: the host gave this VM a shared-memory channel */
+	unsigned shm_node;
 };
 
 /* Reads /proc/cmdline into cfg, which holds the defaults; bad values are said and skipped. */

@@ -42,6 +42,7 @@
 #include "guest/frame.h"
 #include "guest/jobcg.h"
 #include "guest/service.h"
+#include "guest/shmdev.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -538,6 +539,19 @@ int main(int argc, char **argv)
 	write_hosts(&cfg);
 	write_token_file(&cfg);
 	setup_network(&cfg);
+	{
+		/* Static: the service borrows it for the machine's life. */
+		static struct shmdev shm;
+		const char *message = NULL;
+
+		if (shmdev_setup(&shm, NULL, cfg.have_shm_node, cfg.shm_node, cfg.token,
+				 sizeof(cfg.token), &message) < 0)
+			console_say("%s", message);
+		else if (shm.present)
+			console_say("shared-memory channel %s, node %u", shm.resource,
+				    cfg.shm_node);
+		sc.shm = &shm;
+	}
 
 	sc.have_token = cfg.have_token;
 	memcpy(sc.token, cfg.token, sizeof(sc.token));

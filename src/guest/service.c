@@ -122,6 +122,7 @@ struct service {
 	struct orphans orphans; /* what finished ranks left in the background (orphans.h) */
 	int64_t next_sweep_ms;
 	bool job_cgroup; /* commands run in jobcg's group */
+	const struct shmdev *shm;
 };
 
 static void job_reset(struct job *j)
@@ -261,8 +262,9 @@ static void control_hello(struct conn *c)
 }
 
 /* The child side of a command: never returns. */
-static void __attribute__((noreturn)) job_child(const struct frame_exec *e, const char *token_env,
-						bool job_cgroup, int in, int out, int err)
+static void __attribute__((noreturn))
+job_child(const struct frame_exec *e, const char *token_env, bool job_cgroup,
+	  const struct shmdev *shm, int in, int out, int err)
 {
 	extern char **environ;
 	char *const *env = e->envc ? e->envp : (char *const *)default_env;
@@ -281,6 +283,8 @@ static void __attribute__((noreturn)) job_child(const struct frame_exec *e, cons
 		jobcg_enter();
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
 		_exit(126);
+	/* Still root: the shared-memory BAR becomes the command's user's. */
+	shmdev_give(shm, e->uid, e->gid);
 	if (e->gid != getgid() || e->uid != getuid()) {
 		gid_t gid = e->gid;
 
@@ -302,15 +306,18 @@ static void __attribute__((noreturn)) job_child(const struct frame_exec *e, cons
 	 * is safe here. */
 	while (env[n])
 		n++;
-	envp = calloc(n + 2, sizeof(*envp));
+	envp = calloc(n + 2 + SHMDEV_ENV_MAX, sizeof(*envp));
 	if (!envp)
 		_exit(126);
 	n = 0;
 	for (char *const *p = env; *p; p++)
-		if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0)
+		if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0 && strncmp(*p, "VMHPC_SHM", 9) != 0)
 			envp[n++] = *p;
 	if (token_env[0])
 		envp[n++] = (char *)token_env;
+	/* And where the job's shared-memory channel is (docs/bypass.md). */
+	for (unsigned k = 0; shm && shm->present && k < SHMDEV_ENV_MAX; k++)
+		envp[n++] = (char *)shm->env[k];
 	environ = envp;
 	execvp(e->argv[0], e->argv);
 	{
@@ -349,7 +356,7 @@ static void job_start(struct service *s, struct conn *c, const struct frame_exec
 		goto fail;
 	}
 	if (pid == 0)
-		job_child(e, s->token_env, s->job_cgroup, in[0], out[1], err[1]);
+		job_child(e, s->token_env, s->job_cgroup, s->shm, in[0], out[1], err[1]);
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
@@ -623,6 +630,8 @@ static void reap(struct service *s)
 				j->reaped_ms = time_now_ms();
 			}
 		}
+		/* A rank that died holding the VM's slot: its peers get an error at once. */
+		shmdev_reap(s->shm);
 	}
 }
 
@@ -1004,6 +1013,7 @@ int service_new(const struct service_config *cfg, struct service **ret_service)
 		return -ENOMEM;
 	s->pid1 = cfg->pid1;
 	s->job_cgroup = cfg->job_cgroup;
+	s->shm = cfg->shm;
 	s->listen_fd = -1;
 	s->control_fd = -1;
 	s->control_ep = -1;

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "guest/frame.h"
+#include "guest/shmdev.h"
 
 struct service_config {
 	bool have_token; /* false: every HELLO is refused */
@@ -21,6 +22,8 @@ struct service_config {
 	const char *control_name; /* for console lines */
 	int auth_timeout_ms;	  /* how long a peer has to present HELLO; 0: 5 s */
 	bool job_cgroup;	  /* commands join guest/jobcg.h's group; INFO reports its usage */
+	const struct shmdev *shm; /* the job's shared-memory device (shmdev.h); NULL: none.
+				   * Borrowed: must outlive the service */
 };
 
 struct service;

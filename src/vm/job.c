@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "net/netns.h"
+#include "shm/shm.h"
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/fsutil.h"
@@ -63,7 +64,9 @@ struct job {
 	bool detachable;
 	int pidfds[JOB_MAX_VMS]; /* watched while a command runs (job_exec_start) */
 	unsigned n_pidfds;
-	char *workdir; /* the job folder the guests mount (SETUP), or NULL */
+	char *workdir;	/* the job folder the guests mount (SETUP), or NULL */
+	char *shm_path; /* the shared-memory region in the job directory, or NULL */
+	uint64_t shm_size_bytes;
 	double boot_deadline_s;
 	int boot_timeout_ms;
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
@@ -153,7 +156,10 @@ void job_free(struct job *j)
 	}
 	net_job_free(j->net);
 	materialized_image_done(&j->image);
+	/* The region goes with the job directory (runstate_release, or vmhpc cleanup for a
+	 * killed job): nothing of it is recorded elsewhere. */
 	runstate_release(j->rs);
+	free(j->shm_path);
 	free(j->workdir);
 	free(j->vms);
 	free(j);
@@ -199,6 +205,37 @@ static bool has_word(const char *list, const char *word)
 	return false;
 }
 
+/* Rings of 2 MiB (a 1 MiB message streams with room to spare), fewer bytes each as the
+ * pairs grow so that the region stays near 64 MiB at most. */
+static size_t shm_ring_bytes(unsigned n_vms)
+{
+	size_t pairs = (size_t)n_vms * (n_vms - 1), ring = 2u << 20;
+
+	while (ring > 64u * 1024 && ring * pairs > 64u << 20)
+		ring >>= 1;
+	return ring;
+}
+
+/* The job's region, <job dir>/shm: on a tmpfs (/run, $XDG_RUNTIME_DIR) it is plain shared
+ * memory; it is removed with the job directory on every exit path. */
+static int make_shm_region(struct job *j, char **ret_error)
+{
+	size_t size = shm_region_size_for(j->n_vms, shm_ring_bytes(j->n_vms));
+	int r;
+
+	j->shm_path = fs_path_join(runstate_job_dir(j->rs), "shm");
+	if (!j->shm_path)
+		return -ENOMEM;
+	r = shm_region_create(j->shm_path, size, j->n_vms,
+			      shm_token_hash(j->token, sizeof(j->token)), ret_error);
+	if (r < 0)
+		return r;
+	j->shm_size_bytes = size;
+	job_log(j, LOG_LEVEL_DEBUG, "shared-memory region %s: %zu bytes for %u VMs", j->shm_path,
+		size, j->n_vms);
+	return 0;
+}
+
 static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, const char *hosts,
 		    char **ret_error)
 {
@@ -237,14 +274,19 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		if (r < 0)
 			return r;
 	}
+	/* The VM's node in the shared-memory region; the region's key comes from the token,
+	 * which the guest gets in SETUP. */
+	char shm_arg[32] = "";
+	if (j->shm_path)
+		snprintf(shm_arg, sizeof(shm_arg), " vmhpc.shm_node=%u", i);
 	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
 	 * They go in SETUP on the control port (try_connect). */
 	if (asprintf(&cmdline,
 		     "console=ttyS0 swiotlb=noforce no_timer_check panic=-1%s %s vmhpc.name=%s "
 		     "vmhpc.ip=%s/24 "
-		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d",
+		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
 		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip, hosts,
-		     overlay_mb, JOB_EXEC_PORT) < 0)
+		     overlay_mb, JOB_EXEC_PORT, shm_arg) < 0)
 		return -ENOMEM;
 	net_mac_address(i, mac);
 	qc.name = v->name;
@@ -258,6 +300,8 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	qc.root_size_bytes = j->image.root_bytes;
 	qc.root_kind = QEMU_ROOT_PMEM;
 	qc.virtiofs_socket = fs_sock;
+	qc.shm_path = j->shm_path;
+	qc.shm_size_bytes = j->shm_size_bytes;
 	qc.mac = mac;
 	/* The VM's tap, opened by QEMU inside the job's private network. */
 	qc.net = QEMU_NET_TAP;
@@ -559,6 +603,12 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	r = net_job_create(cfg->n_vms, cfg->unprivileged, &j->net, ret_error);
 	if (r < 0)
 		goto fail;
+
+	if (cfg->shm && cfg->n_vms >= 2) {
+		r = make_shm_region(j, ret_error);
+		if (r < 0)
+			goto fail;
+	}
 
 	hosts = hosts_list(j);
 	if (!hosts) {

@@ -54,6 +54,9 @@ struct job_config {
 	 * nothing). true: they outlive it, for job_detach to hand them to a supervisor (the
 	 * node daemon, a Slurm prolog); see docs/vm.md "Who owns a job's VMs". */
 	bool detachable;
+	/* The shared-memory channel between the job's VMs (docs/bypass.md): with n_vms >= 2,
+	 * a region in the job directory mapped into every VM as ivshmem-plain. */
+	bool shm;
 };
 
 struct job_vm_stats {

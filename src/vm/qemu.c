@@ -307,6 +307,18 @@ static int config_check(const struct qemu_vm_config *c, const struct argv_ctx *x
 		return config_error(ret_error, -EINVAL, "VM config: name is missing");
 	if (!c->kernel)
 		return config_error(ret_error, -EINVAL, "VM %s: no kernel given", c->name);
+	if (c->shm_path && x->mmio)
+		return config_error(
+		    ret_error, -EINVAL,
+		    "VM %s: the shared-memory channel is a PCI device (ivshmem-plain); "
+		    "microvm has no PCI: use q35 or run without --shm",
+		    c->name);
+	if (c->shm_path &&
+	    (c->shm_size_bytes < 4096 || (c->shm_size_bytes & (c->shm_size_bytes - 1))))
+		return config_error(ret_error, -EINVAL,
+				    "VM %s: shared-memory region of %" PRIu64
+				    " bytes: a PCI BAR's size must be a power of two",
+				    c->name, c->shm_size_bytes);
 	if (c->accel >= _ACCEL_MAX)
 		return config_error(ret_error, -EINVAL, "VM %s: unknown accelerator %d", c->name,
 				    (int)c->accel);
@@ -437,6 +449,15 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 		strv_addf(
 		    &s, "vhost-user-fs-%s,chardev=fs0,tag=%s", bus,
 		    opt_escape(c->virtiofs_tag ? c->virtiofs_tag : QEMU_VIRTIOFS_TAG_DEFAULT));
+	}
+
+	if (c->shm_path) {
+		/* The job's region, mapped into this VM and its peers alike: share=on, so every
+		 * QEMU writes the same host pages; the guest sees it as BAR 2 of 1af4:1110. */
+		strv_add(&s, strdup("-object"));
+		strv_addf(&s, "memory-backend-file,id=shm,mem-path=%s,size=%" PRIu64 ",share=on",
+			  opt_escape(c->shm_path), c->shm_size_bytes);
+		strv_add2(&s, "-device", "ivshmem-plain,memdev=shm");
 	}
 
 	if (net->add_netdev) {

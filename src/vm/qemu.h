@@ -58,6 +58,11 @@ struct qemu_vm_config {
 	const char *virtiofs_socket; /* virtiofsd's socket; then guest RAM is a shared memfd */
 	const char *virtiofs_tag;    /* NULL: QEMU_VIRTIOFS_TAG_DEFAULT */
 
+	/* The job's shared-memory region (docs/bypass.md): a file mapped as ivshmem-plain
+	 * (PCI 1af4:1110, BAR 2), shared with the job's other VMs on this node; NULL: none. */
+	const char *shm_path;
+	uint64_t shm_size_bytes; /* a power of two, as a PCI BAR's size must be */
+
 	enum qemu_net net;
 	const char *net_tap; /* QEMU_NET_TAP: interface name */
 	const char *mac;     /* guest MAC; NULL: QEMU picks one (not unique across QEMUs!) */

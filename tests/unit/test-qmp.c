@@ -810,6 +810,17 @@ static void test_argv_full(void **state)
 	assert_true(argv_has(argv, "-serial", "chardev:console"));
 	assert_int_equal(argv_count(argv, "-blockdev"), 0);
 	assert_false(argv_has(argv, "-global", NULL));
+	assert_false(argv_has(argv, "-device", "ivshmem-plain,memdev=shm"));
+	qemu_argv_free(argv);
+
+	/* The job's shared-memory region: a shared file backend and ivshmem-plain. */
+	c.shm_path = "/run/job1/shm";
+	c.shm_size_bytes = 8u << 20;
+	assert_int_equal(qemu_build_argv(&c, &argv, &error), 0);
+	assert_true(
+	    argv_has(argv, "-object",
+		     "memory-backend-file,id=shm,mem-path=/run/job1/shm,size=8388608,share=on"));
+	assert_true(argv_has(argv, "-device", "ivshmem-plain,memdev=shm"));
 	qemu_argv_free(argv);
 }
 
@@ -941,6 +952,14 @@ static void test_argv_bad_configs(void **state)
 	c = full_config();
 	c.accel = _ACCEL_MAX;
 	expect_config_error(&c, -EINVAL, "accelerator");
+	c = full_config();
+	c.shm_path = "/run/job1/shm";
+	c.shm_size_bytes = 3u << 20;
+	expect_config_error(&c, -EINVAL, "power of two");
+	c.shm_size_bytes = 4u << 20;
+	c.machine = "microvm";
+	c.root_kind = QEMU_ROOT_BLK;
+	expect_config_error(&c, -EINVAL, "microvm has no PCI");
 }
 
 static void test_accel_strings(void **state)
