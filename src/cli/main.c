@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"run", cli_run_main, "run an MPI program across small VMs on this machine"},
     {"cleanup", cli_cleanup_main, "remove what killed jobs left (VMs, taps, sockets)"},
     {"image", cli_image_main, "build, list, inspect, verify and move images"},
+    {"kernel", cli_kernel_main, "build the guest kernel of our own (once per machine)"},
 };
 
 static void usage(FILE *f)

@@ -135,6 +135,41 @@ out:
 	return r;
 }
 
+int kernel_from_build(const char *dir, const char *package, struct kernel_tree **ret_tree,
+		      char **ret_error)
+{
+	_cleanup_free_ char *release_path = fs_path_join(dir, "release"), *text = NULL;
+	const char *base = strrchr(dir, '/');
+	struct kernel_tree *k = calloc(1, sizeof(*k));
+	int r;
+
+	if (!k || !release_path) {
+		free(k);
+		return -ENOMEM;
+	}
+	r = fs_read_file(release_path, 4096, &text, NULL);
+	if (r < 0) {
+		kernel_tree_free(k);
+		return error_set(ret_error, r,
+				 "built kernel %s has no release file: %s; remove the folder and "
+				 "build again",
+				 dir, strerror(-r));
+	}
+	text[strcspn(text, "\n")] = '\0';
+	k->package = strdup(package);
+	k->version = strdup(base ? base + 1 : dir); /* SOURCE-VERSION-FRAGMENTHASH */
+	k->release = TAKE_PTR(text);
+	k->vmlinuz_path = fs_path_join(dir, "vmlinux");
+	k->modules_dir = fs_path_join(dir, "modules");
+	k->builtin_only = true;
+	if (!k->package || !k->version || !k->vmlinuz_path || !k->modules_dir) {
+		kernel_tree_free(k);
+		return -ENOMEM;
+	}
+	*ret_tree = k;
+	return 0;
+}
+
 /* "kernel/drivers/nvdimm/nd_pmem.ko" -> "nd_pmem" (dashes folded to underscores). */
 static void module_name_of(const char *path, char *out, size_t size)
 {
@@ -268,6 +303,11 @@ int kernel_resolve_modules(const struct kernel_tree *k, char *const *names, size
 	size_t n = 0;
 	int r;
 
+	if (k->builtin_only) {
+		*ret_paths = NULL;
+		*ret_n = 0;
+		return 0;
+	}
 	r = dep_table_load(k->modules_dir, &t);
 	if (r < 0) {
 		r = error_set(ret_error, r, "reading modules.dep of kernel %s: %s", k->release,
