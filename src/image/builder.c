@@ -305,8 +305,7 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "kernel_release", json_string(k->release));
 	json_object_set_new(m->metadata, "kernel_package", json_string(k->package));
 	/* QEMU boots an ELF vmlinux through its PVH entry, a bzImage through SeaBIOS. */
-	json_object_set_new(m->metadata, "kernel_boot",
-			    json_string(k->builtin_only ? "pvh" : "bzimage"));
+	json_object_set_new(m->metadata, "kernel_boot", json_string(k->pvh ? "pvh" : "bzimage"));
 	json_object_set_new(m->metadata, "packages", json_incref(packages));
 	json_object_set_new(m->metadata, "libraries", json_incref(root.libraries));
 	json_object_set_new(m->metadata, "host_files", json_incref(root.host_sources));
