@@ -246,9 +246,19 @@ static int build_in(const struct kbuild_options *o, const char *tarball, const c
 		if (r < 0)
 			return r;
 	}
+	{
+		/* The symbol table is of no use to QEMU and costs every image its bytes. */
+		_cleanup_free_ char *src_elf = fs_path_join(obj, "vmlinux"),
+				    *dst_elf = fs_path_join(out, "vmlinux");
+		char *argv[] = {"objcopy", "--strip-all", src_elf, dst_elf, NULL};
+
+		if (!src_elf || !dst_elf)
+			return -ENOMEM;
+		r = run(argv, NULL, log_fd, "stripping vmlinux", ret_error);
+		if (r < 0)
+			return r;
+	}
 	r = copy_out(obj, "arch/x86/boot/bzImage", out, "bzImage");
-	if (r == 0)
-		r = copy_out(obj, "vmlinux", out, "vmlinux");
 	if (r == 0)
 		r = copy_out(obj, ".config", out, "config");
 	if (r == 0)
