@@ -60,7 +60,8 @@ static const char *const required[] = {
     "CONFIG_UNIX",
     "CONFIG_CGROUPS", /* the job cgroup (src/guest/jobcg.c) */
     "CONFIG_MEMCG",
-    "CONFIG_SYSVIPC", /* MPI's shared memory */
+    "CONFIG_VM_EVENT_COUNTERS", /* oom_kill in /proc/vmstat (src/guest/jobcg.c) */
+    "CONFIG_SYSVIPC",		/* MPI's shared memory */
     "CONFIG_SHMEM",
     "CONFIG_FUTEX",
     "CONFIG_EPOLL",
