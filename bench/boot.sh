@@ -29,7 +29,9 @@
 #
 # Environment: BUILD (build dir, default build), BOOTS (3), ACCEL (tcg|kvm: skip the
 # probe), BENCH_CACHE, QUIET_CORES, QUIET_WAIT_S, SKIP_VMHPC_DEBIAN=1 (skip building
-# debian-full.ini into the store), SKIP_RUN=1 (skip the `vmhpc run` figures).
+# debian-full.ini into the store), SKIP_RUN=1 (skip the `vmhpc run` figures), KERNELS=1 (also
+# the guest kernel variants of issue 16: Debian's bzImage vs its PVH vmlinux, the kernel of our
+# own with and without options, interleaved with the rest; docs/kernel.md).
 # `boot.sh --prepare` only builds the caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -285,8 +287,8 @@ def log(msg):
 
 
 # ---- vmhpc-init's frames (src/guest/frame.h): 'V' 'H' type flags len32 payload ----
-F_HELLO, F_WELCOME, F_EXEC, F_STDOUT, F_STDERR, F_EXIT, F_SHUTDOWN, F_READY, F_ERROR = (
-    1, 2, 3, 6, 7, 8, 10, 12, 13)
+F_HELLO, F_WELCOME, F_EXEC, F_STDOUT, F_STDERR, F_EXIT, F_SHUTDOWN, F_READY, F_ERROR, F_SETUP = (
+    1, 2, 3, 6, 7, 8, 10, 12, 13, 14)
 
 
 def frame(t, payload=b""):
@@ -446,6 +448,12 @@ class VM:
         self.fd = self.p.stdout.fileno()
         os.set_blocking(self.fd, False)
         self.pidfd = os.pidfd_open(self.p.pid)
+        if self.ctl:
+            # vmhpc-init takes its token in SETUP on the control port (not from the command
+            # line) and mounts its root only then: sent as soon as QEMU's socket is up, on
+            # the connection HELLO uses later.
+            self.conn = FrameConn(self.ctl, time.monotonic() + 10)
+            self.conn.send(F_SETUP, bytes.fromhex(self.token))
 
     def feed(self):
         try:
@@ -503,8 +511,8 @@ def pump(vms, until, timeout, what):
                     raise RuntimeError(f"{v.name}: QEMU exited ({v.p.returncode}) before ready:\n{v.tail()}")
 
 
-def tiny_argv(accel, kernel, initrd, root, ctl, token, extra=""):
-    return ["qemu-system-x86_64", "-machine", "q35", "-accel", accel_opt(accel),
+def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None):
+    return ["qemu-system-x86_64", "-machine", "q35", "-accel", accel_opt(accel, tb_mb),
             *cpu_opt(accel),
             "-m", f"{MEM_MB}M,slots=1,maxmem=2G", "-smp", "1", "-nodefaults", "-no-user-config",
             "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
@@ -530,8 +538,8 @@ def debian_argv(accel, kernel, initrd, disk):
             "-device", "virtio-blk-pci,drive=d0"]
 
 
-def accel_opt(accel):
-    return f"tcg,tb-size={TB_MB}" if accel == "tcg" else "kvm"
+def accel_opt(accel, tb_mb=None):
+    return f"tcg,tb-size={tb_mb or TB_MB}" if accel == "tcg" else "kvm"
 
 
 def cpu_opt(accel):
@@ -542,13 +550,18 @@ def new_token():
     return os.urandom(32).hex()
 
 
-def make_tiny(cfg, name, accel):
+def make_tiny(cfg, name, accel, variant="tiny"):
+    """A vmhpc-init guest; variant picks its kernel, initramfs, root and TCG buffer (the
+    default image, or one of the kernel variants in cfg["variants"])."""
     tok = new_token()
     ctl = f"{WORK}/{name}.ctl"
-    return VM("tiny", name, tiny_argv(accel, cfg["tiny_kernel"], cfg["tiny_initrd"],
-                                      cfg["tiny_root"], ctl, tok),
-              b"vmhpc-init: ready", [cfg["tiny_root"], cfg["tiny_kernel"], cfg["tiny_initrd"]],
-              ctl=ctl, token=tok)
+    v = cfg["variants"].get(variant, {}) if variant != "tiny" else {}
+    kernel = v.get("kernel", cfg["tiny_kernel"])
+    initrd = v.get("initrd", cfg["tiny_initrd"])
+    root = v.get("root", cfg["tiny_root"])
+    return VM("tiny", name, tiny_argv(accel, kernel, initrd, root, ctl, tok,
+                                      extra=v.get("extra", ""), tb_mb=v.get("tb_mb")),
+              b"vmhpc-init: ready", [root, kernel, initrd], ctl=ctl, token=tok)
 
 
 def make_debian(cfg, name, accel):
@@ -565,7 +578,7 @@ def after_ready(v, first=False):
         # HELLO at once; the guest sends READY (its memory and uptime) when the host
         # connects and/or before its answer to HELLO (docs/guest.md): skip everything
         # until WELCOME, keep the first READY.
-        c = FrameConn(v.ctl, time.monotonic() + 10)
+        c = v.conn
         c.send(F_HELLO, bytes.fromhex(v.token))
         info = None
         while True:
@@ -626,7 +639,7 @@ def finish_shutdown(v):
 
 def boot_one(cfg, kind, i, accel):
     name = f"{kind}{i}"
-    v = make_tiny(cfg, name, accel) if kind == "tiny" else make_debian(cfg, name, accel)
+    v = make_debian(cfg, name, accel) if kind == "debian" else make_tiny(cfg, name, accel, kind)
     v.start()
     pump([v], lambda: v.ready_s is not None, 300 if kind == "tiny" else 900, f"{name} ready")
     after_ready(v)
@@ -645,8 +658,8 @@ def boot_one(cfg, kind, i, accel):
 
 
 def boot_many(cfg, kind, n, accel):
-    vms = [make_tiny(cfg, f"{kind}4x{i}", accel) if kind == "tiny"
-           else make_debian(cfg, f"{kind}4x{i}", accel) for i in range(n)]
+    vms = [make_debian(cfg, f"{kind}4x{i}", accel) if kind == "debian"
+           else make_tiny(cfg, f"{kind}4x{i}", accel, kind) for i in range(n)]
     for v in vms:
         v.start()
     pump(vms, lambda: all(v.ready_s is not None for v in vms), 600 if kind == "tiny" else 1800,
@@ -724,9 +737,11 @@ def main():
     out["accel"], out["accel_why"] = accel, why
     log(f"== accelerator: {accel} ({why})")
     boots = cfg["boots"]
-    runs = {"tiny": [], "debian": []}
+    variants = list(cfg["variants"])
+    kinds = ["tiny", *variants, "debian"]
+    runs = {k: [] for k in kinds}
     for i in range(boots):
-        for kind in ("tiny", "debian"):
+        for kind in kinds:
             b = wait_quiet()
             log(f"== boot {i + 1}/{boots}: {kind} (other load: {b:.2f} cores busy)")
             r = boot_one(cfg, kind, i, accel)
@@ -734,7 +749,7 @@ def main():
             runs[kind].append(r)
     out["runs"] = runs
     out["four"] = {}
-    for kind in ("tiny", "debian"):
+    for kind in ["tiny", *[k for k in variants if cfg["variants"][k].get("four")], "debian"]:
         b = wait_quiet()
         log(f"== 4 {kind} VMs together (other load: {b:.2f} cores busy)")
         out["four"][kind] = boot_many(cfg, kind, 4, accel)
@@ -824,12 +839,45 @@ def report():
           f"{', '.join('%.2f' % r['busy_cores_before'] for r in t)}; Debian "
           f"{', '.join('%.2f' % r['busy_cores_before'] for r in d)}; 4 x tiny "
           f"{ft['busy_cores_before']:.2f}; 4 x Debian {fd['busy_cores_before']:.2f}.")
+    if cfg["variants"]:
+        kernel_report(res, cfg, sizes)
     if sizes.get("deb_vmhpc_error"):
         print(f"\n`vmhpc image build bench/debian-full.ini`: {sizes['deb_vmhpc_error']}")
     if sizes.get("run"):
         print()
         for label, r in sizes["run"].items():
             print(f"`vmhpc run` {label}: {r}")
+
+
+def kernel_report(res, cfg, sizes):
+    """The kernel variants (issue 16) beside the default image and full Debian."""
+    MiB = 1 / 1024
+    d = res["runs"]["debian"]
+    rd, cd = med(d, "ready_s"), med(d, "ready_cpu_s")
+    print()
+    print(f"### Kernel variants (same QEMU, interleaved, median of {len(d)} boots)")
+    print()
+    print("| variant | ready | QEMU CPU to ready | vs full Debian (wall / CPU) | guest used | QEMU PSS, 1 VM | 4 VMs: sum of PSS (limit) |")
+    print("|---|---|---|---|---|---|---|")
+    labels = {"tiny": "default image: " + cfg.get("tiny_label", "tiny-mpi")}
+    labels.update({k: v["label"] for k, v in cfg["variants"].items()})
+    for k in ["tiny", *cfg["variants"], "debian"]:
+        rs = res["runs"][k]
+        r, c = med(rs, "ready_s"), med(rs, "ready_cpu_s")
+        f4 = res["four"].get(k)
+        four = ""
+        if f4:
+            lim = 4 * (f4["guest_used_sum_kb"] / 4 + 10 * 1024) * MiB + 64
+            four = (f"{f4['pss_sum_kb'] * MiB:.1f} MiB ({lim:.1f} MiB: "
+                    f"**{'met' if f4['pss_sum_kb'] * MiB <= lim else 'missed'}**)")
+        print(f"| {labels.get(k, 'Debian 12 + systemd')} | {r:.2f} s ({rng(rs, 'ready_s')}) "
+              f"| {c:.2f} s ({rng(rs, 'ready_cpu_s')}) | {rd / r:.1f}x / {cd / c:.1f}x "
+              f"| {med(rs, 'guest_used_kb') * MiB:.1f} MiB ({rng(rs, 'guest_used_kb', MiB, '%.1f')}) "
+              f"| {med(rs, 'pss_kb') * MiB:.1f} MiB | {four} |")
+    for k, v in cfg["variants"].items():
+        if v.get("stored_bytes"):
+            print(f"\n{v['label']}: image stored {v['stored_bytes'] / 1e6:.1f} MB.", end="")
+    print()
 
 
 if __name__ == "__main__":
@@ -885,18 +933,57 @@ tiny_stored=$("$vmhpc" image list --json | "$py" -c \
 tiny_rel=$("$vmhpc" image show --json tiny-mpi | "$py" -c \
 	'import json,sys; print(json.load(sys.stdin)["metadata"]["kernel_release"])')
 
+# Kernel variants (issue 16, docs/kernel.md), KERNELS=1: the default image's initramfs and
+# root with Debian's bzImage instead of its PVH vmlinux; the same spec on the kernel of our own
+# (`[kernel] source`), with the default and a 16 MiB TCG buffer.
+variants_json="{}"
+if [ "${KERNELS:-0}" = 1 ]; then
+	tiny_bz=$(ls /var/cache/vmhpc/unpacked/"$("$vmhpc" image show --json tiny-mpi | "$py" -c \
+		'import json,sys; m=json.load(sys.stdin)["metadata"]; print(m["kernel_package"])')"_*/boot/vmlinuz-"$tiny_rel" | head -n1)
+	own_src=examples/tiny-mpi.ini
+	[ -f "$work/tiny-mpi.ini" ] && own_src=$work/tiny-mpi.ini
+	sed 's/^package = .*/source = linux-source-6.1/; s/^name = tiny-mpi/name = tiny-own/' \
+		"$own_src" >"$work/tiny-own.ini"
+	say "vmhpc image build tiny-own (the kernel of our own; built once per machine)"
+	long "$vmhpc" image build "$work/tiny-own.ini" >&2
+	for part in kernel initramfs root; do
+		"$vmhpc" image cat tiny-own "$part" -o "$work/own.$part"
+	done
+	own_stored=$("$vmhpc" image list --json | "$py" -c \
+		'import json,sys; print(sorted([v for v in json.load(sys.stdin) if v["name"] == "tiny-own"], key=lambda v: v["version"])[-1]["stored_bytes"])')
+	own_rel=$("$vmhpc" image show --json tiny-own | "$py" -c \
+		'import json,sys; print(json.load(sys.stdin)["metadata"]["kernel_release"])')
+	variants_json=$("$py" -c '
+import json, sys
+w, bz, rel, own_rel, own_stored = sys.argv[1:6]
+print(json.dumps({
+    "tinybz": {"label": f"Debian kernel {rel}, bzImage", "kernel": bz, "four": False},
+    "tinyopts": {"label": f"Debian kernel {rel}, PVH, cryptomgr.notests cgroup.memory=nokmem",
+                 "extra": " cryptomgr.notests cgroup.memory=nokmem", "four": False},
+    "own": {"label": f"own kernel {own_rel}, PVH", "kernel": f"{w}/own.kernel",
+            "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root", "four": True,
+            "stored_bytes": int(own_stored)},
+    "ownopts": {"label": f"own kernel {own_rel}, PVH, cgroup.memory=nokmem", "kernel": f"{w}/own.kernel",
+                "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root",
+                "extra": " cgroup.memory=nokmem", "four": False},
+    "own16": {"label": f"own kernel {own_rel}, PVH, tb-size=16", "kernel": f"{w}/own.kernel",
+              "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root", "tb_mb": 16, "four": True},
+}))' "$work" "$tiny_bz" "$tiny_rel" "$own_rel" "$own_stored")
+fi
+
 deb_kernel=$(ls "$deb"/tree/boot/vmlinuz-* | sort -V | tail -n1)
 deb_rel=${deb_kernel##*/vmlinuz-}
 deb_initrd=$deb/tree/boot/initrd.img-$deb_rel
 
-"$py" - "$work/config.json" <<EOF
+"$py" - "$work/config.json" "$variants_json" <<EOF
 import json, sys
 json.dump({"boots": $boots, "tiny_kernel": "$work/tiny.kernel", "tiny_initrd": "$work/tiny.initramfs",
            "tiny_root": "$work/tiny.root", "deb_kernel": "$deb_kernel", "deb_initrd": "$deb_initrd",
            "deb_image": "$deb/debian.ext4", "cpu": "$cpu", "cores": $cores,
            "date": "$(date -u +%F)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
            "tiny_kernel_release": "$tiny_rel", "deb_kernel_release": "$deb_rel",
-           "tiny_note": "$tiny_note"},
+           "tiny_note": "$tiny_note", "variants": json.loads(sys.argv[2]),
+           "tiny_label": "Debian kernel $tiny_rel, " + ("PVH vmlinux" if open("$work/tiny.kernel", "rb").read(4) == b"\\x7fELF" else "bzImage")},
           open(sys.argv[1], "w"))
 EOF
 

@@ -10,6 +10,11 @@ packages=(
   libcurl4-openssl-dev
   # image builder
   dpkg-dev e2fsprogs erofs-utils kmod cpio zstd busybox-static
+  # the guest kernel of our own (vmhpc kernel build, docs/kernel.md): Debian's source and
+  # what its build needs (binutils' readelf checks the PVH note)
+  linux-source-6.1 bc bison flex libelf-dev xz-utils binutils
+  # decompressors of Debian bzImage payloads (the PVH vmlinux is extracted from them)
+  lz4 gzip bzip2
   # guests and MPI
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
   # Fortran MPI programs (mpif90) in tests/integration/own-program.sh

@@ -27,6 +27,11 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv);
 int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv);
 /* `vmhpc node`: the node daemon and its clients (cli/node.c). */
 int cli_node_main(struct cli_context *ctx, int argc, char **argv);
+int cli_kernel_main(struct cli_context *ctx, int argc, char **argv);
+
+/* The kernel config fragment: $VMHPC_KERNEL_CONFIG, else the repo's kernel/vmhpc.config.
+ * Caller frees. */
+char *cli_kernel_config_path(void);
 
 /* `vmhpc image push` and `pull` (cli/registry.c); each returns the process exit code. */
 int cli_image_push(struct cli_context *ctx, int argc, char **argv);

@@ -237,6 +237,7 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	struct builder_result res = {0};
 	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
 	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	_cleanup_free_ char *kconfig = cli_kernel_config_path();
 	_cleanup_free_ char *error = NULL;
 	_cleanup_free_ gid_t *groups = NULL;
 	struct fs_identity identity;
@@ -294,6 +295,7 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	opts.spec_path = argv[optind];
 	opts.init_path = init;
 	opts.exec_path = exec;
+	opts.kernel_config = kconfig;
 	if (use_sudo_identity(&opts, &identity, &groups) < 0)
 		return 2;
 	if (cli_open_store(ctx, &s) < 0)
@@ -1328,6 +1330,7 @@ static int verb_update(struct cli_context *ctx, int argc, char **argv)
 	struct builder_result res = {0};
 	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
 	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	_cleanup_free_ char *kconfig = cli_kernel_config_path();
 	_cleanup_free_ char *error = NULL;
 	_cleanup_free_ gid_t *groups = NULL;
 	struct fs_identity identity;
@@ -1345,6 +1348,7 @@ static int verb_update(struct cli_context *ctx, int argc, char **argv)
 	chunker_params_default(&opts.chunking);
 	opts.init_path = init;
 	opts.exec_path = exec;
+	opts.kernel_config = kconfig;
 	if (use_sudo_identity(&opts, &identity, &groups) < 0)
 		return 2;
 	if (cli_open_store(ctx, &s) < 0)

@@ -22,6 +22,7 @@ static const struct command commands[] = {
     {"cleanup", cli_cleanup_main, "remove what killed jobs left (VMs, taps, sockets)"},
     {"image", cli_image_main, "build, list, inspect, verify and move images"},
     {"node", cli_node_main, "the node daemon: image cache and distribution (fetch)"},
+    {"kernel", cli_kernel_main, "build the guest kernel of our own (once per machine)"},
 };
 
 static void usage(FILE *f)

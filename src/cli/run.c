@@ -59,6 +59,7 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 		      struct manifest **ret)
 {
 	_cleanup_free_ char *name = NULL, *error = NULL, *init = NULL, *exec = NULL, *spec = NULL;
+	_cleanup_free_ char *kconfig = cli_kernel_config_path();
 	struct builder_options bo = {.cache_dir = ctx->cache_dir,
 				     .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
 				     .progress = isatty(STDERR_FILENO)};
@@ -101,6 +102,7 @@ static int load_image(struct cli_context *ctx, struct store *s, const char *ref,
 	bo.spec_path = spec;
 	bo.init_path = init;
 	bo.exec_path = exec;
+	bo.kernel_config = kconfig;
 	r = builder_build(s, &bo, &res, &error);
 	if (r < 0)
 		return log_error_errno(r, "building the default image: %s",

@@ -16,6 +16,7 @@
 #include "guest/frame.h"
 #include "image/deb.h"
 #include "image/initramfs.h"
+#include "image/kbuild.h"
 #include "image/kernel.h"
 #include "image/lineage.h"
 #include "image/rootfs.h"
@@ -206,8 +207,20 @@ static int build_into(struct store *s, const struct builder_options *opts,
 
 	if (!packages)
 		return -ENOMEM;
-	progress_stage(&prog, "kernel", "fetching the kernel");
-	r = kernel_fetch(opts->cache_dir, spec->kernel_package, &k, ret_error);
+	if (spec->kernel_source) {
+		struct kbuild_options ko = {.cache_dir = opts->cache_dir,
+					    .source = spec->kernel_source,
+					    .fragment_path = opts->kernel_config};
+		_cleanup_free_ char *kdir = NULL;
+
+		progress_stage(&prog, "kernel", "building the kernel, or taking it from the cache");
+		r = kbuild_ensure(&ko, &kdir, ret_error);
+		if (r == 0)
+			r = kernel_from_build(kdir, spec->kernel_source, &k, ret_error);
+	} else {
+		progress_stage(&prog, "kernel", "fetching the kernel");
+		r = kernel_fetch(opts->cache_dir, spec->kernel_package, &k, ret_error);
+	}
 	if (r < 0)
 		goto out;
 	json_object_set_new(packages, k->package, json_string(k->version));
@@ -291,6 +304,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	json_object_set_new(m->metadata, "arch", json_string("x86_64"));
 	json_object_set_new(m->metadata, "kernel_release", json_string(k->release));
 	json_object_set_new(m->metadata, "kernel_package", json_string(k->package));
+	/* QEMU boots an ELF vmlinux through its PVH entry, a bzImage through SeaBIOS. */
+	json_object_set_new(m->metadata, "kernel_boot", json_string(k->pvh ? "pvh" : "bzimage"));
 	json_object_set_new(m->metadata, "packages", json_incref(packages));
 	json_object_set_new(m->metadata, "libraries", json_incref(root.libraries));
 	json_object_set_new(m->metadata, "host_files", json_incref(root.host_sources));

@@ -15,9 +15,10 @@
 
 struct builder_options {
 	const char *spec_path;
-	const char *cache_dir; /* Debian package cache */
-	const char *init_path; /* the static vmhpc-init to put in the initramfs */
-	const char *exec_path; /* the static vmhpc-exec to put in the root (/usr/bin) */
+	const char *cache_dir;	   /* Debian package cache */
+	const char *init_path;	   /* the static vmhpc-init to put in the initramfs */
+	const char *exec_path;	   /* the static vmhpc-exec to put in the root (/usr/bin) */
+	const char *kernel_config; /* [kernel] source: the config fragment (kernel/vmhpc.config) */
 	struct chunker_params chunking;
 	int compression_level; /* zstd level for the chunks this build writes */
 	bool progress;	       /* print a progress line on stderr */

@@ -75,6 +75,7 @@ int lineage_spec_text(const struct image_spec *spec, char **ret_text)
 	put_scalar(&o, "mpi", spec->mpi);
 	put(&o, "[kernel]\n");
 	put_scalar(&o, "package", spec->kernel_package);
+	put_scalar(&o, "source", spec->kernel_source);
 	put_list(&o, "modules", spec->modules, spec->n_modules);
 	put(&o, "[root]\n");
 	put_list(&o, "packages", spec->packages, spec->n_packages);
@@ -285,8 +286,16 @@ int lineage_merge(const struct image_spec *base, const struct image_spec *child,
 		r = dup_scalar(&m->boot_args, child->boot_args, base->boot_args);
 	if (r == 0)
 		r = dup_scalar(&m->mpi, child->mpi, base->mpi);
-	if (r == 0)
-		r = dup_scalar(&m->kernel_package, child->kernel_package, base->kernel_package);
+	/* The kernel is one choice: a child naming either form replaces the base's. */
+	if (r == 0 && (child->kernel_package || child->kernel_source)) {
+		r = dup_scalar(&m->kernel_package, child->kernel_package, NULL);
+		if (r == 0)
+			r = dup_scalar(&m->kernel_source, child->kernel_source, NULL);
+	} else if (r == 0) {
+		r = dup_scalar(&m->kernel_package, base->kernel_package, NULL);
+		if (r == 0)
+			r = dup_scalar(&m->kernel_source, base->kernel_source, NULL);
+	}
 	if (r == 0)
 		r = dup_scalar(&m->tree, child->tree, base->tree);
 	if (r == 0)
@@ -340,7 +349,7 @@ int lineage_merge(const struct image_spec *base, const struct image_spec *child,
 			m->n_files++;
 		}
 	}
-	if (r == 0 && !m->kernel_package)
+	if (r == 0 && !m->kernel_package && !m->kernel_source)
 		r = error_set(ret_error, -EINVAL,
 			      "neither this spec nor its base %s names a kernel "
 			      "package; add one under [kernel]",

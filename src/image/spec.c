@@ -510,6 +510,7 @@ static const struct spec_key spec_keys[] = {
     SCALAR(SECTION_IMAGE, "boot_args", boot_args, handle_text),
     SCALAR(SECTION_IMAGE, "mpi", mpi, handle_mpi),
     SCALAR(SECTION_KERNEL, "package", kernel_package, handle_package),
+    SCALAR(SECTION_KERNEL, "source", kernel_source, handle_package),
     LIST(SECTION_KERNEL, "modules", modules, handle_module),
     LIST(SECTION_ROOT, "packages", packages, handle_package),
     LIST(SECTION_ROOT, "binaries", binaries, handle_binary),
@@ -747,11 +748,16 @@ static int check_complete(struct parser *p)
 		/* The rest comes from the base (image/lineage.h). */
 		return 0;
 	}
-	if (!s->kernel_package)
+	if (!s->kernel_package && !s->kernel_source)
 		return parser_error(p, kernel_line,
 				    "%s has no package; add \"package = PACKAGE\" (e.g. "
-				    "linux-image-cloud-amd64) under [kernel]",
+				    "linux-image-cloud-amd64) or \"source = linux-source-6.1\" "
+				    "under [kernel]",
 				    kernel_line ? "[kernel]" : "the spec");
+	if (s->kernel_package && s->kernel_source)
+		return parser_error(p, kernel_line,
+				    "[kernel] has both package and source; keep one (package: a "
+				    "Debian kernel; source: a kernel built here, docs/kernel.md)");
 	if (!s->os) {
 		s->os = strdup("tiny");
 		if (!s->os)
@@ -922,6 +928,7 @@ struct image_spec *image_spec_free(struct image_spec *spec)
 	free(spec->boot_args);
 	free(spec->mpi);
 	free(spec->kernel_package);
+	free(spec->kernel_source);
 	for (size_t i = 0; i < spec->n_modules; i++)
 		free(spec->modules[i]);
 	free(spec->modules);

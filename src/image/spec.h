@@ -3,7 +3,7 @@
  *
  *   # comment            ; comment
  *   [image]              name, os, description, boot_args, mpi
- *   [kernel]             package, modules
+ *   [kernel]             package or source, modules
  *   [root]               packages, binaries, plugin_dirs, files, tree
  *
  * List values are separated by white space; a repeated list key appends; a line that
@@ -48,7 +48,9 @@ struct image_spec {
 	char *boot_args;   /* [image] boot_args: extra kernel command line, or NULL */
 	char *mpi; /* [image] mpi: "mpich" or "openmpi" (the launcher vmhpc run uses), or NULL */
 
-	char *kernel_package; /* [kernel] package: Debian package with /boot/vmlinuz-*: required */
+	char *kernel_package; /* [kernel] package: Debian package with /boot/vmlinuz-*, or NULL */
+	char *kernel_source;  /* [kernel] source: Debian kernel source package to build our own
+				 kernel from (image/kbuild.h), or NULL; exactly one of the two */
 	char **modules; /* [kernel] modules: names as in modules.dep (dependencies are added) */
 	size_t n_modules;
 

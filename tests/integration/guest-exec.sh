@@ -5,6 +5,8 @@
 # (READY, INFO), the job share over virtiofs, the virtio-blk fallback root, and SHUTDOWN.
 # Needs: qemu-system-x86_64, python3, the warm package cache (busybox-static and the cloud
 # kernel), and for the share: /usr/lib/qemu/virtiofsd run as root (skipped otherwise).
+# GUEST_KERNEL_SOURCE=linux-source-6.1 runs it all on the kernel of our own (built or cached,
+# docs/kernel.md) instead of Debian's: tests/integration/kernel-build.sh does.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -32,11 +34,13 @@ free_port() {
 # ---- the image: busybox, vmhpc-exec, a 20 MB file to read through DAX ----
 head -c 20000000 /dev/urandom >"$WORK/big.bin"
 mkdir "$WORK/share"
+KERNEL_LINE="package = linux-image-cloud-amd64"
+[ -z "${GUEST_KERNEL_SOURCE:-}" ] || KERNEL_LINE="source = $GUEST_KERNEL_SOURCE"
 cat >"$WORK/guest.ini" <<EOF
 [image]
 name = guest-exec
 [kernel]
-package = linux-image-cloud-amd64
+$KERNEL_LINE
 modules = virtio_pci virtio_pmem nd_pmem virtio_blk virtio_net virtiofs overlay virtio_console
 [root]
 # MPICH's runtime as in examples/tiny-mpi.ini: hydra must start its proxy through vmhpc-exec.
@@ -343,6 +347,12 @@ fi
 shutdown_and_wait
 
 # ---- boot 2: the virtio-blk fallback ----
+if [ -n "${GUEST_EXEC_SKIP_BLK:-}" ]; then
+	pgrep -f "$WORK" >/dev/null && fail "a process still uses $WORK: $(pgrep -af "$WORK")"
+	echo "# skipped boot 2 (virtio-blk root): GUEST_EXEC_SKIP_BLK is set"
+	finish
+	exit 0
+fi
 boot vm1 blk
 wait_service
 gx -- cat /proc/mounts | grep -q '^/dev/vda .* ro' || fail "root=blk did not mount /dev/vda: $(gx -- cat /proc/mounts)"

@@ -188,7 +188,7 @@ static void test_unknown_key(void **state)
 	expect_error("[image]\nname = x\ncolour = red\n", 3, "\"colour\"", "[image]",
 		     "name, os, description, boot_args, mpi");
 	expect_error("[image]\nname = x\n" KERNEL "packages = a\n", 5, "\"packages\"", "[kernel]",
-		     "package, modules");
+		     "package, source, modules");
 	expect_error("[root]\nbinary = /x\n", 2, "\"binary\"",
 		     "packages, binaries, plugin_dirs, files, tree");
 }
@@ -227,6 +227,25 @@ static void test_missing_kernel_package(void **state)
 	expect_error("[image]\nname = x\n\n[kernel]\nmodules = virtio_blk\n", 4,
 		     "[kernel] has no package", "package =");
 	expect_error("[image]\nname = x\n", 0, "no package", "[kernel]");
+	expect_error("[image]\nname = x\n[kernel]\npackage = linux-image-amd64\nsource = "
+		     "linux-source-6.1\n",
+		     3, "both package and source", "keep one");
+	expect_error("[image]\nname = x\n[kernel]\nsource = Linux\n", 4, "\"Linux\"");
+}
+
+/* [kernel] source: a kernel built here instead of a Debian kernel package. */
+static void test_kernel_source(void **state)
+{
+	static const char text[] = "[image]\nname = a\n[kernel]\nsource = linux-source-6.1\n"
+				   "modules = virtio_pmem\n";
+	struct image_spec *s = NULL;
+	char *err = NULL;
+
+	assert_int_equal(spec_parse_string(text, strlen(text), NULL, NULL, &s, &err), 0);
+	assert_null(s->kernel_package);
+	assert_string_equal(s->kernel_source, "linux-source-6.1");
+	assert_int_equal(s->n_modules, 1);
+	image_spec_free(s);
 }
 
 static void test_bad_names(void **state)
@@ -670,6 +689,7 @@ int main(void)
 	    cmocka_unit_test(test_full_spec_crlf),
 	    cmocka_unit_test(test_minimal_defaults),
 	    cmocka_unit_test(test_unknown_key),
+	    cmocka_unit_test(test_kernel_source),
 	    cmocka_unit_test(test_unknown_section),
 	    cmocka_unit_test(test_key_outside_section),
 	    cmocka_unit_test(test_syntax_error),
