@@ -386,21 +386,6 @@ static int load_spec(struct store *s, const struct builder_options *opts,
 	return 0;
 }
 
-static bool same_parts(const struct manifest *a, const struct manifest *b)
-{
-	for (int k = 0; k < _MANIFEST_PART_KIND_MAX; k++) {
-		const struct store_part *x = &a->parts[k], *y = &b->parts[k];
-
-		if (x->size_bytes != y->size_bytes || x->n_chunks != y->n_chunks)
-			return false;
-		for (size_t i = 0; i < x->n_chunks; i++)
-			if (x->chunks[i].size_bytes != y->chunks[i].size_bytes ||
-			    memcmp(x->chunks[i].id, y->chunks[i].id, STORE_ID_BYTES) != 0)
-				return false;
-	}
-	return true;
-}
-
 int builder_build(struct store *s, const struct builder_options *opts, struct builder_result *ret,
 		  char **ret_error)
 {
@@ -460,7 +445,7 @@ int builder_build(struct store *s, const struct builder_options *opts, struct bu
 		r = lineage_record(m->metadata, spec, ret->base_ref);
 	if (r < 0)
 		goto out;
-	if (opts->update_of && same_parts(m, opts->update_of)) {
+	if (opts->update_of && manifest_same_parts(m, opts->update_of)) {
 		/* Nothing changed: the chunks were all there already, and no version is made. */
 		ret->unchanged = true;
 		ret->name = strdup(m->name);

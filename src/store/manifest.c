@@ -287,6 +287,18 @@ static int compare_refs(const void *a, const void *b)
 		      ((const struct store_chunk_ref *)b)->id, STORE_ID_BYTES);
 }
 
+bool manifest_same_parts(const struct manifest *a, const struct manifest *b)
+{
+	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++) {
+		if (a->parts[p].n_chunks != b->parts[p].n_chunks)
+			return false;
+		if (memcmp(a->parts[p].chunks, b->parts[p].chunks,
+			   a->parts[p].n_chunks * sizeof(*a->parts[p].chunks)) != 0)
+			return false;
+	}
+	return true;
+}
+
 int manifest_distinct_chunks(const struct manifest *m, struct store_chunk_ref **ret_refs,
 			     size_t *ret_n)
 {

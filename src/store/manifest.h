@@ -4,6 +4,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "store/store.h"
@@ -48,6 +49,9 @@ int manifest_to_json(const struct manifest *m, char **ret_text);
  * is wrong. The caller frees *ret_manifest. */
 int manifest_from_json(const char *text, size_t len, struct manifest **ret_manifest,
 		       char **ret_error);
+
+/* True when a and b name the same chunks, in the same order, in every part. */
+bool manifest_same_parts(const struct manifest *a, const struct manifest *b);
 
 /* Every distinct chunk of m (all parts), sorted by id; caller frees *ret_ids. */
 int manifest_distinct_chunks(const struct manifest *m, struct store_chunk_ref **ret_refs,

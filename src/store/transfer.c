@@ -114,19 +114,6 @@ static int read_entry(struct archive *a, struct archive_entry *e, size_t max_byt
 	return 0;
 }
 
-/* True when a and b name the same chunks in every part. */
-static bool same_parts(const struct manifest *a, const struct manifest *b)
-{
-	for (int p = 0; p < _MANIFEST_PART_KIND_MAX; p++) {
-		if (a->parts[p].n_chunks != b->parts[p].n_chunks)
-			return false;
-		if (memcmp(a->parts[p].chunks, b->parts[p].chunks,
-			   a->parts[p].n_chunks * sizeof(*a->parts[p].chunks)) != 0)
-			return false;
-	}
-	return true;
-}
-
 int transfer_commit_received(struct store *s, struct manifest *m, bool *ret_added)
 {
 	struct manifest *existing = NULL;
@@ -137,7 +124,7 @@ int transfer_commit_received(struct store *s, struct manifest *m, bool *ret_adde
 		*ret_added = false;
 	r = catalog_load(s, m->name, m->version, &existing, NULL);
 	if (r == 0) {
-		bool same = same_parts(existing, m);
+		bool same = manifest_same_parts(existing, m);
 
 		manifest_free(existing);
 		if (same)
