@@ -226,16 +226,16 @@ static int check_program(struct store *s, const struct manifest *m, const struct
 	return 0;
 }
 
-/* Says before booting whether the image has an MPI vmhpc can launch (launcher.h). */
-static int check_launcher(const struct manifest *m)
+/* Says before booting whether the image has an MPI vmhpc can launch (launcher.h), and which:
+ * *ret_mpi, what run_program launches. */
+static int check_launcher(const struct manifest *m, enum launcher_mpi *ret_mpi)
 {
 	_cleanup_free_ char *error = NULL, *ref = NULL;
-	enum launcher_mpi mpi;
 	int r;
 
 	if (asprintf(&ref, "%s:%u", m->name, m->version) < 0)
 		return -ENOMEM;
-	r = launcher_mpi_of_image(m->metadata, ref, &mpi, &error);
+	r = launcher_mpi_of_image(m->metadata, ref, ret_mpi, &error);
 	if (r < 0)
 		log_error("%s", error ? error : strerror(-r));
 	return r;
@@ -474,11 +474,12 @@ static int block_job_signals(void)
 /* Runs mpiexec in VM 0 over every VM and turns how it ended into vmhpc run's exit code,
  * logging why when it is not 0. */
 static int run_program(struct job *j, const struct run_options *o, const struct job_config *cfg,
-		       int signal_fd, double *ret_run_s)
+		       enum launcher_mpi mpi, int signal_fd, double *ret_run_s)
 {
 	_cleanup_free_ char *error = NULL;
 	const char *hosts[JOB_MAX_VMS];
-	struct launcher_job lj = {.hosts = hosts,
+	struct launcher_job lj = {.mpi = mpi,
+				  .hosts = hosts,
 				  .n_hosts = o->vms,
 				  .slots = o->vcpus,
 				  .ranks = o->ranks,
@@ -501,9 +502,9 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 
 	for (unsigned i = 0; i < o->vms; i++)
 		hosts[i] = job_vm_name(j, i);
-	if (launcher_mpi_of_image(cfg->image->metadata, cfg->image->name, &lj.mpi, &error) < 0 ||
-	    launcher_command_new(&lj, &cmd) < 0) {
-		log_error("%s", error ? error : "out of memory");
+	r = launcher_command_new(&lj, &cmd);
+	if (r < 0) {
+		log_error("building the MPI launcher's command line: %s", strerror(-r));
 		return 1;
 	}
 	req.argv = cmd->argv;
@@ -560,6 +561,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	struct boot_progress bp = {.tty = isatty(STDERR_FILENO)};
 	struct job_config cfg = {0};
 	struct run_usage usage = {0};
+	enum launcher_mpi mpi;
 	double t_boot, boot_s = 0, run_s = 0, shutdown_s = 0;
 	int r, code = 1;
 
@@ -587,7 +589,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 		goto out;
 	/* An image without an MPI launcher is the first thing to say: what PROGRAM needs
 	 * from it comes after. */
-	if (check_launcher(m) < 0 || check_program(s, m, &o, workdir) < 0)
+	if (check_launcher(m, &mpi) < 0 || check_program(s, m, &o, workdir) < 0)
 		goto out;
 	/* The version that runs is named before anything boots: a version built since the last
 	 * run (by this user or, in a shared store, another) is never a silent change. */
@@ -643,7 +645,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	for (unsigned i = 0; i < o.vms; i++)
 		job_vm_stats(j, i, &stats[i]);
 
-	code = run_program(j, &o, &cfg, sfd, &run_s);
+	code = run_program(j, &o, &cfg, mpi, sfd, &run_s);
 	collect_usage(j, &o, &usage);
 	for (unsigned i = 0; i < o.vms; i++) {
 		double ready_s = stats[i].ready_s;
