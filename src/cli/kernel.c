@@ -47,6 +47,7 @@ static int kernel_build(struct cli_context *ctx, int argc, char **argv)
 	struct kbuild_options o = {.cache_dir = ctx->cache_dir, .source = KBUILD_SOURCE_DEFAULT};
 	int c, r;
 
+	optind = 0; /* main's parse went before: start afresh on the command's own argv */
 	while ((c = getopt_long(argc, argv, "s:c:j:h", options, NULL)) != -1) {
 		switch (c) {
 		case 's':
