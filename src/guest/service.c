@@ -231,15 +231,15 @@ static void read_info(bool usage, struct frame_info *info)
 	}
 }
 
-/* READY keeps its first length (a host finds it by its header); INFO replies carry the
- * job's usage too when the job has its cgroup. */
+/* READY keeps its first length (a host finds it by its header: its callers pass usage false);
+ * INFO replies carry the job's usage too when the job has its cgroup. */
 static void send_info(struct conn *c, enum frame_type type, bool usage)
 {
 	struct frame_info info;
 	uint8_t payload[FRAME_INFO_USAGE_BYTES];
 	size_t len;
 
-	read_info(usage && type == FRAME_INFO, &info);
+	read_info(usage, &info);
 	len = frame_info_encode(&info, payload);
 	conn_send(c, type, payload, len);
 }
