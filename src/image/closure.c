@@ -168,16 +168,10 @@ static int path_clean(const char *path, bool keep_dotdot, char out[static PATH_M
 {
 	size_t len = 0;
 
-	for (const char *p = path; *p;) {
-		const char *end;
-		size_t n;
+	const char *p, *rest = path;
+	size_t n;
 
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
+	while ((p = pathwalk_next(&rest, &n))) {
 		if (n == 1 && p[0] == '.') {
 			/* nothing */
 		} else if (n == 2 && p[0] == '.' && p[1] == '.' && !keep_dotdot) {
@@ -192,7 +186,6 @@ static int path_clean(const char *path, bool keep_dotdot, char out[static PATH_M
 			memcpy(out + len, p, n);
 			len += n;
 		}
-		p = end;
 	}
 	if (len == 0)
 		out[len++] = '/';

@@ -3,6 +3,19 @@
 #include <errno.h>
 #include <string.h>
 
+const char *pathwalk_next(const char **p, size_t *ret_len)
+{
+	const char *start = *p;
+
+	while (*start == '/')
+		start++;
+	if (!*start)
+		return NULL;
+	*p = strchrnul(start, '/');
+	*ret_len = (size_t)(*p - start);
+	return start;
+}
+
 int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata,
 		     char out[static PATH_MAX], enum pathwalk_kind *ret_kind)
 {
@@ -10,7 +23,8 @@ int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata
 	size_t done_len = 0;
 	unsigned n_links = 0;
 	enum pathwalk_kind kind = PATHWALK_DIR;
-	const char *p;
+	const char *p, *end;
+	size_t n;
 	int r;
 
 	if (path[0] != '/')
@@ -19,23 +33,12 @@ int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata
 		return -ENAMETOOLONG;
 	strcpy(todo, path);
 	out[0] = '\0'; /* out is the resolved prefix: "" stands for the root */
-	p = todo;
-	for (;;) {
-		const char *end;
-		size_t n;
-
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
+	end = todo;
+	while ((p = pathwalk_next(&end, &n))) {
 		if (kind != PATHWALK_DIR)
 			return -ENOTDIR;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
-		if (n == 1 && p[0] == '.') {
-			p = end;
+		if (n == 1 && p[0] == '.')
 			continue;
-		}
 		if (n == 2 && p[0] == '.' && p[1] == '.') {
 			char *slash = strrchr(out, '/');
 
@@ -43,7 +46,6 @@ int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata
 				*slash = '\0';
 				done_len = (size_t)(slash - out);
 			}
-			p = end;
 			continue;
 		}
 		if (done_len + 1 + n >= PATH_MAX)
@@ -68,7 +70,7 @@ int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata
 			 * memmove because end points into todo. */
 			memmove(todo + t, end, rest + 1);
 			memcpy(todo, target, t);
-			p = todo;
+			end = todo;
 			if (target[0] == '/') {
 				out[0] = '\0';
 				done_len = 0;
@@ -77,7 +79,6 @@ int pathwalk_resolve(const char *path, pathwalk_lookup_fn lookup, void *userdata
 			continue;
 		}
 		done_len += 1 + n;
-		p = end;
 	}
 	if (done_len == 0)
 		strcpy(out, "/");

@@ -4,10 +4,15 @@
 #pragma once
 
 #include <limits.h>
+#include <stddef.h>
 
 #define PATHWALK_SYMLINKS_MAX 40 /* the kernel's own limit (MAXSYMLINKS) */
 
 enum pathwalk_kind { PATHWALK_DIR, PATHWALK_FILE, PATHWALK_LINK, PATHWALK_OTHER };
+
+/* The next component of the path at *p, slashes skipped: its start, its length in *ret_len,
+ * and *p moved past it; NULL at the end of the path. */
+const char *pathwalk_next(const char **p, size_t *ret_len);
 
 /* Says what one absolute, clean path of the tree is (its parents are directories, never
  * links); for a link, its target into target. 0 or -errno (-ENOENT when absent). */
