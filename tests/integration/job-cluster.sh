@@ -141,6 +141,7 @@ wait $pb1 || fail "booting job B on n1: $(cat "$WORK/b-n1.out")"
 wait $pb2 || fail "booting job B on n2: $(cat "$WORK/b-n2.out")"
 B1=$(cat "$WORK/b-n1.id")
 on_node n1 "$driver" exec "$WORK/run-n1" "$B1" 0 '
+	for c in ping arping arp nc; do command -v $c >/dev/null || echo "MISSING $c"; done
 	ping -c 2 -W 3 10.77.0.2 >/dev/null 2>&1 && echo PEER ping
 	ping -c 2 -W 2 10.77.0.3 >/dev/null 2>&1 && echo REACHED ping
 	arping -c 2 -w 3 -I eth0 10.77.0.3 2>&1 | grep -q "Received [1-9]" && echo REACHED arp
@@ -149,6 +150,7 @@ on_node n1 "$driver" exec "$WORK/run-n1" "$B1" 0 '
 	nc -w 3 10.77.0.3 7000 </dev/null >/dev/null 2>&1 && echo REACHED tcp
 	true' >"$WORK/iso.out" 2>&1 || fail "job B's probe: $(cat "$WORK/iso.out")"
 cat "$WORK/iso.out"
+! grep -q MISSING "$WORK/iso.out" || fail "the probe lacks a tool in the guest: $(cat "$WORK/iso.out")"
 grep -q "PEER ping" "$WORK/iso.out" || fail "job B's vm0 (n1) does not reach its vm1 (n2)"
 ! grep -q REACHED "$WORK/iso.out" || fail "job B reached job A's vm2: $(cat "$WORK/iso.out")"
 ok "job B (VNI $VNI_B) reaches its own VM across nodes, none of job A's (ping, ARP, a frame to A's MAC, TCP to the exec port)"
