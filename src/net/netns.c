@@ -428,6 +428,11 @@ int net_job_add_vxlan(struct net_job *j, const struct net_vxlan *vx, char **ret_
 				 "VXLAN id %u, port %u, MTU %u: the id is 1 .. 16777215, the MTU "
 				 "576 .. 9000",
 				 vx->vni, vx->port, vx->mtu);
+	for (unsigned i = 0; i < vx->n_entries; i++)
+		if (inet_pton(AF_INET, vx->entries[i].dst, &a) != 1)
+			return error_set(ret_error, -EINVAL,
+					 "node address \"%s\" is not an IPv4 address",
+					 vx->entries[i].dst);
 	for (unsigned i = 0; i < vx->n_remotes; i++)
 		if (inet_pton(AF_INET, vx->remote_addrs[i], &a) != 1)
 			return error_set(ret_error, -EINVAL,
@@ -460,7 +465,7 @@ int net_job_add_vxlan(struct net_job *j, const struct net_vxlan *vx, char **ret_
 		len += (size_t)snprintf(ip_batch + len, cap - len, "link set %s mtu %u\n",
 					j->taps[i], vx->mtu);
 	r = run_ip_batch(j, ip_batch, ret_error);
-	if (r < 0 || vx->n_remotes == 0)
+	if (r < 0)
 		return r;
 	/* Head-end replication: broadcast (ARP) and unknown unicast go to every other node.
 	 * In batches of 256 entries (~16 KiB): each batch must fit the pipe (run_batch). */
@@ -475,6 +480,15 @@ int net_job_add_vxlan(struct net_job *j, const struct net_vxlan *vx, char **ret_
 						"fdb append 00:00:00:00:00:00 dev " VXLAN_IFNAME
 						" dst %s\n",
 						vx->remote_addrs[i]);
+		r = run_batch(j, "bridge", fdb_batch, ret_error);
+	}
+	/* The static entries: "fdb add" makes them permanent, never aged out. */
+	for (unsigned first = 0; first < vx->n_entries && r == 0; first += 256) {
+		len = 0;
+		for (unsigned i = first; i < vx->n_entries && i < first + 256; i++)
+			len += (size_t)snprintf(fdb_batch + len, cap - len,
+						"fdb add %s dev " VXLAN_IFNAME " dst %s\n",
+						vx->entries[i].mac, vx->entries[i].dst);
 		r = run_batch(j, "bridge", fdb_batch, ret_error);
 	}
 	return r;

@@ -23,6 +23,12 @@ struct net_job;
  * *ret_error (caller frees) says what failed and how to fix it. Free with net_job_free(). */
 int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char **ret_error);
 
+/* A MAC behind the VXLAN link and the node (IPv4) it lives on. */
+struct net_fdb_entry {
+	char mac[NET_MAC_LEN];
+	const char *dst;
+};
+
 /* The link that carries a job's segment to its other nodes (docs/vm.md "The job network
  * across nodes"). */
 struct net_vxlan {
@@ -31,12 +37,17 @@ struct net_vxlan {
 	unsigned mtu;			 /* of the VXLAN device and the taps (the guests') */
 	const char *const *remote_addrs; /* the other nodes' IPv4 addresses */
 	unsigned n_remotes;
+	/* Where each known MAC on another node is: unicast to it goes to that node alone
+	 * instead of being flooded to every node. May be empty. */
+	const struct net_fdb_entry *entries;
+	unsigned n_entries;
 };
 
 /* Adds "vxlan0" to j's bridge: made by netlink from the caller's (the node's) network
  * namespace straight into the job's, so that its UDP socket lives in the node's namespace
  * while the device itself lives and dies with the job's: nothing is ever left in the node's
- * namespace. Flood entries send broadcast and unknown frames to every remote; the taps get
+ * namespace. Flood entries send broadcast and unknown frames to every remote, vx->entries
+ * send a known MAC's frames to its node alone; the taps get
  * vx->mtu. Needs CAP_NET_ADMIN in the node's namespace (root); not for an unprivileged job.
  * -EEXIST (with *ret_error) when this node already carries the VNI on that port (another
  * job). */

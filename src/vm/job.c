@@ -261,20 +261,30 @@ static char *job_path(struct job *j, const char *fmt, unsigned vm)
 	return fs_path_join(runstate_job_dir(j->rs), name);
 }
 
-/* "vm0=10.77.0.1,vm1=10.77.0.2,...": every VM of the job, on every node. */
-static char *hosts_list(const struct job *j)
+/* Past this many bytes the host list goes as a sequence (x86's kernel command line holds
+ * 2048 bytes, and the image's own boot_args need room). */
+#define HOSTS_LIST_MAX_BYTES 1024
+
+/* The guests' host table, every VM of the job on every node: "vmhpc.hosts=vm0=10.77.0.1,..."
+ * while it is short (any guest reads it), else "vmhpc.hosts_seq=vm:10.77.0.1:N" (names and
+ * addresses both follow the job-wide index; a guest of this vmhpc reads it). */
+static char *hosts_arg(const struct job *j)
 {
 	unsigned total = job_vm_count_total(j);
-	size_t cap = (size_t)total * 40 + 1, len = 0;
+	size_t cap = (size_t)total * 40 + 16, len = 0;
 	char *out = malloc(cap), ip[20];
 
 	if (!out)
 		return NULL;
-	out[0] = '\0';
+	len = (size_t)snprintf(out, cap, "vmhpc.hosts=");
 	for (unsigned g = 0; g < total; g++) {
 		job_vm_address(g, ip);
 		len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", g ? "," : "",
 					j->all_names[g], ip);
+	}
+	if (len > HOSTS_LIST_MAX_BYTES) {
+		job_vm_address(0, ip);
+		snprintf(out, cap, "vmhpc.hosts_seq=vm:%s:%u", ip, total);
 	}
 	return out;
 }
@@ -370,17 +380,17 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	if (asprintf(&cmdline,
 		     "console=ttyS0 swiotlb=noforce no_timer_check panic=-1%s %s vmhpc.name=%s "
 		     "vmhpc.ip=%s/%u "
-		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
+		     "%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
 		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip,
 		     subnet_prefix(j), hosts, overlay_mb, JOB_EXEC_PORT, shm_arg) < 0)
 		return -ENOMEM;
-	/* x86's kernel command line holds 2048 bytes: past that the guest would see a cut
-	 * host list. */
-	if (strlen(cmdline) >= 2000)
+	/* x86's kernel command line holds 2048 bytes: past that the guest would see it cut
+	 * (only an image's very long boot_args can get there: hosts_arg stays short). */
+	if (strlen(cmdline) >= 2048)
 		return error_set(ret_error, -E2BIG,
-				 "the guests' host list for %u VMs does not fit the kernel command "
-				 "line (%zu of 2048 bytes); run fewer VMs in one job",
-				 job_vm_count_total(j), strlen(cmdline));
+				 "%s's kernel command line is %zu bytes, over the 2048 the kernel "
+				 "keeps; shorten the image's boot_args",
+				 v->name, strlen(cmdline));
 	/* Unique over the job's whole segment, across nodes: from the job-wide index. */
 	net_mac_address(j->node_index * j->n_vms + i, mac);
 	qc.name = v->name;
@@ -681,18 +691,31 @@ static int copy_cluster(struct job *j, const struct job_config *cfg, char **ret_
 	return 0;
 }
 
-/* The VXLAN link to the job's other nodes. */
+/* The VXLAN link to the job's other nodes. Every VM's MAC and node are known from its
+ * job-wide index, so unicast goes to the one node that has the VM (a flood entry per node
+ * would send every frame to every node). */
 static int add_vxlan(struct job *j, char **ret_error)
 {
+	unsigned total = job_vm_count_total(j);
 	_cleanup_free_ const char **remotes = calloc(j->n_nodes, sizeof(*remotes));
+	_cleanup_free_ struct net_fdb_entry *entries = calloc(total, sizeof(*entries));
 	struct net_vxlan vx = {.vni = j->vni, .port = j->vxlan_port, .mtu = JOB_CLUSTER_MTU};
 
-	if (!remotes)
+	if (!remotes || !entries)
 		return -ENOMEM;
-	for (unsigned k = 0; k < j->n_nodes; k++)
-		if (k != j->node_index)
-			remotes[vx.n_remotes++] = j->node_addrs[k];
+	for (unsigned k = 0; k < j->n_nodes; k++) {
+		if (k == j->node_index)
+			continue;
+		remotes[vx.n_remotes++] = j->node_addrs[k];
+		for (unsigned i = 0; i < j->n_vms; i++) {
+			struct net_fdb_entry *e = &entries[vx.n_entries++];
+
+			net_mac_address(k * j->n_vms + i, e->mac);
+			e->dst = j->node_addrs[k];
+		}
+	}
 	vx.remote_addrs = remotes;
+	vx.entries = entries;
 	job_log(j, LOG_LEVEL_DEBUG, "VXLAN id %u on UDP port %u to %u other nodes", vx.vni, vx.port,
 		vx.n_remotes);
 	return net_job_add_vxlan(j->net, &vx, ret_error);
@@ -787,7 +810,7 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 			goto fail;
 	}
 
-	hosts = hosts_list(j);
+	hosts = hosts_arg(j);
 	if (!hosts) {
 		r = -ENOMEM;
 		goto fail;
