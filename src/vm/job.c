@@ -66,6 +66,9 @@ struct job {
 	int pidfds[JOB_MAX_VMS]; /* watched while a command runs (job_exec_start) */
 	unsigned n_pidfds;
 	char *workdir;	/* the job folder the guests mount (SETUP), or NULL */
+	unsigned vcpus; /* each VM's */
+	uid_t owner_uid;
+	gid_t owner_gid;
 	char *shm_path; /* the shared-memory region in the job directory, or NULL */
 	uint64_t shm_size_bytes;
 	double boot_deadline_s;
@@ -145,6 +148,22 @@ unsigned job_node_count(const struct job *j)
 uint32_t job_vni(const struct job *j)
 {
 	return j->vni;
+}
+
+unsigned job_vcpus(const struct job *j)
+{
+	return j->vcpus;
+}
+
+const char *job_workdir(const struct job *j)
+{
+	return j->workdir;
+}
+
+void job_owner(const struct job *j, uid_t *ret_uid, gid_t *ret_gid)
+{
+	*ret_uid = j->owner_uid;
+	*ret_gid = j->owner_gid;
 }
 
 void job_vm_address(unsigned g, char out[20])
@@ -744,6 +763,9 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	j->userdata = cfg->userdata;
 	j->vms = calloc(cfg->n_vms, sizeof(*j->vms));
 	j->workdir = cfg->workdir ? strdup(cfg->workdir) : NULL;
+	j->vcpus = cfg->vcpus;
+	j->owner_uid = cfg->owner_uid;
+	j->owner_gid = cfg->owner_gid;
 	if (!j->vms || (cfg->workdir && !j->workdir)) {
 		free(j->vms);
 		free(j->workdir);
@@ -1079,6 +1101,15 @@ static int write_state(struct job *j)
 	root = json_pack("{s:i, s:s, s:s, s:s, s:b, s:o}", "version", 1, "id", job_id(j), "token",
 			 token_hex, "accel", accel_to_string(j->accel), "detachable", j->detachable,
 			 "vms", vms);
+	/* What a later launch needs (vmhpc mpirun after a prolog): slots, cwd, the user. */
+	if (root &&
+	    (json_object_set_new(root, "vcpus", json_integer(j->vcpus)) < 0 ||
+	     json_object_set_new(root, "owner_uid", json_integer(j->owner_uid)) < 0 ||
+	     json_object_set_new(root, "owner_gid", json_integer(j->owner_gid)) < 0 ||
+	     (j->workdir && json_object_set_new(root, "workdir", json_string(j->workdir)) < 0))) {
+		json_decref(root);
+		root = NULL;
+	}
 	if (root && j->node_addrs) {
 		/* What an adopter (vmhpc mpirun, the epilog) needs of the job's other nodes. */
 		json_t *addrs = json_array();
@@ -1308,6 +1339,17 @@ int job_attach(const char *run_dir, const char *job_id, int lock_fd, struct job 
 	r = attach_cluster(j, root, path, ret_error);
 	if (r < 0)
 		goto fail;
+	/* Absent in a job.json of an older vmhpc: 0, and no workdir. */
+	j->vcpus = (unsigned)json_integer_value(json_object_get(root, "vcpus"));
+	j->owner_uid = (uid_t)json_integer_value(json_object_get(root, "owner_uid"));
+	j->owner_gid = (gid_t)json_integer_value(json_object_get(root, "owner_gid"));
+	if (json_str(root, "workdir")) {
+		j->workdir = strdup(json_str(root, "workdir"));
+		if (!j->workdir) {
+			r = -ENOMEM;
+			goto fail;
+		}
+	}
 	for (unsigned i = 0; i < j->n_vms; i++) {
 		r = attach_vm(j, json_array_get(vms, i), i, ret_error);
 		if (r < 0)
@@ -1330,6 +1372,7 @@ fail:
 	}
 	close(runstate_detach(j->rs));
 	free(j->vms);
+	free(j->workdir);
 	free_cluster(j);
 	OPENSSL_cleanse(j->token, sizeof(j->token));
 	free(j);

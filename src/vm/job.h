@@ -163,6 +163,11 @@ unsigned job_node_index(const struct job *j);
 unsigned job_node_count(const struct job *j);
 /* The job's VXLAN network id, 0 for a job of one node. */
 uint32_t job_vni(const struct job *j);
+/* What a launch after a handoff needs (kept in job.json): each VM's VCPUs (the MPI slots;
+ * 0 from an older job.json), the job folder (NULL: none), the submitting user. */
+unsigned job_vcpus(const struct job *j);
+const char *job_workdir(const struct job *j);
+void job_owner(const struct job *j, uid_t *ret_uid, gid_t *ret_gid);
 /* The address of job-wide VM g in the job subnet into out ("10.77.0.1"); for a test or a
  * launcher that needs it. */
 void job_vm_address(unsigned g, char out[20]);

@@ -121,18 +121,26 @@ static int mpirun(int argc, char **argv)
 	struct job *j = attach(argv[2], argv[3]);
 	unsigned total = job_vm_count_total(j);
 	const char **hosts = calloc(total, sizeof(*hosts));
+	/* All from job.json: what the booting process knew. */
 	struct launcher_job lj = {.mpi = LAUNCHER_MPICH,
 				  .hosts = hosts,
 				  .n_hosts = total,
-				  .slots = 1,
-				  .ranks = total,
+				  .slots = job_vcpus(j),
+				  .ranks = total * job_vcpus(j),
 				  .label = true,
 				  .argc = argc - 5,
 				  .argv = argv + 5};
 	struct launcher_command *cmd = NULL;
-	struct frame_exec req = {.cwd = argv[4]};
+	struct frame_exec req = {.cwd = (char *)job_workdir(j)};
+	uid_t uid;
+	gid_t gid;
 	int r, status;
 
+	job_owner(j, &uid, &gid);
+	req.uid = uid;
+	req.gid = gid;
+	if (!req.cwd || strcmp(req.cwd, argv[4]) != 0)
+		die("the job folder in job.json", -EINVAL, req.cwd);
 	if (job_node_index(j) != 0)
 		die("mpirun starts on node 0", -EINVAL, NULL);
 	for (unsigned g = 0; g < total; g++)
