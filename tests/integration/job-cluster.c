@@ -32,7 +32,7 @@ static void die(const char *what, int r, const char *error)
 
 static int boot(char **argv)
 {
-	const char *addrs[64];
+	const char **addrs = calloc(JOB_MAX_NODES, sizeof(*addrs));
 	char *list = strdup(argv[8]), *save = NULL, *error = NULL;
 	unsigned n_addrs = 0;
 	struct job_cluster cl = {.node_index = (unsigned)atoi(argv[7]),
@@ -55,7 +55,7 @@ static int boot(char **argv)
 
 	if (port)
 		cl.vxlan_port = (uint16_t)atoi(port + 1);
-	for (char *a = strtok_r(list, ",", &save); a && n_addrs < 64;
+	for (char *a = strtok_r(list, ",", &save); a && n_addrs < JOB_MAX_NODES;
 	     a = strtok_r(NULL, ",", &save))
 		addrs[n_addrs++] = a;
 	cl.n_nodes = n_addrs;
@@ -90,6 +90,7 @@ static int boot(char **argv)
 	/* The lock goes with us: the next process takes it with job_attach(-1). */
 	close(lock_fd);
 	free(list);
+	free(addrs);
 	return 0;
 }
 

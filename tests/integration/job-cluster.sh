@@ -169,6 +169,22 @@ grep -q "VXLAN id $VNI_A on UDP port $PORT is in use on this node" "$WORK/dup.ou
 [ "$(ls "$WORK/run-n0/jobs" | wc -l)" -eq 1 ] || fail "the refused job left its directory: $(ls "$WORK/run-n0/jobs")"
 ok "a job with a VNI already used on the node is refused: $(tail -1 "$WORK/dup.out" | cut -c1-120)"
 
+# A job of 100 nodes (only node 0 booted here): its host list no longer fits the kernel
+# command line as NAME=ADDR pairs and goes as vmhpc.hosts_seq; the guest still knows all.
+VNI_C=$((VNI_A + 2))
+many=$(for k in $(seq 0 99); do printf '192.0.2.%d,' $((k + 1)); done)
+boot c n0 0 "${many%,}" "$VNI_C" "$TOKEN_B" || fail "booting a 100-node job's node 0: $(cat "$WORK/c-n0.out")"
+C0=$(cat "$WORK/c-n0.id")
+qpid=$(pgrep -f "qemu-system-x86_64 .*run-n0/jobs/$C0/" | head -1)
+[ -n "$qpid" ] && tr '\0' ' ' <"/proc/$qpid/cmdline" | grep -q "vmhpc.hosts_seq=vm:10.77.0.1:100 " ||
+	fail "the 100-VM job's QEMU was not given vmhpc.hosts_seq"
+on_node n0 "$driver" exec "$WORK/run-n0" "$C0" 0 'grep -c " vm[0-9]*$" /etc/hosts; grep "^10.77.0.100 vm99$" /etc/hosts; ip -o -4 addr show eth0' >"$WORK/seq.out" 2>&1 ||
+	fail "reading the 100-VM job's hosts: $(cat "$WORK/seq.out")"
+grep -qx 100 "$WORK/seq.out" && grep -q "^10.77.0.100 vm99$" "$WORK/seq.out" && grep -q "10.77.0.1/24" "$WORK/seq.out" ||
+	fail "the 100-VM job's /etc/hosts or address: $(cat "$WORK/seq.out")"
+on_node n0 "$driver" stop "$WORK/run-n0" "$C0" >/dev/null || fail "stopping the 100-node job"
+ok "a 100-node job's host list goes as vmhpc.hosts_seq: the guest lists vm0..vm99 (vm99 at 10.77.0.100)"
+
 # Teardown, each node as its epilog would.
 for n in n1 n2; do
 	on_node "$n" "$driver" stop "$WORK/run-$n" "$(cat "$WORK/b-$n.id")" >/dev/null || fail "stopping job B on $n"
