@@ -2,6 +2,7 @@
  * time (tests/integration/job-cluster.sh runs it inside each node's network namespace):
  *   job-cluster boot STORE CACHE RUNDIR IMAGE N_VMS NODE_INDEX ADDR,ADDR,.. VNI[:PORT] TOKEN
  *               WORKDIR
+ *       (ADDR list "-": a job of this node alone, no cluster)
  *       boots this node's VMs of the job, detaches them, prints "job ID" and exits
  *   job-cluster mpirun RUNDIR ID WORKDIR PROGRAM [ARGS...]
  *       on node 0: attaches and runs PROGRAM with MPICH over every VM of the job on every
@@ -60,6 +61,9 @@ static int boot(char **argv)
 		addrs[n_addrs++] = a;
 	cl.n_nodes = n_addrs;
 	cl.node_addrs = addrs;
+	/* "-": a job of this node alone (the same runtime without cluster), for comparison. */
+	if (strcmp(argv[8], "-") == 0)
+		cfg.cluster = NULL;
 	if (stat(argv[11], &st) < 0)
 		die("the job folder", -errno, NULL);
 	cfg.workdir = argv[11];
