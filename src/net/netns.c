@@ -365,7 +365,7 @@ static int vxlan_create(int netns_fd, const struct net_vxlan *vx)
 	uint32_t fd32 = (uint32_t)netns_fd, mtu = vx->mtu, vni = vx->vni;
 	uint16_t port_be = htons(vx->port);
 	uint8_t off = 0;
-	char reply[1024];
+	char reply[4096]; /* an error echoes our request (< 512 bytes) after its header */
 	_cleanup_close_ int sock = -1;
 	ssize_t n;
 
