@@ -351,6 +351,14 @@ static int make_shm_region(struct job *j, char **ret_error)
 	return 0;
 }
 
+/* qemu_vm_config.record_pid: QEMU's pid goes into the runstate before QEMU runs. */
+static int record_qemu_pid(pid_t pid, void *userdata)
+{
+	struct job *j = userdata;
+
+	return runstate_add_pid(j->rs, pid);
+}
+
 static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, const char *hosts,
 		    char **ret_error)
 {
@@ -435,6 +443,8 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	qc.console_log = v->console_log;
 	qc.stderr_log = qemu_log;
 	qc.outlive_caller = j->detachable;
+	qc.record_pid = record_qemu_pid;
+	qc.record_userdata = j;
 	if (j->detachable) {
 		/* QMP on a socket in the job directory: a socketpair's end would die with us. */
 		v->qmp_path = job_path(j, "vm%u.qmp", i);
@@ -455,9 +465,6 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		return error_set(ret_error, r, "starting QEMU for %s: %s; install qemu-system-x86",
 				 v->name, strerror(-r));
 	}
-	r = runstate_add_pid(j->rs, qemu_vm_pid(v->qemu));
-	if (r < 0)
-		return r;
 	{
 		int fd = qemu_vm_take_qmp_fd(v->qemu);
 

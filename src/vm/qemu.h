@@ -80,6 +80,12 @@ struct qemu_vm_config {
 	bool console_pipe;	    /* serial console also readable from qemu_vm_console_fd() */
 	const char *stderr_log;	    /* QEMU's own messages appended here; NULL: into the console
 				     * pipe when there is one, else /dev/null */
+	/* Called with QEMU's pid after fork and before exec (the child waits for it): a
+	 * caller records the pid for cleanup before QEMU runs, so that no moment exists in
+	 * which a QEMU that outlives a killed caller is not recorded. A negative return stops
+	 * the start (the child exits without running QEMU). May be NULL. */
+	int (*record_pid)(pid_t pid, void *userdata);
+	void *record_userdata;
 	bool outlive_caller; /* false: killed when the calling thread exits (PR_SET_PDEATHSIG);
 			      * true: its own session, outlives us (a supervisor adopts it) */
 };

@@ -204,6 +204,30 @@ for n in "${NODES[@]}"; do
 	[ -z "$links" ] || fail "links left in $n's namespace: $links"
 done
 ok "after teardown: no QEMU, virtiofsd, job directory, VXLAN socket or link left on any node"
+
+# The booting process killed half-way (a cancelled prolog): `vmhpc cleanup` on the node
+# finds the stale job, and with its QEMU gone the job's namespace, VXLAN device and the
+# node's VXLAN socket go too.
+on_node n0 "$driver" boot "$VMHPC_STORE" "$WORK/cache-n0" "$WORK/run-n0" tiny-mpi 1 0 "$ADDRS" \
+	"$((VNI_A + 3)):$PORT" "$TOKEN_A" "$WORK/job" >"$WORK/killed.out" 2>&1 &
+bpid=$!
+for i in $(seq 300); do
+	pgrep -f "qemu-system-x86_64 .*run-n0/jobs/" >/dev/null && on_node n0 ss -uan | grep -q ":$PORT " && break
+	sleep 0.1
+done
+on_node n0 ss -uan | grep -q ":$PORT " || fail "the killed job's boot never got to QEMU and its VXLAN: $(cat "$WORK/killed.out")"
+kill -9 $bpid
+wait $bpid 2>/dev/null || true
+grep -q "^job " "$WORK/killed.out" && fail "the boot finished before it was killed: $(cat "$WORK/killed.out")"
+on_node n0 env VMHPC_RUN_DIR="$WORK/run-n0" "$VMHPC" cleanup >"$WORK/cleanup.out" 2>&1 || fail "vmhpc cleanup: $(cat "$WORK/cleanup.out")"
+for i in $(seq 50); do
+	on_node n0 ss -uan | grep -q ":$PORT " || break
+	sleep 0.1
+done
+left=$( (pgrep -a -f "qemu-system-x86_64 .*$WORK/" || true; ls "$WORK/run-n0/jobs" 2>/dev/null || true
+	on_node n0 ss -uan | grep ":$PORT " || true) | head -5)
+[ -z "$left" ] || fail "a boot killed half-way left, after vmhpc cleanup: $left"
+ok "a boot killed half-way: vmhpc cleanup leaves no QEMU, job directory or VXLAN socket on the node"
 teardown
 left=$( (ip netns list | grep "jc$ID-" || true; ip -o link show | grep -e "jc$ID" -e "$BR" || true) | head -5)
 [ -z "$left" ] || fail "left in the host: $left"
