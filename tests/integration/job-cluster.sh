@@ -208,7 +208,9 @@ ok "after teardown: no QEMU, virtiofsd, job directory, VXLAN socket or link left
 # The booting process killed half-way (a cancelled prolog): `vmhpc cleanup` on the node
 # finds the stale job, and with its QEMU gone the job's namespace, VXLAN device and the
 # node's VXLAN socket go too.
-on_node n0 "$driver" boot "$VMHPC_STORE" "$WORK/cache-n0" "$WORK/run-n0" tiny-mpi 1 0 "$ADDRS" \
+# nsenter itself, not through on_node: $! must be the booting process (nsenter execs it),
+# not a subshell around it.
+nsenter --net="/run/netns/$(ns n0)" "$driver" boot "$VMHPC_STORE" "$WORK/cache-n0" "$WORK/run-n0" tiny-mpi 1 0 "$ADDRS" \
 	"$((VNI_A + 3)):$PORT" "$TOKEN_A" "$WORK/job" >"$WORK/killed.out" 2>&1 &
 bpid=$!
 for i in $(seq 300); do
