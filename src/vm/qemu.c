@@ -461,11 +461,16 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 	}
 
 	if (net->add_netdev) {
+		char mtu[24] = "";
+
+		if (c->net_mtu)
+			snprintf(mtu, sizeof(mtu), ",host_mtu=%u", c->net_mtu);
 		net->add_netdev(&s, c);
 		strv_add(&s, strdup("-device"));
 		/* romfile= (empty): no iPXE option ROM to load, we boot from -kernel */
-		strv_addf(&s, "virtio-net-%s,netdev=net0%s%s%s", bus,
-			  mmio ? "" : ",romfile=", c->mac ? ",mac=" : "", c->mac ? c->mac : "");
+		strv_addf(&s, "virtio-net-%s,netdev=net0%s%s%s%s", bus,
+			  mmio ? "" : ",romfile=", c->mac ? ",mac=" : "", c->mac ? c->mac : "",
+			  mtu);
 	}
 
 	if (c->control_socket) {

@@ -66,6 +66,9 @@ struct qemu_vm_config {
 	enum qemu_net net;
 	const char *net_tap; /* QEMU_NET_TAP: interface name */
 	const char *mac;     /* guest MAC; NULL: QEMU picks one (not unique across QEMUs!) */
+	/* The MTU virtio-net offers the guest (VIRTIO_NET_F_MTU: its driver takes it, no guest
+	 * configuration needed); 0: the default 1500. */
+	unsigned net_mtu;
 	/* Namespaces QEMU joins between fork and exec (the job's private network, and the
 	 * user namespace owning it); NULL: ours. Not on the command line. */
 	const struct proc_namespaces *namespaces;
