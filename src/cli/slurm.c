@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -61,7 +63,7 @@
 
 struct slurm_job {
 	/* from the plugin */
-	const char *node, *socket, *run_dir, *state_dir, *key, *image;
+	const char *node, *socket, *run_dir, *state_dir, *key, *image, *peers;
 	unsigned vms, vcpus, mem_mb;
 	bool vcpus_set;
 	int boot_timeout_ms;
@@ -74,6 +76,8 @@ struct slurm_job {
 	char **hosts;
 	size_t n_hosts;
 	unsigned node_index, cores;
+	char **node_addrs; /* underlay IPv4 of each node (a job of several nodes) */
+	char token_hex[SLURMTOKEN_HEX_LEN + 1];
 	char dir[PATH_MAX]; /* state_dir/<job>: pid, lock, ctl.sock, error, supervisor.log */
 	/* from the node daemon's present */
 	char *store_dir, *image_name;
@@ -85,6 +89,10 @@ struct slurm_job {
 
 static void job_done(struct slurm_job *sj)
 {
+	for (size_t i = 0; sj->node_addrs && i < sj->n_hosts; i++)
+		free(sj->node_addrs[i]);
+	free(sj->node_addrs);
+	explicit_bzero(sj->token_hex, sizeof(sj->token_hex));
 	hostlist_free(sj->hosts, sj->n_hosts);
 	free(sj->store_dir);
 	free(sj->image_name);
@@ -121,6 +129,7 @@ static int parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 					     {"vcpus", required_argument, NULL, 'c'},
 					     {"mem", required_argument, NULL, 'm'},
 					     {"boot-timeout-ms", required_argument, NULL, 'b'},
+					     {"peers", required_argument, NULL, 'p'},
 					     {0}};
 	char err[256];
 	uint32_t u;
@@ -167,6 +176,9 @@ static int parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 			break;
 		case 'b':
 			sj->boot_timeout_ms = atoi(optarg);
+			break;
+		case 'p':
+			sj->peers = *optarg ? optarg : NULL;
 			break;
 		default:
 			return 2;
@@ -274,11 +286,6 @@ static int check_request(struct slurm_job *sj, char **ret_error)
 	if (slurmopt_cpus_on_node(sj->cpus_per_node, sj->node_index, &sj->cores) < 0)
 		return error_set(ret_error, -EINVAL, "SLURM_JOB_CPUS_PER_NODE=%s: unreadable",
 				 sj->cpus_per_node);
-	if (sj->n_hosts > 1)
-		return error_set(ret_error, -EOPNOTSUPP,
-				 "the job has %zu nodes, but this vmhpc runs a VM job on one node "
-				 "only; submit it with -N 1",
-				 sj->n_hosts);
 	if (!sj->vcpus_set)
 		sj->vcpus = sj->cores / sj->vms ? sj->cores / sj->vms : 1;
 	if (sj->vms * sj->vcpus > sj->cores)
@@ -296,6 +303,62 @@ static int check_request(struct slurm_job *sj, char **ret_error)
 				 "of memory; give less --vm-mem or fewer VMs",
 				 sj->vms, sj->mem_mb, (unsigned long long)sj->vms * sj->mem_mb,
 				 sj->node, (unsigned long long)node_mb);
+	return 0;
+}
+
+/* The underlay IPv4 address of node name: its entry in the peers file (the node daemons'
+ * "NAME HOST:PORT"), else its name through the resolver. Caller frees. */
+static int node_address(const struct slurm_job *sj, const char *name, char **ret, char **ret_error)
+{
+	_cleanup_free_ char *addr = NULL;
+	struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *res = NULL;
+	char ip[INET_ADDRSTRLEN];
+	char *colon;
+	int r;
+
+	r = node_peer_address(sj->peers, name, NODE_DEFAULT_PORT, &addr, ret_error);
+	if (r < 0)
+		return r;
+	colon = strrchr(addr, ':');
+	if (colon)
+		*colon = 0;
+	r = getaddrinfo(addr, NULL, &hints, &res);
+	if (r != 0 || !res)
+		return error_set(ret_error, -EHOSTUNREACH,
+				 "node %s (%s): no IPv4 address (%s); list it in the node daemons' "
+				 "peers file",
+				 name, addr, gai_strerror(r));
+	inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof(ip));
+	freeaddrinfo(res);
+	*ret = strdup(ip);
+	return *ret ? 0 : -ENOMEM;
+}
+
+/* What a job of several nodes needs on every node alike: each node's underlay address, the
+ * job's token (from the site key). */
+static int cluster_setup(struct slurm_job *sj, char **ret_error)
+{
+	int r;
+
+	if (sj->n_hosts > JOB_MAX_NODES)
+		return error_set(ret_error, -E2BIG, "the job has %zu nodes; at most %d",
+				 sj->n_hosts, JOB_MAX_NODES);
+	if (sj->n_hosts * sj->vms > JOB_MAX_VMS_TOTAL)
+		return error_set(ret_error, -E2BIG,
+				 "%zu nodes x %u VMs: at most %d VMs in a job; use fewer VMs per "
+				 "node",
+				 sj->n_hosts, sj->vms, JOB_MAX_VMS_TOTAL);
+	r = slurmtoken_derive(sj->key, sj->id, sj->token_hex, ret_error);
+	if (r < 0)
+		return r;
+	sj->node_addrs = calloc(sj->n_hosts, sizeof(*sj->node_addrs));
+	if (!sj->node_addrs)
+		return -ENOMEM;
+	for (size_t i = 0; i < sj->n_hosts; i++) {
+		r = node_address(sj, sj->hosts[i], &sj->node_addrs[i], ret_error);
+		if (r < 0)
+			return r;
+	}
 	return 0;
 }
 
@@ -433,9 +496,9 @@ static void serve_mpirun(struct supervisor *sv, int client_fd, json_t *msg, cons
 	struct slurm_job *sj = sv->sj;
 	_cleanup_free_ char *error = NULL;
 	json_t *jargv = json_object_get(msg, "argv"), *reply;
-	const char *hosts[JOB_MAX_VMS];
-	char *argv[MAX_ARGV + 1];
-	unsigned argc = 0, total_vms = sj->vms;
+	unsigned argc = 0, total_vms = job_vm_count_total(sv->job);
+	_cleanup_free_ const char **hosts = calloc(total_vms, sizeof(*hosts));
+	_cleanup_free_ char **argv = calloc(MAX_ARGV + 1, sizeof(*argv));
 	json_int_t ranks = json_integer_value(json_object_get(msg, "ranks"));
 	struct launcher_command *cmd = NULL;
 	struct launcher_job lj = {.mpi = sv->mpi,
@@ -453,6 +516,10 @@ static void serve_mpirun(struct supervisor *sv, int client_fd, json_t *msg, cons
 	pthread_t th;
 	double t0;
 
+	if (!hosts || !argv) {
+		reply = json_pack("{s:i, s:s}", "status", 1, "error", "out of memory");
+		goto out;
+	}
 	if (!json_is_array(jargv) || json_array_size(jargv) == 0 ||
 	    json_array_size(jargv) > MAX_ARGV) {
 		reply = json_pack("{s:i, s:s}", "status", 2, "error",
@@ -478,8 +545,8 @@ static void serve_mpirun(struct supervisor *sv, int client_fd, json_t *msg, cons
 				  "--vm-vcpus); use fewer");
 		goto out;
 	}
-	for (unsigned i = 0; i < total_vms; i++)
-		hosts[i] = job_vm_name(sv->job, i);
+	for (unsigned g = 0; g < total_vms; g++)
+		hosts[g] = job_vm_name_total(sv->job, g);
 	if (launcher_command_new(&lj, &cmd) < 0 || pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0 ||
 	    pipe2(quit, O_CLOEXEC) < 0) {
 		reply = json_pack("{s:i, s:s}", "status", 1, "error", "out of memory");
@@ -649,6 +716,7 @@ static int supervise(struct slurm_job *sj, int ready_fd)
 	_cleanup_close_ int listen_fd = -1;
 	struct store *store = NULL;
 	struct job_config cfg = {0};
+	struct job_cluster cluster;
 	struct stat st;
 	sigset_t mask;
 	double t0;
@@ -700,6 +768,14 @@ static int supervise(struct slurm_job *sj, int ready_fd)
 	cfg.owner_uid = sj->uid;
 	cfg.owner_gid = sj->gid;
 	cfg.boot_timeout_ms = sj->boot_timeout_ms;
+	if (sj->n_hosts > 1) {
+		cluster = (struct job_cluster){.node_index = sj->node_index,
+					       .n_nodes = (unsigned)sj->n_hosts,
+					       .node_addrs = (const char *const *)sj->node_addrs,
+					       .vni = slurmtoken_vni(sj->id),
+					       .token_hex = sj->token_hex};
+		cfg.cluster = &cluster;
+	}
 	cfg.cancelled = boot_cancelled;
 	cfg.log = runtime_log;
 	cfg.userdata = &sv;
@@ -819,6 +895,8 @@ static int prolog_main(int argc, char **argv)
 		return 1;
 	}
 	r = check_request(&sj, &error);
+	if (r == 0 && sj.n_hosts > 1)
+		r = cluster_setup(&sj, &error);
 	if (r == 0)
 		r = present(&sj, &error);
 	if (r < 0) {

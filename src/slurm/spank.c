@@ -16,7 +16,7 @@
  * hold nothing between jobs. Nothing calls exit(); messages go through slurm_error/slurm_info.
  *
  * plugstack.conf: required /usr/lib/x86_64-linux-gnu/slurm-wlm/vmhpc.so [vmhpc=PATH]
- *   [socket=PATH] [run_dir=DIR] [state_dir=DIR] [key=FILE] [boot_timeout_ms=N]
+ *   [socket=PATH] [run_dir=DIR] [state_dir=DIR] [key=FILE] [peers=FILE] [boot_timeout_ms=N]
  * where "%n" in a path stands for the node's name. */
 #include <errno.h>
 #include <fcntl.h>
@@ -234,6 +234,8 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	argv[n++] = plugin_arg(ac, av, "key", "/etc/vmhpc/job.key");
 	argv[n++] = "--boot-timeout-ms";
 	argv[n++] = plugin_arg(ac, av, "boot_timeout_ms", "120000");
+	argv[n++] = "--peers";
+	argv[n++] = plugin_arg(ac, av, "peers", "");
 	argv[n++] = "--image";
 	argv[n++] = image;
 	if (vms) {

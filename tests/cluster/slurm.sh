@@ -133,7 +133,7 @@ CONF
 	: >"$CL_DIR/plugstack.conf"
 	if [ -n "$plugin" ]; then
 		# %n: each node's own daemon socket and run folder (several nodes share this machine).
-		echo "required $plugin vmhpc=$VMHPC socket=$CL_DIR/%n.sock run_dir=$CL_DIR/run-%n state_dir=$CL_DIR/slurm-%n key=$CL_DIR/etc/job.key boot_timeout_ms=${SL_BOOT_TIMEOUT_MS:-180000}" \
+		echo "required $plugin vmhpc=$VMHPC socket=$CL_DIR/%n.sock run_dir=$CL_DIR/run-%n state_dir=$CL_DIR/slurm-%n key=$CL_DIR/etc/job.key peers=$CL_DIR/peers boot_timeout_ms=${SL_BOOT_TIMEOUT_MS:-180000}" \
 			>"$CL_DIR/plugstack.conf"
 	fi
 	slurmctld -D -i -f "$SLURM_CONF" >>"$CL_DIR/slurmctld.out" 2>&1 &
@@ -178,8 +178,13 @@ slurm_wait() { # JOB [SECONDS]: the job's final state
 	return 1
 }
 
-slurm_job_field() { # JOB FIELD
-	scontrol show job "$1" | tr ' ' '\n' | grep "^$2=" | head -1 | cut -d= -f2-
+slurm_job_field() { # JOB FIELD: a field first on its line (Comment, AdminComment) is the
+	# rest of that line: it may hold blanks.
+	scontrol show job "$1" | awk -v f="$2=" '{
+		for (i = 1; i <= NF; i++) if (index($i, f) == 1) {
+			if (i == 1) { sub(/^ *[^=]*=/, ""); print } else { sub(/^[^=]*=/, "", $i); print $i }
+			exit
+		} }'
 }
 
 slurm_node_state() { # NODE
