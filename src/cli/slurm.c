@@ -1021,6 +1021,10 @@ static int epilog_main(int argc, char **argv)
 int cli_slurm_main(struct cli_context *ctx, int argc, char **argv)
 {
 	(void)ctx;
+	/* slurmd runs the prolog without PATH (measured: Slurm 22.05), and the runtime runs
+	 * `ip`, `bridge` and Slurm's clients by name: root's usual search path, never one a
+	 * job's environment could set. */
+	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 	if (argc >= 2 && strcmp(argv[1], "prolog") == 0)
 		return prolog_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "epilog") == 0)

@@ -194,5 +194,15 @@ case "$comment" in *"of memory"*) ;; *) fail "too much memory: '$comment'" ;; es
 ok "--vm-mem above the node's memory: $(echo "$comment" | cut -c1-120)"
 wait_idle
 nothing_left_slurm "the bad input"
+
+# 7. No `vmhpc node` on the node: a clear reason, the node stays in service.
+cluster_node_kill n1
+j=$(as_user sbatch --parsable -N 1 --vm-image="$REF" -o "$job/d-%j.out" "$job/sleep.sh")
+[ "$(slurm_wait "$j" 60)" = CANCELLED ] || fail "no node daemon: $(slurm_job_field "$j" JobState)"
+comment=$(slurm_job_field "$j" AdminComment)
+case "$comment" in *"no \`vmhpc node\` daemon answers"*) ;; *) fail "no node daemon: '$comment'" ;; esac
+wait_idle
+nothing_left_slurm "a missing node daemon"
+ok "no vmhpc node on n1: $(echo "$comment" | cut -c1-110)"
 CHECKS_DONE=1
 finish
