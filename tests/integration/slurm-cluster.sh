@@ -72,7 +72,7 @@ nodes_idle
 for g in 0 1 2; do
 	grep -q "^\[$g@vm$g\] hello from rank $g of 3 on vm$g" "$job/ring-$j.out" || fail "rank $g not on vm$g: $(cat "$job/ring-$j.out")"
 done
-grep -q "ring of 3 ranks: token 1 (expected 1), allreduce 6 (expected 6): VERIFIED" "$job/ring-$j.out" || fail "ring: $(cat "$job/ring-$j.out")"
+grep -q "ring of 3 ranks: token 3 (expected 3), allreduce 6 (expected 6): VERIFIED" "$job/ring-$j.out" || fail "ring: $(cat "$job/ring-$j.out")"
 [ "$(stat -c %u "$job/ring-result.txt")" = "$USER_UID" ] || fail "result owned by $(stat -c %u "$job/ring-result.txt")"
 ok "sbatch -N 3 --vms-per-node=1: ranks 0..2 on vm0..vm2 (one per node), ring VERIFIED ($(printf '%.1f' "$(echo "$t1 - $t0" | bc)") s submit to end)"
 for i in 1 2 3; do
