@@ -29,6 +29,10 @@ packages=(
   # the node daemon: MUNGE authenticates peers (libmunge, and munged in the cluster tests);
   # tc (iproute2) shapes links in bench/distribution.sh
   munge libmunge-dev
+  # the Slurm tier (docs/slurm.md): the SPANK plugin builds against libslurm-dev's
+  # slurm/spank.h; tests/cluster/slurm.sh runs a real slurmctld and slurmds (nsenter and
+  # unshare from util-linux)
+  slurm-wlm slurmctld slurmd slurm-client libslurm-dev util-linux
 )
 
 missing=()

@@ -1098,11 +1098,13 @@ static json_t *do_present(json_t *req)
 		}
 	}
 	state_save();
-	reply = json_pack("{s:b, s:s?, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
-			  "name", c->name, "version", (int)c->version, "bytes_received",
-			  (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
-			  (json_int_t)(f ? f->chunks_received : 0), "source",
-			  f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
+	/* "store": where the prolog's runtime finds the version (it opens the store itself). */
+	reply =
+	    json_pack("{s:b, s:s?, s:s, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
+		      "store", D.store_dir, "name", c->name, "version", (int)c->version,
+		      "bytes_received", (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
+		      (json_int_t)(f ? f->chunks_received : 0), "source",
+		      f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
 	fetch_unref(f);
 	pthread_mutex_unlock(&D.lock);
 	return reply;
