@@ -335,9 +335,20 @@ static ucs_status_t uct_ivshmem_iface_open(uct_md_h md, uct_worker_h worker,
 	return UCS_OK;
 }
 
+/* A device of our own, "region": on the mm base's device ("memory"), UCP's worker drops an
+ * interface that another on the same device matches in capabilities and performance
+ * (ucp_worker_select_best_ifaces), without asking whether that one reaches the same peers:
+ * it would keep posix or sysv, which cannot cross VMs, and close ours. */
+static ucs_status_t uct_ivshmem_query_tl_devices(uct_md_h md, uct_tl_device_resource_t **devices_p,
+						 unsigned *num_devices_p)
+{
+	return uct_single_device_resource(md, "region", UCT_DEVICE_TYPE_SHM,
+					  UCS_SYS_DEVICE_ID_UNKNOWN, devices_p, num_devices_p);
+}
+
 uct_tl_t UCT_TL_NAME(ivshmem) = {
     .name = "ivshmem",
-    .query_devices = uct_sm_base_query_tl_devices,
+    .query_devices = uct_ivshmem_query_tl_devices,
     .iface_open = uct_ivshmem_iface_open,
     .config =
 	{
