@@ -310,9 +310,16 @@ job_child(const struct frame_exec *e, const char *token_env, bool job_cgroup,
 	if (!envp)
 		_exit(126);
 	n = 0;
-	for (char *const *p = env; *p; p++)
-		if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0 && strncmp(*p, "VMHPC_SHM", 9) != 0)
+	for (char *const *p = env; *p; p++) {
+		/* The launcher's UCX_TLS gains the transport over the channel when this image
+		 * carries it (docs/bypass.md); hydra passes it on to every rank. */
+		char *tls = shmdev_ucx_tls(shm, *p);
+
+		if (tls)
+			envp[n++] = tls;
+		else if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0 && strncmp(*p, "VMHPC_SHM", 9) != 0)
 			envp[n++] = *p;
+	}
 	if (token_env[0])
 		envp[n++] = (char *)token_env;
 	/* And where the job's shared-memory channel is (docs/bypass.md). */
