@@ -62,7 +62,7 @@ size_t shm_region_heap_bytes_for(size_t size_bytes, unsigned n_nodes);
 /* The region's heap: its offset from the region's start and its length. */
 int shm_region_heap(const void *base, size_t size_bytes, uint64_t *ret_offset, uint64_t *ret_bytes);
 
-/* Takes bytes (whole blocks of SHM_HEAP_BLOCK_BYTES, aligned so) out of the region's heap
+/* Takes bytes (whole blocks of SHM_HEAP_BLOCK_BYTES, page-aligned) out of the region's heap
  * for this process of node (processes of all VMs allocate at once, without a lock):
  * *ret_offset from the region's start. When the heap is used up, the blocks of node's
  * processes that are gone are taken back first; then -ENOSPC. */
