@@ -331,12 +331,19 @@ static size_t shm_ring_bytes(unsigned n_vms)
 	return ring;
 }
 
+/* The heap after the rings holds the UCX transport's FIFOs and receive buffers (src/ucx/,
+ * ~0.6 MiB per process with its defaults, more while messages wait unreceived). */
+#define SHM_HEAP_BYTES_PER_VM (3u << 20)
+
 /* The job's region, <job dir>/shm: on a tmpfs (/run, $XDG_RUNTIME_DIR) it is plain shared
  * memory; it is removed with the job directory on every exit path. */
 static int make_shm_region(struct job *j, char **ret_error)
 {
 	size_t size = shm_region_size_for(j->n_vms, shm_ring_bytes(j->n_vms));
 	int r;
+
+	while (shm_region_heap_bytes_for(size, j->n_vms) < (size_t)j->n_vms * SHM_HEAP_BYTES_PER_VM)
+		size <<= 1;
 
 	j->shm_path = fs_path_join(runstate_job_dir(j->rs), "shm");
 	if (!j->shm_path)
