@@ -7,6 +7,7 @@
 #     without it (plugstack.conf emptied, `scontrol reconfigure`).
 #
 #   sudo bench/cluster.sh            # NODES_LIST="1 2 4" JOBS=40 by default
+#   sudo THROUGHPUT_ONLY=1 bench/cluster.sh   # part 2 alone, on one node
 # Prints Markdown tables for bench/RESULTS.md.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +26,8 @@ export VMHPC_CACHE="${VMHPC_CACHE:-/var/cache/vmhpc}"
 trap 'slurm_down; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
-max_n=0
+[ -z "${THROUGHPUT_ONLY:-}" ] || NODES_LIST=""
+max_n=1
 for n in $NODES_LIST; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 echo "building the image, starting $max_n nodes..." >&2
 "$VMHPC" image build --level 1 "$ROOT/examples/tiny-mpi.ini" >/dev/null
@@ -63,14 +65,14 @@ one_start() { # N: seconds from submit to the script's start
 }
 
 # One node's own boot of 1 VM, the reference.
-run_boot=$(cd "$job" && "$VMHPC" run --vms 1 -n 1 --json --image "tiny-mpi:$ver" -- ./ring --hello 2>&1 >/dev/null |
+[ -n "${THROUGHPUT_ONLY:-}" ] || run_boot=$(cd "$job" && "$VMHPC" run --vms 1 -n 1 --json --image "tiny-mpi:$ver" -- ./ring --hello 2>&1 >/dev/null |
 	python3 -c 'import json,sys
 for l in sys.stdin:
     if l.startswith("{"): print("%.1f" % json.loads(l)["boot_s"])')
 
-echo
-echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | one node's vmhpc run boot |"
-echo "|---|---|---|---|"
+[ -n "${THROUGHPUT_ONLY:-}" ] || echo
+[ -n "${THROUGHPUT_ONLY:-}" ] || echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | one node's vmhpc run boot |"
+[ -n "${THROUGHPUT_ONLY:-}" ] || echo "|---|---|---|---|"
 for n in $NODES_LIST; do
 	cluster_reset_caches >/dev/null
 	unc=$(one_start "$n")

@@ -488,6 +488,50 @@ static void *relay_main(void *arg)
 	}
 }
 
+/* Slurm starts the batch script once the prolog of its own node is done, not every node's
+ * (measured: with 4 nodes the script began 11 s before the last node's VMs were up, and
+ * mpiexec then hung). So before launching over other nodes' VMs, VM 0 asks each of them,
+ * with the guest's own exec client and the job's token, until it answers or the boot
+ * deadline passes. 0, or -ETIMEDOUT with *ret_error naming the VM. */
+static int wait_for_job_vms(struct supervisor *sv, char **ret_error)
+{
+	unsigned total = job_vm_count_total(sv->job);
+	double give_up = time_now_s() + sv->sj->boot_timeout_ms / 1000.0;
+	struct exec_client_io io = {
+	    .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .signal_fd = -1};
+
+	for (unsigned g = 0; g < total; g++) {
+		const char *name = job_vm_name_total(sv->job, g);
+		char *argv[] = {
+		    "/usr/bin/vmhpc-exec", "--timeout-ms", "3000", "--info", (char *)name, NULL};
+		char *envp[] = {NULL};
+		struct frame_exec req = {.cwd = "/", .argv = argv, .envp = envp};
+		bool local = false;
+
+		for (unsigned i = 0; i < sv->sj->vms; i++)
+			local |= strcmp(job_vm_name(sv->job, i), name) == 0;
+		if (local)
+			continue;
+		for (;;) {
+			_cleanup_free_ char *error = NULL;
+			int status = -1, r;
+
+			r = job_exec(sv->job, 0, &req, &io, 10000, &status, &error);
+			if (r == -ECHILD)
+				return error_set(ret_error, r, "%s", error);
+			if (r >= 0 && status == 0)
+				break;
+			if (time_now_s() >= give_up || sv->stop)
+				return error_set(ret_error, -ETIMEDOUT,
+						 "%s (on another node of the job) did not answer "
+						 "within %d s: its node's VMs did not come up",
+						 name, sv->sj->boot_timeout_ms / 1000);
+			usleep(500 * 1000);
+		}
+	}
+	return 0;
+}
+
 /* Runs one `vmhpc mpirun` request: mpiexec in this node's first VM over every VM of the
  * job, its output on the client's descriptors. The reply says how it ended. */
 static void serve_mpirun(struct supervisor *sv, int client_fd, json_t *msg, const int *fds,
@@ -550,6 +594,10 @@ static void serve_mpirun(struct supervisor *sv, int client_fd, json_t *msg, cons
 	if (launcher_command_new(&lj, &cmd) < 0 || pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0 ||
 	    pipe2(quit, O_CLOEXEC) < 0) {
 		reply = json_pack("{s:i, s:s}", "status", 1, "error", "out of memory");
+		goto out;
+	}
+	if (wait_for_job_vms(sv, &error) < 0) {
+		reply = json_pack("{s:i, s:s}", "status", 1, "error", error);
 		goto out;
 	}
 	req.argv = cmd->argv;
