@@ -17,28 +17,6 @@
 
 . "$(dirname "${BASH_SOURCE[0]}")/cluster.sh"
 
-# cluster.sh's id comes from $$ % 200: two runs can draw the same one, and then tear down
-# each other's namespaces. Take one whose namespaces and bridge do not exist, claimed with
-# an atomic mkdir that every run of this file respects.
-sl_pick_id() {
-	local id
-	for id in $(seq 20 219 | shuf); do
-		ip netns list | grep -q "^vh$id-" && continue
-		ip link show "vhb$id" >/dev/null 2>&1 && continue
-		mkdir -p /run/vmhpc-test-ids 2>/dev/null || true
-		mkdir "/run/vmhpc-test-ids/$id" 2>/dev/null || continue
-		CL_ID=$id
-		CL_NET="10.$((200 + CL_ID % 50)).$CL_ID"
-		CL_BR="vhb$CL_ID"
-		CL_FRONT="$CL_NET.1"
-		CL_REGISTRY="$CL_FRONT:$CL_REG_PORT"
-		SL_CLAIM="/run/vmhpc-test-ids/$id"
-		return 0
-	done
-	return 1
-}
-SL_CLAIM=""
-sl_pick_id || { echo "slurm.sh: no free cluster id" >&2; exit 1; }
 
 SL_PORT=$((6900 + ($$ % 1000) * 2)) # slurmctld; slurmd uses SL_PORT+1 in every node namespace
 SL_N=0
@@ -70,8 +48,6 @@ slurm_down() {
 	SL_CTLD_PID=""
 	SL_N=0
 	cluster_down
-	if [ -n "$SL_CLAIM" ]; then rmdir "$SL_CLAIM" 2>/dev/null || true; fi
-	SL_CLAIM=""
 }
 
 slurm_up() { # N [PLUGIN]
