@@ -38,8 +38,10 @@ rm -f "$WORK/large.bin"
 max_n=0
 for n in $NODES_LIST; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 cluster_up "$max_n" "$RATE"
-cluster_push tiny-mpi tiny-mpi:1
-cluster_push large large:1
+# A push resumes where a failed one stopped (the registry keeps what it got): once more on
+# a failure, which the loaded machine's registry has caused (a stalled request).
+cluster_push tiny-mpi tiny-mpi:1 || cluster_push tiny-mpi tiny-mpi:1
+cluster_push large large:1 || cluster_push large large:1
 
 jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."): v = v[k]

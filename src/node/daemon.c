@@ -814,6 +814,10 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		payload = NULL;
 		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
 	} while (r == 0 && type == NODE_MSG_REPLY && strstr(payload, "keepalive"));
+	if (r == -ETIMEDOUT)
+		return error_set(ret_error, -EPIPE,
+				 "%s: no whole frame within %d ms (silent or too slow)", peer,
+				 timeout);
 	if (r < 0)
 		return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 	if (type != NODE_MSG_META)
@@ -861,9 +865,12 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		free(payload);
 		payload = NULL;
 		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		if (r == -ETIMEDOUT)
+			return error_set(ret_error, -EPIPE,
+					 "%s: no whole frame within %d ms (silent or too slow)",
+					 peer, timeout);
 		if (r < 0)
-			return error_set(ret_error, -EPIPE, "%s: %s", peer,
-					 r == -ETIMEDOUT ? "silent for too long" : strerror(-r));
+			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 		if (type == NODE_MSG_REPLY)
 			continue; /* keepalive */
 		if (type == NODE_MSG_END)
