@@ -18,6 +18,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RATE=${1:-100mbit}
 LARGE_MB=${2:-300}
 NODES_LIST=${NODES_LIST:-"1 2 4 8"}
+IMAGES=${IMAGES:-"tiny-mpi large"} # IMAGES=tiny-mpi skips building the large one
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, tc)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/vmhpc-bench.XXXXXX)
@@ -29,11 +30,13 @@ trap 'exit 130' INT TERM
 rate_bits=$(python3 -c 'import re,sys; m=re.fullmatch(r"(\d+)(k|m|g)bit", sys.argv[1]); print(int(m[1]) * {"k": 10**3, "m": 10**6, "g": 10**9}[m[2]])' "$RATE")
 echo "building images..." >&2
 "$VMHPC" image build "$ROOT/examples/tiny-mpi.ini" >/dev/null
-head -c "$((LARGE_MB * 1000000))" /dev/urandom >"$WORK/large.bin"
-sed 's/^name = tiny-mpi$/name = large/' "$ROOT/examples/tiny-mpi.ini" >"$WORK/large.ini"
-printf 'files = %s:/opt/large.bin\n' "$WORK/large.bin" >>"$WORK/large.ini"
-"$VMHPC" image build --level 1 "$WORK/large.ini" >/dev/null
-rm -f "$WORK/large.bin"
+case " $IMAGES " in *" large "*)
+	head -c "$((LARGE_MB * 1000000))" /dev/urandom >"$WORK/large.bin"
+	sed 's/^name = tiny-mpi$/name = large/' "$ROOT/examples/tiny-mpi.ini" >"$WORK/large.ini"
+	printf 'files = %s:/opt/large.bin\n' "$WORK/large.bin" >>"$WORK/large.ini"
+	"$VMHPC" image build --level 1 "$WORK/large.ini" >/dev/null
+	rm -f "$WORK/large.bin"
+esac
 
 max_n=0
 for n in $NODES_LIST; do [ "$n" -gt "$max_n" ] && max_n=$n; done
@@ -41,7 +44,7 @@ cluster_up "$max_n" "$RATE"
 # A push resumes where a failed one stopped (the registry keeps what it got): once more on
 # a failure, which the loaded machine's registry has caused (a stalled request).
 cluster_push tiny-mpi tiny-mpi:1 || cluster_push tiny-mpi tiny-mpi:1
-cluster_push large large:1 || cluster_push large large:1
+case " $IMAGES " in *" large "*) cluster_push large large:1 || cluster_push large large:1 ;; esac
 
 jget() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."): v = v[k]
@@ -67,7 +70,7 @@ run() { # IMG N SCHEME: one distribution from empty caches; leaves $WORK/SCHEME.
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "| image | bytes | nodes | chain (s) | binomial (s) | central (s) | floor (s) | chain / floor | chain / 1 node | central / chain | uplink copies chain / binomial |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for img in tiny-mpi large; do
+for img in $IMAGES; do
 	one=""
 	for n in $NODES_LIST; do
 		# Interleaved per row, so that a change in the machine's load hits every scheme.

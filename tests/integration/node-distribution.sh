@@ -214,10 +214,11 @@ shape_n2_to_n3() { # RATE, or "" to restore n2's plain shaping
 		ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate 100mbit burst 64kb latency 100ms
 		return
 	fi
-	ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: prio bands 3 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1
-	ip netns exec "$ns" tc qdisc add dev eth0 parent 1:1 handle 10: tbf rate "$1" burst 2kb latency 200ms
-	ip netns exec "$ns" tc qdisc add dev eth0 parent 1:2 handle 20: tbf rate 100mbit burst 64kb latency 100ms
-	ip netns exec "$ns" tc filter add dev eth0 parent 1: protocol ip u32 match ip dst "$CL_NET.13/32" flowid 1:1
+	# htb (prio and netem are not in every kernel): class 10 for n3's address, 20 for the rest.
+	ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: htb default 20
+	ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:10 htb rate "$1" ceil "$1" 2>/dev/null
+	ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:20 htb rate 100mbit ceil 100mbit 2>/dev/null
+	ip netns exec "$ns" tc filter add dev eth0 parent 1: protocol ip u32 match ip dst "$CL_NET.13/32" flowid 1:10
 }
 base=$(metric n3 'vmhpc_node_received_bytes_total{source="n2"}')
 cluster_fetch "$CL_REGISTRY/vmhpc/slow:1" 'n[1-4]' --json >"$WORK/f6.json" 2>"$WORK/f6.err" &
