@@ -145,6 +145,16 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* json_dumps of v, which it consumes (json_pack's results were leaked where they were
+ * dumped in place). */
+static char *dumps_take(json_t *v, size_t flags)
+{
+	char *text = v ? json_dumps(v, flags) : NULL;
+
+	json_decref(v);
+	return text;
+}
+
 /* ---- the cache's state on disk (lock held) ---- */
 
 static int state_save(void)
@@ -163,7 +173,7 @@ static int state_save(void)
 				   "version", (int)c->version, "bytes", (json_int_t)c->bytes,
 				   "last_used", (json_int_t)c->last_used, "jobs", jobs));
 	}
-	text = json_dumps(
+	text = dumps_take(
 	    json_pack("{s:i, s:I, s:o}", "format", 1, "clock", (json_int_t)D.clock, "images", arr),
 	    JSON_INDENT(1));
 	if (!text)
@@ -587,7 +597,7 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 	if (f->sizes)
 		memcpy(f->sizes, sizes, n * sizeof(*sizes));
 	f->meta =
-	    json_dumps(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
+	    dumps_take(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
 		       JSON_COMPACT);
 	r = make_room(s, need, ret_error);
 	wake();
@@ -1275,7 +1285,7 @@ static void do_feed(int fd, json_t *req, const char *peer)
 				store_chunk_stored_bytes(s, f->refs[i].id, &b);
 				json_array_append_new(js, json_integer((json_int_t)b));
 			}
-			f->meta = json_dumps(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
+			f->meta = dumps_take(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
 					     JSON_COMPACT);
 		} else {
 			manifest_free(m);
