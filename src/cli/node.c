@@ -243,22 +243,27 @@ static int fetch_main(int argc, char **argv)
 	}
 	t = calloc(n, sizeof(*t));
 	th = calloc(n, sizeof(*th));
-	if (!t || !th)
-		return 1;
-	t0 = mono_s();
+	if (!t || !th) {
+		code = 1;
+		goto out;
+	}
+	/* Every address first, so that no thread is running when one is wrong. */
 	for (size_t i = 0; i < n; i++) {
-		char *e = NULL;
+		_cleanup_free_ char *e = NULL;
 
 		t[i].node = hosts[i];
 		t[i].munge_socket = munge;
 		if (node_peer_address(peers, hosts[i], NODE_DEFAULT_PORT, &t[i].addr, &e) < 0) {
-			log_error("%s", e);
-			return 1;
+			log_error("%s", e ? e : "no address");
+			code = 1;
+			goto out;
 		}
 		t[i].req = json_pack("{s:s, s:s, s:s, s:s?, s:s?}", "op", "present", "ref", image,
 				     "nodes", nodes, "job", job, "scheme", scheme);
-		pthread_create(&th[i], NULL, ask_node, &t[i]);
 	}
+	t0 = mono_s();
+	for (size_t i = 0; i < n; i++)
+		pthread_create(&th[i], NULL, ask_node, &t[i]);
 	for (size_t i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	for (size_t i = 0; i < n; i++) {
@@ -297,6 +302,16 @@ static int fetch_main(int argc, char **argv)
 		printf("%s on %zu nodes in %.2f s, %llu bytes moved\n", image, n, mono_s() - t0,
 		       (unsigned long long)total);
 	}
+out:
+	for (size_t i = 0; t && i < n; i++) {
+		free(t[i].addr);
+		free(t[i].error);
+		json_decref(t[i].req);
+		json_decref(t[i].reply);
+	}
+	free(t);
+	free(th);
+	hostlist_free(hosts, n);
 	return code;
 }
 
