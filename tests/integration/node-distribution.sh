@@ -43,12 +43,22 @@ for x in stop slow; do
 	small_spec $x "files = $WORK/$x.bin:/opt/$x.bin" >"$WORK/$x.ini"
 	"$VMHPC" image build --level 1 "$WORK/$x.ini" >/dev/null
 done
+# small:2: small:1 plus 3 MB of its own, for the second-version goal.
+head -c 3000000 /dev/urandom >"$WORK/v2.bin"
+small_spec small "files = $WORK/v2.bin:/opt/v2.bin" >"$WORK/small2.ini"
+"$VMHPC" image build --level 1 "$WORK/small2.ini" >/dev/null
+unique2=$("$VMHPC" image list --json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    if e["name"] == "small" and e["version"] == 2: print(e["unique_bytes"])')
+[ -n "$unique2" ] || fail "small:2 was not built"
 rm -f "$WORK"/*.bin
 
 CL_PEER_TIMEOUT_MS=2000
 cluster_up 4 100mbit
 cluster_push small:1 small:1
 cluster_push small:1 smallb:1
+cluster_push small:2 small:2
 cluster_push big:1 big:1
 cluster_push stop:1 stop:1
 cluster_push slow:1 slow:1
@@ -125,6 +135,16 @@ cmp -s "$WORK/state-before" "$CL_DIR/cache-n1/state.json" || fail "a refused req
 [ "$(metric n1 vmhpc_node_cache_images)" = 2 ] || fail "a refused request added an image"
 [ "$(metric n1 vmhpc_node_requests_refused_total)" = 3 ] || fail "n1 counted $(metric n1 vmhpc_node_requests_refused_total) refusals, not 3"
 ok "refused requests changed nothing (state, images) and were counted"
+
+# A second version after the first: each node (each link of the chain) moves at most 1.1x
+# the bytes only small:2 has.
+cluster_fetch "$CL_REGISTRY/vmhpc/small:2" 'n[1-4]' --json >"$WORK/fv2.json" || fail "small:2: $(cat "$WORK/fv2.json")"
+for i in 0 1 2 3; do
+	b=$(jget "$WORK/fv2.json" per_node.$i.reply.bytes_received)
+	python3 -c 'import sys; sys.exit(0 if int(sys.argv[1]) <= 1.1 * int(sys.argv[2]) else 1)' "$b" "$unique2" ||
+		fail "node $i received $b bytes of small:2, more than 1.1x its $unique2 own bytes"
+done
+ok "small:2 after small:1: every node received $(jget "$WORK/fv2.json" per_node.3.reply.bytes_received) bytes for the $unique2 bytes only small:2 has"
 
 # 4. kill -9 of n2 (n3's parent) mid-distribution of big:1: n3 re-parents to n1.
 BIG="$CL_REGISTRY/vmhpc/big:1"
