@@ -151,6 +151,7 @@ BIG="$CL_REGISTRY/vmhpc/big:1"
 base=$(metric n2 'vmhpc_node_received_bytes_total{source="n1"}')
 cluster_fetch "$BIG" 'n[1-4]' --json >"$WORK/f3.json" 2>"$WORK/f3.err" &
 fetch_pid=$!
+on_exit "kill $fetch_pid"
 got=0
 for _ in $(seq 400); do
 	got=$(( $(metric n2 'vmhpc_node_received_bytes_total{source="n1"}') - base ))
@@ -200,6 +201,7 @@ base=$(metric n2 'vmhpc_node_received_bytes_total{source="n1"}')
 d4=$(metric n4 vmhpc_node_distributions_total)
 cluster_fetch "$CL_REGISTRY/vmhpc/stop:1" 'n[1-4]' --json >"$WORK/f5.json" 2>"$WORK/f5.err" &
 fetch_pid=$!
+on_exit "kill $fetch_pid"
 wait_receiving n2 n1 "$base"
 n2pid=$(cat "$CL_DIR/n2.pid")
 kill -STOP "$n2pid"
@@ -243,6 +245,7 @@ shape_n2_to_n3() { # RATE, or "" to restore n2's plain shaping
 base=$(metric n3 'vmhpc_node_received_bytes_total{source="n2"}')
 cluster_fetch "$CL_REGISTRY/vmhpc/slow:1" 'n[1-4]' --json >"$WORK/f6.json" 2>"$WORK/f6.err" &
 fetch_pid=$!
+on_exit "kill $fetch_pid"
 wait_receiving n3 n2 "$base"
 shape_n2_to_n3 8kbit
 on_exit "ip netns exec vh$CL_ID-n2 tc qdisc del dev eth0 root"
