@@ -661,8 +661,11 @@ static int store_failed(int r, const char *ref, const char *from, char **ret_err
 
 /* Chunk blobs are fetched over REGISTRY_STREAMS connections at once: a registry answers
  * each small blob GET in a few ms (docs/registry.md), and one request at a time leaves the
- * link idle meanwhile. */
-#define REGISTRY_STREAMS 4
+ * link idle meanwhile. 16, not 4: a relaying root's requests and ACKs queue behind the
+ * chunks it sends on its own uplink (up to the switch's buffer, 100 ms in the test
+ * cluster), and each blob's round trip then takes that long; it takes about a
+ * bandwidth-delay product of blobs in flight to keep the download going (bench/RESULTS.md). */
+#define REGISTRY_STREAMS 16
 
 struct registry_job {
 	struct fetch *f;
