@@ -915,7 +915,26 @@ static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char 
 
 	if (v->greeted)
 		return 0;
+	if (!v->ctl) /* a reconnect below failed earlier */
+		return error_set(ret_error, -ENOTCONN, "%s's control port is not connected",
+				 v->name);
 	r = exec_client_hello(v->ctl, token, 10000);
+	if (r == -ETIMEDOUT) {
+		/* The guest learns of a host connection from virtio-serial's port-open event. Once
+		 * in CI, a supervisor that adopted a job right after the prolog let go got no
+		 * answer at all; a new connection makes the port close and open again, and the
+		 * guest answers any HELLO with READY first, so nothing is lost by trying twice. */
+		v->ctl = exec_client_free(v->ctl);
+		v->ctl_fd = -1;
+		r = try_connect(v, NULL, NULL);
+		if (r == 0)
+			r = exec_client_resync(v->ctl);
+		if (r == 0)
+			r = exec_client_hello(v->ctl, token, 10000);
+		if (r < 0 && !v->ctl)
+			return error_set(ret_error, r, "%s's control port: %s", v->name,
+					 strerror(-r));
+	}
 	if (r < 0)
 		return error_set(ret_error, r, "%s refused the job's token: %s", v->name,
 				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
