@@ -221,6 +221,50 @@ static int use_sudo_identity(struct builder_options *opts, struct fs_identity *i
 	return 0;
 }
 
+/* What `build` and `update` both give the builder: its options (defaults until the verb
+ * changes them), the helper binaries beside vmhpc, the sudo caller's identity and the store. */
+struct build_setup {
+	struct builder_options opts;
+	char *init, *exec, *kconfig;
+	struct fs_identity identity;
+	gid_t *groups;
+	struct store *s;
+};
+
+static void build_setup_init(const struct cli_context *ctx, struct build_setup *b)
+{
+	*b = (struct build_setup){.opts = {.cache_dir = ctx->cache_dir,
+					   .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
+					   .progress = isatty(STDERR_FILENO)}};
+	chunker_params_default(&b->opts.chunking);
+}
+
+/* Fills in the paths and the identity and opens the store; returns -1 to go on, else an exit
+ * code (logged). b must not move afterwards: opts points into it. */
+static int build_setup_open(struct cli_context *ctx, struct build_setup *b)
+{
+	b->init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
+	b->exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
+	b->kconfig = cli_kernel_config_path();
+	b->opts.init_path = b->init;
+	b->opts.exec_path = b->exec;
+	b->opts.kernel_config = b->kconfig;
+	if (use_sudo_identity(&b->opts, &b->identity, &b->groups) < 0)
+		return 2;
+	if (cli_open_store(ctx, &b->s) < 0)
+		return 1;
+	return -1;
+}
+
+static void build_setup_done(struct build_setup *b)
+{
+	free(b->init);
+	free(b->exec);
+	free(b->kconfig);
+	free(b->groups);
+	store_close(b->s);
+}
+
 static int verb_build(struct cli_context *ctx, int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -231,26 +275,19 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	struct builder_options opts = {.cache_dir = ctx->cache_dir,
-				       .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
-				       .progress = isatty(STDERR_FILENO)};
+	struct build_setup setup;
+	struct builder_options *opts = &setup.opts;
 	struct builder_result res = {0};
-	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
-	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
-	_cleanup_free_ char *kconfig = cli_kernel_config_path();
 	_cleanup_free_ char *error = NULL;
-	_cleanup_free_ gid_t *groups = NULL;
-	struct fs_identity identity;
-	struct store *s = NULL;
 	char b[5][HUMANIZE_BYTES_LEN];
-	int c, r;
+	int c, r, code = 2;
 
-	chunker_params_default(&opts.chunking);
+	build_setup_init(ctx, &setup);
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-		size_t *field = c == 'n'   ? &opts.chunking.min_bytes
-				: c == 'a' ? &opts.chunking.avg_bytes
-				: c == 'x' ? &opts.chunking.max_bytes
+		size_t *field = c == 'n'   ? &opts->chunking.min_bytes
+				: c == 'a' ? &opts->chunking.avg_bytes
+				: c == 'x' ? &opts->chunking.max_bytes
 					   : NULL;
 
 		if (c == 'l') {
@@ -261,7 +298,7 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 				log_error("--level '%s' is not a zstd level from 1 to 19", optarg);
 				return 2;
 			}
-			opts.compression_level = (int)level;
+			opts->compression_level = (int)level;
 			continue;
 		}
 		if (c == 'h') {
@@ -284,27 +321,23 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (want_args(argc, 1, 1, "build") >= 0)
 		return 2;
-	if (chunker_params_validate(&opts.chunking) < 0) {
+	if (chunker_params_validate(&opts->chunking) < 0) {
 		log_error(
 		    "chunk sizes %zu/%zu/%zu are not usable: min <= avg <= max, avg a power of "
 		    "two, between %u bytes and %u MiB",
-		    opts.chunking.min_bytes, opts.chunking.avg_bytes, opts.chunking.max_bytes,
+		    opts->chunking.min_bytes, opts->chunking.avg_bytes, opts->chunking.max_bytes,
 		    CHUNKER_MIN_BYTES_LIMIT, CHUNKER_MAX_BYTES_LIMIT >> 20);
 		return 2;
 	}
-	opts.spec_path = argv[optind];
-	opts.init_path = init;
-	opts.exec_path = exec;
-	opts.kernel_config = kconfig;
-	if (use_sudo_identity(&opts, &identity, &groups) < 0)
-		return 2;
-	if (cli_open_store(ctx, &s) < 0)
-		return 1;
-	r = builder_build(s, &opts, &res, &error);
+	opts->spec_path = argv[optind];
+	code = build_setup_open(ctx, &setup);
+	if (code >= 0)
+		goto out;
+	code = 1;
+	r = builder_build(setup.s, opts, &res, &error);
 	if (r < 0) {
 		log_error("%s", error ? error : strerror(-r));
-		store_close(s);
-		return 1;
+		goto out;
 	}
 	printf("built %s:%u\n", res.name, res.version);
 	printf("  kernel     %10s\n", humanize_bytes(res.plain_bytes[MANIFEST_PART_KERNEL], b[0]));
@@ -316,9 +349,11 @@ static int verb_build(struct cli_context *ctx, int argc, char **argv)
 	printf("  stored     %10s  (%s new in this build)\n",
 	       humanize_bytes(res.stored_total_bytes, b[4]),
 	       humanize_bytes(res.stored_new_bytes, b[0]));
+	code = 0;
+out:
 	builder_result_done(&res);
-	store_close(s);
-	return 0;
+	build_setup_done(&setup);
+	return code;
 }
 
 /* Stored and unique bytes of each listed version. */
@@ -1324,18 +1359,11 @@ out:
  * changed, and what changed. */
 static int verb_update(struct cli_context *ctx, int argc, char **argv)
 {
-	struct builder_options opts = {.cache_dir = ctx->cache_dir,
-				       .compression_level = BUILDER_COMPRESSION_LEVEL_DEFAULT,
-				       .progress = isatty(STDERR_FILENO)};
+	struct build_setup setup;
 	struct builder_result res = {0};
-	_cleanup_free_ char *init = cli_sibling_path("VMHPC_INIT", "vmhpc-init");
-	_cleanup_free_ char *exec = cli_sibling_path("VMHPC_EXEC", "vmhpc-exec");
-	_cleanup_free_ char *kconfig = cli_kernel_config_path();
 	_cleanup_free_ char *error = NULL;
-	_cleanup_free_ gid_t *groups = NULL;
-	struct fs_identity identity;
 	struct manifest *old = NULL, *now = NULL;
-	struct store *s = NULL;
+	struct store *s;
 	uint64_t plain, stored, total;
 	size_t chunks;
 	char b1[HUMANIZE_BYTES_LEN], b2[HUMANIZE_BYTES_LEN];
@@ -1345,19 +1373,16 @@ static int verb_update(struct cli_context *ctx, int argc, char **argv)
 		return code;
 	if (want_args(argc, 1, 1, "update") >= 0)
 		return 2;
-	chunker_params_default(&opts.chunking);
-	opts.init_path = init;
-	opts.exec_path = exec;
-	opts.kernel_config = kconfig;
-	if (use_sudo_identity(&opts, &identity, &groups) < 0)
-		return 2;
-	if (cli_open_store(ctx, &s) < 0)
-		return 1;
+	build_setup_init(ctx, &setup);
+	code = build_setup_open(ctx, &setup);
+	if (code >= 0)
+		goto out;
+	s = setup.s;
 	code = 1;
 	if (load_ref(s, argv[optind], &old) < 0)
 		goto out;
-	opts.update_of = old;
-	r = builder_build(s, &opts, &res, &error);
+	setup.opts.update_of = old;
+	r = builder_build(s, &setup.opts, &res, &error);
 	if (r < 0) {
 		log_error("updating %s:%u: %s", old->name, old->version,
 			  error ? error : strerror(-r));
@@ -1390,7 +1415,7 @@ out:
 	builder_result_done(&res);
 	manifest_free(old);
 	manifest_free(now);
-	store_close(s);
+	build_setup_done(&setup);
 	return code;
 }
 
