@@ -358,8 +358,9 @@ static int make_shm_region(struct job *j, char **ret_error)
 	return 0;
 }
 
-/* qemu_vm_config.record_pid: QEMU's pid goes into the runstate before QEMU runs. */
-static int record_qemu_pid(pid_t pid, void *userdata)
+/* qemu_vm_config.record_pid and virtiofsd_config.record_pid: the pid goes into the runstate
+ * before the program runs. */
+static int record_pid(pid_t pid, void *userdata)
 {
 	struct job *j = userdata;
 
@@ -388,7 +389,9 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 					      .dir_ino = cfg->workdir_ino,
 					      .uid = cfg->owner_uid,
 					      .gid = cfg->owner_gid,
-					      .outlive_caller = j->detachable};
+					      .outlive_caller = j->detachable,
+					      .record_pid = record_pid,
+					      .record_userdata = j};
 
 		fs_sock = job_path(j, "vm%u.fs.sock", i);
 		v->fs_log = job_path(j, "vm%u.virtiofsd.log", i);
@@ -400,9 +403,6 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		if (r < 0)
 			return r;
 		v->virtiofsd_start = qemu_process_start_time(v->virtiofsd);
-		r = runstate_add_pid(j->rs, v->virtiofsd);
-		if (r < 0)
-			return r;
 	}
 	/* The VM's node in the shared-memory region; the region's key comes from the token,
 	 * which the guest gets in SETUP. */
@@ -450,7 +450,7 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	qc.console_log = v->console_log;
 	qc.stderr_log = qemu_log;
 	qc.outlive_caller = j->detachable;
-	qc.record_pid = record_qemu_pid;
+	qc.record_pid = record_pid;
 	qc.record_userdata = j;
 	if (j->detachable) {
 		/* QMP on a socket in the job directory: a socketpair's end would die with us. */

@@ -92,10 +92,23 @@ static _Noreturn void child_fail(int report_fd, enum step s, int r)
 /* The child: confines itself step by step (src/vm/sandbox.h), then execs virtiofsd. The
  * parent is single-threaded, so the allocations libseccomp makes here are safe. */
 static _Noreturn void child_run(const struct virtiofsd_config *c, int listen_fd, int log_fd,
-				int report_fd, char **argv)
+				int report_fd, int go_fd, char **argv)
 {
 	_cleanup_close_ int dir_fd = -1;
 	int null_fd, r;
+
+	/* The parent's word that it recorded our pid: end of file means it died or gave up
+	 * first, and a server nobody recorded must not run. */
+	if (go_fd >= 0) {
+		char go;
+		ssize_t n;
+
+		do
+			n = read(go_fd, &go, 1);
+		while (n < 0 && errno == EINTR);
+		if (n != 1)
+			_exit(127);
+	}
 
 	/* A terminal's Ctrl-C reaches vmhpc, which then stops us in order; a server that
 	 * outlives vmhpc (a handed-over job) leaves its session too. */
@@ -191,6 +204,7 @@ static int exited_at_start(const struct virtiofsd_config *c, int status, char **
 int virtiofsd_start(const struct virtiofsd_config *c, pid_t *ret_pid, char **ret_error)
 {
 	_cleanup_close_ int listen_fd = -1, log_fd = -1, report_rd = -1, report_wr = -1;
+	_cleanup_close_ int go_rd = -1, go_wr = -1;
 	char source_opt[64];
 	char *argv[] = {(char *)(c->program ? c->program : VIRTIOFSD_PATH), "--fd=3",
 			/* raised in the child instead, see there */
@@ -226,13 +240,31 @@ int virtiofsd_start(const struct virtiofsd_config *c, pid_t *ret_pid, char **ret
 			return -errno;
 		report_rd = p[0];
 		report_wr = p[1];
+		if (c->record_pid) {
+			if (pipe2(p, O_CLOEXEC) < 0)
+				return -errno;
+			go_rd = p[0];
+			go_wr = p[1];
+		}
 	}
 	pid = fork();
 	if (pid < 0)
 		return error_set(ret_error, -errno, "starting virtiofsd: %m");
-	if (pid == 0)
-		child_run(c, listen_fd, log_fd, report_wr, argv);
+	if (pid == 0) {
+		if (go_wr >= 0)
+			close(go_wr); /* so that our death reads as end of file there */
+		child_run(c, listen_fd, log_fd, report_wr, go_rd, argv);
+	}
 	close(TAKE_FD(report_wr));
+	if (c->record_pid) {
+		r = c->record_pid(pid, c->record_userdata);
+		if (r < 0 || write(go_wr, "g", 1) != 1) {
+			r = r < 0 ? r : -EIO;
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+			return error_set(ret_error, r, "recording virtiofsd's pid: %s", strerror(-r));
+		}
+	}
 	/* EOF: the exec closed the child's end; a report: the step that failed. */
 	do
 		n = read(report_rd, &rep, sizeof(rep));

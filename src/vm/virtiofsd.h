@@ -19,6 +19,10 @@ struct virtiofsd_config {
 	const char *log_path;	 /* its stderr (NULL: /dev/null) */
 	const char *program;	 /* NULL: VIRTIOFSD_PATH (tests put a stand-in here) */
 	bool outlive_caller; /* as qemu_vm_config.outlive_caller: no death signal, own session */
+	/* As qemu_vm_config.record_pid: called with the pid before virtiofsd runs, so that a
+	 * caller killed at any moment leaves no unrecorded server; a negative return stops it. */
+	int (*record_pid)(pid_t pid, void *userdata);
+	void *record_userdata;
 };
 
 /* Starts virtiofsd for c->dir as c->uid:c->gid (switching to them needs root unless they
