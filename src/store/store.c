@@ -602,40 +602,45 @@ int store_put_compressed_chunk(struct store *s, const uint8_t id[STORE_ID_BYTES]
 	return 0;
 }
 
+/* Opens the directory name under dirfd for reading (flags: O_NOFOLLOW or 0); NULL with errno
+ * set when it cannot. The caller closedir()s it. */
+static DIR *open_dir_at(int dirfd, const char *name, int flags)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | flags);
+	DIR *d;
+
+	if (fd < 0)
+		return NULL;
+	d = fdopendir(fd);
+	if (!d) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+	}
+	return d;
+}
+
 int store_foreach_chunk(struct store *s,
 			int (*fn)(const uint8_t id[STORE_ID_BYTES], void *userdata), void *userdata)
 {
-	DIR *top;
+	DIR *top = open_dir_at(s->chunks_fd, ".", 0);
 	struct dirent *de;
-	int fd, r = 0;
+	int r = 0;
 
-	fd = openat(s->chunks_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
+	if (!top)
 		return -errno;
-	top = fdopendir(fd);
-	if (!top) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
 	while (r >= 0 && (errno = 0, de = readdir(top))) {
 		DIR *sub;
 		struct dirent *se;
 
 		if (!store_is_lower_hex(de->d_name, 2))
 			continue;
-		fd =
-		    openat(dirfd(top), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0) {
+		sub = open_dir_at(dirfd(top), de->d_name, O_NOFOLLOW);
+		if (!sub) {
 			if (errno == ENOTDIR || errno == ELOOP || errno == ENOENT)
 				continue;
 			r = -errno;
-			break;
-		}
-		sub = fdopendir(fd);
-		if (!sub) {
-			r = -errno;
-			close(fd);
 			break;
 		}
 		while ((errno = 0, se = readdir(sub))) {
@@ -849,20 +854,13 @@ int store_sync(struct store *s)
 
 int store_clean_tmp(struct store *s, bool exclusive)
 {
-	DIR *d;
+	DIR *d = open_dir_at(s->tmp_fd, ".", 0);
 	struct dirent *de;
 	time_t now = time(NULL);
-	int fd, r = 0;
+	int r = 0;
 
-	fd = openat(s->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
+	if (!d)
 		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
 	while ((errno = 0, de = readdir(d))) {
 		struct stat st;
 
