@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/launcher.h"
+#include "mpi/launcher.h"
 #include "cli/run-options.h"
 #include "cli/select.h"
 #include "image/builder.h"

@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/launcher.h"
+#include "mpi/launcher.h"
 #include "node/client.h"
 #include "node/hostlist.h"
 #include "slurm/control.h"

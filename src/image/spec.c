@@ -219,7 +219,7 @@ static int check_abs_path(struct parser *p, unsigned line, const char *what, con
 
 /* Scalars */
 
-/* [image] mpi: which MPI's launcher `vmhpc run` uses (src/cli/launcher.h). */
+/* [image] mpi: which MPI's launcher `vmhpc run` uses (src/mpi/launcher.h). */
 static int handle_mpi(struct parser *p, const struct spec_key *k, unsigned line, char **word)
 {
 	char q[QUOTE_BUF_SIZE];

@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/launcher.h"
+#include "mpi/launcher.h"
 #include "store/catalog.h"
 #include "store/manifest.h"
 #include "store/store.h"

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "cli/launcher.h"
+#include "mpi/launcher.h"
 
 static json_t *metadata(const char *mpi, const char *const *packages)
 {

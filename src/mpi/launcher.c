@@ -1,6 +1,6 @@
 /* The MPI launch command of `vmhpc run` (launcher.h). One table entry per MPI: its name, the
  * package that marks it in an image, and the function that writes its launcher's options. */
-#include "cli/launcher.h"
+#include "mpi/launcher.h"
 
 #include <errno.h>
 #include <stdarg.h>
