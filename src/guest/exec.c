@@ -288,6 +288,17 @@ static struct exec_client *open_client(const struct target *t)
 		int attempt_ms = t->wait_ms > 0 && t->timeout_ms > 1000 ? 1000 : t->timeout_ms;
 		bool retry;
 
+		if (t->unix_path) {
+			/* QEMU's control socket accepts once QEMU runs, and the guest answers on
+			 * that very connection when it opens its port. One connection waits: a
+			 * second would send SETUP again and could read the rest of frames the
+			 * guest began for the first. Only a refused connect (no QEMU yet) is
+			 * retried. */
+			int64_t left_ms = give_up - time_now_ms();
+
+			attempt_ms = left_ms > t->timeout_ms ? (int)left_ms : t->timeout_ms;
+		}
+
 		r = exec_client_connect((struct sockaddr *)&ss, len, attempt_ms, &fd);
 		if (r == 0)
 			r = exec_client_new(fd, &c);

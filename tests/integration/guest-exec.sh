@@ -347,12 +347,6 @@ fi
 shutdown_and_wait
 
 # ---- boot 2: the virtio-blk fallback ----
-if [ -n "${GUEST_EXEC_SKIP_BLK:-}" ]; then
-	pgrep -f "$WORK" >/dev/null && fail "a process still uses $WORK: $(pgrep -af "$WORK")"
-	echo "# skipped boot 2 (virtio-blk root): GUEST_EXEC_SKIP_BLK is set"
-	finish
-	exit 0
-fi
 boot vm1 blk
 wait_service
 gx -- cat /proc/mounts | grep -q '^/dev/vda .* ro' || fail "root=blk did not mount /dev/vda: $(gx -- cat /proc/mounts)"
