@@ -918,7 +918,12 @@ static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char 
 	if (!v->ctl) /* a reconnect below failed earlier */
 		return error_set(ret_error, -ENOTCONN, "%s's control port is not connected",
 				 v->name);
-	r = exec_client_hello(v->ctl, token, 10000);
+	/* The guest answers every HELLO on its control port with READY first (a new host
+	 * session). Bytes before it may be the end of frames the guest began for the previous
+	 * holder of the port (the process that booted a job we adopted): skip them. */
+	r = exec_client_resync(v->ctl);
+	if (r == 0)
+		r = exec_client_hello(v->ctl, token, 10000);
 	if (r == -ETIMEDOUT) {
 		/* The guest learns of a host connection from virtio-serial's port-open event. Once
 		 * in CI, a supervisor that adopted a job right after the prolog let go got no
