@@ -44,6 +44,7 @@
 #include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
+#include "util/sock.h"
 
 #define MAX_CONNECTIONS	 256
 #define MAX_SOURCES	 64
@@ -1556,23 +1557,10 @@ static int listen_tcp(const char *addr, int *ret_fd)
 	return 0;
 }
 
+/* Anyone may connect: every request is checked by its SO_PEERCRED uid. */
 static int listen_unix(const char *path, int *ret_fd)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	_cleanup_close_ int fd = -1;
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
-	    listen(fd, 64) < 0)
-		return -errno;
-	*ret_fd = TAKE_FD(fd);
-	return 0;
+	return sock_listen_unix(path, SOCK_STREAM, 0666, 64, ret_fd);
 }
 
 static void accept_one(int lfd, bool local)

@@ -12,6 +12,7 @@
 #include "slurm/control.h"
 #include "util/cleanup.h"
 #include "util/error.h"
+#include "util/sock.h"
 
 static int make_addr(const char *path, struct sockaddr_un *sa, char **ret_error)
 {
@@ -28,20 +29,15 @@ static int make_addr(const char *path, struct sockaddr_un *sa, char **ret_error)
 int slurmctl_listen(const char *path, int *ret_fd, char **ret_error)
 {
 	struct sockaddr_un sa;
-	_cleanup_close_ int fd = -1;
 	int r;
 
 	r = make_addr(path, &sa, ret_error);
 	if (r < 0)
 		return r;
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return error_set(ret_error, -errno, "control socket: %s", strerror(errno));
-	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0666) < 0 ||
-	    listen(fd, 16) < 0)
-		return error_set(ret_error, -errno, "control socket %s: %s", path, strerror(errno));
-	*ret_fd = TAKE_FD(fd);
+	/* Anyone may connect: slurmctl_peer_uid decides who is served. */
+	r = sock_listen_unix(path, SOCK_SEQPACKET | SOCK_NONBLOCK, 0666, 16, ret_fd);
+	if (r < 0)
+		return error_set(ret_error, r, "control socket %s: %s", path, strerror(-r));
 	return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/fsutil.h"
+#include "util/sock.h"
 #include "vm/sandbox.h"
 
 /* Where the child mounts its private tmpfs: any existing directory does, it is hidden
@@ -63,23 +64,6 @@ struct child_report {
 	int step;
 	int error; /* errno */
 };
-
-static int listen_unix(const char *path, int *ret_fd)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	_cleanup_close_ int fd = -1;
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 1) < 0)
-		return -errno;
-	*ret_fd = TAKE_FD(fd);
-	return 0;
-}
 
 static _Noreturn void child_fail(int report_fd, enum step s, int r)
 {
@@ -224,7 +208,7 @@ int virtiofsd_start(const struct virtiofsd_config *c, pid_t *ret_pid, char **ret
 				 "%s not found; install qemu-system-x86 (or run with --no-share)",
 				 argv[0]);
 	snprintf(source_opt, sizeof(source_opt), "source=%s/%s", SHARE_TMPFS_DIR, SHARE_NAME);
-	r = listen_unix(c->socket_path, &listen_fd);
+	r = sock_listen_unix(c->socket_path, SOCK_STREAM, 0, 1, &listen_fd);
 	if (r < 0)
 		return error_set(ret_error, r, "making virtiofsd's socket %s: %s", c->socket_path,
 				 strerror(-r));
