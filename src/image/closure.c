@@ -703,29 +703,39 @@ static int try_library(struct resolver *res, const char *candidate, const char *
 	return r;
 }
 
+int closure_next_candidate(const char **pos, const char *origin, const char *name,
+			   char candidate[static PATH_MAX])
+{
+	while (**pos) {
+		const char *p = *pos, *end = strchrnul(p, ':');
+		char dir[PATH_MAX];
+		int r;
+
+		r = closure_expand_tokens(p, (size_t)(end - p), origin, dir);
+		*pos = *end ? end + 1 : end;
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0 || dir[0] != '/')
+			continue;
+		if ((size_t)snprintf(candidate, PATH_MAX, "%s/%s", dir, name) < PATH_MAX)
+			return 1;
+	}
+	return 0;
+}
+
 /* Tries every directory of a ':'-separated search list (RPATH or RUNPATH of object o). */
 static int search_list(struct resolver *res, const char *list, const char *origin, const char *name,
 		       const char *needed_by, size_t *ret_file)
 {
-	for (const char *p = list; *p;) {
-		const char *end = strchrnul(p, ':');
-		char dir[PATH_MAX], candidate[PATH_MAX];
-		int r;
+	char candidate[PATH_MAX];
+	int r;
 
-		r = closure_expand_tokens(p, (size_t)(end - p), origin, dir);
-		p = *end ? end + 1 : end;
-		if (r == -ENOMEM)
-			return r;
-		if (r < 0 || dir[0] != '/')
-			continue; /* relative or empty entries name the working directory */
-		if ((size_t)snprintf(candidate, sizeof(candidate), "%s/%s", dir, name) >=
-		    sizeof(candidate))
-			continue;
+	while ((r = closure_next_candidate(&list, origin, name, candidate)) > 0) {
 		r = try_library(res, candidate, name, needed_by, ret_file);
 		if (r != -ENOENT)
 			return r;
 	}
-	return -ENOENT;
+	return r < 0 ? r : -ENOENT;
 }
 
 /* Finds the file for DT_NEEDED name of object o, as ld.so's _dl_map_object would. */

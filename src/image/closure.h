@@ -52,5 +52,12 @@ char *closure_usrmerge_path(const char *path);
  * stay as they are. -ENAMETOOLONG when the result does not fit, -ENOMEM. */
 int closure_expand_tokens(const char *s, size_t n, const char *origin, char out[static PATH_MAX]);
 
+/* Steps through a ':'-separated search list (DT_RPATH or DT_RUNPATH) from *pos: writes the
+ * next entry's "DIR/name", tokens expanded, into candidate and moves *pos past it. Returns 1,
+ * 0 at the end of the list, or -ENOMEM. Relative and empty entries (which name the working
+ * directory) and paths too long are skipped. */
+int closure_next_candidate(const char **pos, const char *origin, const char *name,
+			   char candidate[static PATH_MAX]);
+
 /* Releases everything c holds; leaves it empty. */
 void closure_done(struct closure *c);

@@ -353,20 +353,10 @@ static int search_list(struct checker *c, const char *list, const char *origin, 
 		       const char *needed_by, char **ret_real, char **ret_candidate,
 		       enum where *ret_where, struct elf_info **ret_info)
 {
-	for (const char *p = list; *p;) {
-		const char *end = strchrnul(p, ':');
-		char dir[PATH_MAX], candidate[PATH_MAX];
-		int r;
+	char candidate[PATH_MAX];
+	int r;
 
-		r = closure_expand_tokens(p, (size_t)(end - p), origin, dir);
-		p = *end ? end + 1 : end;
-		if (r == -ENOMEM)
-			return r;
-		if (r < 0 || dir[0] != '/')
-			continue; /* relative or empty entries name the working directory */
-		if ((size_t)snprintf(candidate, sizeof(candidate), "%s/%s", dir, name) >=
-		    sizeof(candidate))
-			continue;
+	while ((r = closure_next_candidate(&list, origin, name, candidate)) > 0) {
 		r = try_candidate(c, candidate, name, needed_by, ret_real, ret_where, ret_info);
 		if (r != -ENOENT) {
 			if (r == 0 && !(*ret_candidate = strdup(candidate)))
@@ -374,7 +364,7 @@ static int search_list(struct checker *c, const char *list, const char *origin, 
 			return r;
 		}
 	}
-	return -ENOENT;
+	return r < 0 ? r : -ENOENT;
 }
 
 static int search_dirs(struct checker *c, const char *const *dirs, size_t n, const char *name,

@@ -1079,6 +1079,26 @@ static int teardown_tmpdir(void **state)
 	return 0;
 }
 
+/* A search list's entries in order, $ORIGIN expanded, relative and empty ones skipped. */
+static void test_closure_next_candidate(void **state)
+{
+	const char *list = "/a::rel/dir:$ORIGIN/../lib:${ORIGIN}:/b/", *pos = list;
+	const char *want[] = {"/a/libx.so", "/opt/app/bin/../lib/libx.so", "/opt/app/bin/libx.so",
+			      "/b//libx.so"};
+	char candidate[PATH_MAX];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		assert_int_equal(closure_next_candidate(&pos, "/opt/app/bin", "libx.so", candidate),
+				 1);
+		assert_string_equal(candidate, want[i]);
+	}
+	assert_int_equal(closure_next_candidate(&pos, "/opt/app/bin", "libx.so", candidate), 0);
+	assert_int_equal(closure_next_candidate(&pos, "/opt/app/bin", "libx.so", candidate), 0);
+	pos = "";
+	assert_int_equal(closure_next_candidate(&pos, "/", "libx.so", candidate), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_tmpdir, teardown_tmpdir)
 
 int main(void)
@@ -1101,6 +1121,7 @@ int main(void)
 	    T(test_closure_layers),
 	    T(test_closure_missing),
 	    T(test_closure_search_order),
+	    T(test_closure_next_candidate),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
