@@ -170,7 +170,7 @@ static int present(struct slurm_job *sj, char **ret_error)
 int slurm_prolog_main(int argc, char **argv)
 {
 	struct slurm_job sj;
-	_cleanup_free_ char *error = NULL, *pidpath = NULL, *logpath = NULL;
+	_cleanup_free_ char *error = NULL, *pidpath = NULL, *logpath = NULL, *pinned = NULL;
 	_cleanup_close_ int lock_fd = -1;
 	char buf[4096], pid_text[32];
 	int ready[2], r, code;
@@ -200,6 +200,10 @@ int slurm_prolog_main(int argc, char **argv)
 		slurm_job_done(&sj);
 		return 0;
 	}
+	/* The image is pinned for the job: the epilog must see its release through. */
+	pinned = fs_path_join(sj.dir, SLURM_PINNED_FILE);
+	if (!pinned || fs_write_atomic(pinned, "", 0, 0644) < 0)
+		log_error("job %u: writing %s: %m", sj.id, pinned ? pinned : sj.dir);
 	pidpath = fs_path_join(sj.dir, "pid");
 	logpath = fs_path_join(sj.dir, "supervisor.log");
 	if (!pidpath || !logpath || pipe2(ready, O_CLOEXEC) < 0)

@@ -314,7 +314,7 @@ static void serve_client(struct supervisor *sv, int fd)
 static void write_timings(struct supervisor *sv, const struct job_vm_usage *usage)
 {
 	struct slurm_job *sj = sv->sj;
-	_cleanup_free_ char *text = NULL, *name = NULL;
+	_cleanup_free_ char *text = NULL, *name = NULL, *root_copy = NULL;
 	_cleanup_close_ int dir_fd = -1, fd = -1;
 	json_t *vms = json_array(), *out;
 	uint64_t pss = 0;
@@ -352,6 +352,11 @@ static void write_timings(struct supervisor *sv, const struct job_vm_usage *usag
 	json_decref(out);
 	if (!text || asprintf(&name, "vmhpc-%u.%s.json", sj->id, sj->node) < 0)
 		return;
+	/* The epilog's copy, which it hands to the node daemon's metrics: in the job's state
+	 * folder (root's), not the user's, whose file the user may have changed. */
+	root_copy = fs_path_join(sj->dir, SLURM_TIMINGS_FILE);
+	if (!root_copy || fs_write_atomic(root_copy, text, strlen(text), 0644) < 0)
+		log_error("job %u: writing %s: %m", sj->id, root_copy ? root_copy : sj->dir);
 	dir_fd = open(sj->workdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dir_fd >= 0)
 		fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,

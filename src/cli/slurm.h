@@ -32,6 +32,14 @@
 
 #include "slurm/token.h"
 
+/* The supervisor's copy of the job's timings in the job's state folder, which the epilog
+ * hands to the node daemon's metrics (the user's copy is vmhpc-<job>.<node>.json in the job
+ * folder). */
+#define SLURM_TIMINGS_FILE "timings.json"
+/* In the job's state folder once the node daemon pinned the image for the job: an epilog
+ * whose release fails then notes it for a later epilog (slurm-epilog.c). */
+#define SLURM_PINNED_FILE "pinned"
+
 /* One job on this node, as the plugin, Slurm and the node daemon describe it. */
 struct slurm_job {
 	/* from the plugin */
