@@ -1198,13 +1198,16 @@ static json_t *do_present(json_t *req)
 }
 
 /* A job's timings as `vmhpc slurm epilog` gives them with its release: phases in seconds and
- * memory in KiB; a value that is missing, negative or absurd (a day, a TiB) is left out. */
+ * memory in KiB; a value that is missing, negative or absurd (a day, a TiB) is left out. The
+ * job, a metric's label value, must be a Slurm job id (digits). */
 static void note_job_timings(const char *job, json_t *t)
 {
 	struct job_timings *last = &D.last_job;
 	json_int_t guest_kb, host_kb;
+	size_t len = strlen(job);
 
-	if (!json_is_object(t))
+	if (!json_is_object(t) || len == 0 || len >= sizeof(last->job) ||
+	    strspn(job, "0123456789") != len)
 		return;
 	*last = (struct job_timings){0};
 	snprintf(last->job, sizeof(last->job), "%s", job);

@@ -200,7 +200,7 @@ grep -q VERIFIED "$WORK/salloc.out" || fail "salloc: $(cat "$WORK/salloc.out")"
 grep -q "^direct: .*outside its steps (in salloc's shell: .srun" "$WORK/salloc.out" || fail "salloc's own shell: $(cat "$WORK/salloc.out")"
 t1=$(date +%s.%N)
 nodes_idle 300
-summary=$(for j in "${!kind[@]}"; do echo "${kind[$j]}"; done | sort | uniq -c | awk '{printf "%s%s %s", NR > 1 ? ", " : "", $1, $2}')
+summary=$(for j in "${!kind[@]}"; do echo "${kind[$j]}"; done | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2}')
 no_orphans "$N_JOBS jobs with injected faults"
 ok "$N_JOBS jobs ($summary) each ended as expected in $(printf '%.0f' "$(echo "$t1 - $t0" | bc)") s; 0 orphans (processes, links, netns, /dev/shm, files, sockets, drained nodes) on $SL_N nodes (load $(cut -d' ' -f1-3 /proc/loadavg))"
 
