@@ -85,8 +85,11 @@ int cli_mpirun_main(struct cli_context *ctx, int argc, char **argv)
 		return 2;
 	}
 	if (!dir || dir[0] != '/') {
-		log_error("Slurm job %s has no VMs: it was submitted without --vm-image (or the "
-			  "vmhpc SPANK plugin is not loaded); submit it with "
+		/* Also salloc's command: it runs on the submit host, where no supervisor of
+		 * the job is and the plugin's user_init (in a step's slurmstepd) never ran. */
+		log_error("Slurm job %s has no VMs here: it was submitted without --vm-image (or "
+			  "the vmhpc SPANK plugin is not loaded), or this runs outside its steps "
+			  "(in salloc's shell: `srun -N 1 -n 1 vmhpc mpirun ...`); submit it with "
 			  "--vm-image=REGISTRY/REPO:TAG",
 			  job);
 		return 2;

@@ -89,6 +89,27 @@ struct counter {
 	uint64_t bytes;
 };
 
+/* A Slurm job's phases on this node, as `vmhpc slurm epilog` reports them at release. */
+enum job_phase {
+	JOB_PHASE_DISTRIBUTION,
+	JOB_PHASE_BOOT,
+	JOB_PHASE_RUN,
+	JOB_PHASE_SHUTDOWN,
+	JOB_PHASE_MAX
+};
+static const char *const job_phase_name[JOB_PHASE_MAX] = {"distribution", "boot", "run",
+							  "shutdown"};
+static const char *const job_phase_key[JOB_PHASE_MAX] = {"distribution_s", "boot_s", "run_s",
+							 "shutdown_s"};
+
+#define TIMINGS_MAX_KB ((json_int_t)1 << 30) /* a TiB */
+
+struct job_timings {
+	char job[16];
+	double seconds[JOB_PHASE_MAX];
+	uint64_t guest_used_kb, host_pss_kb;
+};
+
 struct daemon {
 	const struct node_options *o;
 	char *store_dir, *state_path;
@@ -102,6 +123,11 @@ struct daemon {
 	/* metrics */
 	uint64_t hits, misses, distributions, errors, evictions, refused;
 	struct counter received[MAX_SOURCES], sent[MAX_SOURCES];
+	/* Slurm jobs' timings, given with their release (docs/slurm.md): sums over the jobs,
+	 * and the last job's own. */
+	uint64_t jobs;
+	double job_seconds[JOB_PHASE_MAX];
+	struct job_timings last_job;
 };
 
 static struct daemon D = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -1171,6 +1197,37 @@ static json_t *do_present(json_t *req)
 	return reply;
 }
 
+/* A job's timings as `vmhpc slurm epilog` gives them with its release: phases in seconds and
+ * memory in KiB; a value that is missing, negative or absurd (a day, a TiB) is left out. The
+ * job, a metric's label value, must be a Slurm job id (digits). */
+static void note_job_timings(const char *job, json_t *t)
+{
+	struct job_timings *last = &D.last_job;
+	json_int_t guest_kb, host_kb;
+	size_t len = strlen(job);
+
+	if (!json_is_object(t) || len == 0 || len >= sizeof(last->job) ||
+	    strspn(job, "0123456789") != len)
+		return;
+	*last = (struct job_timings){0};
+	snprintf(last->job, sizeof(last->job), "%s", job);
+	for (int i = 0; i < JOB_PHASE_MAX; i++) {
+		json_t *v = json_object_get(t, job_phase_key[i]);
+		double x = json_number_value(v);
+
+		if (json_is_number(v) && x >= 0 && x < 86400)
+			last->seconds[i] = x;
+		D.job_seconds[i] += last->seconds[i];
+	}
+	guest_kb = json_integer_value(json_object_get(t, "guest_used_kb"));
+	host_kb = json_integer_value(json_object_get(t, "host_pss_kb"));
+	if (guest_kb > 0 && guest_kb < TIMINGS_MAX_KB)
+		last->guest_used_kb = (uint64_t)guest_kb;
+	if (host_kb > 0 && host_kb < TIMINGS_MAX_KB)
+		last->host_pss_kb = (uint64_t)host_kb;
+	D.jobs++;
+}
+
 static json_t *do_release(json_t *req)
 {
 	const char *job = json_string_value(json_object_get(req, "job"));
@@ -1179,6 +1236,7 @@ static json_t *do_release(json_t *req)
 	if (!job)
 		return reply_error("release: give \"job\"");
 	pthread_mutex_lock(&D.lock);
+	note_job_timings(job, json_object_get(req, "timings"));
 	for (size_t i = 0; i < D.n_images; i++) {
 		struct cached *c = &D.images[i];
 
@@ -1193,6 +1251,40 @@ static json_t *do_release(json_t *req)
 	state_save();
 	pthread_mutex_unlock(&D.lock);
 	return json_pack("{s:b, s:i}", "ok", 1, "released", released);
+}
+
+/* The Slurm jobs' timings (lock held). */
+static void job_metrics(FILE *f)
+{
+	const struct job_timings *last = &D.last_job;
+
+	fprintf(f,
+		"# HELP vmhpc_node_jobs_total Slurm jobs with VMs here whose timings the "
+		"epilog reported.\n# TYPE vmhpc_node_jobs_total counter\n"
+		"vmhpc_node_jobs_total %llu\n"
+		"# HELP vmhpc_node_job_seconds_total Those jobs' time in each phase, summed.\n"
+		"# TYPE vmhpc_node_job_seconds_total counter\n",
+		(unsigned long long)D.jobs);
+	for (int i = 0; i < JOB_PHASE_MAX; i++)
+		fprintf(f, "vmhpc_node_job_seconds_total{phase=\"%s\"} %.3f\n", job_phase_name[i],
+			D.job_seconds[i]);
+	if (!D.jobs)
+		return;
+	fprintf(f, "# HELP vmhpc_node_last_job_seconds The last job's time in each phase.\n"
+		   "# TYPE vmhpc_node_last_job_seconds gauge\n");
+	for (int i = 0; i < JOB_PHASE_MAX; i++)
+		fprintf(f, "vmhpc_node_last_job_seconds{job=\"%s\",phase=\"%s\"} %.3f\n", last->job,
+			job_phase_name[i], last->seconds[i]);
+	fprintf(
+	    f,
+	    "# HELP vmhpc_node_last_job_guest_used_bytes Memory its guests used at boot, summed "
+	    "over its VMs here.\n# TYPE vmhpc_node_last_job_guest_used_bytes gauge\n"
+	    "vmhpc_node_last_job_guest_used_bytes{job=\"%s\"} %llu\n"
+	    "# HELP vmhpc_node_last_job_host_pss_bytes Host memory (PSS) of its QEMUs here.\n"
+	    "# TYPE vmhpc_node_last_job_host_pss_bytes gauge\n"
+	    "vmhpc_node_last_job_host_pss_bytes{job=\"%s\"} %llu\n",
+	    last->job, (unsigned long long)last->guest_used_kb * 1024, last->job,
+	    (unsigned long long)last->host_pss_kb * 1024);
 }
 
 static char *metrics_text(void)
@@ -1241,6 +1333,7 @@ static char *metrics_text(void)
 	for (size_t i = 0; i < MAX_SOURCES && D.sent[i].name[0]; i++)
 		fprintf(f, "vmhpc_node_sent_bytes_total{peer=\"%s\"} %llu\n", D.sent[i].name,
 			(unsigned long long)D.sent[i].bytes);
+	job_metrics(f);
 	pthread_mutex_unlock(&D.lock);
 	fclose(f);
 	return out;

@@ -19,6 +19,7 @@
 CL_ID=""
 CL_CLAIM=""
 CL_REG_PORT=5000
+CL_REG_PID=""
 
 # Takes a cluster id (20..219) whose namespaces and bridge do not exist, claimed with an
 # atomic mkdir that every run of this file respects: two test clusters on one machine (two
@@ -158,6 +159,7 @@ http:
   addr: $CL_REGISTRY
 CONFIG
 	ip netns exec "vh$CL_ID-front" docker-registry serve "$CL_DIR/registry.yml" >"$CL_DIR/registry.log" 2>&1 &
+	CL_REG_PID=$!
 	CL_PIDS+=($!)
 	: >"$CL_DIR/peers"
 	for i in $(seq 1 "$n"); do
@@ -180,6 +182,18 @@ CONFIG
 	[ -S "$CL_DIR/munge.sock" ] || { cluster_log "munged did not start: $(cat "$CL_DIR/munged.log")"; return 1; }
 	cluster_wait_port "" "$CL_FRONT" "$CL_REG_PORT" || { cluster_log "registry: $(cat "$CL_DIR/registry.log")"; return 1; }
 	for i in $(seq 1 "$n"); do cluster_node_start "n$i" || return 1; done
+}
+
+# The registry down (a fault to test) and up again, on the same folder and address.
+cluster_registry_stop() {
+	kill -9 "$CL_REG_PID" 2>/dev/null || true
+	wait "$CL_REG_PID" 2>/dev/null || true
+}
+cluster_registry_start() {
+	ip netns exec "vh$CL_ID-front" docker-registry serve "$CL_DIR/registry.yml" >>"$CL_DIR/registry.log" 2>&1 &
+	CL_REG_PID=$!
+	CL_PIDS+=($!)
+	cluster_wait_port "" "$CL_FRONT" "$CL_REG_PORT"
 }
 
 # Empties every node's cache (daemons stopped, folders removed, daemons started again).

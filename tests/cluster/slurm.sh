@@ -56,7 +56,7 @@ slurm_up() { # N [PLUGIN]
 	SL_N=$n
 	export SLURM_CONF="$CL_DIR/slurm.conf"
 	mkdir -p "$CL_DIR/state" "$CL_DIR/etc"
-	cpus=$(nproc)
+	cpus=${SL_CPUS:-$(nproc)} # SL_CPUS: fewer, to bound how many VMs boot at once
 	mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 512))
 	# The job key: every node derives each job's token from it (docs/slurm.md).
 	head -c 32 /dev/urandom >"$CL_DIR/etc/job.key"

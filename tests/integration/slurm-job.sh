@@ -90,6 +90,25 @@ print("ok: distribution %.2f s (%s), boot %.2f s, run %.2f s, shutdown %.2f s" %
 EOF
 [ "$(stat -c %u "$timings")" = "$USER_UID" ] || fail "timings file owned by $(stat -c %u "$timings")"
 ok "per-job timings in the job folder: $(python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print("distribution %.2f s, boot %.2f s, run %.2f s, shutdown %.2f s" % (t["distribution_s"], t["boot_s"], t["run_s"], t["shutdown_s"]))' "$timings")"
+# The same timings in the node daemon's metrics: the epilog gave them with its release.
+metrics=$("$VMHPC" node metrics --socket "$CL_DIR/n1.sock")
+python3 - "$timings" "$j" "$metrics" <<'EOF' || fail "metrics against the timings file: $metrics"
+import json, re, sys
+t, job, m = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+def metric(name, labels):
+    v = re.search(r"^%s\{%s\} (\S+)$" % (name, re.escape(labels)), m, re.M)
+    assert v, (name, labels)
+    return float(v.group(1))
+for p in ("distribution", "boot", "run", "shutdown"):
+    got = metric("vmhpc_node_last_job_seconds", 'job="%s",phase="%s"' % (job, p))
+    assert abs(got - t[p + "_s"]) < 0.001, (p, got, t[p + "_s"])
+    assert metric("vmhpc_node_job_seconds_total", 'phase="%s"' % p) >= got, p
+guest = sum(vm["guest_used_kb"] for vm in t["vm"]) * 1024
+assert metric("vmhpc_node_last_job_guest_used_bytes", 'job="%s"' % job) == guest
+assert metric("vmhpc_node_last_job_host_pss_bytes", 'job="%s"' % job) == t["host_pss_total_kb"] * 1024
+assert re.search(r"^vmhpc_node_jobs_total 1$", m, re.M), "jobs_total"
+EOF
+ok "n1's metrics: the job's phases and memory as in its timings file ($(echo "$metrics" | grep -c '^vmhpc_node_.*job') job series)"
 nothing_left_slurm "the ring job"
 ok "after the job: no QEMU, no supervisor, no runtime or state folder, node idle"
 
