@@ -20,6 +20,7 @@
  * where "%n" in a path stands for the node's name. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -197,8 +198,83 @@ static char *node_opt(spank_t sp, int id)
 	return NULL;
 }
 
+/* Puts the helper's output, line by line, into this daemon's log (slurm_info): stderr of a
+ * plugin in slurmd/slurmstepd reaches no log. */
+struct relay {
+	char buf[1024];
+	size_t len;
+	const char *verb;
+};
+
+static void relay_flush(struct relay *rl)
+{
+	if (rl->len) {
+		rl->buf[rl->len] = '\0';
+		slurm_info("vmhpc slurm %s: %s", rl->verb, rl->buf);
+	}
+	rl->len = 0;
+}
+
+static void relay_bytes(struct relay *rl, const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\n') {
+			relay_flush(rl);
+			continue;
+		}
+		if (rl->len == sizeof(rl->buf) - 1)
+			relay_flush(rl);
+		rl->buf[rl->len++] = p[i];
+	}
+}
+
+/* Relays what the helper writes to out_fd until it exits, then what is left in the pipe;
+ * its exit status in *status. The pipe is not read to its end: a process the helper left
+ * running (the supervisor) must not keep us here, though it does not hold the pipe. */
+static int relay_until_exit(pid_t pid, int out_fd, const char *verb, int *status)
+{
+	struct relay rl = {.verb = verb};
+	bool exited = false;
+	char chunk[512];
+
+	for (;;) {
+		struct pollfd p = {.fd = out_fd, .events = POLLIN};
+		int r = poll(&p, 1, exited ? 0 : 200);
+
+		if (r > 0) {
+			ssize_t n = read(out_fd, chunk, sizeof(chunk));
+
+			if (n > 0) {
+				relay_bytes(&rl, chunk, (size_t)n);
+				continue;
+			}
+			if (n == 0 || errno != EINTR)
+				break; /* end of file: the helper exited or is about to */
+			continue;
+		}
+		if (r < 0 && errno != EINTR)
+			break;
+		if (exited)
+			break;
+		r = waitpid(pid, status, WNOHANG);
+		if (r < 0 && errno != EINTR)
+			return -1;
+		exited = r == pid;
+	}
+	relay_flush(&rl);
+	while (!exited) {
+		pid_t r = waitpid(pid, status, 0);
+
+		if (r == pid)
+			break;
+		if (r < 0 && errno != EINTR)
+			return -1;
+	}
+	return 0;
+}
+
 /* Runs `vmhpc slurm VERB ...` and waits for it: its exit status, or -1 when it could not run
- * or was killed. Its output goes to slurmd's log through ours (stderr). */
+ * or was killed. Its output goes to this daemon's log (relay_until_exit). */
 static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 {
 	const char *vmhpc = plugin_arg(ac, av, "vmhpc", "/usr/bin/vmhpc");
@@ -207,7 +283,7 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	const char *image = node_opt(sp, OPT_IMAGE), *vms = node_opt(sp, OPT_VMS),
 		   *vcpus = node_opt(sp, OPT_VCPUS), *mem = node_opt(sp, OPT_MEM);
 	const char *argv[40];
-	int n = 0, status;
+	int n = 0, status, out[2], r;
 	pid_t pid;
 
 	if (!expand_node(plugin_arg(ac, av, "socket", "/run/vmhpc/node.sock"), node, sock,
@@ -252,9 +328,15 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	}
 	argv[n] = NULL;
 
+	if (pipe2(out, O_CLOEXEC) < 0) {
+		slurm_error("vmhpc: pipe for %s: %s", verb, strerror(errno));
+		return -1;
+	}
 	pid = fork();
 	if (pid < 0) {
 		slurm_error("vmhpc: fork for %s: %s", verb, strerror(errno));
+		close(out[0]);
+		close(out[1]);
 		return -1;
 	}
 	if (pid == 0) {
@@ -263,16 +345,19 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 		/* slurmstepd blocks signals its children would otherwise inherit blocked. */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (dup2(out[1], STDOUT_FILENO) < 0 || dup2(out[1], STDERR_FILENO) < 0)
+			_exit(127);
 		execv(vmhpc, (char *const *)argv);
 		fprintf(stderr, "vmhpc: cannot run %s: %s\n", vmhpc, strerror(errno));
 		_exit(127);
 	}
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR) {
-			slurm_error("vmhpc: waiting for `vmhpc slurm %s`: %s", verb,
-				    strerror(errno));
-			return -1;
-		}
+	close(out[1]);
+	r = relay_until_exit(pid, out[0], verb, &status);
+	close(out[0]);
+	if (r < 0) {
+		slurm_error("vmhpc: waiting for `vmhpc slurm %s`: %s", verb, strerror(errno));
+		return -1;
+	}
 	if (WIFEXITED(status))
 		return WEXITSTATUS(status);
 	slurm_error("vmhpc: `vmhpc slurm %s` was killed by signal %d", verb, WTERMSIG(status));

@@ -149,7 +149,10 @@ CANCELLED:*vmhpc:*nosuch*) ;;
 esac
 wait_idle
 nothing_left_slurm "an unknown image"
-ok "unknown image: job $state, AdminComment: $(echo "$comment" | cut -c1-110)"
+# The helper's own lines reach the node's slurmd log through the plugin (slurm_info).
+grep -q "vmhpc slurm prolog: .*nosuch" "$CL_DIR"/slurmd-n*.log ||
+	fail "the prolog's message about the unknown image is not in slurmd's log: $(grep -h vmhpc "$CL_DIR"/slurmd-n*.log | tail -5)"
+ok "unknown image: job $state, AdminComment: $(echo "$comment" | cut -c1-110); the prolog's lines in slurmd's log"
 # (b) the supervisor killed with SIGKILL half-way through the boot.
 j=$(as_user sbatch --parsable -N 1 -c 2 --vm-image="$REF" --vms-per-node=2 --vm-vcpus=1 -o "$job/f2-%j.out" "$job/sleep.sh")
 for _ in $(seq 300); do pgrep -f "qemu-system-x86_64 .*$CL_DIR/run-n1" >/dev/null && break; sleep 0.1; done
