@@ -11,16 +11,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHM_MAGIC	     UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
-#define SHM_VERSION	     2u				  /* 2: the heap after the rings */
-#define SHM_MAX_NODES	     64u
-#define SHM_HEADER_BYTES     8192u
-#define SHM_MIN_RING_BYTES   4096u
-#define SHM_DEAD_MS_DEFAULT  5000u
-#define SHM_SPIN_US_DEFAULT  2000u
+#define SHM_MAGIC		UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
+#define SHM_VERSION		2u			     /* 2: the heap after the rings */
+#define SHM_MAX_NODES		64u
+#define SHM_HEADER_BYTES	8192u
+#define SHM_MIN_RING_BYTES	4096u
+#define SHM_DEAD_MS_DEFAULT	5000u
+#define SHM_SPIN_US_DEFAULT	2000u
 #define SHM_CHUNK_BYTES_DEFAULT (64u * 1024)
-#define SHM_HEAP_BLOCK_BYTES 16384u
-#define SHM_MAX_MESSAGE	     (UINT64_C(1) << 40)
+#define SHM_HEAP_BLOCK_BYTES	16384u
+#define SHM_MAX_MESSAGE		(UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
 #define SHM_ENV_PATH "VMHPC_SHM"
 #define SHM_ENV_KEY  "VMHPC_SHM_KEY"

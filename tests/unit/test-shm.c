@@ -263,7 +263,8 @@ static void test_next_set(void **state)
 	shm_channel_close(c1);
 	shm_channel_close(c0);
 	for (int first = 0; first < 2; first++) {
-		/* Node `first` of the next set comes first and talks; the other comes 200 ms later. */
+		/* Node `first` of the next set comes first and talks; the other comes 200 ms later.
+		 */
 		pid = fork();
 		assert_true(pid >= 0);
 		if (pid == 0) {
@@ -274,7 +275,9 @@ static void test_next_set(void **state)
 					  : shm_recv(c, 0, buf, sizeof(buf), &len, 5000);
 			/* Then wait for the other to close: -EPIPE now. */
 			if (k == 0)
-				k = shm_recv(c, 1 - node, buf, sizeof(buf), &len, 5000) == -EPIPE ? 0 : -1;
+				k = shm_recv(c, 1 - node, buf, sizeof(buf), &len, 5000) == -EPIPE
+					? 0
+					: -1;
 			shm_channel_close(c);
 			_exit(k == 0 ? 0 : 1);
 		}
