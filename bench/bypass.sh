@@ -30,7 +30,8 @@
 # else probed), VARIANTS (channel settings compared beside "shm", words
 # LABEL=VAR=VALUE[,VAR=VALUE], bench/bypass-vm.sh), MPI_VARIANTS (UCX settings compared
 # beside "shm" and "tcp", words LABEL=VAR=VALUE[;VAR=VALUE], bench/bypass-mpi-vm.sh),
-# MPI_SIZES, OSU_SCALE.
+# MPI_SIZES, OSU_SCALE, KEEP=1 (leave the raw figures in the work folder), MPI=0 (the
+# channel's part only), CHANNEL=0 (the MPI part only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -39,39 +40,24 @@ iters=${ITERS:-200}
 rounds=${ROUNDS:-${REPEAT:-3}}
 sizes=8,64,512,4096,32768,262144,1048576
 work=$(mktemp -d /tmp/vmhpc-bypass.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+if [ "${KEEP:-0}" = 1 ]; then
+	echo "KEEP=1: the raw figures stay in $work (its store too, unless VMHPC_STORE is set)"
+	trap 'rm -rf "$work/job" "$work/store"' EXIT
+else
+	trap 'rm -rf "$work"' EXIT
+fi
 export VMHPC_STORE=${VMHPC_STORE:-$work/store}
 export VMHPC_INIT=${VMHPC_INIT:-$repo/$build/vmhpc-init}
 vmhpc=$repo/$build/vmhpc
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(load), $(date -u '+%F %H:%M') UTC; $rounds round(s)"
-for _ in $(seq "$rounds"); do
-	"$repo/$build/shm-pingpong" --host --label host --sizes $sizes --iters "$iters"
-done | grep '^host ' >"$work/host.lines"
-
-"$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null
 mkdir -p "$work/job"
 chmod 0755 "$work" "$work/job"
-cp "$repo/$build/shm-pingpong" bench/bypass-vm.sh "$work/job/"
-variants="shm ${VARIANTS:-}"
 # vmhpc run passes no environment of ours into the VMs: the guest scripts read this file.
 params() { for a in "$@"; do printf '%s=%q\n' "${a%%=*}" "${a#*=}"; done >"$work/job/bypass.env"; }
-params BYPASS_SIZES="$sizes" BYPASS_ITERS="$iters" BYPASS_ROUNDS="$rounds" BYPASS_VARIANTS="$variants"
-(cd "$work/job" && "$vmhpc" run --vms 2 --shm ${ACCEL:+--accel "$ACCEL"} -- ./bypass-vm.sh >"$work/vm.out" 2>"$work/vm.err") ||
-	{ cat "$work/vm.err" "$work/vm.out" >&2; exit 1; }
-accel=$(grep -o 'VCPU, [0-9]* MB each, [a-z]*' "$work/vm.err" | awk '{print $NF}')
-labels="host $(for v in $variants; do echo "${v%%=*}"; done | tr '\n' ' ')tcp"
-cat "$work/host.lines" "$work/vm.out" | awk -v labels="$labels" -v dir="$work" '
-	BEGIN { n = split(labels, l, " "); for (i = 1; i <= n; i++) want[l[i]] = 1 }
-	want[$1] && $2 ~ /^[0-9]+$/ && NF == 5 { r = ++count[$1, $2]; print $2, $3, $4, $5 > (dir "/" $1 "-" r ".out") }'
-for l in $labels; do
-	for r in $(seq "$rounds"); do
-		grep -q '^1048576 ' "$work/$l-$r.out" 2>/dev/null ||
-			{ echo "no figures for $l in round $r" >&2; cat "$work/vm.out" "$work/vm.err" >&2; exit 1; }
-	done
-done
-# median over the rounds of column $2 of FILES... per size (column 1)
+# median_of COLUMN FILES...: per size (column 1), the median of COLUMN over the files (rounds).
+# Files are fig.LABEL.ROUND: labels hold no dot, so fig.shm.* is not fig.shm-whole.*.
 median_of() {
 	local col=$1
 	shift
@@ -80,14 +66,50 @@ median_of() {
 			printf '%s %s\n' "$s" "$(tr ' ' '\n' <<<"$vals" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')"
 		done | sort -n
 }
+# verdict WHAT SIZE COLUMN GOAL A B: for each round, A / B at SIZE from fig.A.R and fig.B.R;
+# "met" only when every round met the goal.
+verdict() {
+	local what=$1 size=$2 col=$3 goal=$4 a=$5 b=$6 r ratios=""
+	for r in $(seq "$rounds"); do
+		ratios="$ratios $(awk -v s="$size" -v c="$col" '$1==s {print $c}' "$work/fig.$a.$r") $(awk -v s="$size" -v c="$col" '$1==s {print $c}' "$work/fig.$b.$r")"
+	done
+	awk -v what="$what" -v goal="$goal" -v r="$ratios" 'BEGIN {
+		n = split(r, v, " "); met = 0; list = "";
+		for (i = 1; i < n; i += 2) { x = v[i] / v[i + 1]; list = list sprintf(" %.1fx", x); if (x >= goal) met++ }
+		k = n / 2;
+		printf "goal %s >= %dx: per round%s -> %s (%d of %d rounds)\n", what, goal, list, (met == k) ? "met" : "NOT met", met, k }'
+}
+
+if [ "${CHANNEL:-1}" = 1 ]; then
+for _ in $(seq "$rounds"); do
+	"$repo/$build/shm-pingpong" --host --label host --sizes $sizes --iters "$iters"
+done | grep '^host ' >"$work/host.lines"
+
+"$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null
+cp "$repo/$build/shm-pingpong" bench/bypass-vm.sh "$work/job/"
+variants="shm ${VARIANTS:-}"
+params BYPASS_SIZES="$sizes" BYPASS_ITERS="$iters" BYPASS_ROUNDS="$rounds" BYPASS_VARIANTS="$variants"
+(cd "$work/job" && "$vmhpc" run --vms 2 --shm ${ACCEL:+--accel "$ACCEL"} -- ./bypass-vm.sh >"$work/vm.out" 2>"$work/vm.err") ||
+	{ cat "$work/vm.err" "$work/vm.out" >&2; exit 1; }
+accel=$(grep -o 'VCPU, [0-9]* MB each, [a-z]*' "$work/vm.err" | awk '{print $NF}')
+labels="host $(for v in $variants; do echo "${v%%=*}"; done | tr '\n' ' ')tcp"
+cat "$work/host.lines" "$work/vm.out" | awk -v labels="$labels" -v dir="$work" '
+	BEGIN { n = split(labels, l, " "); for (i = 1; i <= n; i++) want[l[i]] = 1 }
+	want[$1] && $2 ~ /^[0-9]+$/ && NF == 5 { r = ++count[$1, $2]; print $2, $3, $4, $5 > (dir "/fig." $1 "." r) }'
+for l in $labels; do
+	for r in $(seq "$rounds"); do
+		grep -q '^1048576 ' "$work/fig.$l.$r" 2>/dev/null ||
+			{ echo "no figures for $l in round $r" >&2; cat "$work/vm.out" "$work/vm.err" >&2; exit 1; }
+	done
+done
 echo "accelerator: ${accel:-unknown}; QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'); load after the VM job $(load)"
 echo "latency: median half round trip, us (in brackets the mean); bandwidth: n messages one way, MB/s; each the median of $rounds round(s)"
 header=$(printf '%8s |' size; for l in $labels; do printf ' %20s' "$l us"; done; printf ' |'; for l in $labels; do printf ' %10s' "$l MB/s"; done)
 echo "$header"
 for l in $labels; do
-	median_of 2 "$work/$l"-*.out >"$work/$l.lat"
-	median_of 4 "$work/$l"-*.out >"$work/$l.mean"
-	median_of 3 "$work/$l"-*.out >"$work/$l.bw"
+	median_of 2 "$work/fig.$l".* >"$work/$l.lat"
+	median_of 4 "$work/fig.$l".* >"$work/$l.mean"
+	median_of 3 "$work/fig.$l".* >"$work/$l.bw"
 done
 for s in ${sizes//,/ }; do
 	printf '%8d |' "$s"
@@ -98,20 +120,14 @@ for s in ${sizes//,/ }; do
 	for l in $labels; do printf ' %10.1f' "$(awk -v s="$s" '$1==s {print $2}' "$work/$l.bw")"; done
 	echo
 done
-# goal VERDICT: for each round, shm against tcp; "met" only when every round met it.
-verdict() {
-	local what=$1 size=$2 col=$3 goal=$4 a=$5 b=$6 r ratios=""
-	for r in $(seq "$rounds"); do
-		ratios="$ratios $(awk -v s="$size" -v c="$col" '$1==s {print $c}' "$work/$a-$r.out") $(awk -v s="$size" -v c="$col" '$1==s {print $c}' "$work/$b-$r.out")"
-	done
-	awk -v what="$what" -v goal="$goal" -v r="$ratios" 'BEGIN {
-		n = split(r, v, " "); met = 0; list = "";
-		for (i = 1; i < n; i += 2) { x = v[i] / v[i + 1]; list = list sprintf(" %.1fx", x); if (x >= goal) met++ }
-		k = n / 2;
-		printf "goal %s >= %dx: per round%s -> %s (%d of %d rounds)\n", what, goal, list, (met == k) ? "met" : "NOT met", met, k }'
-}
 verdict "8 B latency lower than TCP (median half round trip)" 8 2 10 tcp shm
 verdict "1 MiB bandwidth higher than TCP" 1048576 3 5 shm tcp
+for v in ${VARIANTS:-}; do
+	l=${v%%=*}
+	verdict "8 B latency lower than TCP with $l" 8 2 10 tcp "$l"
+	verdict "1 MiB bandwidth higher than TCP with $l" 1048576 3 5 "$l" tcp
+done
+fi # CHANNEL
 
 [ "${MPI:-1}" = 1 ] || exit 0
 osu=$repo/$build/mpi-osu
@@ -142,16 +158,15 @@ params BYPASS_MPI_SIZES="$msizes" BYPASS_MPI_SCALE="$scale" BYPASS_ROUNDS="$roun
 mpi_job --vms 1 --vcpus 2 --image tiny-mpi-shm ${ACCEL:+--accel "$ACCEL"} >>"$work/mpi.lines" ||
 	{ echo "the MPI job in 1 VM failed" >&2; grep -E 'FAILED|!' "$work/mpi.lines" >&2; tail -20 "$work/osu.err" >&2; exit 1; }
 mlabels="host $(for v in $mpi_variants; do echo "${v%%=*}"; done | tr '\n' ' ')1vm"
-awk -v dir="$work" '$3 ~ /^[0-9]+$/ && NF == 5 { r = ++count[$1, $2, $3]; print $3, $4, $5 > (dir "/mpi-" $1 "-" $2 "-" r ".out") }' "$work/mpi.lines"
+awk -v dir="$work" '$3 ~ /^[0-9]+$/ && NF == 5 { r = ++count[$1, $2, $3]; print $3, $4, $5 > (dir "/fig." $1 "-" $2 "." r) }' "$work/mpi.lines"
 for l in $mlabels; do
 	for t in latency bw; do
 		for r in $(seq "$rounds"); do
-			grep -q '^1048576 ' "$work/mpi-$l-$t-$r.out" 2>/dev/null ||
+			grep -q '^1048576 ' "$work/fig.$l-$t.$r" 2>/dev/null ||
 				{ echo "no MPI figures for $l $t in round $r" >&2; cat "$work/mpi.lines" >&2; exit 1; }
-			cp "$work/mpi-$l-$t-$r.out" "$work/$l-$t-$r.out"
 		done
-		median_of 2 "$work/mpi-$l-$t"-*.out >"$work/mpi-$l-$t.mean"
-		median_of 3 "$work/mpi-$l-$t"-*.out >"$work/mpi-$l-$t.median"
+		median_of 2 "$work/fig.$l-$t".* >"$work/mpi-$l-$t.mean"
+		median_of 3 "$work/fig.$l-$t".* >"$work/mpi-$l-$t.median"
 	done
 done
 echo "MPI level (bench/mpi-osu: osu_latency / osu_bw, OSU's counts / $scale, at least 5 timed iterations): median over iterations (in brackets OSU's mean), each the median of $rounds round(s); load after $(load), $(date -u '+%H:%M') UTC"
