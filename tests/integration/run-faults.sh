@@ -20,7 +20,7 @@ use_own_run_dir
 
 run() { (cd "$job" && "$VMHPC" run "$@"); }
 
-
+# (start_bg, wait_bounded, qemu_of: lib.sh)
 # 1. A VM killed with SIGKILL during the job ends the job, naming the VM.
 start_bg killvm --vms 2 -- ./ring --sleep 300
 victim=$(qemu_of vm1)
