@@ -6,7 +6,7 @@
 # rank 1 serves and prints nothing. Both ranks go through the same steps in the same order.
 #
 # BYPASS_VARIANTS: the channel's settings to compare side by side, words LABEL or
-# LABEL=VAR=VALUE[,VAR=VALUE...], e.g. "shm shm-whole=SHM_CHUNK_BYTES=1073741824" (the
+# LABEL=VAR=VALUE[,VAR=VALUE...], e.g. "shm shm-chunk64k=SHM_CHUNK_BYTES=65536" (the
 # first is the run of record; default "shm": the library's defaults).
 #
 # Why labels and no "== part" headers: the job's output interleaves the lines of both VMs

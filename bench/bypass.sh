@@ -57,7 +57,7 @@ chmod 0755 "$work" "$work/job"
 # vmhpc run passes no environment of ours into the VMs: the guest scripts read this file.
 params() { for a in "$@"; do printf '%s=%q\n' "${a%%=*}" "${a#*=}"; done >"$work/job/bypass.env"; }
 # median_of COLUMN FILES...: per size (column 1), the median of COLUMN over the files (rounds).
-# Files are fig.LABEL.ROUND: labels hold no dot, so fig.shm.* is not fig.shm-whole.*.
+# Files are fig.LABEL.ROUND: labels hold no dot, so fig.shm.* is not fig.shm-chunk64k.*.
 median_of() {
 	local col=$1
 	shift
