@@ -841,9 +841,9 @@ int shm_send(struct shm_channel *c, unsigned peer, const void *buf, size_t len, 
 		}
 		/* At most chunk_bytes before head moves: the receiver can copy the first chunk
 		 * out while we copy the next in. By default as much as there is room for: on
-		 * the host 64 KiB chunks halved 1 MiB ping-pong latency, between two TCG VMs on
-		 * two busy cores they were no faster (bench/RESULTS.md), the two copies have no
-		 * idle core to overlap on. */
+		 * the host chunks halved 1 MiB ping-pong latency, between two TCG VMs on two busy
+		 * cores they showed no consistent gain (bench/RESULTS.md, runs 3 and 4): the
+		 * two copies have no idle core to overlap on. */
 		size_t n = total - sent < room ? total - sent : (size_t)room, done = 0;
 		if (n > c->chunk_bytes)
 			n = c->chunk_bytes;

@@ -18,7 +18,7 @@
 #define SHM_MIN_RING_BYTES	4096u
 #define SHM_DEAD_MS_DEFAULT	5000u
 #define SHM_SPIN_US_DEFAULT	2000u
-#define SHM_CHUNK_BYTES_DEFAULT SIZE_MAX /* whole: measured no faster in chunks under TCG */
+#define SHM_CHUNK_BYTES_DEFAULT SIZE_MAX /* one piece: chunks no better between TCG VMs here */
 #define SHM_HEAP_BLOCK_BYTES	16384u
 #define SHM_MAX_MESSAGE		(UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
