@@ -4,9 +4,14 @@
  *   bw       osu_bw: rank 0 posts a window of 64 MPI_Isend, rank 1 64 MPI_Irecv, both
  *            MPI_Waitall, then rank 1 sends a 4-byte ack; MB/s = 10^6 bytes per second
  * Skip and iteration counts as OSU's (100 + 10000, 10 + 1000 above 8 KiB for latency;
- * 10 + 100 windows, 2 + 20 above 8 KiB for bw), divided by --scale (TCG is ~20x slower).
- * Unlike OSU, every buffer's content is checked after each size (outside the timing).
- * Usage: mpi-osu latency|bw [--sizes 8,1024,...] [--scale N]. Rank 0 prints "SIZE VALUE". */
+ * 10 + 100 windows, 2 + 20 above 8 KiB for bw), divided by --scale (TCG is ~20x slower),
+ * at least 5 timed iterations. Unlike OSU, every buffer's content is checked after each size
+ * (outside the timing), and each iteration is timed too: beside OSU's figure (the mean: total
+ * time over all iterations) rank 0 prints the median over iterations (of the round trip
+ * halved; of each window's MB/s), which a VCPU descheduled for a time slice moves far less
+ * on a shared machine (bench/RESULTS.md).
+ * Usage: mpi-osu latency|bw [--sizes 8,1024,...] [--scale N].
+ * Rank 0 prints "SIZE MEAN MEDIAN" per size. */
 #include <mpi.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,10 +37,24 @@ static int check(const unsigned char *b, size_t n, unsigned seed)
 	return 0;
 }
 
-static int latency(int rank, unsigned char *s, unsigned char *r, int size, int skip, int iters,
-		   double *ret_us)
+static int cmp_double(const void *a, const void *b)
 {
-	double t0 = 0;
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The median of n values (sorts them). */
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static int latency(int rank, unsigned char *s, unsigned char *r, int size, int skip, int iters,
+		   double *t, double *ret_us, double *ret_median_us)
+{
+	double t0 = 0, ti = 0;
 
 	fill(s, (size_t)size, (unsigned)(size + rank));
 	memset(r, 0, (size_t)size);
@@ -43,6 +62,8 @@ static int latency(int rank, unsigned char *s, unsigned char *r, int size, int s
 	for (int i = 0; i < skip + iters; i++) {
 		if (i == skip)
 			t0 = MPI_Wtime();
+		if (i >= skip)
+			ti = MPI_Wtime();
 		if (rank == 0) {
 			MPI_Send(s, size, MPI_CHAR, 1, 1, MPI_COMM_WORLD);
 			MPI_Recv(r, size, MPI_CHAR, 1, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
@@ -50,17 +71,20 @@ static int latency(int rank, unsigned char *s, unsigned char *r, int size, int s
 			MPI_Recv(r, size, MPI_CHAR, 0, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
 			MPI_Send(s, size, MPI_CHAR, 0, 1, MPI_COMM_WORLD);
 		}
+		if (i >= skip)
+			t[i - skip] = (MPI_Wtime() - ti) * 1e6 / 2.0;
 	}
 	*ret_us = (MPI_Wtime() - t0) * 1e6 / (2.0 * iters);
+	*ret_median_us = median(t, iters);
 	return check(r, (size_t)size, (unsigned)(size + 1 - rank));
 }
 
 static int bandwidth(int rank, unsigned char *s, unsigned char *r, int size, int skip, int iters,
-		     double *ret_mbs)
+		     double *t, double *ret_mbs, double *ret_median_mbs)
 {
 	MPI_Request req[WINDOW];
 	MPI_Status st[WINDOW]; /* not MPI_STATUSES_IGNORE: gcc reads it as a 0-byte array */
-	double t0 = 0;
+	double t0 = 0, ti = 0;
 	char ack[4] = {0};
 
 	fill(s, (size_t)size, (unsigned)size);
@@ -69,6 +93,8 @@ static int bandwidth(int rank, unsigned char *s, unsigned char *r, int size, int
 	for (int i = 0; i < skip + iters; i++) {
 		if (i == skip)
 			t0 = MPI_Wtime();
+		if (i >= skip)
+			ti = MPI_Wtime();
 		if (rank == 0) {
 			for (int w = 0; w < WINDOW; w++)
 				MPI_Isend(s, size, MPI_CHAR, 1, 100, MPI_COMM_WORLD, &req[w]);
@@ -81,8 +107,11 @@ static int bandwidth(int rank, unsigned char *s, unsigned char *r, int size, int
 			MPI_Waitall(WINDOW, req, st);
 			MPI_Send(ack, 4, MPI_CHAR, 0, 101, MPI_COMM_WORLD);
 		}
+		if (i >= skip)
+			t[i - skip] = (double)size * WINDOW / 1e6 / (MPI_Wtime() - ti);
 	}
 	*ret_mbs = (double)size * WINDOW * iters / 1e6 / (MPI_Wtime() - t0);
+	*ret_median_mbs = median(t, iters);
 	if (rank == 1)
 		for (int w = 0; w < WINDOW; w++)
 			if (check(r + (size_t)w * size, (size_t)size, (unsigned)size) < 0)
@@ -90,11 +119,19 @@ static int bandwidth(int rank, unsigned char *s, unsigned char *r, int size, int
 	return 0;
 }
 
+/* At least 5 timed iterations, so that a median means something (OSU's 20 windows above
+ * 8 KiB, divided by 20, left 2). */
+static int min_iters(int n)
+{
+	return n < 5 ? 5 : n;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "", *sizes = DEFAULT_SIZES;
 	int rank, nranks, scale = 1, bad = 0;
 	unsigned char *s, *r;
+	double *t;
 	char *list, *save = NULL;
 
 	MPI_Init(&argc, &argv);
@@ -115,38 +152,44 @@ int main(int argc, char **argv)
 	}
 	s = malloc(MAX_SIZE);
 	r = malloc((size_t)MAX_SIZE * WINDOW);
-	if (!s || !r)
+	t = malloc(sizeof(*t) * (10000 + 5));
+	if (!s || !r || !t)
 		MPI_Abort(MPI_COMM_WORLD, 1);
 	if (rank == 0)
 		printf("# OSU-style MPI %s test (%s), scale 1/%d\n# size %s\n",
 		       mode[0] == 'l' ? "latency" : "bandwidth", mode, scale,
-		       mode[0] == 'l' ? "latency_us" : "MB/s");
+		       mode[0] == 'l' ? "latency_us(mean) latency_us(median)"
+				      : "MB/s(mean) MB/s(median)");
 	list = strdup(sizes);
 	for (char *w = strtok_r(list, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
-		int size = atoi(w), big = size > LARGE, r0;
-		double v = 0;
+		int size = atoi(w), big = size > LARGE, r0, iters;
+		double v = 0, m = 0;
 
 		if (size <= 0 || size > MAX_SIZE)
 			continue;
-		if (mode[0] == 'l')
-			r0 = latency(rank, s, r, size, (big ? 10 : 100) / scale + 1,
-				     (big ? 1000 : 10000) / scale + 1, &v);
-		else
-			r0 = bandwidth(rank, s, r, size, (big ? 2 : 10) / scale + 1,
-				       (big ? 20 : 100) / scale + 1, &v);
+		if (mode[0] == 'l') {
+			iters = min_iters((big ? 1000 : 10000) / scale + 1);
+			r0 = latency(rank, s, r, size, (big ? 10 : 100) / scale + 1, iters, t, &v,
+				     &m);
+		} else {
+			iters = min_iters((big ? 20 : 100) / scale + 1);
+			r0 = bandwidth(rank, s, r, size, (big ? 2 : 10) / scale + 1, iters, t, &v,
+				       &m);
+		}
 		MPI_Allreduce(MPI_IN_PLACE, &r0, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
 		if (r0 < 0) {
 			bad = 1;
 			if (rank == 0)
 				printf("%d DAMAGED\n", size);
 		} else if (rank == 0) {
-			printf("%d %.2f\n", size, v);
+			printf("%d %.2f %.2f\n", size, v, m);
 		}
 		fflush(stdout);
 	}
 	free(list);
 	free(s);
 	free(r);
+	free(t);
 	MPI_Finalize();
 	return bad;
 }

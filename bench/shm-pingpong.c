@@ -10,10 +10,12 @@
  *   shm-pingpong --tcp ADDR:PORT ...                           rank 0 connects to ADDR, rank 1
  *       listens on PORT (any address)
  *
- * SHM_SPIN_US sets how long a wait spins before it yields and sleeps (shm_options.spin_us).
+ * SHM_SPIN_US sets how long a wait spins before it yields and sleeps (shm_options.spin_us),
+ * SHM_CHUNK_BYTES how many bytes a send copies before it publishes them (chunk_bytes).
  * Rank 0 prints one line per size: "SIZE LAT_US BW_MBPS MEAN_LAT_US" (LAT_US: the median
- * half round trip). Exit 0 only when every message
- * arrived whole and in order. */
+ * half round trip), after "LABEL " with --label LABEL (bench/bypass-vm.sh: lines of two
+ * VMs arrive interleaved in the job's output, so each line names its part). Exit 0 only
+ * when every message arrived whole and in order. */
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -71,6 +73,8 @@ static int tcp_tsend(struct transport *t, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 
+	last_op = "TCP send";
+	last_size = len;
 	while (len) {
 		ssize_t n = send(t->fd, p, len, MSG_NOSIGNAL);
 		if (n < 0) {
@@ -88,6 +92,8 @@ static int tcp_trecv(struct transport *t, void *buf, size_t len)
 {
 	uint8_t *p = buf;
 
+	last_op = "TCP receive";
+	last_size = len;
 	while (len) {
 		ssize_t n = recv(t->fd, p, len, 0);
 		if (n < 0 && errno == EINTR)
@@ -109,11 +115,17 @@ static double now_s(void)
 }
 
 /* Content of message seq: a 32-bit pattern from seq, so a lost, reordered or damaged message
- * shows. Only the first and last 64 bytes and every 4 KiB are checked on large messages, so
- * the check does not dominate what is measured. */
+ * shows. Only the first and last 64 bytes and every 4 KiB are written and checked on large
+ * messages, so that neither dominates what is measured (under TCG, writing every word of a
+ * 1 MiB message cost about as much as sending it; OSU's programs touch no data at all). */
+static size_t next_checked(size_t i, size_t len)
+{
+	return i + ((i < 64 || i + 68 > len) ? 4 : 4096);
+}
+
 static void fill(uint8_t *buf, size_t len, uint32_t seq)
 {
-	for (size_t i = 0; i + 4 <= len; i += 4) {
+	for (size_t i = 0; i + 4 <= len; i = next_checked(i, len)) {
 		uint32_t v = seq * 2654435761u + (uint32_t)i;
 		memcpy(buf + i, &v, 4);
 	}
@@ -121,7 +133,7 @@ static void fill(uint8_t *buf, size_t len, uint32_t seq)
 
 static bool check(const uint8_t *buf, size_t len, uint32_t seq)
 {
-	for (size_t i = 0; i + 4 <= len; i += (i < 64 || i + 68 > len) ? 4 : 4096) {
+	for (size_t i = 0; i + 4 <= len; i = next_checked(i, len)) {
 		uint32_t v;
 		memcpy(&v, buf + i, 4);
 		if (v != seq * 2654435761u + (uint32_t)i)
@@ -131,6 +143,7 @@ static bool check(const uint8_t *buf, size_t len, uint32_t seq)
 }
 
 static uint8_t sbuf[MAX_SIZE], rbuf[MAX_SIZE];
+static const char *label; /* --label: the first word of every figure line */
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -219,11 +232,20 @@ static int run(struct transport *t, unsigned rank, const size_t *sizes, size_t n
 			return r;
 		bw = (double)size * n / (now_s() - t0) / 1e6;
 		if (rank == 0) {
-			printf("%zu %.2f %.1f %.2f\n", size, lat_us, bw, mean_us);
+			printf("%s%s%zu %.2f %.1f %.2f\n", label ? label : "", label ? " " : "",
+			       size, lat_us, bw, mean_us);
 			fflush(stdout);
 		}
 	}
 	return 0;
+}
+
+/* A size from the environment (0 when unset: the library's default). */
+static size_t env_size(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? (size_t)strtoull(v, NULL, 0) : 0;
 }
 
 static int open_shm(struct transport *t, unsigned rank)
@@ -243,6 +265,7 @@ static int open_shm(struct transport *t, unsigned rank)
 	}
 	o.key = strtoull(key, NULL, 16);
 	o.spin_us = spin ? (unsigned)atoi(spin) : 0;
+	o.chunk_bytes = env_size("SHM_CHUNK_BYTES");
 	r = shm_channel_open(path, &o, &t->ch, &error);
 	if (r < 0) {
 		fprintf(stderr, "shm-pingpong: %s\n", error ? error : strerror(-r));
@@ -286,9 +309,11 @@ static int open_tcp(struct transport *t, unsigned rank, const char *spec)
 				break;
 			close(fd);
 			fd = -1;
-			if (tries > 300)
+			/* The listener may not be up yet: the other VM's rank may start much
+			 * later (as for the first exchange in run(): up to 10 min). */
+			if (tries > 6000)
 				break;
-			usleep(100000); /* the listener may not be up yet */
+			usleep(100000);
 		}
 	}
 	if (fd < 0)
@@ -314,6 +339,8 @@ int main(int argc, char **argv)
 			host = true;
 		} else if (strcmp(argv[i], "--tcp") == 0 && i + 1 < argc) {
 			tcp = argv[++i];
+		} else if (strcmp(argv[i], "--label") == 0 && i + 1 < argc) {
+			label = argv[++i];
 		} else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
 			iters = (unsigned)atoi(argv[++i]);
 		} else if (strcmp(argv[i], "--sizes") == 0 && i + 1 < argc) {
@@ -323,7 +350,7 @@ int main(int argc, char **argv)
 				sizes[n_sizes++] = strtoul(tok, NULL, 10);
 		} else {
 			fprintf(stderr, "usage: shm-pingpong [--host | --tcp HOST:PORT] [--sizes "
-					"8,64,...] [--iters N]\n");
+					"8,64,...] [--iters N] [--label WORD]\n");
 			return 2;
 		}
 	}
@@ -348,8 +375,10 @@ int main(int argc, char **argv)
 		pid = fork();
 		rank = pid == 0 ? 1 : 0;
 		const char *spin = getenv("SHM_SPIN_US");
-		struct shm_options o = {
-		    .node = rank, .key = 1, .spin_us = spin ? (unsigned)atoi(spin) : 0};
+		struct shm_options o = {.node = rank,
+					.key = 1,
+					.spin_us = spin ? (unsigned)atoi(spin) : 0,
+					.chunk_bytes = env_size("SHM_CHUNK_BYTES")};
 		if (shm_channel_attach(base, size, &o, &t.ch, NULL) < 0)
 			return 1;
 		t.send = shm_tsend;

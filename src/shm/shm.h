@@ -11,15 +11,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHM_MAGIC	     UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
-#define SHM_VERSION	     2u				  /* 2: the heap after the rings */
-#define SHM_MAX_NODES	     64u
-#define SHM_HEADER_BYTES     8192u
-#define SHM_MIN_RING_BYTES   4096u
-#define SHM_DEAD_MS_DEFAULT  5000u
-#define SHM_SPIN_US_DEFAULT  2000u
-#define SHM_HEAP_BLOCK_BYTES 16384u
-#define SHM_MAX_MESSAGE	     (UINT64_C(1) << 40)
+#define SHM_MAGIC		UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
+#define SHM_VERSION		2u			     /* 2: the heap after the rings */
+#define SHM_MAX_NODES		64u
+#define SHM_HEADER_BYTES	8192u
+#define SHM_MIN_RING_BYTES	4096u
+#define SHM_DEAD_MS_DEFAULT	5000u
+#define SHM_SPIN_US_DEFAULT	2000u
+#define SHM_CHUNK_BYTES_DEFAULT SIZE_MAX /* one piece: chunks no better between TCG VMs here */
+#define SHM_HEAP_BLOCK_BYTES	16384u
+#define SHM_MAX_MESSAGE		(UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
 #define SHM_ENV_PATH "VMHPC_SHM"
 #define SHM_ENV_KEY  "VMHPC_SHM_KEY"
@@ -84,6 +85,9 @@ struct shm_options {
 	unsigned
 	    dead_ms; /* a peer silent this long in the middle of a message is dead; 0: default */
 	unsigned spin_us; /* a wait spins this long, yields 180 us more, then sleeps; 0: default */
+	size_t chunk_bytes; /* a send publishes its bytes at most this many at a time, so that
+			     * the receiver copies out while the sender copies in; 0: default,
+			     * as much as there is room for (docs/bypass.md, bench/RESULTS.md) */
 };
 
 /* Maps the region at path (a /dev/shm file or a PCI resource2) read-write and attaches as

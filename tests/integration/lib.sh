@@ -101,3 +101,33 @@ allow_unprivileged_taps() {
 		chmod 0666 /dev/net/tun
 	fi
 }
+
+# Jobs of a test in the background, for the fault cases (run-faults, run-ucx, run-shm): $job
+# is the job folder, $VMHPC_RUN_DIR the test's own run folder (use_own_run_dir).
+# Starts `vmhpc run ARGS` in the background ($pid) with stderr in $WORK/$1.err and waits
+# until its VMs are ready.
+start_bg() {
+	local name=$1
+	shift
+	(cd "$job" && exec "$VMHPC" run "$@") >"$WORK/$name.out" 2>"$WORK/$name.err" &
+	pid=$!
+	for _ in $(seq 1 480); do grep -q "ready after" "$WORK/$name.err" 2>/dev/null && break; sleep 0.25; done
+	grep -q "ready after" "$WORK/$name.err" || fail "$name: the job never became ready: $(cat "$WORK/$name.err")"
+}
+
+# wait_bounded PID SECONDS: waits for PID at most SECONDS; sets $code and $took.
+wait_bounded() {
+	local p=$1 limit=$2 t0=$SECONDS
+	for _ in $(seq 1 $((limit * 4))); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+	took=$((SECONDS - t0))
+	if kill -0 "$p" 2>/dev/null; then
+		kill -KILL "$p"
+		fail "vmhpc run (pid $p) did not end within $limit s"
+	fi
+	set +e
+	wait "$p"
+	code=$?
+	set -e
+}
+
+qemu_of() { pgrep -f "qemu-system-x86_64 -name guest=$1 .*$VMHPC_RUN_DIR/jobs/" | head -1; }

@@ -3,7 +3,8 @@
 # region as ivshmem-plain; in each, our static shm-pingpong (from the job folder, run as the
 # submitting user) finds it through VMHPC_SHM*, and the two exchange messages of 8 B to
 # 1 MiB with every message's content checked - a data path between VMs without the network.
-# Without --shm the program is told there is no channel. Nothing is left behind: the
+# Without --shm the program is told there is no channel. A VM killed mid-message and a
+# job interrupted while a rank spins end in bounded time. Nothing is left behind: the
 # region lives in the job directory.
 . "$(dirname "$0")/lib.sh"
 set -e
@@ -67,4 +68,29 @@ as_user "$WORK/bin/vmhpc" image import "$WORK/img.tar" >/dev/null || fail "impor
 grep -q "^ok: every message arrived whole and in order" "$WORK/user.out" || fail "plain user: no ok line: $(cat "$WORK/user.out")"
 [ -z "$(ls "/tmp/vmhpc-$uid/jobs" 2>/dev/null)" ] || fail "the plain user's job directory is left"
 ok "plain user $user (uid $uid): the BAR is the command's user's, ping-pong over the channel works"
+
+# 5. A peer VM that dies in the middle of 1 MiB messages over the channel: the job ends with
+# an error naming it, in bounded time, not a hang (the rank left in vm0 would otherwise get
+# -ECONNRESET from the library after its heartbeat timeout; test-shm covers that part).
+# (start_bg, wait_bounded, qemu_of: lib.sh)
+start_bg killvm --vms 2 --shm -- ./shm-pingpong --sizes 1048576 --iters 100000
+sleep 4 # both ranks are streaming by now
+kill -KILL "$(qemu_of vm1)"
+wait_bounded "$pid" 60
+[ "$code" -ne 0 ] || fail "vm1 killed mid-message: exit 0"
+grep -q "vm1 stopped" "$WORK/killvm.err" || fail "no message naming vm1: $(tail -5 "$WORK/killvm.err")"
+ok "vm1 killed during 1 MiB messages over the channel: the job ended in $took s (exit $code) naming it"
+nothing_left "a VM killed mid-message"
+
+# 6. The job stopped (SIGINT) while its ranks spin on the channel: one waits in the first
+# exchange for a peer that never comes (a rank given a node no other rank takes).
+printf '#!/bin/sh\n[ "$PMI_RANK" = 1 ] && exec sleep 600\nexec ./shm-pingpong --sizes 8 --iters 1\n' >"$job/one-waits"
+chmod +x "$job/one-waits"
+start_bg sigint --vms 2 --shm -- ./one-waits
+sleep 3
+kill -INT "$pid"
+wait_bounded "$pid" 60
+[ "$code" -eq 130 ] || fail "SIGINT while a rank spins on the channel: exit $code, not 130: $(tail -5 "$WORK/sigint.err")"
+ok "SIGINT while a rank spins on the channel: exit 130 in $took s"
+nothing_left "a job interrupted while a rank spins"
 finish

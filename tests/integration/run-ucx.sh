@@ -67,29 +67,9 @@ ok "without --shm, or on an image without the transport: TCP, no line about ivsh
 nothing_left "jobs over TCP"
 
 # 4. The job runs 1 MiB windows long enough to be killed in the middle of one.
-qemu_of() { pgrep -f "qemu-system-x86_64 -name guest=$1 .*$VMHPC_RUN_DIR/jobs/" | head -1; }
-start_bg() {
-	local name=$1
-	shift
-	(cd "$job" && exec "$VMHPC" run "$@") >"$WORK/$name.out" 2>"$WORK/$name.err" &
-	pid=$!
-	for _ in $(seq 1 480); do grep -q "ready after" "$WORK/$name.err" 2>/dev/null && break; sleep 0.25; done
-	grep -q "ready after" "$WORK/$name.err" || fail "$name: the job never became ready: $(cat "$WORK/$name.err")"
-	sleep 6 # the ranks are exchanging by now (MPI_Init takes ~2-4 s under TCG)
-}
-wait_bounded() {
-	local p=$1 limit=$2
-	for _ in $(seq 1 $((limit * 4))); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
-	if kill -0 "$p" 2>/dev/null; then
-		kill -KILL "$p"
-		fail "vmhpc run (pid $p) did not end within $limit s"
-	fi
-	set +e
-	wait "$p"
-	code=$?
-	set -e
-}
+# (start_bg, wait_bounded, qemu_of: lib.sh)
 start_bg killvm --vms 2 --shm --image tiny-mpi-shm -- ./mpi-osu bw --sizes 1048576,1048576,1048576,1048576
+sleep 6 # the ranks are exchanging by now (MPI_Init takes ~2-4 s under TCG)
 kill -KILL "$(qemu_of vm1)"
 wait_bounded "$pid" 60
 [ "$code" -ne 0 ] || fail "a VM killed mid-message: exit 0"
@@ -97,6 +77,7 @@ grep -q "vm1 stopped" "$WORK/killvm.err" || fail "no message naming vm1: $(tail 
 ok "vm1 killed during 1 MiB messages over the channel: the job ended (exit $code) naming it"
 nothing_left "a VM killed mid-message"
 start_bg sigint --vms 2 --shm --image tiny-mpi-shm -- ./mpi-osu bw --sizes 1048576,1048576,1048576,1048576
+sleep 6
 kill -INT "$pid"
 wait_bounded "$pid" 60
 [ "$code" -eq 130 ] || fail "SIGINT while ranks spin on the channel: exit $code, not 130"

@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "guest/console.h"
@@ -26,6 +28,7 @@
 #include "guest/frame.h"
 #include "guest/service.h"
 #include "guest/shmdev.h"
+#include "shm/shm.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -555,11 +558,113 @@ static void test_shmdev_ucx_tls(void **state)
 	assert_int_equal(shmdev_is_ucx_transport("/nonexistent/libuct_cma.so.0"), 0);
 }
 
+/* A fake sysfs PCI tree with one device dir holding vendor, device and a resource2 file. */
+static void fake_pci_device(const char *root, const char *addr, const char *vendor,
+			    const char *device, size_t region_bytes)
+{
+	char path[512];
+	FILE *f;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", root, addr);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/%s/vendor", root, addr);
+	assert_non_null(f = fopen(path, "w"));
+	fprintf(f, "%s\n", vendor);
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/%s/device", root, addr);
+	assert_non_null(f = fopen(path, "w"));
+	fprintf(f, "%s\n", device);
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/%s/resource2", root, addr);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)region_bytes), 0);
+	close(fd);
+}
+
+/* The guest's side of the issue's bad input (docs/bypass.md): asked for a channel, vmhpc-init
+ * finds no device (another PCI device only), or a device whose region is another job's, of
+ * another layout version, or unformatted: each gives one line saying MPI uses TCP, no
+ * variables for commands and no UCX_TLS rewrite; the job's own region is taken. */
+static void test_shmdev_setup(void **state)
+{
+	char root[] = "/tmp/test-shmdev-pci-XXXXXX", res[600];
+	uint8_t job_token[32] = {1, 2, 3}, other[32] = {9};
+	const size_t size = 1u << 20;
+	const char *message = NULL;
+	struct shmdev d;
+	char *error = NULL;
+
+	(void)state;
+	assert_non_null(mkdtemp(root));
+	/* Not asked for (no vmhpc.shm_node): nothing, no message. */
+	assert_int_equal(shmdev_setup(&d, root, false, 0, job_token, sizeof(job_token), &message),
+			 0);
+	assert_false(d.present);
+	assert_null(message);
+	/* Asked for, no ivshmem device (a virtio-net one only). */
+	fake_pci_device(root, "0000:00:02.0", "0x1af4", "0x1000", 4096);
+	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+			 -ENODEV);
+	assert_false(d.present);
+	assert_non_null(strstr(message, "no shared-memory device"));
+	assert_non_null(strstr(message, "uses TCP"));
+	assert_null(strchr(message, '\n'));
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=tcp,self"));
+	/* The device, holding nothing formatted. */
+	fake_pci_device(root, "0000:00:03.0", "0x1af4", "0x1110", size);
+	snprintf(res, sizeof(res), "%s/0000:00:03.0/resource2", root);
+	message = NULL;
+	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+			 -EPROTO);
+	assert_non_null(strstr(message, "no region of this job"));
+	assert_false(d.present);
+	/* Another job's region. */
+	unlink(res);
+	assert_int_equal(
+	    shm_region_create(res, size, 2, shm_token_hash(other, sizeof(other)), &error), 0);
+	message = NULL;
+	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+			 -EPROTO);
+	assert_non_null(strstr(message, "uses TCP"));
+	assert_false(d.present);
+	/* This job's region of another layout version (byte 8: the version). */
+	unlink(res);
+	assert_int_equal(
+	    shm_region_create(res, size, 2, shm_token_hash(job_token, sizeof(job_token)), &error),
+	    0);
+	int fd = open(res, O_RDWR);
+	uint32_t version = SHM_VERSION + 1;
+	assert_int_equal(pwrite(fd, &version, sizeof(version), 8), (ssize_t)sizeof(version));
+	message = NULL;
+	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+			 -EPROTO);
+	assert_false(d.present);
+	/* The right one: found, the variables for commands set. */
+	version = SHM_VERSION;
+	assert_int_equal(pwrite(fd, &version, sizeof(version), 8), (ssize_t)sizeof(version));
+	close(fd);
+	message = NULL;
+	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+			 0);
+	assert_true(d.present);
+	assert_null(message);
+	assert_string_equal(d.resource, res);
+	assert_string_equal(d.env[2], "VMHPC_SHM_NODE=1");
+	if (d.base)
+		munmap(d.base, d.size_bytes);
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_hello_and_exec),
 	    cmocka_unit_test(test_shmdev_ucx_tls),
+	    cmocka_unit_test(test_shmdev_setup),
 	    cmocka_unit_test(test_bad_token),
 	    cmocka_unit_test(test_setup_refused),
 	    cmocka_unit_test(test_idle_unauthenticated_timeout),
