@@ -32,7 +32,8 @@ static const char usage[] =
     "  --oversubscribe    allow more virtual CPUs than cores, and more ranks than\n"
     "                     virtual CPUs [refuse]\n"
     "  --label            prefix each output line with [rank@vm] [off]\n"
-    "  --shm              a shared-memory channel between the VMs (docs/bypass.md) [off]\n"
+    "  --shm, --no-shm    a shared-memory channel between the VMs (docs/bypass.md)\n"
+    "                     [on for 2+ VMs of an image with [image] bypass = ivshmem]\n"
     "  --json             print the closing report as one JSON object [table]\n"
     "  --accel kvm|tcg    how QEMU runs the guests [kvm when a probe boot shows it works,\n"
     "                     else tcg]\n"
@@ -132,6 +133,7 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 	    {"oversubscribe", no_argument, NULL, 'o'},
 	    {"label", no_argument, NULL, 'l'},
 	    {"shm", no_argument, NULL, 'M'},
+	    {"no-shm", no_argument, NULL, 'H'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"accel", required_argument, NULL, 'a'},
 	    {"help", no_argument, NULL, 'h'},
@@ -143,6 +145,7 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 	    .mem_mb = 256,
 	    .image = "tiny-mpi",
 	    .share = true,
+	    .shm = RUN_SHM_AUTO,
 	};
 	int c;
 
@@ -202,7 +205,10 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 			o.label = true;
 			break;
 		case 'M':
-			o.shm = true;
+			o.shm = 1;
+			break;
+		case 'H':
+			o.shm = 0;
 			break;
 		case 'j':
 			o.json = true;
@@ -236,4 +242,13 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 		o.ranks = o.vms * o.vcpus;
 	*ret = o;
 	return 0;
+}
+
+bool run_shm_wanted(const struct run_options *o, const json_t *image_metadata)
+{
+	const char *bypass = json_string_value(json_object_get(image_metadata, "bypass"));
+
+	if (o->shm != RUN_SHM_AUTO)
+		return o->shm != 0;
+	return o->vms >= 2 && bypass && strcmp(bypass, "ivshmem") == 0;
 }

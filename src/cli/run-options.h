@@ -1,6 +1,7 @@
 /* The command line of `vmhpc run`, parsed into a plain struct (unit-tested on its own). */
 #pragma once
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -23,7 +24,7 @@ struct run_options {
 	bool share;	       /* false with --no-share */
 	bool oversubscribe;    /* --oversubscribe */
 	bool label;	       /* --label */
-	bool shm;	       /* --shm */
+	int shm; /* --shm 1, --no-shm 0, neither RUN_SHM_AUTO: run_shm_wanted() decides */
 	bool json;	       /* --json */
 	const char *accel;     /* --accel kvm|tcg (default: probe) */
 	int argc;	       /* PROGRAM ARGS after "--" (or the first non-option) */
@@ -39,3 +40,10 @@ int run_parse_duration(const char *text, unsigned *ret_s);
 
 /* Parses "256M", "1G", "512" (MiB) into MiB; -EINVAL otherwise. */
 int run_parse_mem(const char *text, unsigned *ret_mb);
+
+#define RUN_SHM_AUTO (-1)
+
+/* Whether the job's VMs get the shared-memory channel: as --shm/--no-shm say; without either,
+ * when the image carries the channel's transport (its metadata "bypass": "ivshmem", from the
+ * spec's [image] bypass) and there are 2 or more VMs to share it. */
+bool run_shm_wanted(const struct run_options *o, const json_t *image_metadata);

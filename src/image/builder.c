@@ -331,6 +331,8 @@ static int build_into(struct store *s, const struct builder_options *opts,
 	}
 	if (spec->mpi)
 		json_object_set_new(m->metadata, "mpi", json_string(spec->mpi));
+	if (spec->bypass)
+		json_object_set_new(m->metadata, "bypass", json_string(spec->bypass));
 
 	ret->stored_new_bytes = stats.new_stored_bytes;
 	ret->root_content_bytes = root.content_bytes;

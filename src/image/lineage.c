@@ -73,6 +73,7 @@ int lineage_spec_text(const struct image_spec *spec, char **ret_text)
 	put_scalar(&o, "description", spec->description);
 	put_scalar(&o, "boot_args", spec->boot_args);
 	put_scalar(&o, "mpi", spec->mpi);
+	put_scalar(&o, "bypass", spec->bypass);
 	put(&o, "[kernel]\n");
 	put_scalar(&o, "package", spec->kernel_package);
 	put_scalar(&o, "source", spec->kernel_source);
@@ -286,6 +287,8 @@ int lineage_merge(const struct image_spec *base, const struct image_spec *child,
 		r = dup_scalar(&m->boot_args, child->boot_args, base->boot_args);
 	if (r == 0)
 		r = dup_scalar(&m->mpi, child->mpi, base->mpi);
+	if (r == 0)
+		r = dup_scalar(&m->bypass, child->bypass, base->bypass);
 	/* The kernel is one choice: a child naming either form replaces the base's. */
 	if (r == 0 && (child->kernel_package || child->kernel_source)) {
 		r = dup_scalar(&m->kernel_package, child->kernel_package, NULL);

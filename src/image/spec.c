@@ -230,6 +230,19 @@ static int handle_mpi(struct parser *p, const struct spec_key *k, unsigned line,
 			    quote(q, *word));
 }
 
+/* [image] bypass: the image carries the channel's transport (docs/bypass.md). */
+static int handle_bypass(struct parser *p, const struct spec_key *k, unsigned line, char **word)
+{
+	char q[QUOTE_BUF_SIZE];
+
+	if (strcmp(*word, "ivshmem") == 0)
+		return 0;
+	return parser_error(p, line,
+			    "bypass %s is not a channel vmhpc knows; use ivshmem (the image then "
+			    "carries the UCX transport over it, docs/bypass.md)",
+			    quote(q, *word));
+}
+
 static int handle_name(struct parser *p, const struct spec_key *k, unsigned line, char **word)
 {
 	_cleanup_free_ char *msg = NULL;
@@ -509,6 +522,7 @@ static const struct spec_key spec_keys[] = {
     SCALAR(SECTION_IMAGE, "description", description, handle_text),
     SCALAR(SECTION_IMAGE, "boot_args", boot_args, handle_text),
     SCALAR(SECTION_IMAGE, "mpi", mpi, handle_mpi),
+    SCALAR(SECTION_IMAGE, "bypass", bypass, handle_bypass),
     SCALAR(SECTION_KERNEL, "package", kernel_package, handle_package),
     SCALAR(SECTION_KERNEL, "source", kernel_source, handle_package),
     LIST(SECTION_KERNEL, "modules", modules, handle_module),
@@ -927,6 +941,7 @@ struct image_spec *image_spec_free(struct image_spec *spec)
 	free(spec->description);
 	free(spec->boot_args);
 	free(spec->mpi);
+	free(spec->bypass);
 	free(spec->kernel_package);
 	free(spec->kernel_source);
 	for (size_t i = 0; i < spec->n_modules; i++)

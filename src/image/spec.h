@@ -2,7 +2,7 @@
  * Format (docs/image-spec.md has the full reference):
  *
  *   # comment            ; comment
- *   [image]              name, os, description, boot_args, mpi
+ *   [image]              name, os, description, boot_args, mpi, bypass
  *   [kernel]             package or source, modules
  *   [root]               packages, binaries, plugin_dirs, files, tree
  *
@@ -47,6 +47,9 @@ struct image_spec {
 	char *description; /* [image] description, or NULL */
 	char *boot_args;   /* [image] boot_args: extra kernel command line, or NULL */
 	char *mpi; /* [image] mpi: "mpich" or "openmpi" (the launcher vmhpc run uses), or NULL */
+	/* [image] bypass: "ivshmem" when the image carries the shared-memory channel's UCX
+	 * transport (docs/bypass.md): `vmhpc run` then gives its VMs the channel by default */
+	char *bypass;
 
 	char *kernel_package; /* [kernel] package: Debian package with /boot/vmlinuz-*, or NULL */
 	char *kernel_source;  /* [kernel] source: Debian kernel source package to build our own

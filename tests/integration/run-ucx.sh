@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # MPI between two VMs over the shared-memory channel, unmodified (docs/bypass.md): an image
 # with the UCX transport (examples/tiny-mpi-shm.ini, scripts/build-uct-ivshmem.sh), `vmhpc
-# run --shm`, and MPICH programs built with Debian's mpicc:
-#  1. UCX between the VMs uses ivshmem/region, by itself (no user environment): UCX's own
-#     report of its lanes (UCX_LOG_LEVEL=info) says so, and the ring verifies;
+# run` (the channel is on by default for an image whose spec says [image] bypass = ivshmem),
+# and MPICH programs built with Debian's mpicc:
+#  1. without any option, UCX between the VMs uses ivshmem/region, by itself (no user
+#     environment): UCX's own report of its lanes (UCX_LOG_LEVEL=info) says so, and the ring
+#     verifies;
 #  2. with UCX_TLS=ivshmem,self the region is the only path UCX has: the ring verifies, so
 #     its messages crossed the region; mpi-osu's content checks pass from 8 B to 1 MiB;
-#  3. without --shm, and with --shm on an image without the transport: TCP, and not one
+#  3. with --no-shm, and with --shm on an image without the transport: TCP, and not one
 #     line about ivshmem;
 #  4. a VM killed in the middle of 1 MiB messages over the channel ends the job with an
 #     error naming it (no hang); SIGINT while ranks spin on the channel ends it too; nothing
@@ -34,14 +36,14 @@ use_own_run_dir
 run() { (cd "$job" && "$VMHPC" run "$@"); }
 
 # 1.
-run --vms 2 --shm --image tiny-mpi-shm -- ./ring-info >"$WORK/1.out" 2>&1 ||
+run --vms 2 --image tiny-mpi-shm -- ./ring-info >"$WORK/1.out" 2>&1 ||
 	fail "ring over the channel: $(tail -20 "$WORK/1.out")"
 grep -q "VERIFIED" "$WORK/1.out" || fail "ring not verified: $(tail -20 "$WORK/1.out")"
 # Each rank's endpoint to the other rank (not to itself: that one has self/memory0).
 lanes=$(grep 'ep_cfg' "$WORK/1.out" | grep -v 'self/memory0' || true)
 [ "$(echo "$lanes" | grep -c 'am(ivshmem/region')" -eq 2 ] ||
 	fail "the ranks' endpoints to each other do not use ivshmem: $(grep ep_cfg "$WORK/1.out")"
-ok "2 VMs, --shm: UCX chose the channel by itself ($(echo "$lanes" | head -1 | grep -o 'tag([^)]*)'))"
+ok "2 VMs of an image with the transport, no option: UCX chose the channel by itself ($(echo "$lanes" | head -1 | grep -o 'tag([^)]*)'))"
 nothing_left "a job over the channel"
 
 # 2.
@@ -56,14 +58,14 @@ ok "UCX_TLS=ivshmem,self: ring verified and 8 B-1 MiB windows arrived whole over
 nothing_left "jobs over the region alone"
 
 # 3.
-run --vms 2 --image tiny-mpi-shm -- ./ring-info >"$WORK/3.out" 2>&1 || fail "ring without --shm: $(tail -20 "$WORK/3.out")"
+run --vms 2 --no-shm --image tiny-mpi-shm -- ./ring-info >"$WORK/3.out" 2>&1 || fail "ring with --no-shm: $(tail -20 "$WORK/3.out")"
 grep -q "VERIFIED" "$WORK/3.out" && ! grep -q ivshmem "$WORK/3.out" &&
 	grep 'ep_cfg' "$WORK/3.out" | grep -v 'self/memory0' | grep -q 'am(tcp/eth0' ||
-	fail "without --shm: not plain TCP: $(grep -E 'ep_cfg|ivshmem|WARN' "$WORK/3.out")"
+	fail "with --no-shm: not plain TCP: $(grep -E 'ep_cfg|ivshmem|WARN' "$WORK/3.out")"
 run --vms 2 --shm --image tiny-mpi -- ./ring-info >"$WORK/3b.out" 2>&1 || fail "ring, --shm, no transport: $(tail -20 "$WORK/3b.out")"
 grep -q "VERIFIED" "$WORK/3b.out" && ! grep -q ivshmem "$WORK/3b.out" ||
 	fail "--shm on an image without the transport: $(grep -E 'ep_cfg|ivshmem|WARN' "$WORK/3b.out")"
-ok "without --shm, or on an image without the transport: TCP, no line about ivshmem"
+ok "with --no-shm, or --shm on an image without the transport: TCP, no line about ivshmem"
 nothing_left "jobs over TCP"
 
 # 4. The job runs 1 MiB windows long enough to be killed in the middle of one.

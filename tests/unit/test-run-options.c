@@ -31,8 +31,37 @@ static void test_defaults(void **state)
 	assert_true(o.share);
 	assert_null(o.workdir);
 	assert_int_equal(o.time_limit_s, 0);
+	assert_int_equal(o.shm, RUN_SHM_AUTO);
 	assert_int_equal(o.argc, 1);
 	assert_string_equal(o.argv[0], "./ring");
+}
+
+/* The channel: as asked; unasked, only for 2+ VMs of an image that carries its transport. */
+static void test_shm_default(void **state)
+{
+	json_t *carries = json_pack("{s:s}", "bypass", "ivshmem");
+	json_t *plain = json_pack("{s:s}", "mpi", "mpich");
+	json_t *other = json_pack("{s:s}", "bypass", "something");
+	struct run_options o;
+	char *err = NULL;
+
+	(void)state;
+	assert_int_equal(PARSE(&o, &err, "--", "./ring"), 0);
+	assert_true(run_shm_wanted(&o, carries));
+	assert_false(run_shm_wanted(&o, plain));
+	assert_false(run_shm_wanted(&o, other));
+	assert_false(run_shm_wanted(&o, NULL));
+	assert_int_equal(PARSE(&o, &err, "--vms", "1", "--", "./ring"), 0);
+	assert_false(run_shm_wanted(&o, carries));
+	assert_int_equal(PARSE(&o, &err, "--no-shm", "--", "./ring"), 0);
+	assert_false(run_shm_wanted(&o, carries));
+	assert_int_equal(PARSE(&o, &err, "--shm", "--", "./ring"), 0);
+	assert_true(run_shm_wanted(&o, plain));
+	assert_int_equal(PARSE(&o, &err, "--shm", "--no-shm", "--", "./ring"), 0);
+	assert_false(run_shm_wanted(&o, carries));
+	json_decref(carries);
+	json_decref(plain);
+	json_decref(other);
 }
 
 static void test_all_options(void **state)
@@ -133,6 +162,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_defaults),
+	    cmocka_unit_test(test_shm_default),
 	    cmocka_unit_test(test_all_options),
 	    cmocka_unit_test(test_program_without_dashes),
 	    cmocka_unit_test(test_errors),

@@ -421,6 +421,18 @@ static void test_mpi(void **state)
 	expect_error("[image]\nname = a\nmpi = mpich\nmpi = openmpi\n", 4, "mpi given twice");
 }
 
+static void test_bypass(void **state)
+{
+	struct image_spec *s = NULL;
+	_cleanup_free_ char *err = NULL;
+	static const char text[] = "[image]\nname = a\nbypass = ivshmem\n" KERNEL;
+
+	assert_int_equal(spec_parse_string(text, strlen(text), ORIGIN, BASE, &s, &err), 0);
+	assert_string_equal(s->bypass, "ivshmem");
+	image_spec_free(s);
+	expect_error("[image]\nname = a\nbypass = xpmem\n", 3, "\"xpmem\"", "use ivshmem");
+}
+
 static void test_nul_byte(void **state)
 {
 	static const char text[] = "[image]\nname = a\n\nname\0b\n";
@@ -705,6 +717,7 @@ int main(void)
 	    cmocka_unit_test(test_scalar_twice),
 	    cmocka_unit_test(test_continuation_after_scalar),
 	    cmocka_unit_test(test_mpi),
+	    cmocka_unit_test(test_bypass),
 	    cmocka_unit_test(test_nul_byte),
 	    cmocka_unit_test(test_limits),
 	    cmocka_unit_test(test_parse_file),
