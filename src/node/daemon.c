@@ -32,6 +32,7 @@
 #include "node/hostlist.h"
 #include "node/policy.h"
 #include "node/proto.h"
+#include "node/trace.h"
 #include "node/tree.h"
 #include "registry/artifact.h"
 #include "registry/auth.h"
@@ -52,6 +53,14 @@
 #define REQUEST_MAX	 (1u << 20)
 #define PRESENT_WAIT_MS	 (24 * 3600 * 1000)
 #define MAX_JOBS_PER_IMG 1024
+/* What a fetch keeps in memory of the chunks its feeds still have to send (below). */
+#define STASH_MAX_BYTES (64u << 20)
+
+/* A chunk's compressed bytes held for the feeds that want it: buf[off, off + len). */
+struct stashed {
+	char *buf;
+	size_t off, len;
+};
 
 struct fetch {
 	char *ref;
@@ -63,6 +72,13 @@ struct fetch {
 	uint64_t *sizes;	      /* compressed bytes of each */
 	bool *have;		      /* verified and stored here */
 	size_t n;
+	/* Forwarding from memory: a chunk that arrives while a feed wants it (pending > 0)
+	 * is kept until every such feed has sent it, so that a relay does not read back from
+	 * its store what it has just written (open, stat, read, close: a quarter of a relay's
+	 * system calls); beyond STASH_MAX_BYTES, or for a feed that asks later, the store. */
+	uint16_t *pending;
+	struct stashed *stash;
+	uint64_t stash_bytes;
 	char *meta; /* the META payload for children */
 	bool done, failed;
 	char *error;
@@ -115,6 +131,7 @@ struct daemon {
 	char *store_dir, *state_path;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
+	pthread_cond_t ended; /* a fetch ended: what `present` waits for, not every chunk */
 	struct fetch *fetches;
 	struct cached *images;
 	size_t n_images;
@@ -149,8 +166,8 @@ static void wake(void)
 	pthread_cond_broadcast(&D.cond);
 }
 
-/* Waits on the condition for at most ms (lock held). */
-static void wait_ms(int ms)
+/* Waits on cond for at most ms (lock held). */
+static void wait_on_ms(pthread_cond_t *cond, int ms)
 {
 	struct timespec ts;
 
@@ -161,7 +178,12 @@ static void wait_ms(int ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000L;
 	}
-	pthread_cond_timedwait(&D.cond, &D.lock, &ts);
+	pthread_cond_timedwait(cond, &D.lock, &ts);
+}
+
+static void wait_ms(int ms)
+{
+	wait_on_ms(&D.cond, ms);
 }
 
 static double now_s(void)
@@ -552,6 +574,10 @@ static void fetch_unref(struct fetch *f)
 	free(f->refs);
 	free(f->sizes);
 	free(f->have);
+	for (size_t i = 0; f->stash && i < f->n; i++)
+		free(f->stash[i].buf);
+	free(f->stash);
+	free(f->pending);
 	free(f->meta);
 	free(f->error);
 	free(f->name);
@@ -620,27 +646,52 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 	f->refs = refs;
 	f->n = n;
 	f->have = have;
+	f->pending = calloc(n + 1, sizeof(*f->pending));
+	f->stash = calloc(n + 1, sizeof(*f->stash));
 	f->sizes = malloc((n + 1) * sizeof(*sizes));
 	if (f->sizes)
 		memcpy(f->sizes, sizes, n * sizeof(*sizes));
-	f->meta =
-	    dumps_take(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
-		       JSON_COMPACT);
+	/* A relay has published its parent's META already (fetch_from_peer). */
+	if (!f->meta)
+		f->meta = dumps_take(
+		    json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
+		    JSON_COMPACT);
+	else
+		json_decref(jsizes);
 	r = make_room(s, need, ret_error);
 	wake();
 	pthread_mutex_unlock(&D.lock);
 	return r;
 }
 
-static void fetch_mark(struct fetch *f, size_t i, uint64_t bytes, const char *source)
+/* Chunk i is stored and verified. *buf holds its compressed bytes at off (len of them):
+ * taken (and *buf set to NULL) when a feed is waiting for the chunk. */
+static void fetch_mark(struct fetch *f, size_t i, char **buf, size_t off, size_t len,
+		       const char *source)
 {
 	pthread_mutex_lock(&D.lock);
 	f->have[i] = true;
-	f->bytes_received += bytes;
+	f->bytes_received += len;
 	f->chunks_received++;
-	count(D.received, source, bytes);
+	count(D.received, source, len);
+	if (f->pending && f->pending[i] > 0 && !f->stash[i].buf &&
+	    f->stash_bytes + len <= STASH_MAX_BYTES) {
+		f->stash[i] = (struct stashed){.buf = TAKE_PTR(*buf), .off = off, .len = len};
+		f->stash_bytes += len;
+	}
 	wake();
 	pthread_mutex_unlock(&D.lock);
+}
+
+/* A feed no longer owes chunk i (sent, or the feed ended); the last one frees the stash
+ * (lock held). */
+static void fetch_release(struct fetch *f, size_t i)
+{
+	if (!f->pending || f->pending[i] == 0 || --f->pending[i] > 0 || !f->stash[i].buf)
+		return;
+	f->stash_bytes -= f->stash[i].len;
+	free(f->stash[i].buf);
+	f->stash[i] = (struct stashed){0};
 }
 
 static int open_registry(const char *ref_text, struct reference **ret_ref, struct oci_client **ret,
@@ -731,10 +782,12 @@ static void *registry_worker(void *arg)
 		pthread_mutex_unlock(&D.lock);
 		if (i >= f->n)
 			break;
+		node_trace("chunk-get", "%zu", i);
 		r = oci_blob_get(c, ref->repository, job->a->chunks[i].digest,
 				 job->a->chunks[i].size_bytes, &data, &len, &error);
 		if (r < 0)
 			break;
+		node_trace("chunk-got", "%zu %zu", i, len);
 		/* store_put_compressed_chunk decompresses and hashes: nothing unverified is
 		 * stored, and only stored chunks are marked (and so forwarded). */
 		r = store_put_compressed_chunk(s, f->refs[i].id, data, len, NULL);
@@ -742,7 +795,8 @@ static void *registry_worker(void *arg)
 			store_failed(r, f->ref, "the registry", &error);
 			break;
 		}
-		fetch_mark(f, i, len, "registry");
+		fetch_mark(f, i, (char **)&data, 0, len, "registry");
+		node_trace("chunk-stored", "%zu registry", i);
 	}
 	pthread_mutex_lock(&D.lock);
 	if (r < 0 && !job->error) {
@@ -777,6 +831,7 @@ static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_erro
 			     &oci_json, &oci_len, ret_error);
 	if (r < 0)
 		goto out;
+	node_trace("registry-manifest", "%s", f->ref);
 	r = artifact_parse(oci_json, oci_len, &a, &why);
 	if (r < 0) {
 		r = error_set(ret_error, r, "the manifest of %s: %s", f->ref, why);
@@ -793,7 +848,9 @@ static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_erro
 	}
 	for (size_t i = 0; i < a->n_chunks; i++)
 		sizes[i] = a->chunks[i].size_bytes;
+	node_trace("registry-config", "%s", f->ref);
 	r = fetch_set_manifest(f, s, config, config_len, sizes, a->n_chunks, ret_error);
+	node_trace("manifest-set", "%s %zu chunks", f->ref, a->n_chunks);
 	if (r < 0)
 		goto out;
 	job.f = f;
@@ -825,21 +882,26 @@ out:
 }
 
 /* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying). */
-static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
+static int fetch_from_peer_with(struct fetch *f, struct store *s, const char *peer,
+				struct node_proto_reader **rd_out, char **ret_error)
 {
 	_cleanup_free_ char *addr = NULL, *payload = NULL;
 	_cleanup_close_ int fd = -1;
+	struct node_proto_reader *rd = NULL;
 	enum node_msg_type type;
 	json_t *req, *meta = NULL, *want;
+	bool published = false;
 	size_t len;
 	int r, timeout = D.o->peer_timeout_ms;
 
 	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, ret_error);
 	if (r < 0)
 		return -EPIPE;
+	node_trace("parent-connect", "%s", peer);
 	r = node_connect_tcp(addr, timeout, &fd, ret_error);
 	if (r < 0)
 		return -EPIPE;
+	node_trace("parent-connected", "%s", peer);
 	req =
 	    json_pack("{s:s, s:s, s:s?, s:s, s:o}", "op", "feed", "ref", f->ref, "from", D.o->name,
 		      "scheme", f->tree ? f->tree->name : "central", "nodes", json_array());
@@ -849,10 +911,15 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 	json_decref(req);
 	if (r < 0)
 		return r == -EACCES ? r : -EPIPE;
+	node_trace("feed-asked", "%s", peer);
+	rd = *rd_out = node_proto_reader_new(fd);
+	if (!rd)
+		return -ENOMEM;
 	do {
 		free(payload);
 		payload = NULL;
-		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		r = node_proto_reader_recv(rd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload,
+					   &len);
 	} while (r == 0 && type == NODE_MSG_REPLY && strstr(payload, "keepalive"));
 	if (r == -ETIMEDOUT)
 		return error_set(ret_error, -EPIPE,
@@ -864,6 +931,19 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		return error_set(ret_error, -EPIPE, "%s: %s", peer,
 				 type == NODE_MSG_ERROR || type == NODE_MSG_REPLY ? payload
 										  : "no manifest");
+	node_trace("meta-received", "%s %zu bytes", peer, len);
+	/* The children get the META as it came, before this node parses it and looks for
+	 * what it holds already: otherwise every hop of a chain adds that time before the
+	 * last node can ask for its first chunk (~0.1 s a hop, docs/node.md). It holds no
+	 * chunk, only the manifest that the children check as this node does; a manifest
+	 * that turns out bad is withdrawn below, and a child that got it fails on it too. */
+	pthread_mutex_lock(&D.lock);
+	if (!f->meta && !f->m) {
+		f->meta = strndup(payload, len);
+		published = f->meta != NULL;
+		wake();
+	}
+	pthread_mutex_unlock(&D.lock);
 	meta = json_loadb(payload, len, 0, NULL);
 	{
 		const char *mt = json_string_value(json_object_get(meta, "manifest"));
@@ -874,12 +954,21 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		if (!mt || !sizes) {
 			free(sizes);
 			json_decref(meta);
-			return error_set(ret_error, -EPIPE, "%s sent a bad manifest", peer);
+			r = error_set(ret_error, -EPIPE, "%s sent a bad manifest", peer);
+		} else {
+			json_array_foreach(js, i, v) sizes[i] = (uint64_t)json_integer_value(v);
+			r = fetch_set_manifest(f, s, mt, strlen(mt), sizes, n, ret_error);
+			free(sizes);
+			json_decref(meta);
 		}
-		json_array_foreach(js, i, v) sizes[i] = (uint64_t)json_integer_value(v);
-		r = fetch_set_manifest(f, s, mt, strlen(mt), sizes, n, ret_error);
-		free(sizes);
-		json_decref(meta);
+		if (r < 0 && published) {
+			pthread_mutex_lock(&D.lock);
+			if (!f->m) {
+				free(f->meta);
+				f->meta = NULL;
+			}
+			pthread_mutex_unlock(&D.lock);
+		}
 		if (r == -EBADMSG)
 			return -EPIPE;
 		if (r < 0)
@@ -895,16 +984,19 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		_cleanup_free_ char *wt = json_dumps(want, JSON_COMPACT);
 
 		json_decref(want);
+		node_trace("manifest-set", "%s", f->ref);
 		r = node_proto_send(fd, NODE_MSG_WANT, wt, strlen(wt), timeout);
 		if (r < 0)
 			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
+		node_trace("want-sent", "%s %zu bytes", peer, strlen(wt));
 	}
 	for (;;) {
 		uint32_t idx;
 
 		free(payload);
 		payload = NULL;
-		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		r = node_proto_reader_recv(rd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload,
+					   &len);
 		if (r == -ETIMEDOUT)
 			return error_set(ret_error, -EPIPE,
 					 "%s: no whole frame within %d ms (silent or too slow)",
@@ -913,12 +1005,15 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 		if (type == NODE_MSG_REPLY)
 			continue; /* keepalive */
-		if (type == NODE_MSG_END)
+		if (type == NODE_MSG_END) {
+			node_trace("end-received", "%s", peer);
 			break;
+		}
 		if (type != NODE_MSG_CHUNK || len < 4)
 			return error_set(ret_error, -EPIPE, "%s: %s", peer,
 					 type == NODE_MSG_ERROR ? payload : "unexpected frame");
 		memcpy(&idx, payload, 4);
+		node_trace("chunk-received", "%u %s %zu", idx, peer, len);
 		if (idx >= f->n)
 			return error_set(ret_error, -EPIPE, "%s sent chunk %u of %zu", peer, idx,
 					 f->n);
@@ -928,7 +1023,8 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 					 peer);
 		if (r < 0)
 			return store_failed(r, f->ref, peer, ret_error);
-		fetch_mark(f, idx, len - 4, peer);
+		fetch_mark(f, idx, &payload, 4, len - 4, peer);
+		node_trace("chunk-stored", "%u %s", idx, peer);
 	}
 	pthread_mutex_lock(&D.lock);
 	for (size_t i = 0; i < f->n; i++)
@@ -938,6 +1034,15 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 	if (r < 0)
 		return error_set(ret_error, -EPIPE, "%s ended before sending every chunk", peer);
 	return 0;
+}
+
+static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
+{
+	struct node_proto_reader *rd = NULL;
+	int r = fetch_from_peer_with(f, s, peer, &rd, ret_error);
+
+	node_proto_reader_free(rd);
+	return r;
 }
 
 static void *fetch_thread(void *arg)
@@ -965,6 +1070,7 @@ static void *fetch_thread(void *arg)
 
 		free(f->source);
 		f->source = strdup(src < 0 ? "registry" : f->hosts[src]);
+		node_trace("fetch-start", "%s from %s", f->ref, f->source);
 		if (src < 0) {
 			r = fetch_from_registry(f, s, &error);
 			if (r < 0 && dead_list) {
@@ -995,7 +1101,9 @@ static void *fetch_thread(void *arg)
 		struct manifest *m = f->m;
 		bool added = false;
 
+		node_trace("commit-start", "%s", f->ref);
 		r = transfer_commit_received(s, m, &added);
+		node_trace("commit-end", "%s %d", f->ref, r);
 		if (r == -ENOSPC || r == -EDQUOT)
 			store_failed(r, f->ref, "this node", &error);
 		else if (r < 0)
@@ -1026,6 +1134,7 @@ out:
 			f->error = strdup(strerror(-r));
 	}
 	wake();
+	pthread_cond_broadcast(&D.ended);
 	fetch_unref(f);
 	pthread_mutex_unlock(&D.lock);
 	store_close(s);
@@ -1154,7 +1263,7 @@ static json_t *do_present(json_t *req)
 		return reply_error("present %s: out of memory or threads", ref);
 	}
 	while (f && !f->done && !f->failed)
-		wait_ms(KEEPALIVE_MS);
+		wait_on_ms(&D.ended, KEEPALIVE_MS);
 	if (f && f->failed) {
 		reply =
 		    reply_error("%s%s%s: %s", D.o->name ? "node " : "", D.o->name ? D.o->name : "",
@@ -1185,6 +1294,7 @@ static json_t *do_present(json_t *req)
 		}
 	}
 	state_save();
+	node_trace("present-reply", "%s", ref);
 	/* "store": where the prolog's runtime finds the version (it opens the store itself). */
 	reply =
 	    json_pack("{s:b, s:s?, s:s, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
@@ -1339,6 +1449,19 @@ static char *metrics_text(void)
 	return out;
 }
 
+/* Sends a keepalive when nothing went to the child for KEEPALIVE_MS (*last_s: when
+ * something last did): a wake-up with nothing to send is not a reason, and there is one
+ * per chunk that arrives while the feed is busy. */
+static int feed_keepalive(int fd, double *last_s, int timeout_ms)
+{
+	double now = now_s();
+
+	if (now - *last_s < KEEPALIVE_MS / 1000.0)
+		return 0;
+	*last_s = now;
+	return node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout_ms);
+}
+
 /* Feeds a child: META, then every chunk it wants as soon as it is here and verified. */
 static void do_feed(int fd, json_t *req, const char *peer)
 {
@@ -1347,7 +1470,8 @@ static void do_feed(int fd, json_t *req, const char *peer)
 	struct store *s = NULL;
 	char **hosts = NULL;
 	size_t n_hosts = 0, n_want = 0, sent = 0;
-	bool hit, *want = NULL;
+	bool hit, *want = NULL, *owed = NULL;
+	double last_sent_s = now_s();
 	struct fetch *f = NULL;
 	uint32_t *order = NULL;
 	const struct node_tree_ops *tree = NULL;
@@ -1416,9 +1540,10 @@ static void do_feed(int fd, json_t *req, const char *peer)
 			r = node_proto_send(fd, NODE_MSG_META, meta, strlen(meta), timeout);
 			if (r < 0)
 				goto out;
+			node_trace("meta-sent", "%s", peer);
 			break;
 		}
-		if (node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout) < 0)
+		if (feed_keepalive(fd, &last_sent_s, timeout) < 0)
 			goto out;
 	}
 	{
@@ -1430,18 +1555,51 @@ static void do_feed(int fd, json_t *req, const char *peer)
 		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
 		if (r < 0 || type != NODE_MSG_WANT)
 			goto out;
+		node_trace("want-received", "%s", peer);
+		/* A relay sent the META before it parsed it: the chunk table comes after. */
+		for (;;) {
+			bool ready, failed;
+
+			pthread_mutex_lock(&D.lock);
+			if (!f->have && !f->failed)
+				wait_ms(KEEPALIVE_MS);
+			ready = f->have != NULL;
+			failed = f->failed;
+			pthread_mutex_unlock(&D.lock);
+			if (ready)
+				break;
+			if (failed) {
+				node_proto_send(fd, NODE_MSG_ERROR, f->error, strlen(f->error),
+						timeout);
+				goto out;
+			}
+			if (feed_keepalive(fd, &last_sent_s, timeout) < 0)
+				goto out;
+		}
 		arr = json_loadb(payload, len, 0, NULL);
 		want = calloc(f->n + 1, sizeof(bool));
+		owed = calloc(f->n + 1, sizeof(bool));
 		order = calloc(f->n + 1, sizeof(*order));
+		if (!want || !owed || !order) {
+			json_decref(arr);
+			goto out;
+		}
+		pthread_mutex_lock(&D.lock);
 		json_array_foreach(arr, i, v)
 		{
 			json_int_t k = json_integer_value(v);
 
 			if (k >= 0 && (size_t)k < f->n && !want[k]) {
-				want[k] = true;
+				want[k] = owed[k] = true;
 				n_want++;
+				/* Chunks still to come are kept in memory for this feed. */
+				if (f->pending && !f->have[k] && f->pending[k] < UINT16_MAX)
+					f->pending[k]++;
+				else
+					owed[k] = false;
 			}
 		}
+		pthread_mutex_unlock(&D.lock);
 		json_decref(arr);
 	}
 	while (sent < n_want) {
@@ -1462,44 +1620,73 @@ static void do_feed(int fd, json_t *req, const char *peer)
 			node_proto_send(fd, NODE_MSG_ERROR, f->error, strlen(f->error), timeout);
 			goto out;
 		}
-		if (!ready &&
-		    node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout) < 0)
+		if (!ready && feed_keepalive(fd, &last_sent_s, timeout) < 0)
 			goto out;
 		for (size_t k = 0; k < ready; k++) {
-			_cleanup_free_ void *data = NULL;
-			_cleanup_free_ char *frame = NULL;
-			size_t len = 0;
+			_cleanup_free_ char *buf = NULL;
+			size_t i = order[k], off = 0, len = 0;
+			struct iovec iov[2];
 
-			r = store_get_compressed_chunk(s, f->refs[order[k]].id, &data, &len);
-			if (r < 0) {
-				node_proto_send(fd, NODE_MSG_ERROR, "chunk unreadable here", 21,
-						timeout);
-				goto out;
+			/* From memory when it was kept for us (the last feed to want it takes
+			 * it), from the store otherwise. */
+			pthread_mutex_lock(&D.lock);
+			if (owed[i] && f->stash[i].buf) {
+				struct stashed *st = &f->stash[i];
+
+				len = st->len;
+				if (f->pending[i] == 1) {
+					buf = TAKE_PTR(st->buf);
+					off = st->off;
+					f->stash_bytes -= len;
+					*st = (struct stashed){0};
+				} else if ((buf = malloc(len + 1)))
+					memcpy(buf, st->buf + st->off, len);
 			}
-			frame = malloc(len + 4);
-			if (!frame)
-				goto out;
-			memcpy(frame, &order[k], 4);
-			memcpy(frame + 4, data, len);
-			r = node_proto_send(fd, NODE_MSG_CHUNK, frame, len + 4, timeout);
+			pthread_mutex_unlock(&D.lock);
+			if (!buf) {
+				void *data = NULL;
+
+				r = store_get_compressed_chunk(s, f->refs[i].id, &data, &len);
+				if (r < 0) {
+					node_proto_send(fd, NODE_MSG_ERROR,
+							"chunk unreadable here", 21, timeout);
+					goto out;
+				}
+				buf = data;
+			}
+			iov[0] = (struct iovec){.iov_base = &order[k], .iov_len = 4};
+			iov[1] = (struct iovec){.iov_base = buf + off, .iov_len = len};
+			node_trace("chunk-send", "%zu %s", i, peer);
+			r = node_proto_sendv(fd, NODE_MSG_CHUNK, iov, 2, timeout);
 			if (r < 0)
 				goto out;
+			node_trace("chunk-sent", "%zu %s", i, peer);
+			last_sent_s = now_s();
 			pthread_mutex_lock(&D.lock);
 			count(D.sent, peer, len);
+			if (owed[i]) {
+				owed[i] = false;
+				fetch_release(f, i);
+			}
 			pthread_mutex_unlock(&D.lock);
 			sent++;
 		}
 	}
 	node_proto_send(fd, NODE_MSG_END, NULL, 0, timeout);
+	node_trace("end-sent", "%s", peer);
 out:
 	free(want);
 	free(order);
 	hostlist_free(hosts, n_hosts);
 	if (f) {
 		pthread_mutex_lock(&D.lock);
+		for (size_t i = 0; owed && i < f->n; i++)
+			if (owed[i])
+				fetch_release(f, i);
 		fetch_unref(f);
 		pthread_mutex_unlock(&D.lock);
 	}
+	free(owed);
 	store_close(s);
 }
 
@@ -1554,9 +1741,11 @@ static void *conn_thread(void *arg)
 			fs_write_all(c->fd, resp, strlen(resp));
 		goto out;
 	}
+	node_trace("conn", "%s", c->local ? "local" : c->peer);
 	r = node_proto_recv(c->fd, REQUEST_MAX, 10000, &type, &payload, &len);
 	if (r < 0)
 		goto out;
+	node_trace("request", "%u %zu bytes", (unsigned)type, len);
 	if (c->local) {
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
@@ -1585,6 +1774,7 @@ static void *conn_thread(void *arg)
 			refuse(c->fd, "the credential's uid is neither root nor the Slurm user");
 			goto out;
 		}
+		node_trace("auth", "%s uid %u", c->peer, (unsigned)uid);
 	}
 	req = json_loads(body, 0, NULL);
 	op = json_string_value(json_object_get(req, "op"));
@@ -1709,10 +1899,12 @@ int node_daemon_run(const struct node_options *o)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&D.cond, &ca);
+	pthread_cond_init(&D.ended, &ca);
 	D.store_dir = fs_path_join(o->cache_dir, "store");
 	D.state_path = fs_path_join(o->cache_dir, "state.json");
 	if (!D.store_dir || !D.state_path)
 		return log_error_errno(-ENOMEM, "starting the node daemon: %m");
+	node_trace_open(o->name);
 	r = fs_mkdir_p(o->cache_dir, 0700);
 	if (r < 0)
 		return log_error_errno(r, "creating the node cache %s: %m", o->cache_dir);

@@ -161,6 +161,53 @@ int node_proto_send(int fd, enum node_msg_type type, const void *payload, size_t
 	return send_all(fd, payload, len, timeout_ms);
 }
 
+int node_proto_sendv(int fd, enum node_msg_type type, const struct iovec *parts, int n,
+		     int timeout_ms)
+{
+	uint8_t h[NODE_PROTO_HEADER_BYTES];
+	struct iovec iov[5];
+	struct msghdr msg = {.msg_iov = iov};
+	size_t len = 0;
+
+	if (n < 0 || n > 4)
+		return -EINVAL;
+	iov[0] = (struct iovec){.iov_base = h, .iov_len = sizeof(h)};
+	for (int i = 0; i < n; i++) {
+		iov[i + 1] = parts[i];
+		len += parts[i].iov_len;
+	}
+	if (len > NODE_PROTO_MAX_PAYLOAD)
+		return -EMSGSIZE;
+	node_proto_header_encode(type, (uint32_t)len, h);
+	msg.msg_iovlen = (size_t)n + 1;
+	while (msg.msg_iovlen > 0) {
+		ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int r;
+
+		if (sent < 0 && errno == EINTR)
+			continue;
+		if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			r = wait_fd(fd, POLLOUT, timeout_ms);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (sent < 0)
+			return -errno;
+		/* Skip what went out: whole parts, then into the first one left. */
+		while (msg.msg_iovlen > 0 && (size_t)sent >= msg.msg_iov[0].iov_len) {
+			sent -= (ssize_t)msg.msg_iov[0].iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		if (msg.msg_iovlen > 0) {
+			msg.msg_iov[0].iov_base = (uint8_t *)msg.msg_iov[0].iov_base + sent;
+			msg.msg_iov[0].iov_len -= (size_t)sent;
+		}
+	}
+	return 0;
+}
+
 int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_type *ret_type,
 		    char **ret_payload, size_t *ret_len)
 {
@@ -184,6 +231,120 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	if (r < 0) {
 		free(buf);
 		return r;
+	}
+	buf[len] = 0;
+	*ret_type = type;
+	*ret_payload = buf;
+	*ret_len = len;
+	return 0;
+}
+
+#define READER_BYTES (256u * 1024)
+
+struct node_proto_reader {
+	int fd;
+	uint8_t *buf;
+	size_t start, end; /* unread bytes are buf[start, end) */
+};
+
+struct node_proto_reader *node_proto_reader_new(int fd)
+{
+	struct node_proto_reader *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	r->buf = malloc(READER_BYTES);
+	if (!r->buf) {
+		free(r);
+		return NULL;
+	}
+	r->fd = fd;
+	return r;
+}
+
+void node_proto_reader_free(struct node_proto_reader *r)
+{
+	if (!r)
+		return;
+	free(r->buf);
+	free(r);
+}
+
+/* Fills dst with len bytes, first from what r holds, then from the socket by deadline_ms;
+ * a read that is not for a larger payload than the buffer refills the buffer as far as the
+ * socket allows, so that the next frames need no call. */
+static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64_t deadline_ms)
+{
+	uint8_t *p = dst;
+
+	while (len > 0) {
+		size_t have = r->end - r->start;
+		ssize_t n;
+		int64_t left;
+		int w;
+
+		if (have > 0) {
+			size_t k = have < len ? have : len;
+
+			memcpy(p, r->buf + r->start, k);
+			r->start += k;
+			p += k;
+			len -= k;
+			continue;
+		}
+		r->start = r->end = 0;
+		/* A large remainder goes straight to dst; the buffer is for small frames. */
+		if (len >= READER_BYTES)
+			n = recv(r->fd, p, len, MSG_DONTWAIT);
+		else
+			n = recv(r->fd, r->buf, READER_BYTES, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			left = deadline_ms - now_ms();
+			if (left <= 0)
+				return -ETIMEDOUT;
+			w = wait_fd(r->fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
+			if (w < 0)
+				return w;
+			continue;
+		}
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ECONNRESET;
+		if (len >= READER_BYTES) {
+			p += n;
+			len -= (size_t)n;
+		} else
+			r->end = (size_t)n;
+	}
+	return 0;
+}
+
+int node_proto_reader_recv(struct node_proto_reader *r, uint32_t max_payload, int timeout_ms,
+			   enum node_msg_type *ret_type, char **ret_payload, size_t *ret_len)
+{
+	uint8_t h[NODE_PROTO_HEADER_BYTES];
+	enum node_msg_type type;
+	uint32_t len;
+	char *buf;
+	int e;
+
+	e = reader_take(r, h, sizeof(h), now_ms() + timeout_ms);
+	if (e < 0)
+		return e;
+	e = node_proto_header_decode(h, max_payload, &type, &len);
+	if (e < 0)
+		return e;
+	buf = malloc((size_t)len + 1);
+	if (!buf)
+		return -ENOMEM;
+	e = reader_take(r, buf, len,
+			now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
+	if (e < 0) {
+		free(buf);
+		return e;
 	}
 	buf[len] = 0;
 	*ret_type = type;

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define NODE_PROTO_MAGIC	0x4e484d56u /* "VMHN" */
 #define NODE_PROTO_HEADER_BYTES 12
@@ -40,6 +41,10 @@ int node_proto_header_decode(const uint8_t in[NODE_PROTO_HEADER_BYTES], uint32_t
  * (-ETIMEDOUT); -EPIPE/-ECONNRESET when the peer is gone. */
 int node_proto_send(int fd, enum node_msg_type type, const void *payload, size_t len,
 		    int timeout_ms);
+/* node_proto_send with the payload in n parts (n <= 4), sent with the header in one
+ * sendmsg: a chunk frame is its index and the stored bytes, with no copy to join them. */
+int node_proto_sendv(int fd, enum node_msg_type type, const struct iovec *parts, int n,
+		     int timeout_ms);
 /* A payload may take timeout_ms plus 1 ms per this many bytes to arrive: slower than
  * ~1 MB/s, a peer counts as stalled even though bytes still trickle in. */
 #define NODE_PROTO_SLOW_BYTES_PER_MS 1024
@@ -49,3 +54,15 @@ int node_proto_send(int fd, enum node_msg_type type, const void *payload, size_t
  * on a bad header. */
 int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_type *ret_type,
 		    char **ret_payload, size_t *ret_len);
+
+/* A receiver that reads what the socket holds in one call and cuts frames from it: a relay
+ * takes a stream of chunk frames, and one recv per header and per part of a payload was
+ * most of its system calls (docs/node.md). Not thread-safe; one per connection. */
+struct node_proto_reader;
+/* A reader of fd (which stays the caller's); NULL without memory. */
+struct node_proto_reader *node_proto_reader_new(int fd);
+/* Frees r; NULL is fine. */
+void node_proto_reader_free(struct node_proto_reader *r);
+/* node_proto_recv through r: the same frames, deadlines and errors. */
+int node_proto_reader_recv(struct node_proto_reader *r, uint32_t max_payload, int timeout_ms,
+			   enum node_msg_type *ret_type, char **ret_payload, size_t *ret_len);
