@@ -57,6 +57,7 @@ static const char *const required[] = {
     "CONFIG_VIRTIO_FS", /* the job folder */
     "CONFIG_NET",
     "CONFIG_INET",
+    "CONFIG_IPV6", /* net-isolation.sh probes with IPv6 link-local addresses */
     "CONFIG_UNIX",
     "CONFIG_CGROUPS", /* the job cgroup (src/guest/jobcg.c) */
     "CONFIG_MEMCG",
