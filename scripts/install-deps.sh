@@ -17,6 +17,9 @@ packages=(
   lz4 gzip bzip2
   # guests and MPI
   qemu-system-x86 qemu-utils mpich libmpich-dev iproute2
+  # the UCX transport over the shared-memory channel (scripts/build-uct-ivshmem.sh) and its
+  # host test (ucx_info, ucx_perftest)
+  libucx-dev ucx-utils dpkg-dev
   # Fortran MPI programs (mpif90) in tests/integration/own-program.sh
   gfortran
   # Open MPI images (examples/openmpi.ini) and programs for them (mpicc.openmpi)
@@ -29,6 +32,10 @@ packages=(
   # the node daemon: MUNGE authenticates peers (libmunge, and munged in the cluster tests);
   # tc (iproute2) shapes links in bench/distribution.sh
   munge libmunge-dev
+  # the Slurm tier (docs/slurm.md): the SPANK plugin builds against libslurm-dev's
+  # slurm/spank.h; tests/cluster/slurm.sh runs a real slurmctld and slurmds (nsenter and
+  # unshare from util-linux)
+  slurm-wlm slurmctld slurmd slurm-client libslurm-dev util-linux
 )
 
 missing=()

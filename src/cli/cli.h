@@ -28,6 +28,10 @@ int cli_cleanup_main(struct cli_context *ctx, int argc, char **argv);
 /* `vmhpc node`: the node daemon and its clients (cli/node.c). */
 int cli_node_main(struct cli_context *ctx, int argc, char **argv);
 int cli_kernel_main(struct cli_context *ctx, int argc, char **argv);
+/* `vmhpc slurm prolog|epilog` (cli/slurm.c) and `vmhpc mpirun` (cli/mpirun.c): the Slurm
+ * tier, docs/slurm.md. */
+int cli_slurm_main(struct cli_context *ctx, int argc, char **argv);
+int cli_mpirun_main(struct cli_context *ctx, int argc, char **argv);
 
 /* The kernel config fragment: $VMHPC_KERNEL_CONFIG, else the repo's kernel/vmhpc.config.
  * Caller frees. */

@@ -23,6 +23,8 @@ static const struct command commands[] = {
     {"image", cli_image_main, "build, list, inspect, verify and move images"},
     {"node", cli_node_main, "the node daemon: image cache and distribution (fetch)"},
     {"kernel", cli_kernel_main, "build the guest kernel of our own (once per machine)"},
+    {"mpirun", cli_mpirun_main, "in a Slurm job with --vm-image: MPI across the job's VMs"},
+    {"slurm", cli_slurm_main, "the SPANK plugin's prolog and epilog (root, on the nodes)"},
 };
 
 static void usage(FILE *f)

@@ -134,8 +134,10 @@ static int daemon_main(int argc, char **argv)
 			       "[--munge-socket PATH] [--slurm-user USER] [--insecure] "
 			       "[--peer-timeout-ms N]\n"
 			       "       vmhpc node fetch --image REF --nodes HOSTLIST [--job J] "
-			       "[--central] [--peers FILE] [--json]\n"
-			       "       vmhpc node present|release|metrics [--socket PATH] ...\n");
+			       "[--scheme chain|binomial|central] [--central] [--peers FILE] "
+			       "[--json]\n"
+			       "       vmhpc node present|release|metrics [--socket PATH] "
+			       "[--scheme S] ...\n");
 			return 0;
 		default:
 			return 2;
@@ -178,13 +180,18 @@ static void *ask_node(void *arg)
  * the image present; they build the tree among themselves. */
 static int fetch_main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"image", required_argument, NULL, 'i'}, {"nodes", required_argument, NULL, 'n'},
-	    {"job", required_argument, NULL, 'j'},   {"central", no_argument, NULL, 'c'},
-	    {"peers", required_argument, NULL, 'p'}, {"munge-socket", required_argument, NULL, 'u'},
-	    {"json", no_argument, NULL, 'J'},	     {0}};
+	static const struct option opts[] = {{"image", required_argument, NULL, 'i'},
+					     {"nodes", required_argument, NULL, 'n'},
+					     {"job", required_argument, NULL, 'j'},
+					     {"central", no_argument, NULL, 'c'},
+					     {"peers", required_argument, NULL, 'p'},
+					     {"munge-socket", required_argument, NULL, 'u'},
+					     {"json", no_argument, NULL, 'J'},
+					     {"scheme", required_argument, NULL, 's'},
+					     {0}};
 	const char *image = NULL, *nodes = NULL, *job = NULL, *peers = NULL, *munge = NULL;
-	bool central = false, json = false;
+	const char *scheme = NULL;
+	bool json = false;
 	_cleanup_free_ char *error = NULL;
 	char **hosts = NULL;
 	size_t n = 0;
@@ -207,7 +214,10 @@ static int fetch_main(int argc, char **argv)
 			job = optarg;
 			break;
 		case 'c':
-			central = true;
+			scheme = "central";
+			break;
+		case 's':
+			scheme = optarg;
 			break;
 		case 'p':
 			peers = optarg;
@@ -233,22 +243,27 @@ static int fetch_main(int argc, char **argv)
 	}
 	t = calloc(n, sizeof(*t));
 	th = calloc(n, sizeof(*th));
-	if (!t || !th)
-		return 1;
-	t0 = mono_s();
+	if (!t || !th) {
+		code = 1;
+		goto out;
+	}
+	/* Every address first, so that no thread is running when one is wrong. */
 	for (size_t i = 0; i < n; i++) {
-		char *e = NULL;
+		_cleanup_free_ char *e = NULL;
 
 		t[i].node = hosts[i];
 		t[i].munge_socket = munge;
 		if (node_peer_address(peers, hosts[i], NODE_DEFAULT_PORT, &t[i].addr, &e) < 0) {
-			log_error("%s", e);
-			return 1;
+			log_error("%s", e ? e : "no address");
+			code = 1;
+			goto out;
 		}
-		t[i].req = json_pack("{s:s, s:s, s:s, s:s?, s:b}", "op", "present", "ref", image,
-				     "nodes", nodes, "job", job, "central", central);
-		pthread_create(&th[i], NULL, ask_node, &t[i]);
+		t[i].req = json_pack("{s:s, s:s, s:s, s:s?, s:s?}", "op", "present", "ref", image,
+				     "nodes", nodes, "job", job, "scheme", scheme);
 	}
+	t0 = mono_s();
+	for (size_t i = 0; i < n; i++)
+		pthread_create(&th[i], NULL, ask_node, &t[i]);
 	for (size_t i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	for (size_t i = 0; i < n; i++) {
@@ -287,18 +302,28 @@ static int fetch_main(int argc, char **argv)
 		printf("%s on %zu nodes in %.2f s, %llu bytes moved\n", image, n, mono_s() - t0,
 		       (unsigned long long)total);
 	}
+out:
+	for (size_t i = 0; t && i < n; i++) {
+		free(t[i].addr);
+		free(t[i].error);
+		json_decref(t[i].req);
+		json_decref(t[i].reply);
+	}
+	free(t);
+	free(th);
+	hostlist_free(hosts, n);
 	return code;
 }
 
 /* present / release / metrics on this node's socket (the prolog's API). */
 static int local_main(const char *op, int argc, char **argv)
 {
-	static const struct option opts[] = {{"socket", required_argument, NULL, 's'},
-					     {"image", required_argument, NULL, 'i'},
-					     {"nodes", required_argument, NULL, 'n'},
-					     {"job", required_argument, NULL, 'j'},
-					     {0}};
+	static const struct option opts[] = {
+	    {"socket", required_argument, NULL, 's'}, {"image", required_argument, NULL, 'i'},
+	    {"nodes", required_argument, NULL, 'n'},  {"job", required_argument, NULL, 'j'},
+	    {"scheme", required_argument, NULL, 'S'}, {0}};
 	const char *sock = DEFAULT_SOCKET, *image = NULL, *nodes = NULL, *job = NULL;
+	const char *scheme = NULL;
 	_cleanup_free_ char *error = NULL;
 	json_t *req, *reply = NULL;
 	int c, r;
@@ -318,12 +343,15 @@ static int local_main(const char *op, int argc, char **argv)
 		case 'j':
 			job = optarg;
 			break;
+		case 'S':
+			scheme = optarg;
+			break;
 		default:
 			return 2;
 		}
 	}
-	req = json_pack("{s:s, s:s?, s:s?, s:s?}", "op", op, "ref", image, "nodes",
-			nodes ? nodes : "", "job", job);
+	req = json_pack("{s:s, s:s?, s:s?, s:s?, s:s?}", "op", op, "ref", image, "nodes",
+			nodes ? nodes : "", "job", job, "scheme", scheme);
 	if (!nodes)
 		json_object_set_new(req, "nodes", json_array());
 	r = node_client_local(sock, req, 24 * 3600 * 1000, &reply, &error);

@@ -87,6 +87,49 @@ static void parse_hosts(struct config *cfg, const char *list)
 	}
 }
 
+/* vmhpc.hosts_seq=PREFIX:FIRST:N, the host list of a job too large for the kernel command
+ * line (x86 keeps 2048 bytes): N hosts named PREFIX0 .. PREFIX<N-1> at consecutive IPv4
+ * addresses from FIRST. Appended to what vmhpc.hosts gave. */
+static void parse_hosts_seq(struct config *cfg, const char *value)
+{
+	char prefix[48], first[INET_ADDRSTRLEN];
+	const char *c1 = strchr(value, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+	unsigned long n;
+	struct in_addr a;
+	struct host_entry *grown;
+	uint32_t base;
+
+	if (!c1 || !c2 || (size_t)(c1 - value) >= sizeof(prefix) ||
+	    (size_t)(c2 - c1 - 1) >= sizeof(first)) {
+		console_say("vmhpc.hosts_seq \"%.64s\" is not PREFIX:FIRST-ADDRESS:COUNT; skipped",
+			    value);
+		return;
+	}
+	memcpy(prefix, value, (size_t)(c1 - value));
+	prefix[c1 - value] = '\0';
+	memcpy(first, c1 + 1, (size_t)(c2 - c1 - 1));
+	first[c2 - c1 - 1] = '\0';
+	if (!valid_name(prefix, strlen(prefix)) || inet_pton(AF_INET, first, &a) != 1 ||
+	    !cmdline_parse_uint(c2 + 1, MAX_HOSTS, &n) || cfg->n_hosts + n > MAX_HOSTS) {
+		console_say("vmhpc.hosts_seq \"%.64s\": a host name prefix, an IPv4 address and "
+			    "at most %d hosts in all; skipped",
+			    value, MAX_HOSTS);
+		return;
+	}
+	grown = realloc(cfg->hosts, (cfg->n_hosts + n) * sizeof(*grown));
+	if (!grown)
+		return;
+	cfg->hosts = grown;
+	base = ntohl(a.s_addr);
+	for (unsigned long g = 0; g < n; g++) {
+		struct host_entry *e = &grown[cfg->n_hosts++];
+		struct in_addr ag = {.s_addr = htonl(base + (uint32_t)g)};
+
+		snprintf(e->name, sizeof(e->name), "%s%lu", prefix, g);
+		inet_ntop(AF_INET, &ag, e->addr, sizeof(e->addr));
+	}
+}
+
 static void parse_key(struct config *cfg, const char *key, const char *value)
 {
 	unsigned long v;
@@ -121,6 +164,8 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 		}
 	} else if (strcmp(key, "hosts") == 0) {
 		parse_hosts(cfg, value);
+	} else if (strcmp(key, "hosts_seq") == 0) {
+		parse_hosts_seq(cfg, value);
 	} else if (strcmp(key, "root") == 0) {
 		if (strcmp(value, "pmem") == 0)
 			cfg->root = ROOT_PMEM;

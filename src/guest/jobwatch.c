@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #define MAX_PROCS	    65536
-#define MAX_HOSTS	    256
+#define MAX_HOSTS	    4096 /* a job across nodes: JOB_MAX_VMS_TOTAL (src/vm/job.h) */
 #define PROBE_TIMEOUT_MS    10000
 #define TERM_GRACE_MS	    3000
 #define GRACE_S_DEFAULT	    20
@@ -294,7 +294,7 @@ int jobwatch_main(int argc, char **argv)
 	for (char *save = NULL, *h = strtok_r(host_list, ",", &save); h;
 	     h = strtok_r(NULL, ",", &save)) {
 		if (n_hosts == MAX_HOSTS)
-			return usage_error("more than 256 hosts");
+			return usage_error("more than 4096 hosts");
 		hosts[n_hosts++] = h;
 	}
 	n = readlink("/proc/self/exe", self, sizeof(self) - 1);

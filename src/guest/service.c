@@ -261,6 +261,14 @@ static void control_hello(struct conn *c)
 	send_info(c, FRAME_READY, false);
 }
 
+static bool env_has(char *const *env, const char *prefix)
+{
+	for (char *const *p = env; *p; p++)
+		if (strncmp(*p, prefix, strlen(prefix)) == 0)
+			return true;
+	return false;
+}
+
 /* The child side of a command: never returns. */
 static void __attribute__((noreturn))
 job_child(const struct frame_exec *e, const char *token_env, bool job_cgroup,
@@ -306,13 +314,27 @@ job_child(const struct frame_exec *e, const char *token_env, bool job_cgroup,
 	 * is safe here. */
 	while (env[n])
 		n++;
-	envp = calloc(n + 2 + SHMDEV_ENV_MAX, sizeof(*envp));
+	envp = calloc(n + 3 + SHMDEV_ENV_MAX, sizeof(*envp));
 	if (!envp)
 		_exit(126);
 	n = 0;
-	for (char *const *p = env; *p; p++)
-		if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0 && strncmp(*p, "VMHPC_SHM", 9) != 0)
+	for (char *const *p = env; *p; p++) {
+		/* The launcher's UCX_TLS gains the transport over the channel when this image
+		 * carries it (docs/bypass.md); hydra passes it on to every rank. */
+		char *tls = shmdev_ucx_tls(shm, *p);
+
+		if (tls) {
+			envp[n++] = tls;
+			/* Large messages as eager fragments through the channel: UCX's rendezvous
+			 * would move them over TCP (the only transport with zero-copy RMA here),
+			 * measured 4-10x slower (bench/RESULTS.md). The caller's own wins. */
+			if (!env_has(env, "UCX_RNDV_THRESH="))
+				envp[n++] = (char *)"UCX_RNDV_THRESH=inf";
+		} else if (strncmp(*p, "VMHPC_TOKEN=", 12) != 0 &&
+			   strncmp(*p, "VMHPC_SHM", 9) != 0) {
 			envp[n++] = *p;
+		}
+	}
 	if (token_env[0])
 		envp[n++] = (char *)token_env;
 	/* And where the job's shared-memory channel is (docs/bypass.md). */

@@ -95,7 +95,47 @@ int shmdev_setup(struct shmdev *d, const char *sysfs_pci, bool have_node, unsign
 	snprintf(d->env[1], sizeof(d->env[1]), "%s=%016llx", SHM_ENV_KEY,
 		 (unsigned long long)d->key);
 	snprintf(d->env[2], sizeof(d->env[2]), "%s=%u", SHM_ENV_NODE, node);
+	d->ucx = shmdev_is_ucx_transport(SHMDEV_UCX_MODULE) == 1;
 	return 0;
+}
+
+int shmdev_is_ucx_transport(const char *path)
+{
+	static const char mark[] = "uct_ivshmem_init";
+	char *buf;
+	struct stat st;
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), found = 0;
+
+	if (fd < 0)
+		return 0;
+	/* A module is tens of KiB; anything much larger is not ours. */
+	if (fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size > (16 << 20) ||
+	    !(buf = malloc((size_t)st.st_size))) {
+		close(fd);
+		return 0;
+	}
+	n = read(fd, buf, (size_t)st.st_size);
+	close(fd);
+	if (n > 0)
+		found = memmem(buf, (size_t)n, mark, sizeof(mark) - 1) != NULL;
+	free(buf);
+	return found;
+}
+
+char *shmdev_ucx_tls(const struct shmdev *d, const char *entry)
+{
+	const char *list;
+	char *out;
+
+	if (!d || !d->present || !d->ucx || strncmp(entry, "UCX_TLS=", 8) != 0)
+		return NULL;
+	list = entry + 8;
+	if (!*list || *list == '^' || strstr(list, "ivshmem") || strcmp(list, "all") == 0)
+		return NULL;
+	if (asprintf(&out, "UCX_TLS=ivshmem,%s", list) < 0)
+		return NULL;
+	return out;
 }
 
 void shmdev_give(const struct shmdev *d, uid_t uid, gid_t gid)

@@ -31,12 +31,11 @@
 #include "image/elf.h"
 #include "util/cleanup.h"
 #include "util/log.h"
+#include "util/pathwalk.h"
 
 /* Most files one closure may hold. */
 #define CLOSURE_FILES_MAX 100000
-/* Symlinks followed in one lookup, as the kernel's MAXSYMLINKS. */
-#define CLOSURE_SYMLINKS_MAX 40
-#define NO_OBJECT	     SIZE_MAX
+#define NO_OBJECT	  SIZE_MAX
 
 /* The expansions Debian's x86-64 glibc uses for $LIB and $PLATFORM. */
 #define DST_LIB	     "lib/x86_64-linux-gnu"
@@ -169,16 +168,10 @@ static int path_clean(const char *path, bool keep_dotdot, char out[static PATH_M
 {
 	size_t len = 0;
 
-	for (const char *p = path; *p;) {
-		const char *end;
-		size_t n;
+	const char *p, *rest = path;
+	size_t n;
 
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
+	while ((p = pathwalk_next(&rest, &n))) {
 		if (n == 1 && p[0] == '.') {
 			/* nothing */
 		} else if (n == 2 && p[0] == '.' && p[1] == '.' && !keep_dotdot) {
@@ -193,7 +186,6 @@ static int path_clean(const char *path, bool keep_dotdot, char out[static PATH_M
 			memcpy(out + len, p, n);
 			len += n;
 		}
-		p = end;
 	}
 	if (len == 0)
 		out[len++] = '/';
@@ -250,110 +242,77 @@ static char *usrmerge_alias(const char *clean, int *ret_r)
 	return out;
 }
 
-/* Resolves path inside root the way a chroot would: every component is lstat()ed under
- * root, symlinks are expanded (absolute targets restart at root), ".." stops at root.
- * Because each directory in the prefix was checked not to be a symlink, the kernel never
- * follows a link out of root while we build host paths. On success *ret_real is the
- * resolved path inside root (caller frees) and *ret_st its lstat. */
+struct root_walk {
+	const char *root;
+	size_t root_len; /* without trailing slashes: "/" becomes "" */
+};
+
+/* Builds root + image path into host (PATH_MAX bytes). */
+static int root_host_path(const struct root_walk *w, const char *path, char host[static PATH_MAX])
+{
+	size_t n = strlen(path);
+
+	if (w->root_len + n >= PATH_MAX)
+		return -ENAMETOOLONG;
+	memcpy(host, w->root, w->root_len);
+	memcpy(host + w->root_len, path, n + 1);
+	return 0;
+}
+
+static int root_lookup(const char *path, enum pathwalk_kind *ret_kind, char target[static PATH_MAX],
+		       void *userdata)
+{
+	const struct root_walk *w = userdata;
+	char host[PATH_MAX];
+	struct stat st;
+	ssize_t t;
+	int r;
+
+	r = root_host_path(w, path, host);
+	if (r < 0)
+		return r;
+	if (lstat(host, &st) < 0)
+		return -errno;
+	if (!S_ISLNK(st.st_mode)) {
+		*ret_kind = S_ISDIR(st.st_mode)	  ? PATHWALK_DIR
+			    : S_ISREG(st.st_mode) ? PATHWALK_FILE
+						  : PATHWALK_OTHER;
+		return 0;
+	}
+	t = readlink(host, target, PATH_MAX);
+	if (t < 0)
+		return -errno;
+	if (t >= PATH_MAX)
+		return -ENAMETOOLONG;
+	target[t] = '\0';
+	*ret_kind = PATHWALK_LINK;
+	return 0;
+}
+
+/* Resolves path inside root the way a chroot would (util/pathwalk.h). Because each directory
+ * in the prefix was checked not to be a symlink, the kernel never follows a link out of root
+ * while we build host paths. On success *ret_real is the resolved path inside root (caller
+ * frees) and *ret_st its lstat. */
 static int resolve_in_root(const char *root, const char *path, char **ret_real, struct stat *ret_st)
 {
-	char todo[PATH_MAX], done[PATH_MAX], host[PATH_MAX], target[PATH_MAX], next[PATH_MAX];
-	size_t root_len = strlen(root), done_len = 0;
-	unsigned n_links = 0;
-	bool is_dir = true;
-	struct stat st;
-	const char *p;
-	char *real;
+	struct root_walk w = {.root = root, .root_len = strlen(root)};
+	char real[PATH_MAX], host[PATH_MAX];
+	enum pathwalk_kind kind;
+	int r;
 
-	while (root_len > 0 && root[root_len - 1] == '/')
-		root_len--; /* "/" becomes "", so host paths are root + image path */
-	if (root_len >= PATH_MAX || strlen(path) >= PATH_MAX)
-		return -ENAMETOOLONG;
-	strcpy(todo, path);
-	done[0] = '\0';
-	p = todo;
-
-	for (;;) {
-		const char *end;
-		size_t n;
-
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		if (!is_dir)
-			return -ENOTDIR;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
-		if (n == 1 && p[0] == '.') {
-			p = end;
-			continue;
-		}
-		if (n == 2 && p[0] == '.' && p[1] == '.') {
-			char *slash = strrchr(done, '/');
-
-			if (slash) {
-				*slash = '\0';
-				done_len = (size_t)(slash - done);
-			}
-			p = end;
-			continue;
-		}
-		if (root_len + done_len + 1 + n >= PATH_MAX)
-			return -ENAMETOOLONG;
-		memcpy(host, root, root_len);
-		memcpy(host + root_len, done, done_len);
-		host[root_len + done_len] = '/';
-		memcpy(host + root_len + done_len + 1, p, n);
-		host[root_len + done_len + 1 + n] = '\0';
-		if (lstat(host, &st) < 0)
-			return -errno;
-
-		if (S_ISLNK(st.st_mode)) {
-			ssize_t t;
-			size_t rest_len = strlen(end);
-
-			if (++n_links > CLOSURE_SYMLINKS_MAX)
-				return -ELOOP;
-			t = readlink(host, target, sizeof(target));
-			if (t < 0)
-				return -errno;
-			if ((size_t)t >= sizeof(target) || (size_t)t + rest_len >= sizeof(next))
-				return -ENAMETOOLONG;
-			if (t == 0)
-				return -ENOENT;
-			/* The rest of the walk is the link target followed by what was left. */
-			memcpy(next, target, (size_t)t);
-			memcpy(next + t, end, rest_len + 1);
-			memcpy(todo, next, (size_t)t + rest_len + 1);
-			p = todo;
-			if (target[0] == '/') {
-				done[0] = '\0';
-				done_len = 0;
-			}
-			continue;
-		}
-		done[done_len++] = '/';
-		memcpy(done + done_len, p, n);
-		done_len += n;
-		done[done_len] = '\0';
-		is_dir = S_ISDIR(st.st_mode);
-		p = end;
-	}
-
-	if (done_len == 0) {
-		/* The root itself. */
-		if (stat(root_len > 0 ? root : "/", &st) < 0)
-			return -errno;
-		real = strdup("/");
-	} else {
-		real = strdup(done);
-	}
-	if (!real)
-		return -ENOMEM;
-	*ret_real = real;
-	*ret_st = st;
-	return 0;
+	while (w.root_len > 0 && root[w.root_len - 1] == '/')
+		w.root_len--;
+	r = pathwalk_resolve(path, root_lookup, &w, real, &kind);
+	if (r < 0)
+		return r;
+	if (strcmp(real, "/") == 0)
+		r = stat(w.root_len > 0 ? root : "/", ret_st) < 0 ? -errno : 0;
+	else if ((r = root_host_path(&w, real, host)) == 0)
+		r = lstat(host, ret_st) < 0 ? -errno : 0;
+	if (r < 0)
+		return r;
+	*ret_real = strdup(real);
+	return *ret_real ? 0 : -ENOMEM;
 }
 
 /* Builds root + image_path as a host path (caller frees). */

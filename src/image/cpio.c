@@ -22,6 +22,7 @@
 #include "util/cleanup.h"
 #include "util/fsutil.h"
 #include "util/log.h"
+#include "util/pathwalk.h"
 
 #define CPIO_MAGIC	  "070701"
 #define CPIO_HEADER_BYTES 110
@@ -94,19 +95,13 @@ static void put_zeros_to_align4(struct cpio_writer *w)
 static int normalize_path(const char *path, char out[static CPIO_PATH_MAX])
 {
 	size_t len = 0;
+	const char *p, *rest;
+	size_t n;
 
 	if (!path)
 		return -EINVAL;
-	for (const char *p = path; *p;) {
-		const char *end;
-		size_t n;
-
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
+	rest = path;
+	while ((p = pathwalk_next(&rest, &n))) {
 		if (n == 2 && p[0] == '.' && p[1] == '.')
 			return -EINVAL; /* would let an archive write outside its root */
 		if (!(n == 1 && p[0] == '.')) {
@@ -117,7 +112,6 @@ static int normalize_path(const char *path, char out[static CPIO_PATH_MAX])
 			memcpy(out + len, p, n);
 			len += n;
 		}
-		p = end;
 	}
 	if (len == 0)
 		return -EINVAL;

@@ -35,10 +35,9 @@
 #include "util/error.h"
 #include "util/fsutil.h"
 #include "util/log.h"
+#include "util/pathwalk.h"
 
 #define NO_OBJECT SIZE_MAX
-/* Symlinks followed in one lookup, as the kernel's MAXSYMLINKS. */
-#define NEEDS_SYMLINKS_MAX 40
 /* What the kernel reads of a file to find its #! line (BINPRM_BUF_SIZE). */
 #define SHEBANG_MAX_BYTES 256
 /* Largest dpkg file list read for a package hint. */
@@ -107,29 +106,28 @@ static bool above_job(const struct checker *c, const char *path)
 	       c->job_dir[n] == '/';
 }
 
-enum kind { KIND_FILE, KIND_DIR, KIND_LINK, KIND_OTHER };
-
-static enum kind entry_kind(const struct image_index_entry *e)
+static enum pathwalk_kind entry_kind(const struct image_index_entry *e)
 {
 	/* rootfs.c writes one letter; the long forms are accepted as well. */
 	if (strcmp(e->type, "f") == 0 || strcmp(e->type, "file") == 0)
-		return KIND_FILE;
+		return PATHWALK_FILE;
 	if (strcmp(e->type, "d") == 0 || strcmp(e->type, "dir") == 0)
-		return KIND_DIR;
+		return PATHWALK_DIR;
 	if (strcmp(e->type, "l") == 0 || strcmp(e->type, "symlink") == 0)
-		return KIND_LINK;
-	return KIND_OTHER;
+		return PATHWALK_LINK;
+	return PATHWALK_OTHER;
 }
 
 /* Looks at one absolute, clean path (no symlink in its parents) in the view: its kind and,
  * for a link, its target (into target, PATH_MAX bytes). */
-static int view_stat(const struct checker *c, const char *path, enum kind *ret_kind,
-		     char target[static PATH_MAX])
+static int view_lookup(const char *path, enum pathwalk_kind *ret_kind, char target[static PATH_MAX],
+		       void *userdata)
 {
+	const struct checker *c = userdata;
 	const struct image_index_entry *e;
 
 	if (above_job(c, path)) {
-		*ret_kind = KIND_DIR;
+		*ret_kind = PATHWALK_DIR;
 		return 0;
 	}
 	if (in_job(c, path)) {
@@ -145,11 +143,11 @@ static int view_stat(const struct checker *c, const char *path, enum kind *ret_k
 			if (n >= PATH_MAX)
 				return -ENAMETOOLONG;
 			target[n] = '\0';
-			*ret_kind = KIND_LINK;
+			*ret_kind = PATHWALK_LINK;
 		} else {
-			*ret_kind = S_ISREG(st.st_mode)	  ? KIND_FILE
-				    : S_ISDIR(st.st_mode) ? KIND_DIR
-							  : KIND_OTHER;
+			*ret_kind = S_ISREG(st.st_mode)	  ? PATHWALK_FILE
+				    : S_ISDIR(st.st_mode) ? PATHWALK_DIR
+							  : PATHWALK_OTHER;
 		}
 		return 0;
 	}
@@ -157,7 +155,7 @@ static int view_stat(const struct checker *c, const char *path, enum kind *ret_k
 	if (!e)
 		return -ENOENT;
 	*ret_kind = entry_kind(e);
-	if (*ret_kind == KIND_LINK) {
+	if (*ret_kind == PATHWALK_LINK) {
 		if (!e->target || strlen(e->target) >= PATH_MAX)
 			return -ENOENT;
 		strcpy(target, e->target);
@@ -165,93 +163,27 @@ static int view_stat(const struct checker *c, const char *path, enum kind *ret_k
 	return 0;
 }
 
-/* Resolves path in the view as the guest's kernel would: every component looked up, links
- * expanded (absolute targets restart at /), ".." stops at /. 0 with *ret_real (caller
- * frees) and *ret_where for a regular file; -ENOENT, -ENOTDIR, -EISDIR, -ELOOP,
+/* Resolves path in the view as the guest's kernel would (util/pathwalk.h). 0 with *ret_real
+ * (caller frees) and *ret_where for a regular file; -ENOENT, -ENOTDIR, -EISDIR, -ELOOP,
  * -ENAMETOOLONG otherwise. */
 static int view_resolve(const struct checker *c, const char *path, char **ret_real,
 			enum where *ret_where)
 {
-	char todo[PATH_MAX], done[PATH_MAX], target[PATH_MAX], next[PATH_MAX];
-	size_t done_len = 0;
-	unsigned n_links = 0;
-	enum kind kind = KIND_DIR;
-	const char *p;
+	char real[PATH_MAX];
+	enum pathwalk_kind kind;
 	int r;
 
-	if (path[0] != '/')
-		return -EINVAL;
-	if (strlen(path) >= PATH_MAX)
-		return -ENAMETOOLONG;
-	strcpy(todo, path);
-	done[0] = '\0';
-	p = todo;
-	for (;;) {
-		const char *end;
-		size_t n;
-
-		while (*p == '/')
-			p++;
-		if (!*p)
-			break;
-		if (kind != KIND_DIR)
-			return -ENOTDIR;
-		end = strchrnul(p, '/');
-		n = (size_t)(end - p);
-		if (n == 1 && p[0] == '.') {
-			p = end;
-			continue;
-		}
-		if (n == 2 && p[0] == '.' && p[1] == '.') {
-			char *slash = strrchr(done, '/');
-
-			if (slash) {
-				*slash = '\0';
-				done_len = (size_t)(slash - done);
-			}
-			p = end;
-			continue;
-		}
-		if (done_len + 1 + n >= PATH_MAX)
-			return -ENAMETOOLONG;
-		done[done_len] = '/';
-		memcpy(done + done_len + 1, p, n);
-		done[done_len + 1 + n] = '\0';
-		r = view_stat(c, done, &kind, target);
-		if (r < 0)
-			return r;
-		if (kind == KIND_LINK) {
-			size_t t = strlen(target), rest = strlen(end);
-
-			done[done_len] = '\0';
-			if (++n_links > NEEDS_SYMLINKS_MAX)
-				return -ELOOP;
-			if (t == 0)
-				return -ENOENT;
-			if (t + rest >= sizeof(next))
-				return -ENAMETOOLONG;
-			memcpy(next, target, t);
-			memcpy(next + t, end, rest + 1);
-			memcpy(todo, next, t + rest + 1);
-			p = todo;
-			if (target[0] == '/') {
-				done[0] = '\0';
-				done_len = 0;
-			}
-			kind = KIND_DIR;
-			continue;
-		}
-		done_len += 1 + n;
-		p = end;
-	}
-	if (kind == KIND_DIR)
+	r = pathwalk_resolve(path, view_lookup, (void *)c, real, &kind);
+	if (r < 0)
+		return r;
+	if (kind == PATHWALK_DIR)
 		return -EISDIR;
-	if (kind != KIND_FILE)
+	if (kind != PATHWALK_FILE)
 		return -ENOENT;
-	*ret_real = strdup(done);
+	*ret_real = strdup(real);
 	if (!*ret_real)
 		return -ENOMEM;
-	*ret_where = in_job(c, done) ? WHERE_HOST : WHERE_IMAGE;
+	*ret_where = in_job(c, real) ? WHERE_HOST : WHERE_IMAGE;
 	return 0;
 }
 

@@ -12,6 +12,11 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <linux/if_link.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
 
 #include "util/cleanup.h"
 #include "util/error.h"
@@ -208,10 +213,11 @@ static int make_namespaces(struct net_job *j, bool unprivileged, char **ret_erro
 	return r;
 }
 
-/* Runs `ip -batch -` inside the namespaces with the commands in batch. */
-static int run_ip_batch(const struct net_job *j, const char *batch, char **ret_error)
+/* Runs `PROGRAM -batch -` (ip or bridge) inside the namespaces with the commands in batch. */
+static int run_batch(const struct net_job *j, const char *program, const char *batch,
+		     char **ret_error)
 {
-	char *argv[] = {"ip", "-batch", "-", NULL};
+	char *argv[] = {(char *)program, "-batch", "-", NULL};
 	_cleanup_free_ char *err = NULL, *last = NULL;
 	_cleanup_close_ int in_r = -1;
 	struct proc_options opts = {.stdout_fd = -1, .namespaces = &j->ns};
@@ -233,7 +239,8 @@ static int run_ip_batch(const struct net_job *j, const char *batch, char **ret_e
 	opts.stdin_fd = in_r;
 	r = proc_run(argv, &opts, NULL, &err, &code);
 	if (r < 0)
-		return error_set(ret_error, r, "running ip: %s; install iproute2", strerror(-r));
+		return error_set(ret_error, r, "running %s: %s; install iproute2", program,
+				 strerror(-r));
 	if (code != 0) {
 		/* ip ends with "Command failed -:N"; the line before says why. */
 		char *cut = strstr(err, "Command failed");
@@ -242,11 +249,16 @@ static int run_ip_batch(const struct net_job *j, const char *batch, char **ret_e
 			*cut = '\0';
 		last = proc_last_line(err);
 		return error_set(ret_error, -EIO,
-				 "making the job's bridge and taps in its network namespace with "
-				 "`ip` failed (exit %d): %s",
-				 code, last && *last ? last : "?");
+				 "making the job's network in its network namespace with "
+				 "`%s` failed (exit %d): %s",
+				 program, code, last && *last ? last : "?");
 	}
 	return 0;
+}
+
+static int run_ip_batch(const struct net_job *j, const char *batch, char **ret_error)
+{
+	return run_batch(j, "ip", batch, ret_error);
 }
 
 int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char **ret_error)
@@ -304,6 +316,181 @@ int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char
 	return 0;
 fail:
 	net_job_free(j);
+	return r;
+}
+
+/* ---- the VXLAN link (net_job_add_vxlan) ---- */
+
+#define VXLAN_IFNAME "vxlan0"
+
+struct nl_buf {
+	union {
+		struct nlmsghdr hdr;
+		char bytes[512];
+	};
+};
+
+/* Appends one attribute; returns it (for nesting) or NULL when the buffer is full. */
+static struct rtattr *nl_put(struct nl_buf *b, unsigned short type, const void *data, size_t len)
+{
+	size_t off = NLMSG_ALIGN(b->hdr.nlmsg_len);
+	struct rtattr *a = (struct rtattr *)(b->bytes + off);
+
+	if (off + RTA_SPACE(len) > sizeof(b->bytes))
+		return NULL;
+	a->rta_type = type;
+	a->rta_len = (unsigned short)RTA_LENGTH(len);
+	if (len)
+		memcpy(RTA_DATA(a), data, len);
+	b->hdr.nlmsg_len = (uint32_t)(off + RTA_SPACE(len));
+	return a;
+}
+
+static void nl_end_nest(struct nl_buf *b, struct rtattr *nest)
+{
+	nest->rta_len = (unsigned short)(b->bytes + b->hdr.nlmsg_len - (char *)nest);
+}
+
+/* RTM_NEWLINK for a VXLAN device named VXLAN_IFNAME, sent from the caller's network
+ * namespace with IFLA_NET_NS_FD = the job's: the kernel makes the device in the job's
+ * namespace while the VXLAN's "link net", where it opens its UDP socket, is the namespace the
+ * request came from. So the device never exists in the node's namespace (no failure can
+ * leave it there) and goes with the job's namespace. Returns 0 or -errno (the kernel's). */
+static int vxlan_create(int netns_fd, const struct net_vxlan *vx)
+{
+	struct nl_buf b = {0};
+	struct ifinfomsg *ifi;
+	struct rtattr *linkinfo, *data;
+	struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+	uint32_t fd32 = (uint32_t)netns_fd, mtu = vx->mtu, vni = vx->vni;
+	uint16_t port_be = htons(vx->port);
+	uint8_t off = 0;
+	char reply[4096]; /* an error echoes our request (< 512 bytes) after its header */
+	_cleanup_close_ int sock = -1;
+	ssize_t n;
+
+	b.hdr.nlmsg_len = NLMSG_LENGTH(sizeof(*ifi));
+	b.hdr.nlmsg_type = RTM_NEWLINK;
+	b.hdr.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+	b.hdr.nlmsg_seq = 1;
+	ifi = NLMSG_DATA(&b.hdr);
+	ifi->ifi_family = AF_UNSPEC;
+	if (!nl_put(&b, IFLA_IFNAME, VXLAN_IFNAME, sizeof(VXLAN_IFNAME)) ||
+	    !nl_put(&b, IFLA_MTU, &mtu, sizeof(mtu)) ||
+	    !nl_put(&b, IFLA_NET_NS_FD, &fd32, sizeof(fd32)))
+		return -ENOBUFS;
+	linkinfo = nl_put(&b, IFLA_LINKINFO, NULL, 0);
+	if (!linkinfo || !nl_put(&b, IFLA_INFO_KIND, "vxlan", sizeof("vxlan")))
+		return -ENOBUFS;
+	data = nl_put(&b, IFLA_INFO_DATA, NULL, 0);
+	/* No learning: the flood entries and the bridge decide where frames go; a remote's
+	 * source address is not trusted to claim MACs. */
+	if (!data || !nl_put(&b, IFLA_VXLAN_ID, &vni, sizeof(vni)) ||
+	    !nl_put(&b, IFLA_VXLAN_PORT, &port_be, sizeof(port_be)) ||
+	    !nl_put(&b, IFLA_VXLAN_LEARNING, &off, sizeof(off)))
+		return -ENOBUFS;
+	nl_end_nest(&b, data);
+	nl_end_nest(&b, linkinfo);
+
+	sock = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	if (sock < 0)
+		return -errno;
+	if (sendto(sock, &b, b.hdr.nlmsg_len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+	do
+		n = recv(sock, reply, sizeof(reply), 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (unsigned)n);
+	     h = NLMSG_NEXT(h, n))
+		if (h->nlmsg_type == NLMSG_ERROR) {
+			const struct nlmsgerr *e = NLMSG_DATA(h);
+
+			return e->error; /* 0: the ACK */
+		}
+	return -EBADMSG;
+}
+
+int net_job_add_vxlan(struct net_job *j, const struct net_vxlan *vx, char **ret_error)
+{
+	_cleanup_free_ char *ip_batch = NULL, *fdb_batch = NULL;
+	size_t cap, len = 0;
+	struct in_addr a;
+	int r;
+
+	if (j->ns.user_fd >= 0)
+		return error_set(ret_error, -EPERM,
+				 "a job across nodes needs root: its VXLAN device is made in the "
+				 "node's network namespace");
+	if (vx->vni == 0 || vx->vni > 0xffffff || vx->port == 0 || vx->mtu < 576 || vx->mtu > 9000)
+		return error_set(ret_error, -EINVAL,
+				 "VXLAN id %u, port %u, MTU %u: the id is 1 .. 16777215, the MTU "
+				 "576 .. 9000",
+				 vx->vni, vx->port, vx->mtu);
+	for (unsigned i = 0; i < vx->n_entries; i++)
+		if (inet_pton(AF_INET, vx->entries[i].dst, &a) != 1)
+			return error_set(ret_error, -EINVAL,
+					 "node address \"%s\" is not an IPv4 address",
+					 vx->entries[i].dst);
+	for (unsigned i = 0; i < vx->n_remotes; i++)
+		if (inet_pton(AF_INET, vx->remote_addrs[i], &a) != 1)
+			return error_set(ret_error, -EINVAL,
+					 "node address \"%s\" is not an IPv4 address",
+					 vx->remote_addrs[i]);
+	r = vxlan_create(j->ns.net_fd, vx);
+	if (r == -EEXIST)
+		return error_set(ret_error, r,
+				 "VXLAN id %u on UDP port %u is in use on this node (another "
+				 "job's segment): give each job its own id",
+				 vx->vni, vx->port);
+	if (r == -EOPNOTSUPP || r == -ENOENT)
+		return error_set(ret_error, r,
+				 "making the job's VXLAN device: %s; this kernel lacks VXLAN "
+				 "(CONFIG_VXLAN, `modprobe vxlan`)",
+				 strerror(-r));
+	if (r < 0)
+		return error_set(ret_error, r, "making the job's VXLAN device (id %u, port %u): %s",
+				 vx->vni, vx->port, strerror(-r));
+
+	/* Enslaved and up; the taps take the same MTU so that the bridge's (its ports'
+	 * smallest) does not change with the order they come up in. */
+	cap = 128 + (size_t)j->n_taps * 48;
+	ip_batch = malloc(cap);
+	if (!ip_batch)
+		return -ENOMEM;
+	len += (size_t)snprintf(ip_batch + len, cap - len,
+				"link set " VXLAN_IFNAME " master " NET_BRIDGE " up\n");
+	for (unsigned i = 0; i < j->n_taps; i++)
+		len += (size_t)snprintf(ip_batch + len, cap - len, "link set %s mtu %u\n",
+					j->taps[i], vx->mtu);
+	r = run_ip_batch(j, ip_batch, ret_error);
+	if (r < 0)
+		return r;
+	/* Head-end replication: broadcast (ARP) and unknown unicast go to every other node.
+	 * In batches of 256 entries (~16 KiB): each batch must fit the pipe (run_batch). */
+	cap = 256 * 80 + 1;
+	fdb_batch = malloc(cap);
+	if (!fdb_batch)
+		return -ENOMEM;
+	for (unsigned first = 0; first < vx->n_remotes && r == 0; first += 256) {
+		len = 0;
+		for (unsigned i = first; i < vx->n_remotes && i < first + 256; i++)
+			len += (size_t)snprintf(fdb_batch + len, cap - len,
+						"fdb append 00:00:00:00:00:00 dev " VXLAN_IFNAME
+						" dst %s\n",
+						vx->remote_addrs[i]);
+		r = run_batch(j, "bridge", fdb_batch, ret_error);
+	}
+	/* The static entries: "fdb add" makes them permanent, never aged out. */
+	for (unsigned first = 0; first < vx->n_entries && r == 0; first += 256) {
+		len = 0;
+		for (unsigned i = first; i < vx->n_entries && i < first + 256; i++)
+			len += (size_t)snprintf(fdb_batch + len, cap - len,
+						"fdb add %s dev " VXLAN_IFNAME " dst %s\n",
+						vx->entries[i].mac, vx->entries[i].dst);
+		r = run_batch(j, "bridge", fdb_batch, ret_error);
+	}
 	return r;
 }
 

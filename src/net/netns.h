@@ -8,6 +8,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "util/proc.h"
 
@@ -21,6 +22,36 @@ struct net_job;
  * CAP_SYS_ADMIN; the caller decides, e.g. by geteuid()). On failure nothing is left and
  * *ret_error (caller frees) says what failed and how to fix it. Free with net_job_free(). */
 int net_job_create(unsigned n_vms, bool unprivileged, struct net_job **ret, char **ret_error);
+
+/* A MAC behind the VXLAN link and the node (IPv4) it lives on. */
+struct net_fdb_entry {
+	char mac[NET_MAC_LEN];
+	const char *dst;
+};
+
+/* The link that carries a job's segment to its other nodes (docs/vm.md "The job network
+ * across nodes"). */
+struct net_vxlan {
+	uint32_t vni;			 /* 1 .. 2^24-1 */
+	uint16_t port;			 /* UDP destination port on every node */
+	unsigned mtu;			 /* of the VXLAN device and the taps (the guests') */
+	const char *const *remote_addrs; /* the other nodes' IPv4 addresses */
+	unsigned n_remotes;
+	/* Where each known MAC on another node is: unicast to it goes to that node alone
+	 * instead of being flooded to every node. May be empty. */
+	const struct net_fdb_entry *entries;
+	unsigned n_entries;
+};
+
+/* Adds "vxlan0" to j's bridge: made by netlink from the caller's (the node's) network
+ * namespace straight into the job's, so that its UDP socket lives in the node's namespace
+ * while the device itself lives and dies with the job's: nothing is ever left in the node's
+ * namespace. Flood entries send broadcast and unknown frames to every remote, vx->entries
+ * send a known MAC's frames to its node alone; the taps get
+ * vx->mtu. Needs CAP_NET_ADMIN in the node's namespace (root); not for an unprivileged job.
+ * -EEXIST (with *ret_error) when this node already carries the VNI on that port (another
+ * job). */
+int net_job_add_vxlan(struct net_job *j, const struct net_vxlan *vx, char **ret_error);
 
 /* The namespaces' fds (owned by j; -1 for the user namespace when none was made). */
 int net_job_netns_fd(const struct net_job *j);

@@ -56,7 +56,7 @@ struct fetch {
 	char *ref;
 	char **hosts;
 	size_t n_hosts;
-	bool central;
+	const struct node_tree_ops *tree; /* NULL: central, every node pulls from the registry */
 	struct manifest *m;
 	struct store_chunk_ref *refs; /* distinct chunks, ascending id */
 	uint64_t *sizes;	      /* compressed bytes of each */
@@ -145,6 +145,16 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* json_dumps of v, which it consumes (json_pack's results were leaked where they were
+ * dumped in place). */
+static char *dumps_take(json_t *v, size_t flags)
+{
+	char *text = v ? json_dumps(v, flags) : NULL;
+
+	json_decref(v);
+	return text;
+}
+
 /* ---- the cache's state on disk (lock held) ---- */
 
 static int state_save(void)
@@ -163,7 +173,7 @@ static int state_save(void)
 				   "version", (int)c->version, "bytes", (json_int_t)c->bytes,
 				   "last_used", (json_int_t)c->last_used, "jobs", jobs));
 	}
-	text = json_dumps(
+	text = dumps_take(
 	    json_pack("{s:i, s:I, s:o}", "format", 1, "clock", (json_int_t)D.clock, "images", arr),
 	    JSON_INDENT(1));
 	if (!text)
@@ -587,7 +597,7 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 	if (f->sizes)
 		memcpy(f->sizes, sizes, n * sizeof(*sizes));
 	f->meta =
-	    json_dumps(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
+	    dumps_take(json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
 		       JSON_COMPACT);
 	r = make_room(s, need, ret_error);
 	wake();
@@ -634,10 +644,28 @@ static int open_registry(const char *ref_text, struct reference **ret_ref, struc
 	return 0;
 }
 
+/* The message for a chunk that could not be stored here: the store refuses what does not
+ * verify (-EBADMSG, -EINVAL); anything else is this node's disk, named with its cache. */
+static int store_failed(int r, const char *ref, const char *from, char **ret_error)
+{
+	if (r == -EBADMSG || r == -EINVAL)
+		return error_set(ret_error, r, "a chunk of %s from %s does not verify", ref, from);
+	if (r == -ENOSPC || r == -EDQUOT)
+		return error_set(ret_error, r,
+				 "the node cache %s is out of disk space (%s) while storing %s; "
+				 "free space on its filesystem or lower --cache-max",
+				 D.o->cache_dir, strerror(-r), ref);
+	return error_set(ret_error, r, "storing a chunk of %s in the node cache %s: %s", ref,
+			 D.o->cache_dir, strerror(-r));
+}
+
 /* Chunk blobs are fetched over REGISTRY_STREAMS connections at once: a registry answers
  * each small blob GET in a few ms (docs/registry.md), and one request at a time leaves the
- * link idle meanwhile. */
-#define REGISTRY_STREAMS 4
+ * link idle meanwhile. 16, not 4: a relaying root's requests and ACKs queue behind the
+ * chunks it sends on its own uplink (up to the switch's buffer, 100 ms in the test
+ * cluster), and each blob's round trip then takes that long; it takes about a
+ * bandwidth-delay product of blobs in flight to keep the download going (bench/RESULTS.md). */
+#define REGISTRY_STREAMS 16
 
 struct registry_job {
 	struct fetch *f;
@@ -684,7 +712,7 @@ static void *registry_worker(void *arg)
 		 * stored, and only stored chunks are marked (and so forwarded). */
 		r = store_put_compressed_chunk(s, f->refs[i].id, data, len, NULL);
 		if (r < 0) {
-			error_set(&error, r, "a chunk blob of %s does not verify", f->ref);
+			store_failed(r, f->ref, "the registry", &error);
 			break;
 		}
 		fetch_mark(f, i, len, "registry");
@@ -785,8 +813,9 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 	r = node_connect_tcp(addr, timeout, &fd, ret_error);
 	if (r < 0)
 		return -EPIPE;
-	req = json_pack("{s:s, s:s, s:s?, s:o}", "op", "feed", "ref", f->ref, "from", D.o->name,
-			"nodes", json_array());
+	req =
+	    json_pack("{s:s, s:s, s:s?, s:s, s:o}", "op", "feed", "ref", f->ref, "from", D.o->name,
+		      "scheme", f->tree ? f->tree->name : "central", "nodes", json_array());
 	for (size_t i = 0; i < f->n_hosts; i++)
 		json_array_append_new(json_object_get(req, "nodes"), json_string(f->hosts[i]));
 	r = node_send_signed(fd, D.o->munge_socket, req, timeout, ret_error);
@@ -798,6 +827,10 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		payload = NULL;
 		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
 	} while (r == 0 && type == NODE_MSG_REPLY && strstr(payload, "keepalive"));
+	if (r == -ETIMEDOUT)
+		return error_set(ret_error, -EPIPE,
+				 "%s: no whole frame within %d ms (silent or too slow)", peer,
+				 timeout);
 	if (r < 0)
 		return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 	if (type != NODE_MSG_META)
@@ -845,9 +878,12 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 		free(payload);
 		payload = NULL;
 		r = node_proto_recv(fd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload, &len);
+		if (r == -ETIMEDOUT)
+			return error_set(ret_error, -EPIPE,
+					 "%s: no whole frame within %d ms (silent or too slow)",
+					 peer, timeout);
 		if (r < 0)
-			return error_set(ret_error, -EPIPE, "%s: %s", peer,
-					 r == -ETIMEDOUT ? "silent for too long" : strerror(-r));
+			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 		if (type == NODE_MSG_REPLY)
 			continue; /* keepalive */
 		if (type == NODE_MSG_END)
@@ -864,7 +900,7 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 			return error_set(ret_error, -EPIPE, "%s sent a chunk that does not verify",
 					 peer);
 		if (r < 0)
-			return error_set(ret_error, r, "storing a chunk: %s", strerror(-r));
+			return store_failed(r, f->ref, peer, ret_error);
 		fetch_mark(f, idx, len - 4, peer);
 	}
 	pthread_mutex_lock(&D.lock);
@@ -895,9 +931,9 @@ static void *fetch_thread(void *arg)
 		goto out;
 	}
 	for (;;) {
-		int src = f->central || rank <= 0
+		int src = !f->tree || rank <= 0
 			      ? NODE_TREE_REGISTRY
-			      : node_tree_live_parent((size_t)rank, f->n_hosts, dead);
+			      : node_tree_live_parent(f->tree, (size_t)rank, f->n_hosts, dead);
 		char *e = NULL, *nl = NULL;
 
 		free(f->source);
@@ -933,8 +969,11 @@ static void *fetch_thread(void *arg)
 		bool added = false;
 
 		r = transfer_commit_received(s, m, &added);
-		if (r < 0)
-			error_set(&error, r, "saving %s in the cache: %s", f->ref, strerror(-r));
+		if (r == -ENOSPC || r == -EDQUOT)
+			store_failed(r, f->ref, "this node", &error);
+		else if (r < 0)
+			error_set(&error, r, "saving %s in the node cache %s: %s", f->ref,
+				  D.o->cache_dir, strerror(-r));
 	}
 out:
 	pthread_mutex_lock(&D.lock);
@@ -969,8 +1008,8 @@ out:
 
 /* The fetch of ref (lock held): joins one in flight, or starts one. NULL with *ret_hit
  * when the cache has it. */
-static struct fetch *fetch_get(const char *ref, char **hosts, size_t n_hosts, bool central,
-			       bool *ret_hit)
+static struct fetch *fetch_get(const char *ref, char **hosts, size_t n_hosts,
+			       const struct node_tree_ops *tree, bool *ret_hit)
 {
 	struct fetch *f;
 	pthread_t t;
@@ -990,7 +1029,7 @@ static struct fetch *fetch_get(const char *ref, char **hosts, size_t n_hosts, bo
 	if (!f)
 		return NULL;
 	f->ref = strdup(ref);
-	f->central = central;
+	f->tree = tree;
 	f->hosts = calloc(n_hosts + 1, sizeof(char *));
 	for (size_t i = 0; i < n_hosts; i++)
 		f->hosts[i] = strdup(hosts[i]);
@@ -1039,11 +1078,30 @@ static int parse_nodes(json_t *req, char ***ret_hosts, size_t *ret_n, char **ret
 	return 0;
 }
 
+/* The request's "scheme": a shape of tree.h, or "central" (*ret_tree NULL); the default
+ * shape when it names none. "central": true is the older spelling of "scheme": "central". */
+static int parse_scheme(json_t *req, const struct node_tree_ops **ret_tree, char **ret_error)
+{
+	const char *scheme = json_string_value(json_object_get(req, "scheme"));
+
+	if (json_is_true(json_object_get(req, "central")) ||
+	    (scheme && strcmp(scheme, "central") == 0)) {
+		*ret_tree = NULL;
+		return 0;
+	}
+	*ret_tree = scheme ? node_tree_find(scheme) : node_tree_default();
+	if (!*ret_tree)
+		return error_set(ret_error, -EINVAL,
+				 "unknown distribution scheme \"%.64s\" (chain, binomial, central)",
+				 scheme);
+	return 0;
+}
+
 static json_t *do_present(json_t *req)
 {
 	const char *ref = json_string_value(json_object_get(req, "ref"));
 	const char *job = json_string_value(json_object_get(req, "job"));
-	bool central = json_is_true(json_object_get(req, "central"));
+	const struct node_tree_ops *tree = NULL;
 	_cleanup_free_ char *error = NULL;
 	char **hosts = NULL;
 	size_t n_hosts = 0;
@@ -1055,10 +1113,12 @@ static json_t *do_present(json_t *req)
 
 	if (!ref)
 		return reply_error("present: give \"ref\", an image in a registry");
+	if (parse_scheme(req, &tree, &error) < 0)
+		return reply_error("present %s: %s", ref, error);
 	if (parse_nodes(req, &hosts, &n_hosts, &error) < 0)
 		return reply_error("present %s: nodes: %s", ref, error);
 	pthread_mutex_lock(&D.lock);
-	f = fetch_get(ref, hosts, n_hosts, central, &hit);
+	f = fetch_get(ref, hosts, n_hosts, tree, &hit);
 	hostlist_free(hosts, n_hosts);
 	if (hit)
 		D.hits++;
@@ -1098,11 +1158,13 @@ static json_t *do_present(json_t *req)
 		}
 	}
 	state_save();
-	reply = json_pack("{s:b, s:s?, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
-			  "name", c->name, "version", (int)c->version, "bytes_received",
-			  (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
-			  (json_int_t)(f ? f->chunks_received : 0), "source",
-			  f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
+	/* "store": where the prolog's runtime finds the version (it opens the store itself). */
+	reply =
+	    json_pack("{s:b, s:s?, s:s, s:s, s:i, s:I, s:I, s:s, s:f}", "ok", 1, "node", D.o->name,
+		      "store", D.store_dir, "name", c->name, "version", (int)c->version,
+		      "bytes_received", (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
+		      (json_int_t)(f ? f->chunks_received : 0), "source",
+		      f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
 	fetch_unref(f);
 	pthread_mutex_unlock(&D.lock);
 	return reply;
@@ -1194,15 +1256,16 @@ static void do_feed(int fd, json_t *req, const char *peer)
 	bool hit, *want = NULL;
 	struct fetch *f = NULL;
 	uint32_t *order = NULL;
+	const struct node_tree_ops *tree = NULL;
 	int timeout = D.o->peer_timeout_ms, r;
 
-	if (!ref || parse_nodes(req, &hosts, &n_hosts, &error) < 0 ||
-	    store_open(D.store_dir, &s) < 0) {
+	if (!ref || parse_scheme(req, &tree, &error) < 0 ||
+	    parse_nodes(req, &hosts, &n_hosts, &error) < 0 || store_open(D.store_dir, &s) < 0) {
 		node_proto_send(fd, NODE_MSG_ERROR, "bad feed request", 16, timeout);
 		goto out;
 	}
 	pthread_mutex_lock(&D.lock);
-	f = fetch_get(ref, hosts, n_hosts, false, &hit);
+	f = fetch_get(ref, hosts, n_hosts, tree, &hit);
 	if (hit) {
 		/* Serve the cached version through a finished fetch of its own. */
 		struct cached *c = cached_find(ref);
@@ -1227,7 +1290,7 @@ static void do_feed(int fd, json_t *req, const char *peer)
 				store_chunk_stored_bytes(s, f->refs[i].id, &b);
 				json_array_append_new(js, json_integer((json_int_t)b));
 			}
-			f->meta = json_dumps(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
+			f->meta = dumps_take(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
 					     JSON_COMPACT);
 		} else {
 			manifest_free(m);

@@ -2,9 +2,11 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *const type_names[_NODE_MSG_TYPE_MAX] = {
@@ -104,18 +106,32 @@ static int send_all(int fd, const void *data, size_t len, int timeout_ms)
 	return 0;
 }
 
-static int recv_all(int fd, void *data, size_t len, int timeout_ms)
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Receives len bytes by deadline_ms (CLOCK_MONOTONIC): a deadline for the whole, not a
+ * timeout between bytes, so that a peer that trickles is as late as a silent one. */
+static int recv_all(int fd, void *data, size_t len, int64_t deadline_ms)
 {
 	uint8_t *p = data;
 
 	while (len > 0) {
 		ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
+		int64_t left;
 		int r;
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			r = wait_fd(fd, POLLIN, timeout_ms);
+			left = deadline_ms - now_ms();
+			if (left <= 0)
+				return -ETIMEDOUT;
+			r = wait_fd(fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
 			if (r < 0)
 				return r;
 			continue;
@@ -154,7 +170,7 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	char *buf;
 	int r;
 
-	r = recv_all(fd, h, sizeof(h), timeout_ms);
+	r = recv_all(fd, h, sizeof(h), now_ms() + timeout_ms);
 	if (r < 0)
 		return r;
 	r = node_proto_header_decode(h, max_payload, &type, &len);
@@ -163,7 +179,8 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	buf = malloc((size_t)len + 1);
 	if (!buf)
 		return -ENOMEM;
-	r = recv_all(fd, buf, len, timeout_ms);
+	r = recv_all(fd, buf, len,
+		     now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
 	if (r < 0) {
 		free(buf);
 		return r;

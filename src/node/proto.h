@@ -40,7 +40,12 @@ int node_proto_header_decode(const uint8_t in[NODE_PROTO_HEADER_BYTES], uint32_t
  * (-ETIMEDOUT); -EPIPE/-ECONNRESET when the peer is gone. */
 int node_proto_send(int fd, enum node_msg_type type, const void *payload, size_t len,
 		    int timeout_ms);
-/* Receives one frame into a NUL-terminated buffer the caller frees (-ETIMEDOUT after
- * timeout_ms without a byte, -ECONNRESET at EOF, -EBADMSG/-EMSGSIZE on a bad header). */
+/* A payload may take timeout_ms plus 1 ms per this many bytes to arrive: slower than
+ * ~1 MB/s, a peer counts as stalled even though bytes still trickle in. */
+#define NODE_PROTO_SLOW_BYTES_PER_MS 1024
+/* Receives one frame into a NUL-terminated buffer the caller frees. -ETIMEDOUT when the
+ * header has not arrived whole within timeout_ms, or the payload within timeout_ms plus
+ * len / NODE_PROTO_SLOW_BYTES_PER_MS ms after it; -ECONNRESET at EOF, -EBADMSG/-EMSGSIZE
+ * on a bad header. */
 int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_type *ret_type,
 		    char **ret_payload, size_t *ret_len);

@@ -1,6 +1,10 @@
 #include "node/tree.h"
 
 #include <errno.h>
+#include <string.h>
+
+/* Every shape, the default first. */
+static const struct node_tree_ops *const shapes[] = {&node_tree_chain, &node_tree_binomial};
 
 int node_tree_parent(size_t rank, size_t n)
 {
@@ -36,14 +40,33 @@ int node_tree_children(size_t rank, size_t n, size_t *ret, size_t max)
 	return (int)count;
 }
 
-int node_tree_live_parent(size_t rank, size_t n, const bool *dead)
+const struct node_tree_ops node_tree_binomial = {
+    .name = "binomial",
+    .parent = node_tree_parent,
+};
+
+const struct node_tree_ops *node_tree_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+		if (name && strcmp(shapes[i]->name, name) == 0)
+			return shapes[i];
+	return NULL;
+}
+
+const struct node_tree_ops *node_tree_default(void)
+{
+	return shapes[0];
+}
+
+int node_tree_live_parent(const struct node_tree_ops *ops, size_t rank, size_t n, const bool *dead)
 {
 	int p;
 
 	if (rank >= n)
 		return -EINVAL;
-	p = node_tree_parent(rank, n);
+	p = ops->parent(rank, n);
+	/* Parents have lower ranks, so this ends. */
 	while (p >= 0 && dead[p])
-		p = node_tree_parent((size_t)p, n);
+		p = ops->parent((size_t)p, n);
 	return p;
 }

@@ -5,7 +5,10 @@
  *                     node (state, generation, heartbeat), each on a cache line of its own
  *   [8 KiB, ctl_end)  one 128-byte control block per ring: head (written by the producer
  *                     only) and tail (written by the consumer only) on separate cache lines
- *   [data, size)      the rings' data areas, ring_bytes (a power of two) each
+ *   [data, heap)      the rings' data areas, ring_bytes (a power of two) each
+ *   [heap, size)      the heap: whatever follows the rings, handed out in blocks by
+ *                     shm_region_alloc (an owner table, CAS per block) to the UCX
+ *                     transport (src/ucx/), whose FIFOs and buffers live there
  * There is one ring per ordered pair (i, j), i != j: i produces, j consumes.
  *
  * Ordering: a producer copies bytes into the ring, then stores head with release; the
@@ -63,6 +66,9 @@ struct header {
 	uint64_t data_offset;
 	_Atomic uint32_t ready; /* set last, with release, by shm_region_format */
 	alignas(CACHE_LINE) struct slot slots[SHM_MAX_NODES];
+	/* Version 2: the heap after the rings (shm_region_alloc). */
+	alignas(CACHE_LINE) uint64_t heap_offset;
+	uint64_t heap_bytes;
 };
 
 struct ring_ctl {
@@ -195,6 +201,11 @@ int shm_region_format(void *base, size_t size_bytes, unsigned n_nodes, uint64_t 
 	hdr->key = key;
 	hdr->ctl_offset = SHM_HEADER_BYTES;
 	hdr->data_offset = ctl_end(n_nodes);
+	hdr->heap_offset = hdr->data_offset + ring * (n_nodes > 1 ? n_rings(n_nodes) : 1);
+	hdr->heap_bytes = size_bytes - hdr->heap_offset;
+	/* The heap's owner table (its first bytes; see heap_view) starts all free. */
+	memset((uint8_t *)base + hdr->heap_offset, 0,
+	       hdr->heap_bytes / (SHM_HEAP_BLOCK_BYTES + 8) * 8);
 	atomic_store_explicit(&hdr->ready, 1, memory_order_release);
 	return 0;
 }
@@ -259,7 +270,11 @@ static int check_header(const void *base, size_t size_bytes, const char *what, c
 	    !is_pow2(hdr->ring_bytes) || hdr->data_offset != ctl_end(hdr->n_nodes) ||
 	    hdr->ctl_offset != SHM_HEADER_BYTES ||
 	    hdr->ring_bytes * (hdr->n_nodes > 1 ? n_rings(hdr->n_nodes) : 1) >
-		size_bytes - hdr->data_offset)
+		size_bytes - hdr->data_offset ||
+	    hdr->heap_offset !=
+		hdr->data_offset +
+		    hdr->ring_bytes * (hdr->n_nodes > 1 ? n_rings(hdr->n_nodes) : 1) ||
+	    hdr->heap_offset + hdr->heap_bytes != size_bytes)
 		return set_error(ret_error, -EPROTO,
 				 "%s: the region's header (size %llu, %u nodes, rings of %llu "
 				 "bytes) does not fit the %zu bytes mapped",
@@ -281,6 +296,141 @@ int shm_region_info(const void *base, size_t size_bytes, unsigned *ret_nodes,
 	if (ret_ring_bytes)
 		*ret_ring_bytes = hdr->ring_bytes;
 	return 0;
+}
+
+size_t shm_region_heap_bytes_for(size_t size_bytes, unsigned n_nodes)
+{
+	uint64_t ring;
+
+	if (n_nodes < 1 || n_nodes > SHM_MAX_NODES || !is_pow2(size_bytes))
+		return 0;
+	ring = ring_bytes_for(size_bytes, n_nodes);
+	if (!ring)
+		return 0;
+	return size_bytes - ctl_end(n_nodes) - ring * (n_nodes > 1 ? n_rings(n_nodes) : 1);
+}
+
+int shm_region_heap(const void *base, size_t size_bytes, uint64_t *ret_offset, uint64_t *ret_bytes)
+{
+	const struct header *hdr = base;
+	int r = check_header(base, size_bytes, "region", NULL);
+
+	if (r < 0)
+		return r;
+	*ret_offset = hdr->heap_offset;
+	*ret_bytes = hdr->heap_bytes;
+	return 0;
+}
+
+/* The heap: a table of one owner word per block, then the blocks. An owner is
+ * (node + 1) << 32 | pid, 0 for a free block; blocks are claimed one by one with CAS, so
+ * processes of all VMs allocate at once without a lock. */
+struct heap_view {
+	_Atomic uint64_t *owner;
+	uint64_t n_blocks, data_offset;
+};
+
+static int heap_view(void *base, size_t size_bytes, struct heap_view *v)
+{
+	struct header *hdr = base;
+	uint64_t table;
+	int r = check_header(base, size_bytes, "region", NULL);
+
+	if (r < 0)
+		return r;
+	v->n_blocks = hdr->heap_bytes / (SHM_HEAP_BLOCK_BYTES + 8);
+	table =
+	    (v->n_blocks * 8 + SHM_HEAP_BLOCK_BYTES - 1) & ~(uint64_t)(SHM_HEAP_BLOCK_BYTES - 1);
+	v->owner = (_Atomic uint64_t *)((uint8_t *)base + hdr->heap_offset);
+	v->data_offset = hdr->heap_offset + table;
+	if (v->data_offset + v->n_blocks * SHM_HEAP_BLOCK_BYTES > size_bytes)
+		v->n_blocks = (size_bytes - v->data_offset) / SHM_HEAP_BLOCK_BYTES;
+	return 0;
+}
+
+static uint64_t heap_owner(unsigned node)
+{
+	return ((uint64_t)(node + 1) << 32) | (uint32_t)getpid();
+}
+
+/* Frees the blocks of node's processes that are gone (a pid of this OS: only the caller's
+ * own node can be judged); the number freed. */
+static uint64_t heap_reclaim(struct heap_view *v, unsigned node)
+{
+	uint64_t freed = 0;
+
+	for (uint64_t i = 0; i < v->n_blocks; i++) {
+		uint64_t o = atomic_load_explicit(&v->owner[i], memory_order_relaxed);
+
+		if (o >> 32 != (uint64_t)node + 1 || kill((pid_t)(uint32_t)o, 0) == 0 ||
+		    errno != ESRCH)
+			continue;
+		if (atomic_compare_exchange_strong_explicit(
+			&v->owner[i], &o, 0, memory_order_acq_rel, memory_order_relaxed))
+			freed++;
+	}
+	return freed;
+}
+
+static int heap_claim(struct heap_view *v, uint64_t want, uint64_t owner, uint64_t *ret_first)
+{
+	for (uint64_t start = 0; start + want <= v->n_blocks; start++) {
+		uint64_t i;
+
+		for (i = 0; i < want; i++) {
+			uint64_t expected = 0;
+
+			if (!atomic_compare_exchange_strong_explicit(
+				&v->owner[start + i], &expected, owner, memory_order_acq_rel,
+				memory_order_relaxed))
+				break;
+		}
+		if (i == want) {
+			*ret_first = start;
+			return 0;
+		}
+		while (i-- > 0)
+			atomic_store_explicit(&v->owner[start + i], 0, memory_order_release);
+	}
+	return -ENOSPC;
+}
+
+int shm_region_alloc(void *base, size_t size_bytes, unsigned node, size_t bytes,
+		     uint64_t *ret_offset)
+{
+	struct heap_view v;
+	uint64_t want, first;
+	int r = heap_view(base, size_bytes, &v);
+
+	if (r < 0)
+		return r;
+	if (bytes == 0 || node >= SHM_MAX_NODES)
+		return -EINVAL;
+	want = (bytes + SHM_HEAP_BLOCK_BYTES - 1) / SHM_HEAP_BLOCK_BYTES;
+	r = heap_claim(&v, want, heap_owner(node), &first);
+	if (r == -ENOSPC && heap_reclaim(&v, node) > 0)
+		r = heap_claim(&v, want, heap_owner(node), &first);
+	if (r < 0)
+		return r;
+	*ret_offset = v.data_offset + first * SHM_HEAP_BLOCK_BYTES;
+	return 0;
+}
+
+void shm_region_free(void *base, size_t size_bytes, unsigned node, uint64_t offset, size_t bytes)
+{
+	struct heap_view v;
+	uint64_t owner = heap_owner(node);
+
+	if (heap_view(base, size_bytes, &v) < 0 || offset < v.data_offset)
+		return;
+	for (uint64_t i = (offset - v.data_offset) / SHM_HEAP_BLOCK_BYTES,
+		      end = i + (bytes + SHM_HEAP_BLOCK_BYTES - 1) / SHM_HEAP_BLOCK_BYTES;
+	     i < end && i < v.n_blocks; i++) {
+		uint64_t expected = owner;
+
+		atomic_compare_exchange_strong_explicit(&v.owner[i], &expected, 0,
+							memory_order_acq_rel, memory_order_relaxed);
+	}
 }
 
 int shm_region_check(const void *base, size_t size_bytes, uint64_t key, char **ret_error)

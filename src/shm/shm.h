@@ -11,14 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHM_MAGIC	    UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
-#define SHM_VERSION	    1u
-#define SHM_MAX_NODES	    64u
-#define SHM_HEADER_BYTES    8192u
-#define SHM_MIN_RING_BYTES  4096u
-#define SHM_DEAD_MS_DEFAULT 5000u
-#define SHM_SPIN_US_DEFAULT 2000u
-#define SHM_MAX_MESSAGE	    (UINT64_C(1) << 40)
+#define SHM_MAGIC	     UINT64_C(0x314d4853434d4856) /* "VHMCSHM1", little-endian */
+#define SHM_VERSION	     2u				  /* 2: the heap after the rings */
+#define SHM_MAX_NODES	     64u
+#define SHM_HEADER_BYTES     8192u
+#define SHM_MIN_RING_BYTES   4096u
+#define SHM_DEAD_MS_DEFAULT  5000u
+#define SHM_SPIN_US_DEFAULT  2000u
+#define SHM_HEAP_BLOCK_BYTES 16384u
+#define SHM_MAX_MESSAGE	     (UINT64_C(1) << 40)
 /* The environment a guest program is given by vmhpc-init (docs/bypass.md). */
 #define SHM_ENV_PATH "VMHPC_SHM"
 #define SHM_ENV_KEY  "VMHPC_SHM_KEY"
@@ -53,6 +54,23 @@ int shm_region_check(const void *base, size_t size_bytes, uint64_t key, char **r
 /* Marks node's slot dead when the process that attached it (a pid of this OS) is gone;
  * 1 when it did, 0 when there was nothing to do. For vmhpc-init after it reaps a command. */
 int shm_region_reap(void *base, size_t size_bytes, unsigned node);
+
+/* The heap a region of size_bytes formatted for n_nodes gets: the bytes after the rings
+ * (0 for a size that cannot be formatted). */
+size_t shm_region_heap_bytes_for(size_t size_bytes, unsigned n_nodes);
+
+/* The region's heap: its offset from the region's start and its length. */
+int shm_region_heap(const void *base, size_t size_bytes, uint64_t *ret_offset, uint64_t *ret_bytes);
+
+/* Takes bytes (whole blocks of SHM_HEAP_BLOCK_BYTES, page-aligned) out of the region's heap
+ * for this process of node (processes of all VMs allocate at once, without a lock):
+ * *ret_offset from the region's start. When the heap is used up, the blocks of node's
+ * processes that are gone are taken back first; then -ENOSPC. */
+int shm_region_alloc(void *base, size_t size_bytes, unsigned node, size_t bytes,
+		     uint64_t *ret_offset);
+
+/* Gives back what shm_region_alloc gave this process of node at offset. */
+void shm_region_free(void *base, size_t size_bytes, unsigned node, uint64_t offset, size_t bytes);
 
 /* Reads the header: the number of nodes and the ring size. */
 int shm_region_info(const void *base, size_t size_bytes, unsigned *ret_nodes,

@@ -1,5 +1,6 @@
 #include "vm/job.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <fcntl.h>
@@ -65,6 +66,9 @@ struct job {
 	int pidfds[JOB_MAX_VMS]; /* watched while a command runs (job_exec_start) */
 	unsigned n_pidfds;
 	char *workdir;	/* the job folder the guests mount (SETUP), or NULL */
+	unsigned vcpus; /* each VM's */
+	uid_t owner_uid;
+	gid_t owner_gid;
 	char *shm_path; /* the shared-memory region in the job directory, or NULL */
 	uint64_t shm_size_bytes;
 	double boot_deadline_s;
@@ -72,6 +76,12 @@ struct job {
 	void (*progress)(unsigned ready, unsigned n_vms, void *userdata);
 	void (*log)(enum log_level level, const char *message, void *userdata);
 	void *userdata;
+	/* Across nodes (job_config.cluster); a job of one node is node 0 of 1, vni 0. */
+	unsigned node_index, n_nodes;
+	uint32_t vni;
+	uint16_t vxlan_port;
+	char **node_addrs;     /* n_nodes of them; NULL for a job of one node */
+	char (*all_names)[16]; /* n_nodes * n_vms: "vm<g>" */
 };
 
 static void job_log(const struct job *j, enum log_level level, const char *fmt, ...)
@@ -113,6 +123,96 @@ double job_materialize_s(const struct job *j)
 const char *job_vm_name(const struct job *j, unsigned vm)
 {
 	return vm < j->n_vms ? j->vms[vm].name : NULL;
+}
+
+unsigned job_vm_count_total(const struct job *j)
+{
+	return j->n_nodes * j->n_vms;
+}
+
+const char *job_vm_name_total(const struct job *j, unsigned g)
+{
+	return g < job_vm_count_total(j) ? j->all_names[g] : NULL;
+}
+
+unsigned job_node_index(const struct job *j)
+{
+	return j->node_index;
+}
+
+unsigned job_node_count(const struct job *j)
+{
+	return j->n_nodes;
+}
+
+uint32_t job_vni(const struct job *j)
+{
+	return j->vni;
+}
+
+unsigned job_vcpus(const struct job *j)
+{
+	return j->vcpus;
+}
+
+const char *job_workdir(const struct job *j)
+{
+	return j->workdir;
+}
+
+void job_owner(const struct job *j, uid_t *ret_uid, gid_t *ret_gid)
+{
+	*ret_uid = j->owner_uid;
+	*ret_gid = j->owner_gid;
+}
+
+void job_vm_address(unsigned g, char out[20])
+{
+	snprintf(out, 20, JOB_SUBNET_PREFIX "%u.%u", ((g + 1) >> 8) & 0xff, (g + 1) & 0xff);
+}
+
+/* The prefix length the guests get: a job of at most 254 VMs keeps its /24. */
+static unsigned subnet_prefix(const struct job *j)
+{
+	return job_vm_count_total(j) <= 254 ? 24 : 16;
+}
+
+/* The job-wide names alone (job_attach: each VM's own name comes from job.json). */
+static int name_vms_all(struct job *j)
+{
+	unsigned total = job_vm_count_total(j);
+
+	j->all_names = calloc(total, sizeof(*j->all_names));
+	if (!j->all_names)
+		return -ENOMEM;
+	for (unsigned g = 0; g < total; g++)
+		snprintf(j->all_names[g], sizeof(j->all_names[g]), "vm%u", g);
+	return 0;
+}
+
+/* Names every VM of the job, this node's own ones (index g = node_index * n_vms + i) with
+ * their addresses. */
+static int name_vms(struct job *j)
+{
+	int r = name_vms_all(j);
+
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < j->n_vms; i++) {
+		unsigned g = j->node_index * j->n_vms + i;
+
+		snprintf(j->vms[i].name, sizeof(j->vms[i].name), "%s", j->all_names[g]);
+		job_vm_address(g, j->vms[i].ip);
+	}
+	return 0;
+}
+
+static void free_cluster(struct job *j)
+{
+	for (unsigned k = 0; j->node_addrs && k < j->n_nodes; k++)
+		free(j->node_addrs[k]);
+	free(j->node_addrs);
+	free(j->all_names);
 }
 
 /* The last lines of a console log, for messages about a guest that did not come up. */
@@ -162,6 +262,8 @@ void job_free(struct job *j)
 	free(j->shm_path);
 	free(j->workdir);
 	free(j->vms);
+	free_cluster(j);
+	OPENSSL_cleanse(j->token, sizeof(j->token));
 	free(j);
 }
 
@@ -178,18 +280,31 @@ static char *job_path(struct job *j, const char *fmt, unsigned vm)
 	return fs_path_join(runstate_job_dir(j->rs), name);
 }
 
-/* "vm0=10.77.0.1,vm1=10.77.0.2,..." */
-static char *hosts_list(const struct job *j)
+/* Past this many bytes the host list goes as a sequence (x86's kernel command line holds
+ * 2048 bytes, and the image's own boot_args need room). */
+#define HOSTS_LIST_MAX_BYTES 1024
+
+/* The guests' host table, every VM of the job on every node: "vmhpc.hosts=vm0=10.77.0.1,..."
+ * while it is short (any guest reads it), else "vmhpc.hosts_seq=vm:10.77.0.1:N" (names and
+ * addresses both follow the job-wide index; a guest of this vmhpc reads it). */
+static char *hosts_arg(const struct job *j)
 {
-	size_t cap = (size_t)j->n_vms * 40 + 1, len = 0;
-	char *out = malloc(cap);
+	unsigned total = job_vm_count_total(j);
+	size_t cap = (size_t)total * 40 + 16, len = 0;
+	char *out = malloc(cap), ip[20];
 
 	if (!out)
 		return NULL;
-	out[0] = '\0';
-	for (unsigned i = 0; i < j->n_vms; i++)
-		len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", i ? "," : "",
-					j->vms[i].name, j->vms[i].ip);
+	len = (size_t)snprintf(out, cap, "vmhpc.hosts=");
+	for (unsigned g = 0; g < total; g++) {
+		job_vm_address(g, ip);
+		len += (size_t)snprintf(out + len, cap - len, "%s%s=%s", g ? "," : "",
+					j->all_names[g], ip);
+	}
+	if (len > HOSTS_LIST_MAX_BYTES) {
+		job_vm_address(0, ip);
+		snprintf(out, cap, "vmhpc.hosts_seq=vm:%s:%u", ip, total);
+	}
 	return out;
 }
 
@@ -216,12 +331,19 @@ static size_t shm_ring_bytes(unsigned n_vms)
 	return ring;
 }
 
+/* The heap after the rings holds the UCX transport's FIFOs and receive buffers (src/ucx/,
+ * ~0.6 MiB per process with its defaults, more while messages wait unreceived). */
+#define SHM_HEAP_BYTES_PER_VM (3u << 20)
+
 /* The job's region, <job dir>/shm: on a tmpfs (/run, $XDG_RUNTIME_DIR) it is plain shared
  * memory; it is removed with the job directory on every exit path. */
 static int make_shm_region(struct job *j, char **ret_error)
 {
 	size_t size = shm_region_size_for(j->n_vms, shm_ring_bytes(j->n_vms));
 	int r;
+
+	while (shm_region_heap_bytes_for(size, j->n_vms) < (size_t)j->n_vms * SHM_HEAP_BYTES_PER_VM)
+		size <<= 1;
 
 	j->shm_path = fs_path_join(runstate_job_dir(j->rs), "shm");
 	if (!j->shm_path)
@@ -234,6 +356,14 @@ static int make_shm_region(struct job *j, char **ret_error)
 	job_log(j, LOG_LEVEL_DEBUG, "shared-memory region %s: %zu bytes for %u VMs", j->shm_path,
 		size, j->n_vms);
 	return 0;
+}
+
+/* qemu_vm_config.record_pid: QEMU's pid goes into the runstate before QEMU runs. */
+static int record_qemu_pid(pid_t pid, void *userdata)
+{
+	struct job *j = userdata;
+
+	return runstate_add_pid(j->rs, pid);
 }
 
 static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, const char *hosts,
@@ -283,12 +413,20 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	 * They go in SETUP on the control port (try_connect). */
 	if (asprintf(&cmdline,
 		     "console=ttyS0 swiotlb=noforce no_timer_check panic=-1%s %s vmhpc.name=%s "
-		     "vmhpc.ip=%s/24 "
-		     "vmhpc.hosts=%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
-		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip, hosts,
-		     overlay_mb, JOB_EXEC_PORT, shm_arg) < 0)
+		     "vmhpc.ip=%s/%u "
+		     "%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
+		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip,
+		     subnet_prefix(j), hosts, overlay_mb, JOB_EXEC_PORT, shm_arg) < 0)
 		return -ENOMEM;
-	net_mac_address(i, mac);
+	/* x86's kernel command line holds 2048 bytes: past that the guest would see it cut
+	 * (only an image's very long boot_args can get there: hosts_arg stays short). */
+	if (strlen(cmdline) >= 2048)
+		return error_set(ret_error, -E2BIG,
+				 "%s's kernel command line is %zu bytes, over the 2048 the kernel "
+				 "keeps; shorten the image's boot_args",
+				 v->name, strlen(cmdline));
+	/* Unique over the job's whole segment, across nodes: from the job-wide index. */
+	net_mac_address(j->node_index * j->n_vms + i, mac);
 	qc.name = v->name;
 	qc.accel = j->accel;
 	qc.vcpus = cfg->vcpus;
@@ -306,11 +444,14 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	/* The VM's tap, opened by QEMU inside the job's private network. */
 	qc.net = QEMU_NET_TAP;
 	qc.net_tap = net_job_tap(j->net, i);
+	qc.net_mtu = j->node_addrs ? JOB_CLUSTER_MTU : 0;
 	qc.namespaces = net_job_namespaces(j->net);
 	qc.control_socket = v->ctl_path;
 	qc.console_log = v->console_log;
 	qc.stderr_log = qemu_log;
 	qc.outlive_caller = j->detachable;
+	qc.record_pid = record_qemu_pid;
+	qc.record_userdata = j;
 	if (j->detachable) {
 		/* QMP on a socket in the job directory: a socketpair's end would die with us. */
 		v->qmp_path = job_path(j, "vm%u.qmp", i);
@@ -331,9 +472,6 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		return error_set(ret_error, r, "starting QEMU for %s: %s; install qemu-system-x86",
 				 v->name, strerror(-r));
 	}
-	r = runstate_add_pid(j->rs, qemu_vm_pid(v->qemu));
-	if (r < 0)
-		return r;
 	{
 		int fd = qemu_vm_take_qmp_fd(v->qemu);
 
@@ -532,6 +670,90 @@ int job_check_image(const struct manifest *m, char **ret_error)
 			 (long long)proto, FRAME_PROTO_VERSION);
 }
 
+/* Checks and copies job_config.cluster into j (a job of one node: node 0 of 1). */
+static int copy_cluster(struct job *j, const struct job_config *cfg, char **ret_error)
+{
+	const struct job_cluster *c = cfg->cluster;
+	struct in_addr a;
+
+	j->n_nodes = 1;
+	if (!c)
+		return 0;
+	if (c->n_nodes == 0 || c->n_nodes > JOB_MAX_NODES || c->node_index >= c->n_nodes ||
+	    !c->node_addrs)
+		return error_set(ret_error, -EINVAL,
+				 "a job across nodes has 1 to %d nodes and this node's index below "
+				 "their number (node %u of %u)",
+				 JOB_MAX_NODES, c->node_index, c->n_nodes);
+	if ((uint64_t)c->n_nodes * cfg->n_vms > JOB_MAX_VMS_TOTAL)
+		return error_set(ret_error, -EINVAL,
+				 "%u nodes x %u VMs: a job has at most %d VMs over all its nodes",
+				 c->n_nodes, cfg->n_vms, JOB_MAX_VMS_TOTAL);
+	if (c->vni == 0 || c->vni > 0xffffff)
+		return error_set(ret_error, -EINVAL,
+				 "VXLAN id %u: a job's network id is 1 .. 16777215", c->vni);
+	if (!c->token_hex || frame_token_from_hex(c->token_hex, j->token) < 0)
+		return error_set(ret_error, -EINVAL,
+				 "the job's token must be %d hex digits, the same on every node",
+				 2 * FRAME_TOKEN_BYTES);
+	if (cfg->unprivileged)
+		return error_set(ret_error, -EPERM,
+				 "a job across nodes needs root: its VXLAN device is made in the "
+				 "node's network namespace");
+	if (cfg->shm)
+		return error_set(
+		    ret_error, -EINVAL,
+		    "the shared-memory channel is for the VMs of one node: leave it off "
+		    "in a job across nodes");
+	j->node_addrs = calloc(c->n_nodes, sizeof(*j->node_addrs));
+	if (!j->node_addrs)
+		return -ENOMEM;
+	j->n_nodes = c->n_nodes;
+	for (unsigned k = 0; k < c->n_nodes; k++) {
+		if (!c->node_addrs[k] || inet_pton(AF_INET, c->node_addrs[k], &a) != 1)
+			return error_set(ret_error, -EINVAL,
+					 "node %u's address \"%s\" is not an IPv4 address", k,
+					 c->node_addrs[k] ? c->node_addrs[k] : "(none)");
+		j->node_addrs[k] = strdup(c->node_addrs[k]);
+		if (!j->node_addrs[k])
+			return -ENOMEM;
+	}
+	j->node_index = c->node_index;
+	j->vni = c->vni;
+	j->vxlan_port = c->vxlan_port ? c->vxlan_port : JOB_VXLAN_PORT;
+	return 0;
+}
+
+/* The VXLAN link to the job's other nodes. Every VM's MAC and node are known from its
+ * job-wide index, so unicast goes to the one node that has the VM (a flood entry per node
+ * would send every frame to every node). */
+static int add_vxlan(struct job *j, char **ret_error)
+{
+	unsigned total = job_vm_count_total(j);
+	_cleanup_free_ const char **remotes = calloc(j->n_nodes, sizeof(*remotes));
+	_cleanup_free_ struct net_fdb_entry *entries = calloc(total, sizeof(*entries));
+	struct net_vxlan vx = {.vni = j->vni, .port = j->vxlan_port, .mtu = JOB_CLUSTER_MTU};
+
+	if (!remotes || !entries)
+		return -ENOMEM;
+	for (unsigned k = 0; k < j->n_nodes; k++) {
+		if (k == j->node_index)
+			continue;
+		remotes[vx.n_remotes++] = j->node_addrs[k];
+		for (unsigned i = 0; i < j->n_vms; i++) {
+			struct net_fdb_entry *e = &entries[vx.n_entries++];
+
+			net_mac_address(k * j->n_vms + i, e->mac);
+			e->dst = j->node_addrs[k];
+		}
+	}
+	vx.remote_addrs = remotes;
+	vx.entries = entries;
+	job_log(j, LOG_LEVEL_DEBUG, "VXLAN id %u on UDP port %u to %u other nodes", vx.vni, vx.port,
+		vx.n_remotes);
+	return net_job_add_vxlan(j->net, &vx, ret_error);
+}
+
 int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_error)
 {
 	struct job *j;
@@ -555,6 +777,9 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	j->userdata = cfg->userdata;
 	j->vms = calloc(cfg->n_vms, sizeof(*j->vms));
 	j->workdir = cfg->workdir ? strdup(cfg->workdir) : NULL;
+	j->vcpus = cfg->vcpus;
+	j->owner_uid = cfg->owner_uid;
+	j->owner_gid = cfg->owner_gid;
 	if (!j->vms || (cfg->workdir && !j->workdir)) {
 		free(j->vms);
 		free(j->workdir);
@@ -564,10 +789,16 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	for (unsigned i = 0; i < cfg->n_vms; i++) {
 		j->vms[i].virtiofsd = -1;
 		j->vms[i].ctl_fd = -1;
-		snprintf(j->vms[i].name, sizeof(j->vms[i].name), "vm%u", i);
-		snprintf(j->vms[i].ip, sizeof(j->vms[i].ip), JOB_SUBNET_PREFIX "%u", i + 1);
 	}
-	if (RAND_bytes(j->token, sizeof(j->token)) != 1) {
+	r = copy_cluster(j, cfg, ret_error);
+	if (r < 0)
+		goto fail;
+	r = name_vms(j);
+	if (r < 0)
+		goto fail;
+	/* A cluster job's token is the same on every node (copy_cluster): a VM on one node
+	 * launches ranks in the others' through their exec service. */
+	if (!cfg->cluster && RAND_bytes(j->token, sizeof(j->token)) != 1) {
 		r = error_set(ret_error, -EIO, "no random bytes for the job's token");
 		goto fail;
 	}
@@ -603,6 +834,11 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 	r = net_job_create(cfg->n_vms, cfg->unprivileged, &j->net, ret_error);
 	if (r < 0)
 		goto fail;
+	if (j->node_addrs) {
+		r = add_vxlan(j, ret_error);
+		if (r < 0)
+			goto fail;
+	}
 
 	if (cfg->shm && cfg->n_vms >= 2) {
 		r = make_shm_region(j, ret_error);
@@ -610,7 +846,7 @@ int job_start(const struct job_config *cfg, struct job **ret_job, char **ret_err
 			goto fail;
 	}
 
-	hosts = hosts_list(j);
+	hosts = hosts_arg(j);
 	if (!hosts) {
 		r = -ENOMEM;
 		goto fail;
@@ -679,7 +915,26 @@ static int greet(struct job_vm *v, const uint8_t token[FRAME_TOKEN_BYTES], char 
 
 	if (v->greeted)
 		return 0;
+	if (!v->ctl) /* a reconnect below failed earlier */
+		return error_set(ret_error, -ENOTCONN, "%s's control port is not connected",
+				 v->name);
 	r = exec_client_hello(v->ctl, token, 10000);
+	if (r == -ETIMEDOUT) {
+		/* The guest learns of a host connection from virtio-serial's port-open event. Once
+		 * in CI, a supervisor that adopted a job right after the prolog let go got no
+		 * answer at all; a new connection makes the port close and open again, and the
+		 * guest answers any HELLO with READY first, so nothing is lost by trying twice. */
+		v->ctl = exec_client_free(v->ctl);
+		v->ctl_fd = -1;
+		r = try_connect(v, NULL, NULL);
+		if (r == 0)
+			r = exec_client_resync(v->ctl);
+		if (r == 0)
+			r = exec_client_hello(v->ctl, token, 10000);
+		if (r < 0 && !v->ctl)
+			return error_set(ret_error, r, "%s's control port: %s", v->name,
+					 strerror(-r));
+	}
 	if (r < 0)
 		return error_set(ret_error, r, "%s refused the job's token: %s", v->name,
 				 exec_client_error(v->ctl) ? exec_client_error(v->ctl)
@@ -879,6 +1134,33 @@ static int write_state(struct job *j)
 	root = json_pack("{s:i, s:s, s:s, s:s, s:b, s:o}", "version", 1, "id", job_id(j), "token",
 			 token_hex, "accel", accel_to_string(j->accel), "detachable", j->detachable,
 			 "vms", vms);
+	/* What a later launch needs (vmhpc mpirun after a prolog): slots, cwd, the user. */
+	if (root &&
+	    (json_object_set_new(root, "vcpus", json_integer(j->vcpus)) < 0 ||
+	     json_object_set_new(root, "owner_uid", json_integer(j->owner_uid)) < 0 ||
+	     json_object_set_new(root, "owner_gid", json_integer(j->owner_gid)) < 0 ||
+	     (j->workdir && json_object_set_new(root, "workdir", json_string(j->workdir)) < 0))) {
+		json_decref(root);
+		root = NULL;
+	}
+	if (root && j->node_addrs) {
+		/* What an adopter (vmhpc mpirun, the epilog) needs of the job's other nodes. */
+		json_t *addrs = json_array();
+
+		for (unsigned k = 0; addrs && k < j->n_nodes; k++)
+			json_array_append_new(addrs, json_string(j->node_addrs[k]));
+		if (!addrs ||
+		    json_object_set_new(
+			root, "cluster",
+			json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "node_index",
+				  (json_int_t)j->node_index, "n_nodes", (json_int_t)j->n_nodes,
+				  "vms_per_node", (json_int_t)j->n_vms, "vni", (json_int_t)j->vni,
+				  "vxlan_port", (json_int_t)j->vxlan_port, "node_addrs", addrs)) <
+			0) {
+			json_decref(root);
+			root = NULL;
+		}
+	}
 	text = root ? json_dumps(root, JSON_INDENT(1)) : NULL;
 	json_decref(root);
 	OPENSSL_cleanse(token_hex, sizeof(token_hex));
@@ -916,9 +1198,50 @@ int job_detach(struct job *j, int *ret_lock_fd)
 	*ret_lock_fd = runstate_detach(j->rs);
 	free(j->workdir);
 	free(j->vms);
+	free_cluster(j);
 	OPENSSL_cleanse(j->token, sizeof(j->token));
 	free(j);
 	return 0;
+}
+
+/* job.json's "cluster" (absent: a job of this node alone), validated as job_start does. */
+static int attach_cluster(struct job *j, json_t *root, const char *path, char **ret_error)
+{
+	json_t *c = json_object_get(root, "cluster"), *addrs = json_object_get(c, "node_addrs");
+	json_int_t idx = json_integer_value(json_object_get(c, "node_index"));
+	json_int_t n = json_integer_value(json_object_get(c, "n_nodes"));
+	json_int_t per = json_integer_value(json_object_get(c, "vms_per_node"));
+	json_int_t vni = json_integer_value(json_object_get(c, "vni"));
+	json_int_t port = json_integer_value(json_object_get(c, "vxlan_port"));
+	struct in_addr a;
+
+	j->n_nodes = 1;
+	if (!c)
+		return name_vms_all(j);
+	if (!json_is_array(addrs) || n < 1 || n > JOB_MAX_NODES || idx < 0 || idx >= n ||
+	    (json_int_t)json_array_size(addrs) != n || per != (json_int_t)j->n_vms ||
+	    n * per > JOB_MAX_VMS_TOTAL || vni < 1 || vni > 0xffffff || port < 1 || port > 65535)
+		return error_set(ret_error, -EBADMSG, "job %s: the cluster in %s is malformed",
+				 job_id(j), path);
+	j->node_addrs = calloc((size_t)n, sizeof(*j->node_addrs));
+	if (!j->node_addrs)
+		return -ENOMEM;
+	j->n_nodes = (unsigned)n;
+	for (unsigned k = 0; k < j->n_nodes; k++) {
+		const char *s = json_string_value(json_array_get(addrs, k));
+
+		if (!s || inet_pton(AF_INET, s, &a) != 1)
+			return error_set(ret_error, -EBADMSG,
+					 "job %s: node %u's address in %s is malformed", job_id(j),
+					 k, path);
+		j->node_addrs[k] = strdup(s);
+		if (!j->node_addrs[k])
+			return -ENOMEM;
+	}
+	j->node_index = (unsigned)idx;
+	j->vni = (uint32_t)vni;
+	j->vxlan_port = (uint16_t)port;
+	return name_vms_all(j);
 }
 
 static const char *json_str(json_t *o, const char *key)
@@ -1046,6 +1369,20 @@ int job_attach(const char *run_dir, const char *job_id, int lock_fd, struct job 
 		j->vms[i].virtiofsd = -1;
 		j->vms[i].ctl_fd = -1;
 	}
+	r = attach_cluster(j, root, path, ret_error);
+	if (r < 0)
+		goto fail;
+	/* Absent in a job.json of an older vmhpc: 0, and no workdir. */
+	j->vcpus = (unsigned)json_integer_value(json_object_get(root, "vcpus"));
+	j->owner_uid = (uid_t)json_integer_value(json_object_get(root, "owner_uid"));
+	j->owner_gid = (gid_t)json_integer_value(json_object_get(root, "owner_gid"));
+	if (json_str(root, "workdir")) {
+		j->workdir = strdup(json_str(root, "workdir"));
+		if (!j->workdir) {
+			r = -ENOMEM;
+			goto fail;
+		}
+	}
 	for (unsigned i = 0; i < j->n_vms; i++) {
 		r = attach_vm(j, json_array_get(vms, i), i, ret_error);
 		if (r < 0)
@@ -1068,6 +1405,9 @@ fail:
 	}
 	close(runstate_detach(j->rs));
 	free(j->vms);
+	free(j->workdir);
+	free_cluster(j);
+	OPENSSL_cleanse(j->token, sizeof(j->token));
 	free(j);
 	return r;
 }

@@ -18,11 +18,34 @@
 #include "util/log.h"
 #include "vm/accel.h"
 
-#define JOB_MAX_VMS 64
+#define JOB_MAX_VMS 64 /* on one node */
 /* The guest's floor: kernel, initramfs unpacked, the writable overlay's first pages. */
-#define JOB_MIN_MEM_MB	  128
-#define JOB_EXEC_PORT	  7000
-#define JOB_SUBNET_PREFIX "10.77.0."
+#define JOB_MIN_MEM_MB 128
+#define JOB_EXEC_PORT  7000
+/* The job's subnet, 10.77.0.0/16: the VM with job-wide index g is 10.77.((g+1)>>8).((g+1)&255).
+ * A job of at most 254 VMs keeps the /24 it always had (10.77.0.1 ..); a larger cluster job
+ * uses the /16. */
+#define JOB_SUBNET_PREFIX "10.77."
+/* VMs of one job over all its nodes: what the /16 and the guest's host table hold. */
+#define JOB_MAX_VMS_TOTAL 4096
+#define JOB_MAX_NODES	  JOB_MAX_VMS_TOTAL
+/* The guests' MTU in a cluster job: the node network's 1500 less VXLAN's 50 bytes
+ * (docs/vm.md "The job network across nodes"). */
+#define JOB_CLUSTER_MTU 1450
+#define JOB_VXLAN_PORT	4789
+
+/* A job whose VMs span several nodes (docs/runtime.md "Cluster jobs"); job_config.cluster ==
+ * NULL: this node only. Every node runs config.n_vms VMs; the VM with local index i on node
+ * k has the job-wide index g = k * n_vms + i and the name "vm<g>". Needs root (the VXLAN
+ * device is made in the node's network namespace). */
+struct job_cluster {
+	unsigned node_index;	       /* this node's place in the job's node list, 0-based */
+	unsigned n_nodes;	       /* 1 .. JOB_MAX_NODES */
+	const char *const *node_addrs; /* underlay IPv4 address of each node, n_nodes entries */
+	uint32_t vni;		       /* VXLAN network id of the job's segment, 1 .. 2^24-1 */
+	uint16_t vxlan_port;	       /* UDP port; 0: JOB_VXLAN_PORT (4789) */
+	const char *token_hex; /* the job's exec token, the same on every node (64 hex digits) */
+};
 
 struct job_config {
 	struct store *store;
@@ -57,6 +80,8 @@ struct job_config {
 	/* The shared-memory channel between the job's VMs (docs/bypass.md): with n_vms >= 2,
 	 * a region in the job directory mapped into every VM as ivshmem-plain. */
 	bool shm;
+	/* NULL: a job of this node alone. Else copied by job_start (its strings too). */
+	const struct job_cluster *cluster;
 };
 
 struct job_vm_stats {
@@ -124,8 +149,28 @@ const char *job_id(const struct job *j);
 const char *job_dir(const struct job *j);
 enum accel job_accel(const struct job *j);
 double job_materialize_s(const struct job *j);
-/* The name and address of VM index vm ("vm0", "10.77.0.1"). */
+/* The name of this node's VM index vm: "vm<g>" with g its job-wide index (= vm on a job of
+ * one node); NULL past the last. */
 const char *job_vm_name(const struct job *j, unsigned vm);
+
+/* Every VM of the job on every node: n_nodes * n_vms (n_vms for a job of one node). */
+unsigned job_vm_count_total(const struct job *j);
+/* The name of the VM with job-wide index g ("vm<g>"), NULL past the last: the host list of
+ * an MPI launch over the whole job, started in job-wide VM 0 (on node 0). */
+const char *job_vm_name_total(const struct job *j, unsigned g);
+/* This node's place in the job (0 for a job of one node) and the job's number of nodes. */
+unsigned job_node_index(const struct job *j);
+unsigned job_node_count(const struct job *j);
+/* The job's VXLAN network id, 0 for a job of one node. */
+uint32_t job_vni(const struct job *j);
+/* What a launch after a handoff needs (kept in job.json): each VM's VCPUs (the MPI slots;
+ * 0 from an older job.json), the job folder (NULL: none), the submitting user. */
+unsigned job_vcpus(const struct job *j);
+const char *job_workdir(const struct job *j);
+void job_owner(const struct job *j, uid_t *ret_uid, gid_t *ret_gid);
+/* The address of job-wide VM g in the job subnet into out ("10.77.0.1"); for a test or a
+ * launcher that needs it. */
+void job_vm_address(unsigned g, char out[20]);
 
 /* Runs one command in VM index vm through its control port (see exec_client_run) and
  * waits for it; -ECHILD (with *ret_error naming it) when a VM of the job stopped meanwhile:

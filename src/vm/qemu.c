@@ -461,11 +461,16 @@ int qemu_build_argv(const struct qemu_vm_config *c, char ***ret_argv, char **ret
 	}
 
 	if (net->add_netdev) {
+		char mtu[24] = "";
+
+		if (c->net_mtu)
+			snprintf(mtu, sizeof(mtu), ",host_mtu=%u", c->net_mtu);
 		net->add_netdev(&s, c);
 		strv_add(&s, strdup("-device"));
 		/* romfile= (empty): no iPXE option ROM to load, we boot from -kernel */
-		strv_addf(&s, "virtio-net-%s,netdev=net0%s%s%s", bus,
-			  mmio ? "" : ",romfile=", c->mac ? ",mac=" : "", c->mac ? c->mac : "");
+		strv_addf(&s, "virtio-net-%s,netdev=net0%s%s%s%s", bus,
+			  mmio ? "" : ",romfile=", c->mac ? ",mac=" : "", c->mac ? c->mac : "",
+			  mtu);
 	}
 
 	if (c->control_socket) {
@@ -548,13 +553,25 @@ static int resolve_binary(const char *name, char **ret_path)
  * numbers >= 64, what becomes 0, 1, 2 and QEMU_QMP_CHILD_FD (or -1), and err_fd the
  * write end of the exec-error pipe. */
 static void __attribute__((noreturn))
-child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, pid_t parent,
-	   bool outlive, const struct proc_namespaces *ns)
+child_exec(const char *path, char *const argv[], const int fds[4], int err_fd, int go_fd,
+	   pid_t parent, bool outlive, const struct proc_namespaces *ns)
 {
 	static const int default_signals[] = {SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD};
 	struct sigaction dfl = {.sa_handler = SIG_DFL};
 	sigset_t none;
+	char go;
+	ssize_t n;
 	int e;
+
+	/* The parent's word that it recorded our pid (record_pid): end of file instead means
+	 * it died or gave up first, and a QEMU nobody recorded must not run. */
+	if (go_fd >= 0) {
+		do
+			n = read(go_fd, &go, 1);
+		while (n < 0 && errno == EINTR);
+		if (n != 1)
+			_exit(127);
+	}
 
 	/* Its own process group: a terminal's Ctrl-C goes to vmhpc, which decides what
 	 * happens to the VMs; and the whole group can be killed at once. A VM that outlives
@@ -621,7 +638,7 @@ int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm)
 	struct qemu_vm_config c = *config;
 	_cleanup_free_ char *path = NULL, *error = NULL;
 	char **argv = NULL;
-	int console[2] = {-1, -1}, qmp[2] = {-1, -1}, errpipe[2] = {-1, -1};
+	int console[2] = {-1, -1}, qmp[2] = {-1, -1}, errpipe[2] = {-1, -1}, gopipe[2] = {-1, -1};
 	int fds[4] = {-1, -1, -1, -1}, devnull = -1, stderr_fd = -1;
 	struct qemu_vm *vm = NULL;
 	struct stat st;
@@ -667,7 +684,7 @@ int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm)
 	}
 	if ((c.console_pipe && pipe2(console, O_CLOEXEC) < 0) ||
 	    (!c.qmp_socket && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp) < 0) ||
-	    pipe2(errpipe, O_CLOEXEC) < 0) {
+	    pipe2(errpipe, O_CLOEXEC) < 0 || (c.record_pid && pipe2(gopipe, O_CLOEXEC) < 0)) {
 		r = -errno;
 		goto out;
 	}
@@ -690,14 +707,26 @@ int qemu_vm_start(const struct qemu_vm_config *config, struct qemu_vm **ret_vm)
 		r = -errno;
 		goto out;
 	}
-	if (pid == 0)
-		child_exec(path, argv, fds, errpipe[1], parent, c.outlive_caller, c.namespaces);
+	if (pid == 0) {
+		if (gopipe[1] >= 0)
+			close(gopipe[1]); /* so that our death reads as end of file there */
+		child_exec(path, argv, fds, errpipe[1], gopipe[0], parent, c.outlive_caller,
+			   c.namespaces);
+	}
 	if (!c.outlive_caller)
 		(void)setpgid(pid, pid); /* also here, so kill(-pid) works the moment we return */
 	vm->pid = pid;
 	vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	close(errpipe[1]);
 	errpipe[1] = -1;
+	if (c.record_pid) {
+		r = c.record_pid(pid, c.record_userdata);
+		if (r < 0 || write(gopipe[1], "g", 1) != 1) {
+			r = r < 0 ? r : -EIO;
+			qemu_vm_kill(vm);
+			goto out;
+		}
+	}
 	/* The exec-error pipe closes at a successful exec; an errno means it failed. */
 	do
 		n = read(errpipe[0], &e, sizeof(e));
@@ -724,7 +753,7 @@ out:
 	for (int i = 0; i < 4; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	int *all[] = {console, qmp, errpipe};
+	int *all[] = {console, qmp, errpipe, gopipe};
 	for (size_t i = 0; i < ARRAY_SIZE(all); i++)
 		for (int j = 0; j < 2; j++)
 			if (all[i][j] >= 0)

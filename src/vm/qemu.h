@@ -66,6 +66,9 @@ struct qemu_vm_config {
 	enum qemu_net net;
 	const char *net_tap; /* QEMU_NET_TAP: interface name */
 	const char *mac;     /* guest MAC; NULL: QEMU picks one (not unique across QEMUs!) */
+	/* The MTU virtio-net offers the guest (VIRTIO_NET_F_MTU: its driver takes it, no guest
+	 * configuration needed); 0: the default 1500. */
+	unsigned net_mtu;
 	/* Namespaces QEMU joins between fork and exec (the job's private network, and the
 	 * user namespace owning it); NULL: ours. Not on the command line. */
 	const struct proc_namespaces *namespaces;
@@ -77,6 +80,12 @@ struct qemu_vm_config {
 	bool console_pipe;	    /* serial console also readable from qemu_vm_console_fd() */
 	const char *stderr_log;	    /* QEMU's own messages appended here; NULL: into the console
 				     * pipe when there is one, else /dev/null */
+	/* Called with QEMU's pid after fork and before exec (the child waits for it): a
+	 * caller records the pid for cleanup before QEMU runs, so that no moment exists in
+	 * which a QEMU that outlives a killed caller is not recorded. A negative return stops
+	 * the start (the child exits without running QEMU). May be NULL. */
+	int (*record_pid)(pid_t pid, void *userdata);
+	void *record_userdata;
 	bool outlive_caller; /* false: killed when the calling thread exits (PR_SET_PDEATHSIG);
 			      * true: its own session, outlives us (a supervisor adopts it) */
 };

@@ -16,12 +16,32 @@
 # Needs root, iproute2, munged, docker-registry; $VMHPC is the vmhpc binary.
 
 : "${VMHPC:?set VMHPC to the vmhpc binary}"
-CL_ID=$(( ($$ % 200) + 20 ))
-CL_NET="10.$((200 + CL_ID % 50)).$CL_ID"
-CL_BR="vhb$CL_ID"
-CL_FRONT="$CL_NET.1"
+CL_ID=""
+CL_CLAIM=""
 CL_REG_PORT=5000
-CL_REGISTRY="$CL_FRONT:$CL_REG_PORT"
+
+# Takes a cluster id (20..219) whose namespaces and bridge do not exist, claimed with an
+# atomic mkdir that every run of this file respects: two test clusters on one machine (two
+# sessions, a test beside a benchmark) never tear down each other's namespaces. The claim
+# goes with cluster_down.
+cluster_pick_id() {
+	local id
+	for id in $(seq 20 219 | shuf); do
+		mkdir -p /run/vmhpc-test-ids # each time: another run's cluster_down may remove it
+		ip netns list | grep -q "^vh$id-" && continue
+		ip link show "vhb$id" >/dev/null 2>&1 && continue
+		mkdir "/run/vmhpc-test-ids/$id" 2>/dev/null || continue
+		CL_ID=$id
+		CL_CLAIM="/run/vmhpc-test-ids/$id"
+		CL_NET="10.$((200 + CL_ID % 50)).$CL_ID"
+		CL_BR="vhb$CL_ID"
+		CL_FRONT="$CL_NET.1"
+		CL_REGISTRY="$CL_FRONT:$CL_REG_PORT"
+		return 0
+	done
+	cluster_log "no free cluster id in 20..219 (see /run/vmhpc-test-ids)"
+	return 1
+}
 CL_PIDS=()
 CL_NODES=()
 CL_DIR=""
@@ -47,6 +67,11 @@ cluster_down() {
 	ip link del "vh${CL_ID}fe" 2>/dev/null || true
 	ip link del "$CL_BR" 2>/dev/null || true
 	if [ -n "$CL_DIR" ]; then rm -rf "$CL_DIR" || true; fi
+	if [ -n "$CL_CLAIM" ]; then
+		rmdir "$CL_CLAIM" 2>/dev/null || true
+		rmdir /run/vmhpc-test-ids 2>/dev/null || true # when no other cluster holds an id
+	fi
+	CL_CLAIM=""
 	CL_PIDS=()
 	CL_NODES=()
 	return 0
@@ -92,6 +117,7 @@ cluster_node_kill() { # NAME [SIGNAL]
 cluster_up() { # N [RATE]
 	local n=$1 i ns
 	CL_RATE=${2:-}
+	cluster_pick_id || return 1
 	CL_DIR=$(mktemp -d /tmp/vmhpc-cluster.XXXXXX)
 	chmod 755 "$CL_DIR"
 	# munged with a key of its own, on a socket of its own.

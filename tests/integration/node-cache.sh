@@ -2,7 +2,8 @@
 # vmhpc node's cache through the prolog's local API (`vmhpc node present/release`): two jobs
 # asking for one image at once fetch it once; --cache-max is held by evicting the least
 # recently used image that no job pins; with every image pinned a full cache is a clear
-# error that evicts nothing; the state survives a restart; the cache verifies throughout.
+# error that evicts nothing; the state survives a restart; the cache verifies throughout; a
+# disk that fills mid-fetch is a clear error that leaves nothing half-made.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -86,4 +87,36 @@ present a:1 job6 >"$WORK/p6"
 grep -q '"source":"cache"' "$WORK/p6" || fail "a not served from the cache after restart: $(cat "$WORK/p6")"
 verify_cache
 ok "after a restart: same images, job5's pin kept, a served from the cache"
+
+# Disk full: n1's cache on a 10 MB tmpfs (--cache-max far above it) fills while b:1
+# (~27 MB) arrives: a clear error naming the node and the cache folder, no temp file or
+# state entry left, the store verifies; with room (the tmpfs grown) the next fetch
+# succeeds with only what it lacked.
+SMALL="$WORK/smallfs"
+mkdir -p "$SMALL"
+mount -t tmpfs -o size=10m vmhpc-node-cache-test "$SMALL"
+on_exit "umount -l '$SMALL'"
+cluster_node_kill n1 TERM
+cluster_node_start n1 --cache "$SMALL/cache" --cache-max 1G
+expect_fail "a full disk mid-fetch" "node n1: the node cache $SMALL/cache is out of disk space" \
+	present b:1 job7
+[ "$(df --output=avail -B1 "$SMALL" | tail -1)" -lt 2000000 ] || fail "the tmpfs did not fill: $(df -h "$SMALL")"
+left=$(find "$SMALL/cache/store/tmp" -type f | head -3)
+[ -z "$left" ] || fail "temp files left in the full cache: $left"
+grep -q '"name": *"b"' "$SMALL/cache/state.json" 2>/dev/null && fail "b is in the state: $(cat "$SMALL/cache/state.json")"
+VMHPC_STORE="$SMALL/cache/store" versions >"$WORK/list"
+grep -q "^b:" "$WORK/list" && fail "b is committed in the full cache: $(cat "$WORK/list")"
+VMHPC_STORE="$SMALL/cache/store" "$VMHPC" image verify >"$WORK/verify" 2>&1 ||
+	fail "the full cache does not verify: $(cat "$WORK/verify")"
+[ "$(metric vmhpc_node_errors_total)" = 1 ] || fail "errors: $(metric vmhpc_node_errors_total)"
+ok "disk full mid-fetch: no temp file, no state entry, no version of b; the cache verifies"
+partial=$(metric vmhpc_node_cache_bytes)
+mount -o remount,size=64m "$SMALL"
+present b:1 job7 >"$WORK/p7" || fail "b:1 with room: $(cat "$WORK/p7")"
+got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_received"])' "$WORK/p7")
+total=$(metric vmhpc_node_cache_bytes)
+[ "$partial" -gt 0 ] && [ "$got" -lt "$total" ] || fail "with room: received $got of $total bytes (partial $partial)"
+VMHPC_STORE="$SMALL/cache/store" "$VMHPC" image verify >"$WORK/verify" 2>&1 ||
+	fail "the cache does not verify after the fetch with room: $(cat "$WORK/verify")"
+ok "with room: b:1 arrived, $got of its $total bytes moved (the rest was kept from the failed fetch); verifies"
 echo "node-cache: $CHECKS checks passed"

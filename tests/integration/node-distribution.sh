@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # vmhpc node: an image version distributed to 4 nodes of a test cluster (network
-# namespaces, tests/cluster/cluster.sh) down the pipelined binomial tree; every cache
-# verifies; a second run moves 0 bytes; a forged or absent MUNGE credential and a plain
-# user on the local socket are refused and change nothing; a node killed with kill -9
-# mid-distribution: the others re-parent and finish, and the restarted daemon's cache
-# verifies and completes.
+# namespaces, tests/cluster/cluster.sh) down the pipelined chain (and the binomial tree on
+# request); every cache verifies; a second run moves 0 bytes; a forged or absent MUNGE
+# credential and a plain user on the local socket are refused and change nothing; a node
+# killed with kill -9 mid-distribution: the others re-parent and finish, and the restarted
+# daemon's cache verifies and completes; a relay stopped (SIGSTOP) or slowed to a trickle
+# mid-distribution is replaced, the fetch completes, and once resumed it corrupts nothing.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -36,10 +37,31 @@ head -c 24000000 /dev/urandom >"$WORK/extra.bin"
 small_spec big "files = $WORK/extra.bin:/opt/extra.bin" >"$WORK/big.ini"
 "$VMHPC" image build --level 1 "$WORK/big.ini" >/dev/null
 
+# Two more (24 MB of random bytes each, their own) for the stopped and the slowed relay.
+for x in stop slow; do
+	head -c 24000000 /dev/urandom >"$WORK/$x.bin"
+	small_spec $x "files = $WORK/$x.bin:/opt/$x.bin" >"$WORK/$x.ini"
+	"$VMHPC" image build --level 1 "$WORK/$x.ini" >/dev/null
+done
+# small:2: small:1 plus 3 MB of its own, for the second-version goal.
+head -c 3000000 /dev/urandom >"$WORK/v2.bin"
+small_spec small "files = $WORK/v2.bin:/opt/v2.bin" >"$WORK/small2.ini"
+"$VMHPC" image build --level 1 "$WORK/small2.ini" >/dev/null
+unique2=$("$VMHPC" image list --json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    if e["name"] == "small" and e["version"] == 2: print(e["unique_bytes"])')
+[ -n "$unique2" ] || fail "small:2 was not built"
+rm -f "$WORK"/*.bin
+
 CL_PEER_TIMEOUT_MS=2000
 cluster_up 4 100mbit
 cluster_push small:1 small:1
+cluster_push small:1 smallb:1
+cluster_push small:2 small:2
 cluster_push big:1 big:1
+cluster_push stop:1 stop:1
+cluster_push slow:1 slow:1
 ok "cluster of 4 nodes, registry and munged up ($CL_DIR)"
 REF="$CL_REGISTRY/vmhpc/small:1"
 
@@ -52,16 +74,27 @@ for i in 0 1 2 3; do
 	[ "$(jget "$WORK/f1.json" per_node.$i.reply.bytes_received)" = "$chunk_bytes" ] ||
 		fail "node $i received other than $chunk_bytes bytes: $(cat "$WORK/f1.json")"
 done
-# The tree: n1 from the registry, n2 and n3 from n1, n4 from n2.
+# The chain (the default): n1 from the registry, n2 from n1, n3 from n2, n4 from n3.
 srcs=$(for i in 0 1 2 3; do jget "$WORK/f1.json" per_node.$i.reply.source; done | tr '\n' ' ')
-[ "$srcs" = "registry n1 n1 n2 " ] || fail "sources are '$srcs', not the binomial tree"
-ok "small:1 reached n1..n4 in $(jget "$WORK/f1.json" seconds) s, $chunk_bytes bytes each, tree: $srcs"
+[ "$srcs" = "registry n1 n2 n3 " ] || fail "sources are '$srcs', not the chain"
+ok "small:1 reached n1..n4 in $(jget "$WORK/f1.json" seconds) s, $chunk_bytes bytes each, chain: $srcs"
 for n in n1 n2 n3 n4; do verify_cache $n; done
 ok "vmhpc image verify passes on every node's cache"
 [ "$(metric n1 'vmhpc_node_sent_bytes_total{peer="n2"}')" = "$chunk_bytes" ] ||
 	fail "n1's metrics: $(metric n1 'vmhpc_node_sent_bytes_total{peer="n2"}') sent to n2"
-[ "$(metric n4 'vmhpc_node_received_bytes_total{source="n2"}')" = "$chunk_bytes" ] || fail "n4's metrics"
-ok "metrics: n1 sent $chunk_bytes bytes to n2, n4 received them from n2"
+[ "$(metric n4 'vmhpc_node_received_bytes_total{source="n3"}')" = "$chunk_bytes" ] || fail "n4's metrics"
+[ -z "$(metric n1 'vmhpc_node_sent_bytes_total{peer="n3"}')" ] || fail "n1 sent to n3 in a chain"
+ok "metrics: n1 sent $chunk_bytes bytes to n2 only, n4 received them from n3"
+# The binomial tree on request (the same content under another tag: 0 bytes, the shape
+# shows in the sources): n1 from the registry, n2 and n3 from n1, n4 from n2.
+cluster_fetch "$CL_REGISTRY/vmhpc/smallb:1" 'n[1-4]' --scheme binomial --json >"$WORK/fb.json" ||
+	fail "binomial fetch: $(cat "$WORK/fb.json")"
+srcs=$(for i in 0 1 2 3; do jget "$WORK/fb.json" per_node.$i.reply.source; done | tr '\n' ' ')
+[ "$srcs" = "registry n1 n1 n2 " ] || fail "sources are '$srcs', not the binomial tree"
+[ "$(jget "$WORK/fb.json" bytes_received)" = 0 ] || fail "binomial: bytes moved for chunks every node had"
+expect_fail "an unknown scheme" "unknown distribution scheme \"ring\" (chain, binomial, central)" \
+	cluster_fetch "$CL_REGISTRY/vmhpc/smallb:1" 'n[1-2]' --scheme ring
+ok "--scheme binomial: sources $srcs, 0 bytes (every node had the chunks)"
 
 # 2. Again: every node has it, 0 bytes move.
 cluster_fetch "$REF" 'n[1-4]' --json >"$WORK/f2.json"
@@ -99,15 +132,26 @@ expect_fail "a plain user on the node's socket is refused" "only root or the Slu
 	setpriv --reuid=65534 --regid=65534 --clear-groups "$VMHPC" node present \
 	--socket "$CL_DIR/n1.sock" --image "$CL_REGISTRY/vmhpc/big:1" --job 1
 cmp -s "$WORK/state-before" "$CL_DIR/cache-n1/state.json" || fail "a refused request changed n1's state"
-[ "$(metric n1 vmhpc_node_cache_images)" = 1 ] || fail "a refused request added an image"
+[ "$(metric n1 vmhpc_node_cache_images)" = 2 ] || fail "a refused request added an image"
 [ "$(metric n1 vmhpc_node_requests_refused_total)" = 3 ] || fail "n1 counted $(metric n1 vmhpc_node_requests_refused_total) refusals, not 3"
 ok "refused requests changed nothing (state, images) and were counted"
 
-# 4. kill -9 of n2 (n4's parent) mid-distribution of big:1: n4 re-parents to n1.
+# A second version after the first: each node (each link of the chain) moves at most 1.1x
+# the bytes only small:2 has.
+cluster_fetch "$CL_REGISTRY/vmhpc/small:2" 'n[1-4]' --json >"$WORK/fv2.json" || fail "small:2: $(cat "$WORK/fv2.json")"
+for i in 0 1 2 3; do
+	b=$(jget "$WORK/fv2.json" per_node.$i.reply.bytes_received)
+	python3 -c 'import sys; sys.exit(0 if int(sys.argv[1]) <= 1.1 * int(sys.argv[2]) else 1)' "$b" "$unique2" ||
+		fail "node $i received $b bytes of small:2, more than 1.1x its $unique2 own bytes"
+done
+ok "small:2 after small:1: every node received $(jget "$WORK/fv2.json" per_node.3.reply.bytes_received) bytes for the $unique2 bytes only small:2 has"
+
+# 4. kill -9 of n2 (n3's parent) mid-distribution of big:1: n3 re-parents to n1.
 BIG="$CL_REGISTRY/vmhpc/big:1"
 base=$(metric n2 'vmhpc_node_received_bytes_total{source="n1"}')
 cluster_fetch "$BIG" 'n[1-4]' --json >"$WORK/f3.json" 2>"$WORK/f3.err" &
 fetch_pid=$!
+on_exit "kill $fetch_pid"
 got=0
 for _ in $(seq 400); do
 	got=$(( $(metric n2 'vmhpc_node_received_bytes_total{source="n1"}') - base ))
@@ -121,10 +165,12 @@ grep -q "node n2" "$WORK/f3.err" || fail "the fetch does not name n2: $(cat "$WO
 for i in 0 2 3; do
 	[ "$(jget "$WORK/f3.json" per_node.$i.ok)" = true ] || fail "node $i failed: $(cat "$WORK/f3.json")"
 done
-[ "$(jget "$WORK/f3.json" per_node.3.reply.source)" = n1 ] ||
-	fail "n4 did not re-parent to n1: $(jget "$WORK/f3.json" per_node.3.reply.source)"
-grep -q "parent n2 failed" "$CL_DIR/n4.log" || fail "n4's log says nothing of n2"
-ok "n2 killed after $got bytes: n1, n3, n4 finished, n4 re-parented to n1; fetch names n2"
+[ "$(jget "$WORK/f3.json" per_node.2.reply.source)" = n1 ] ||
+	fail "n3 did not re-parent to n1: $(jget "$WORK/f3.json" per_node.2.reply.source)"
+[ "$(jget "$WORK/f3.json" per_node.3.reply.source)" = n3 ] ||
+	fail "n4 left n3: $(jget "$WORK/f3.json" per_node.3.reply.source)"
+grep -q "parent n2 failed" "$CL_DIR/n3.log" || fail "n3's log says nothing of n2"
+ok "n2 killed after $got bytes: n1, n3, n4 finished, n3 re-parented to n1; fetch names n2"
 for n in n1 n3 n4; do verify_cache $n; done
 cluster_node_start n2
 verify_cache n2
@@ -138,14 +184,88 @@ for i in 0 2 3; do
 done
 verify_cache n2
 ok "n2 completed big:1 with the $n2_bytes bytes it lacked (of $total_big); the others moved 0"
-# 5. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
+# 5. A relay that stops (SIGSTOP: still connected, silent) mid-distribution of stop:1: n3
+# re-parents to n1 after --peer-timeout-ms, n4 keeps n3 and both finish while n2 is
+# stopped; the fetch waits for n2, which, resumed (SIGCONT), finishes too; nothing failed,
+# and every cache verifies.
+wait_receiving() { # NODE SOURCE BASE: until NODE got 2 MB more from SOURCE than BASE
+	local got=0
+	for _ in $(seq 400); do
+		got=$(( $(metric "$1" "vmhpc_node_received_bytes_total{source=\"$2\"}") - $3 ))
+		[ "$got" -gt 2000000 ] && return 0
+		sleep 0.02
+	done
+	fail "$1 did not start receiving from $2"
+}
+base=$(metric n2 'vmhpc_node_received_bytes_total{source="n1"}')
+d4=$(metric n4 vmhpc_node_distributions_total)
+cluster_fetch "$CL_REGISTRY/vmhpc/stop:1" 'n[1-4]' --json >"$WORK/f5.json" 2>"$WORK/f5.err" &
+fetch_pid=$!
+on_exit "kill $fetch_pid"
+wait_receiving n2 n1 "$base"
+n2pid=$(cat "$CL_DIR/n2.pid")
+kill -STOP "$n2pid"
+on_exit "kill -CONT $n2pid"
+for _ in $(seq 300); do
+	[ "$(metric n4 vmhpc_node_distributions_total)" -gt "$d4" ] && break
+	sleep 0.1
+done
+[ "$(metric n4 vmhpc_node_distributions_total)" -gt "$d4" ] || fail "n4 did not finish while n2 was stopped"
+kill -0 "$fetch_pid" 2>/dev/null || fail "the fetch ended while n2 was stopped: $(cat "$WORK/f5.err")"
+ok "n2 stopped (SIGSTOP) mid-way: n3 and n4 finished without it"
+kill -CONT "$n2pid"
+wait "$fetch_pid" || fail "fetch with a stopped relay failed: $(cat "$WORK/f5.err") $(cat "$WORK/f5.json")"
+for i in 0 1 2 3; do
+	[ "$(jget "$WORK/f5.json" per_node.$i.ok)" = true ] || fail "node $i failed: $(cat "$WORK/f5.json")"
+done
+[ "$(jget "$WORK/f5.json" per_node.2.reply.source)" = n1 ] ||
+	fail "n3 did not re-parent to n1: $(jget "$WORK/f5.json" per_node.2.reply.source)"
+[ "$(jget "$WORK/f5.json" per_node.3.reply.source)" = n3 ] || fail "n4 left n3"
+grep -q "parent n2 failed (n2: no whole frame within" "$CL_DIR/n3.log" ||
+	fail "n3's log does not say n2 went silent: $(grep n2 "$CL_DIR/n3.log" | tail -3)"
+for n in n1 n2 n3 n4; do verify_cache $n; done
+ok "n2 resumed (SIGCONT): every node has stop:1 (n2 from $(jget "$WORK/f5.json" per_node.1.reply.source)), nothing failed, every cache verifies"
+
+# 6. A relay slowed to a trickle: n2's traffic to n3 shaped to 8 kbit/s mid-distribution of
+# slow:1 (keepalives and bytes still flow, but no chunk arrives whole in time): n3 re-parents
+# to n1; everything finishes and verifies.
+shape_n2_to_n3() { # RATE, or "" to restore n2's plain shaping
+	local ns="vh$CL_ID-n2"
+	ip netns exec "$ns" tc qdisc del dev eth0 root
+	if [ -z "$1" ]; then
+		ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate 100mbit burst 64kb latency 100ms
+		return
+	fi
+	# htb (prio and netem are not in every kernel): class 10 for n3's address, 20 for the rest.
+	ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: htb default 20
+	ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:10 htb rate "$1" ceil "$1" 2>/dev/null
+	ip netns exec "$ns" tc class add dev eth0 parent 1: classid 1:20 htb rate 100mbit ceil 100mbit 2>/dev/null
+	ip netns exec "$ns" tc filter add dev eth0 parent 1: protocol ip u32 match ip dst "$CL_NET.13/32" flowid 1:10
+}
+base=$(metric n3 'vmhpc_node_received_bytes_total{source="n2"}')
+cluster_fetch "$CL_REGISTRY/vmhpc/slow:1" 'n[1-4]' --json >"$WORK/f6.json" 2>"$WORK/f6.err" &
+fetch_pid=$!
+on_exit "kill $fetch_pid"
+wait_receiving n3 n2 "$base"
+shape_n2_to_n3 8kbit
+on_exit "ip netns exec vh$CL_ID-n2 tc qdisc del dev eth0 root"
+wait "$fetch_pid" || fail "fetch with a slowed relay failed: $(cat "$WORK/f6.err") $(cat "$WORK/f6.json")"
+shape_n2_to_n3 ""
+[ "$(jget "$WORK/f6.json" per_node.2.reply.source)" = n1 ] ||
+	fail "n3 did not leave the slowed n2: $(jget "$WORK/f6.json" per_node.2.reply.source)"
+grep -q "slow:1: parent n2 failed (n2: no whole frame within" "$CL_DIR/n3.log" ||
+	fail "n3's log does not say n2 was too slow: $(grep n2 "$CL_DIR/n3.log" | tail -3)"
+for n in n1 n2 n3 n4; do verify_cache $n; done
+ok "n2 slowed to 8 kbit/s towards n3: n3 re-parented to n1 after $(jget "$WORK/f6.json" per_node.2.seconds) s; all finished and verify"
+
+# 7. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
 cluster_node_kill n1 9
 kill -9 "${CL_PIDS[1]}"
 wait "${CL_PIDS[1]}" 2>/dev/null || true
-if cluster_fetch "$CL_REGISTRY/vmhpc/other:1" 'n[1-2]' >"$WORK/f5.out" 2>"$WORK/f5.err"; then
+if cluster_fetch "$CL_REGISTRY/vmhpc/other:1" 'n[1-2]' >"$WORK/f7.out" 2>"$WORK/f7.err"; then
 	fail "fetch with no path succeeded"
 fi
-grep -q "node n2: no path left for .*: n1 (.*registry: " "$WORK/f5.err" ||
-	fail "n2's error does not name n1 and the registry: $(cat "$WORK/f5.err")"
-ok "no path left: $(grep 'node n2' "$WORK/f5.err" | cut -c1-200)"
+grep -q "node n2: no path left for .*: n1 (.*registry: " "$WORK/f7.err" ||
+	fail "n2's error does not name n1 and the registry: $(cat "$WORK/f7.err")"
+ok "no path left: $(grep 'node n2' "$WORK/f7.err" | cut -c1-200)"
 echo "node-distribution: $CHECKS checks passed"

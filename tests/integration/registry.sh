@@ -2,9 +2,9 @@
 # vmhpc image push/pull against a real OCI registry: Debian's docker-registry (CNCF
 # distribution), started here on 127.0.0.1 with a temp config and storage folder and stopped
 # on exit. Round trip with verify, only missing bytes moving (v2 after v1, re-push),
-# interrupted pull and push resumed, a damaged blob refused, unknown names, a registry that
-# is down, TLS by default, and htpasswd (Basic) auth from VMHPC_REGISTRY_AUTH and from a
-# docker config.json.
+# interrupted pull and push resumed, a damaged blob refused, a manifest naming a blob the
+# registry lacks refused, unknown names, a registry that is down, TLS by default, and
+# htpasswd (Basic) auth from VMHPC_REGISTRY_AUTH and from a docker config.json.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -266,6 +266,16 @@ expect_fail "a damaged blob" "its copy is damaged" \
 VMHPC_STORE="$STORE5" "$VMHPC" image verify >/dev/null || fail "the store of a refused pull does not verify"
 ok "nothing of the damaged blob was stored, no version added, the store verifies"
 cp "$WORK/blob.orig" "$blob"
+
+# --- a manifest that names a blob the registry lacks: refused, nothing committed ------------
+mv "$blob" "$WORK/blob.moved"
+STORE6="$WORK/store6"
+expect_fail "a manifest naming a missing blob" "404" \
+	env VMHPC_STORE="$STORE6" "$VMHPC" image pull --insecure "$REG/vmhpc/small:1"
+[ -z "$(VMHPC_STORE="$STORE6" versions)" ] || fail "a pull with a missing blob added a version"
+VMHPC_STORE="$STORE6" "$VMHPC" image verify >/dev/null || fail "the store of a refused pull does not verify"
+ok "a missing blob: no version added, the store verifies"
+mv "$WORK/blob.moved" "$blob"
 
 # --- htpasswd (Basic) auth -----------------------------------------------------------------
 htpasswd -Bbn alice 's3cret:pass' >"$WORK/htpasswd" 2>/dev/null

@@ -215,6 +215,104 @@ static void test_gone_after_free(void **state)
 	assert_false(namespace_in_use(user));
 }
 
+/* Whether a UDP socket of our network namespace is bound to port (/proc/self/net/udp). */
+static bool udp_port_open(unsigned port)
+{
+	char line[512], needle[16];
+	FILE *f = fopen("/proc/self/net/udp", "re");
+	bool found = false;
+
+	assert_non_null(f);
+	snprintf(needle, sizeof(needle), ":%04X ", port);
+	/* Line by line: proc files have no size for a reader that trusts st_size. */
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, needle) != NULL;
+	fclose(f);
+	return found;
+}
+
+/* The VXLAN link of a job across nodes: made in the job's namespace on its bridge with the
+ * MTU and one flood entry per remote, its UDP socket in ours (the node's), nothing of it in
+ * ours; the same VNI twice on a port is refused; all of it goes with the job's namespace. */
+static void test_vxlan(void **state)
+{
+	struct net_job *j = NULL, *k = NULL, *bad = NULL;
+	char *error = NULL, *out;
+	const char *remotes[] = {"192.0.2.1", "192.0.2.2"};
+	unsigned port = 30000 + (unsigned)getpid() % 20000, vni = 5000 + (unsigned)getpid() % 1000;
+	struct net_vxlan vx = {
+	    .vni = vni,
+	    .port = (uint16_t)port,
+	    .mtu = 1450,
+	    .remote_addrs = remotes,
+	    .n_remotes = 2,
+	    .entries = (const struct net_fdb_entry[]){{"52:54:00:00:00:07", "192.0.2.2"}},
+	    .n_entries = 1};
+	char *link[] = {"ip", "-d", "-o", "link", "show", "vxlan0", NULL};
+	char *tap[] = {"ip", "-o", "link", "show", "tap1", NULL};
+	char *fdb[] = {"bridge", "fdb", "show", "dev", "vxlan0", NULL};
+	char want[64];
+
+	(void)state;
+	assert_int_equal(net_job_create(2, false, &j, NULL), 0);
+	assert_int_equal(net_job_add_vxlan(j, &vx, &error), 0);
+	assert_null(error);
+	out = run_in(j, link);
+	snprintf(want, sizeof(want), "vxlan id %u ", vni);
+	if (!strstr(out, "master br0") || !strstr(out, "mtu 1450") || !strstr(out, want) ||
+	    !strstr(out, "nolearning"))
+		fail_msg("vxlan0: %s", out);
+	snprintf(want, sizeof(want), "dstport %u ", port);
+	assert_non_null(strstr(out, want));
+	free(out);
+	out = run_in(j, tap);
+	assert_non_null(strstr(out, "mtu 1450"));
+	free(out);
+	out = run_in(j, fdb);
+	if (!strstr(out, "00:00:00:00:00:00 dst 192.0.2.1") ||
+	    !strstr(out, "00:00:00:00:00:00 dst 192.0.2.2") ||
+	    !strstr(out, "52:54:00:00:00:07 dst 192.0.2.2"))
+		fail_msg("flood entries: %s", out);
+	free(out);
+	/* The socket is ours (the node's), the device is not. */
+	assert_true(udp_port_open(port));
+
+	/* Another job, same VNI and port: refused, saying why. */
+	assert_int_equal(net_job_create(1, false, &k, NULL), 0);
+	assert_int_equal(net_job_add_vxlan(k, &vx, &error), -EEXIST);
+	assert_non_null(strstr(error, "in use on this node"));
+	free(error);
+	error = NULL;
+	/* Another VNI on the same port: its own segment, the same socket. */
+	vx.vni = vni + 1;
+	assert_int_equal(net_job_add_vxlan(k, &vx, NULL), 0);
+
+	/* Bad input. */
+	vx.vni = 0;
+	assert_int_equal(net_job_add_vxlan(k, &vx, NULL), -EINVAL);
+	vx.vni = 1u << 24;
+	assert_int_equal(net_job_add_vxlan(k, &vx, NULL), -EINVAL);
+	vx.vni = vni + 2;
+	remotes[1] = "node2";
+	assert_int_equal(net_job_add_vxlan(k, &vx, &error), -EINVAL);
+	assert_non_null(strstr(error, "node2"));
+	free(error);
+	error = NULL;
+	assert_int_equal(net_job_create(1, true, &bad, NULL), 0);
+	assert_int_equal(net_job_add_vxlan(bad, &vx, &error), -EPERM);
+	assert_non_null(strstr(error, "root"));
+	free(error);
+	net_job_free(bad);
+
+	net_job_free(k);
+	net_job_free(j);
+	/* The kernel closes the socket once the last device using it is gone with its
+	 * namespace (namespaces are torn down by a work queue: give it a moment). */
+	for (int t = 0; t < 100 && udp_port_open(port); t++)
+		usleep(20000);
+	assert_false(udp_port_open(port));
+}
+
 /* QEMU (here a script standing in for it) runs inside the job's namespaces; we do not. */
 static void test_qemu_joins(void **state)
 {
@@ -273,6 +371,7 @@ int main(void)
 	    cmocka_unit_test(test_root_namespace), cmocka_unit_test(test_user_namespace),
 	    cmocka_unit_test(test_plain_user),	   cmocka_unit_test(test_gone_after_free),
 	    cmocka_unit_test(test_qemu_joins),	   cmocka_unit_test(test_mac_addresses),
+	    cmocka_unit_test(test_vxlan),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

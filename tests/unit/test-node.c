@@ -115,13 +115,61 @@ static void test_tree(void **state)
 	}
 	/* Re-parenting: 3's parent 1 dies: 3 hangs from 0; 7 keeps 3. */
 	dead[1] = true;
-	assert_int_equal(node_tree_live_parent(3, 8, dead), 0);
-	assert_int_equal(node_tree_live_parent(7, 8, dead), 3);
+	assert_int_equal(node_tree_live_parent(&node_tree_binomial, 3, 8, dead), 0);
+	assert_int_equal(node_tree_live_parent(&node_tree_binomial, 7, 8, dead), 3);
 	dead[3] = true;
-	assert_int_equal(node_tree_live_parent(7, 8, dead), 0);
+	assert_int_equal(node_tree_live_parent(&node_tree_binomial, 7, 8, dead), 0);
 	dead[0] = true;
-	assert_int_equal(node_tree_live_parent(7, 8, dead), NODE_TREE_REGISTRY);
-	assert_int_equal(node_tree_live_parent(6, 8, dead), 2);
+	assert_int_equal(node_tree_live_parent(&node_tree_binomial, 7, 8, dead),
+			 NODE_TREE_REGISTRY);
+	assert_int_equal(node_tree_live_parent(&node_tree_binomial, 6, 8, dead), 2);
+}
+
+/* The chain, the shapes' table, and re-parenting through the ops. */
+static void test_chain(void **state)
+{
+	const struct node_tree_ops *chain = node_tree_find("chain");
+	bool dead[16] = {false};
+
+	(void)state;
+	assert_non_null(chain);
+	assert_ptr_equal(chain, &node_tree_chain);
+	assert_ptr_equal(node_tree_default(), &node_tree_chain);
+	assert_ptr_equal(node_tree_find("binomial"), &node_tree_binomial);
+	assert_null(node_tree_find("central")); /* not a shape: no tree at all */
+	assert_null(node_tree_find("Chain"));
+	assert_null(node_tree_find(""));
+	assert_null(node_tree_find(NULL));
+	assert_int_equal(chain->parent(0, 8), NODE_TREE_REGISTRY);
+	assert_int_equal(chain->parent(0, 1), NODE_TREE_REGISTRY);
+	assert_int_equal(chain->parent(8, 8), -EINVAL);
+	assert_int_equal(node_tree_binomial.parent(8, 8), -EINVAL);
+	/* Every shape: each rank's parent is lower (no cycles); out-degree 1 in the chain,
+	 * so every uplink carries one copy. */
+	for (size_t n = 1; n <= 16; n++) {
+		size_t children[16] = {0};
+
+		for (size_t r = 1; r < n; r++) {
+			int p = chain->parent(r, n);
+			int q = node_tree_binomial.parent(r, n);
+
+			assert_int_equal(p, (int)r - 1);
+			assert_true(q >= 0 && q < (int)r);
+			children[p]++;
+		}
+		for (size_t r = 0; r < n; r++)
+			assert_true(children[r] <= 1);
+	}
+	/* Re-parenting to the nearest live predecessor. */
+	dead[3] = true;
+	assert_int_equal(node_tree_live_parent(chain, 4, 8, dead), 2);
+	assert_int_equal(node_tree_live_parent(chain, 5, 8, dead), 4);
+	dead[2] = true;
+	assert_int_equal(node_tree_live_parent(chain, 4, 8, dead), 1);
+	dead[0] = dead[1] = true;
+	assert_int_equal(node_tree_live_parent(chain, 4, 8, dead), NODE_TREE_REGISTRY);
+	assert_int_equal(node_tree_live_parent(chain, 0, 8, dead), NODE_TREE_REGISTRY);
+	assert_int_equal(node_tree_live_parent(chain, 9, 8, dead), -EINVAL);
 }
 
 static void test_policy(void **state)
@@ -257,9 +305,10 @@ static void test_proto_io(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_hostlist),   cmocka_unit_test(test_tree),
-	    cmocka_unit_test(test_policy),     cmocka_unit_test(test_proto_header),
-	    cmocka_unit_test(test_proto_fuzz), cmocka_unit_test(test_proto_io),
+	    cmocka_unit_test(test_hostlist),	 cmocka_unit_test(test_tree),
+	    cmocka_unit_test(test_chain),	 cmocka_unit_test(test_policy),
+	    cmocka_unit_test(test_proto_header), cmocka_unit_test(test_proto_fuzz),
+	    cmocka_unit_test(test_proto_io),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

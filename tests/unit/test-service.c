@@ -25,6 +25,7 @@
 #include "guest/control.h"
 #include "guest/frame.h"
 #include "guest/service.h"
+#include "guest/shmdev.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -517,10 +518,48 @@ static void test_control_share_valid(void **state)
 	assert_false(control_share_valid("/home/a\nb"));
 }
 
+/* The UCX_TLS rewrite (docs/bypass.md): only with the device and the transport, only for an
+ * explicit list that does not name ivshmem already. */
+static void test_shmdev_ucx_tls(void **state)
+{
+	struct shmdev d = {.present = true, .ucx = true};
+	char path[] = "/tmp/test-shmdev-XXXXXX";
+	char *t;
+	int fd;
+
+	(void)state;
+	t = shmdev_ucx_tls(&d, "UCX_TLS=tcp,sysv,posix,self");
+	assert_string_equal(t, "UCX_TLS=ivshmem,tcp,sysv,posix,self");
+	free(t);
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=^cma"));
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=all"));
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=ivshmem,self"));
+	assert_null(shmdev_ucx_tls(&d, "UCX_NET_DEVICES=eth0"));
+	d.ucx = false;
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=tcp,self"));
+	d.ucx = true;
+	d.present = false;
+	assert_null(shmdev_ucx_tls(&d, "UCX_TLS=tcp,self"));
+	assert_null(shmdev_ucx_tls(NULL, "UCX_TLS=tcp,self"));
+	/* The module is told by its symbol; Debian's CMA module or another file is not it. */
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "\177ELF....uct_cma_init...", 24), 24);
+	close(fd);
+	assert_int_equal(shmdev_is_ucx_transport(path), 0);
+	fd = open(path, O_WRONLY | O_APPEND);
+	assert_int_equal(write(fd, "uct_ivshmem_init", 16), 16);
+	close(fd);
+	assert_int_equal(shmdev_is_ucx_transport(path), 1);
+	unlink(path);
+	assert_int_equal(shmdev_is_ucx_transport("/nonexistent/libuct_cma.so.0"), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_hello_and_exec),
+	    cmocka_unit_test(test_shmdev_ucx_tls),
 	    cmocka_unit_test(test_bad_token),
 	    cmocka_unit_test(test_setup_refused),
 	    cmocka_unit_test(test_idle_unauthenticated_timeout),

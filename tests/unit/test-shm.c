@@ -383,13 +383,58 @@ static void test_stress(void **state)
 	munmap(r.base, r.size);
 }
 
+/* The heap after the rings (layout version 2, for the UCX transport): blocks handed out
+ * without overlap, given back and reused, -ENOSPC when used up, and the blocks of a process
+ * that died without freeing them taken back when the heap is full. */
+static void test_heap(void **state)
+{
+	struct region r = region_new(1u << 20, 2);
+	uint64_t off, bytes, a, b, c;
+	size_t n = 0;
+	int status;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(shm_region_heap(r.base, r.size, &off, &bytes), 0);
+	assert_int_equal(bytes, shm_region_heap_bytes_for(r.size, 2));
+	assert_true(off + bytes == r.size && bytes > 4 * SHM_HEAP_BLOCK_BYTES);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, 1, &a), 0);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 1, SHM_HEAP_BLOCK_BYTES + 1, &b), 0);
+	assert_true(a >= off && b >= a + SHM_HEAP_BLOCK_BYTES && a % 4096 == 0);
+	assert_true(b + 2 * SHM_HEAP_BLOCK_BYTES <= r.size);
+	/* Freed by its owner: the same block comes back. */
+	shm_region_free(r.base, r.size, 0, a, 1);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, 100, &c), 0);
+	assert_int_equal(c, a);
+	/* Another node's free does not release ours. */
+	shm_region_free(r.base, r.size, 1, c, 100);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, 100, &a), 0);
+	assert_true(a != c);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, r.size, &a), -ENOSPC);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, 0, &a), -EINVAL);
+	/* A child of node 0 takes every block left and dies: they come back to node 0, not to
+	 * node 1 (whose processes' pids this OS cannot judge). */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		while (shm_region_alloc(r.base, r.size, 0, SHM_HEAP_BLOCK_BYTES, &a) == 0)
+			n++;
+		_exit(n > 0 ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 1, SHM_HEAP_BLOCK_BYTES, &a), -ENOSPC);
+	assert_int_equal(shm_region_alloc(r.base, r.size, 0, SHM_HEAP_BLOCK_BYTES, &a), 0);
+	munmap(r.base, r.size);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_refusals),	     cmocka_unit_test(test_region_size),
 	    cmocka_unit_test(test_pingpong),	     cmocka_unit_test(test_open_path),
 	    cmocka_unit_test(test_killed_heartbeat), cmocka_unit_test(test_killed_marked),
-	    cmocka_unit_test(test_stress),
+	    cmocka_unit_test(test_stress),	     cmocka_unit_test(test_heap),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

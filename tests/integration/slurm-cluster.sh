@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One MPI job across 3 nodes of a real Slurm 22.05 (tests/cluster/slurm.sh): sbatch -N 3
+# --vm-image=... --vms-per-node=1 runs examples/mpi-ring.c over vm0..vm2, one VM on each
+# node, on the job's own VXLAN segment; every rank says which VM it ran in; the result is
+# VERIFIED and owned by the job's user; every node wrote its timings; the epilogs leave
+# nothing on any node (no QEMU, supervisor, VXLAN, runtime or state folder) and no node
+# is drained. Then a job whose image one node cannot have: nothing left anywhere.
+. "$(dirname "$0")/lib.sh"
+set -e
+
+. "$(dirname "$0")/slurm-lib.sh"
+slurm_test_start 3
+
+nodes_idle() {
+	local i
+	for i in $(seq 300); do
+		[ "$(sinfo -h -N -o '%t' | grep -c '^idle')" -eq 3 ] && return 0
+		sleep 0.2
+	done
+	fail "nodes not idle: $(sinfo -N -o '%N %t %E')"
+}
+nothing_left_anywhere() {
+	local what=$1 left i
+	sleep 0.5
+	left=$( (pgrep -a -f "qemu-system-x86_64 .*$CL_DIR/run-n" || true
+		ls "$CL_DIR"/run-n*/jobs 2>/dev/null | grep -v ':$' | grep . || true
+		ls "$CL_DIR"/slurm-n* 2>/dev/null | grep -v ':$' | grep . || true
+		for i in 1 2 3; do ip -n "vh$CL_ID-n$i" -br link 2>/dev/null | grep -v '^lo\|^eth0' || true; done) | head -5)
+	[ -z "$left" ] || fail "$what left: $left"
+	sinfo -h -N -o '%t' | grep -qv '^idle' && fail "$what: a node is not idle: $(sinfo -N -o '%N %t %E')"
+	return 0
+}
+
+cat >"$job/ring.sh" <<EOF
+#!/bin/sh
+$VMHPC mpirun --label ./ring --hello && $VMHPC mpirun ./ring
+EOF
+chmod +x "$job/ring.sh"
+t0=$(date +%s.%N)
+j=$(as_user sbatch --parsable -N 3 --vm-image="$REF" --vms-per-node=1 -o "$job/ring-%j.out" "$job/ring.sh")
+state=$(slurm_wait "$j" 900)
+t1=$(date +%s.%N)
+nodes_idle
+[ "$state" = COMPLETED ] || fail "3-node job $j: $state $(slurm_job_field "$j" AdminComment): $(cat "$job/ring-$j.out" 2>&1)"
+for g in 0 1 2; do
+	grep -q "^\[$g@vm$g\] hello from rank $g of 3 on vm$g" "$job/ring-$j.out" || fail "rank $g not on vm$g: $(cat "$job/ring-$j.out")"
+done
+grep -q "ring of 3 ranks: token 3 (expected 3), allreduce 6 (expected 6): VERIFIED" "$job/ring-$j.out" || fail "ring: $(cat "$job/ring-$j.out")"
+[ "$(stat -c %u "$job/ring-result.txt")" = "$USER_UID" ] || fail "result owned by $(stat -c %u "$job/ring-result.txt")"
+ok "sbatch -N 3 --vms-per-node=1: ranks 0..2 on vm0..vm2 (one per node), ring VERIFIED ($(printf '%.1f' "$(echo "$t1 - $t0" | bc)") s submit to end)"
+for i in 1 2 3; do
+	[ -f "$job/vmhpc-$j.n$i.json" ] || fail "no timings from n$i: $(ls "$job")"
+done
+ok "timings from every node: $(for i in 1 2 3; do python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print("%s boot %.1f s (image from %s)" % (t["node"], t["boot_s"], t["distribution_source"]))' "$job/vmhpc-$j.n$i.json"; done | tr '\n' ';')"
+nothing_left_anywhere "the 3-node job"
+ok "after the job: nothing left on any node, none drained"
+
+# A job that cannot get its image: every node's prolog records it, nothing is left.
+j=$(as_user sbatch --parsable -N 3 --vm-image="$CL_REGISTRY/vmhpc/nosuch:1" -o "$job/f-%j.out" "$job/ring.sh")
+state=$(slurm_wait "$j" 120)
+nodes_idle
+case "$state:$(slurm_job_field "$j" AdminComment)" in
+CANCELLED:*vmhpc:*nosuch*) ;;
+*) fail "unknown image on 3 nodes: $state '$(slurm_job_field "$j" AdminComment)'" ;;
+esac
+nothing_left_anywhere "a 3-node job without its image"
+ok "3-node job with an unknown image: $state, $(slurm_job_field "$j" AdminComment | cut -c1-100)"
+CHECKS_DONE=1
+finish
