@@ -65,6 +65,7 @@ static const char *const required[] = {
     "CONFIG_SYSVIPC",		/* MPI's shared memory */
     "CONFIG_SHMEM",
     "CONFIG_FUTEX",
+    "CONFIG_POSIX_TIMERS", /* alarm(), setitimer(): busybox nc -w, user programs */
     "CONFIG_EPOLL",
     "CONFIG_EVENTFD",
     "CONFIG_SIGNALFD",
