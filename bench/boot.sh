@@ -32,7 +32,8 @@
 # debian-full.ini into the store), SKIP_RUN=1 (skip the `vmhpc run` figures), KERNELS=1 (also
 # the guest kernel variants of issue 16, interleaved with the rest: the default image (our own
 # kernel) with each option on its own -- tb-size=16, uncompressed initramfs, free page
-# reporting, 256 MiB -- and the same image on Debian's kernel: PVH, bzImage, cryptomgr.notests;
+# reporting, 256 MiB, 256 MiB with tb-size=32 -- and the same image on Debian's kernel: PVH,
+# bzImage, cryptomgr.notests; KERNEL_VARIANTS=own256,own32,deb picks some of them;
 # docs/kernel.md).
 # `boot.sh --prepare` only builds the caches.
 set -euo pipefail
@@ -262,6 +263,8 @@ import ctypes, json, os, re, select, signal, socket, statistics, struct, subproc
 WORK = os.environ["WORK"]
 MEM_MB = 512
 TB_MB = 64
+# The control port's virtio-serial device as `vmhpc run` has it (src/vm/qemu.c).
+VSER = ",max_ports=2"
 libc = ctypes.CDLL(None, use_errno=True)
 children = []
 
@@ -514,7 +517,7 @@ def pump(vms, until, timeout, what):
 
 
 def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None, mem_mb=None,
-              devices=()):
+              devices=(), vser=VSER):
     return ["qemu-system-x86_64", "-machine", "q35", "-accel", accel_opt(accel, tb_mb),
             *cpu_opt(accel), *[a for d in devices for a in ("-device", d)],
             "-m", f"{mem_mb or MEM_MB}M,slots=1,maxmem=2G", "-smp", "1", "-nodefaults", "-no-user-config",
@@ -528,7 +531,7 @@ def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None, mem
                        f"size={os.path.getsize(root)}",
             "-device", "virtio-pmem-pci,memdev=pm0",
             "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=vser0",
+            "-device", f"virtio-serial-pci,id=vser0{vser}",
             "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=org.vmhpc.control"]
 
 
@@ -567,7 +570,8 @@ def make_tiny(cfg, name, accel, variant="tiny"):
     root = v.get("root", cfg["tiny_root"])
     return VM("tiny", name, tiny_argv(accel, kernel, initrd, root, ctl, tok,
                                       extra=v.get("extra", ""), tb_mb=v.get("tb_mb"),
-                                      mem_mb=v.get("mem_mb"), devices=v.get("devices", ())),
+                                      mem_mb=v.get("mem_mb"), devices=v.get("devices", ()),
+                                      vser=v.get("vser", VSER)),
               b"vmhpc-init: ready", [root, kernel, initrd], ctl=ctl, token=tok)
 
 
@@ -975,11 +979,11 @@ if [ "${KERNELS:-0}" = 1 ]; then
 	# The initramfs as QEMU gets it is zstd-compressed cpio; the kernel unpacks either.
 	zstd -dc "$work/tiny.initramfs" >"$work/tiny.initramfs.cpio"
 	variants_json=$("$py" -c '
-import json, sys
+import json, os, sys
 w, bz, drel, dstored, rel, irdz, ird = sys.argv[1:8]
 deb = {"kernel": f"{w}/deb.kernel", "initrd": f"{w}/deb.initramfs", "root": f"{w}/deb.root"}
 bal = "virtio-balloon-pci,free-page-reporting=on"
-print(json.dumps({
+variants = {
     "own16": {"label": f"own kernel {rel}, tb-size=16", "tb_mb": 16, "four": True},
     "ownraw": {"label": f"own kernel {rel}, uncompressed initramfs ({int(ird) // 1024} KiB, "
                         f"zstd {int(irdz) // 1024} KiB)",
@@ -990,13 +994,18 @@ print(json.dumps({
                "devices": [bal], "settle_s": 6, "four": False},
     "own16bal": {"label": f"own kernel {rel}, tb-size=16 + free page reporting, sampled 6 s after ready",
                  "tb_mb": 16, "devices": [bal], "settle_s": 6, "four": True},
-    "own256": {"label": f"own kernel {rel}, 256 MiB", "mem_mb": 256, "four": False},
+    "own256": {"label": f"own kernel {rel}, 256 MiB", "mem_mb": 256, "four": True},
+    "own32": {"label": f"own kernel {rel}, 256 MiB, tb-size=32", "mem_mb": 256, "tb_mb": 32,
+              "four": True},
     "deb": {"label": f"Debian kernel {drel}, PVH", **deb, "four": False,
             "stored_bytes": int(dstored)},
     "debbz": {"label": f"Debian kernel {drel}, bzImage", **deb, "kernel": bz, "four": False},
     "debnotests": {"label": f"Debian kernel {drel}, PVH, cryptomgr.notests", **deb,
                    "extra": " cryptomgr.notests", "four": False},
-}))' "$work" "$dk_bz" "$dk_rel" "$dk_stored" "$tiny_rel" \
+}
+# KERNEL_VARIANTS=own256,own32,deb picks some (default: all)
+pick = [k for k in os.environ.get("KERNEL_VARIANTS", "").split(",") if k]
+print(json.dumps({k: v for k, v in variants.items() if not pick or k in pick}))' "$work" "$dk_bz" "$dk_rel" "$dk_stored" "$tiny_rel" \
 		"$(stat -c %s "$work/tiny.initramfs")" "$(stat -c %s "$work/tiny.initramfs.cpio")")
 fi
 
