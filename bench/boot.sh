@@ -30,8 +30,11 @@
 # Environment: BUILD (build dir, default build), BOOTS (3), ACCEL (tcg|kvm: skip the
 # probe), BENCH_CACHE, QUIET_CORES, QUIET_WAIT_S, SKIP_VMHPC_DEBIAN=1 (skip building
 # debian-full.ini into the store), SKIP_RUN=1 (skip the `vmhpc run` figures), KERNELS=1 (also
-# the guest kernel variants of issue 16: Debian's bzImage vs its PVH vmlinux, the kernel of our
-# own with and without options, interleaved with the rest; docs/kernel.md).
+# the guest kernel variants of issue 16, interleaved with the rest: the default image (our own
+# kernel) with each option on its own -- tb-size=16, uncompressed initramfs, free page
+# reporting, 256 MiB, 256 MiB with tb-size=32 -- and the same image on Debian's kernel: PVH,
+# bzImage, cryptomgr.notests; KERNEL_VARIANTS=own256,own32,deb picks some of them;
+# docs/kernel.md).
 # `boot.sh --prepare` only builds the caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -260,6 +263,8 @@ import ctypes, json, os, re, select, signal, socket, statistics, struct, subproc
 WORK = os.environ["WORK"]
 MEM_MB = 512
 TB_MB = 64
+# The control port's virtio-serial device as `vmhpc run` has it (src/vm/qemu.c).
+VSER = ",max_ports=2"
 libc = ctypes.CDLL(None, use_errno=True)
 children = []
 
@@ -511,18 +516,22 @@ def pump(vms, until, timeout, what):
                     raise RuntimeError(f"{v.name}: QEMU exited ({v.p.returncode}) before ready:\n{v.tail()}")
 
 
-def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None):
+def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None, mem_mb=None,
+              devices=(), vser=VSER):
     return ["qemu-system-x86_64", "-machine", "q35", "-accel", accel_opt(accel, tb_mb),
-            *cpu_opt(accel),
-            "-m", f"{MEM_MB}M,slots=1,maxmem=2G", "-smp", "1", "-nodefaults", "-no-user-config",
+            *cpu_opt(accel), *[a for d in devices for a in ("-device", d)],
+            "-m", f"{mem_mb or MEM_MB}M,slots=1,maxmem=2G", "-smp", "1", "-nodefaults", "-no-user-config",
             "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
-            "-append", f"console=ttyS0 swiotlb=noforce panic=-1 quiet vmhpc.root=pmem "
+            # no_timer_check as `vmhpc run` has it: under TCG on a loaded host the kernel's
+            # IO-APIC timer check can fail and panic ("IO-APIC + timer doesn't work!"; seen
+            # with 4 VMs at a load average of 15).
+            "-append", f"console=ttyS0 swiotlb=noforce no_timer_check panic=-1 quiet vmhpc.root=pmem "
                        f"vmhpc.token={token}{extra}",
             "-object", f"memory-backend-file,id=pm0,mem-path={root},share=on,readonly=on,"
                        f"size={os.path.getsize(root)}",
             "-device", "virtio-pmem-pci,memdev=pm0",
             "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=vser0",
+            "-device", f"virtio-serial-pci,id=vser0{vser}",
             "-device", "virtserialport,bus=vser0.0,chardev=ctl,name=org.vmhpc.control"]
 
 
@@ -560,7 +569,9 @@ def make_tiny(cfg, name, accel, variant="tiny"):
     initrd = v.get("initrd", cfg["tiny_initrd"])
     root = v.get("root", cfg["tiny_root"])
     return VM("tiny", name, tiny_argv(accel, kernel, initrd, root, ctl, tok,
-                                      extra=v.get("extra", ""), tb_mb=v.get("tb_mb")),
+                                      extra=v.get("extra", ""), tb_mb=v.get("tb_mb"),
+                                      mem_mb=v.get("mem_mb"), devices=v.get("devices", ()),
+                                      vser=v.get("vser", VSER)),
               b"vmhpc-init: ready", [root, kernel, initrd], ctl=ctl, token=tok)
 
 
@@ -610,6 +621,12 @@ def sample_host(v):
     v.res.update(host_memory(v.p.pid, v.files))
 
 
+def settle(cfg, kind):
+    """A variant with settle_s is sampled that long after ready (free page reporting works
+    in the background: the guest reports free 2 MiB blocks ~2 s after they are freed)."""
+    time.sleep(cfg["variants"].get(kind, {}).get("settle_s", 0))
+
+
 def extras_first_tiny(v):
     """First tiny boot only, after the figures are taken: the guest's whole meminfo (for
     the breakdown) and whether the ACPI power button does anything."""
@@ -643,6 +660,7 @@ def boot_one(cfg, kind, i, accel):
     v.start()
     pump([v], lambda: v.ready_s is not None, 300 if kind == "tiny" else 900, f"{name} ready")
     after_ready(v)
+    settle(cfg, kind)
     sample_host(v)
     if kind == "tiny" and i == 0:
         extras_first_tiny(v)
@@ -666,6 +684,7 @@ def boot_many(cfg, kind, n, accel):
          f"{n} {kind} VMs ready")
     for v in vms:
         after_ready(v)
+    settle(cfg, kind)
     for v in vms:  # all samples taken together, every VM up
         sample_host(v)
     for v in vms:
@@ -915,11 +934,21 @@ long "$vmhpc" image build examples/tiny-mpi.ini >&2
 for part in kernel initramfs root; do
 	"$vmhpc" image cat tiny-mpi "$part" -o "$work/tiny.$part"
 done
+tiny_meta() {
+	"$vmhpc" image show --json "$1" | "$py" -c "import json,sys; print(json.load(sys.stdin)['metadata'].get('$2', ''))"
+}
+stored_of() {
+	"$vmhpc" image list --json | "$py" -c \
+		'import json,sys; print(sorted([v for v in json.load(sys.stdin) if v["name"] == sys.argv[1]], key=lambda v: v["version"])[-1]["stored_bytes"])' "$1"
+}
+tiny_pkg=$(tiny_meta tiny-mpi kernel_package)
 # vmhpc-init reports READY (with the guest's memory) and takes SHUTDOWN on a virtio-serial
-# port, which needs virtio_console in the boot initramfs. If the default spec does not
-# have it (yet), the benchmark measures the default image plus that one module.
+# port, which a Debian kernel needs virtio_console in the boot initramfs for. If the default
+# spec names a Debian kernel without it, the benchmark measures the default image plus that
+# one module. (Our own kernel, `[kernel] source`, has it built in.)
 tiny_note=""
-if ! zstd -dc "$work/tiny.initramfs" | cpio -t 2>/dev/null | grep -q '/virtio_console\.ko'; then
+if [ "${tiny_pkg#linux-source-}" = "$tiny_pkg" ] &&
+	! zstd -dc "$work/tiny.initramfs" | cpio -t 2>/dev/null | grep -q '/virtio_console\.ko'; then
 	tiny_note="examples/tiny-mpi.ini lacks virtio_console (vmhpc-init's control port): measured with it added"
 	say "$tiny_note"
 	sed 's/^modules = /modules = virtio_console /' examples/tiny-mpi.ini >"$work/tiny-mpi.ini"
@@ -928,47 +957,56 @@ if ! zstd -dc "$work/tiny.initramfs" | cpio -t 2>/dev/null | grep -q '/virtio_co
 		"$vmhpc" image cat tiny-mpi "$part" -o "$work/tiny.$part"
 	done
 fi
-tiny_stored=$("$vmhpc" image list --json | "$py" -c \
-	'import json,sys; print(sorted([v for v in json.load(sys.stdin) if v["name"] == "tiny-mpi"], key=lambda v: v["version"])[-1]["stored_bytes"])')
-tiny_rel=$("$vmhpc" image show --json tiny-mpi | "$py" -c \
-	'import json,sys; print(json.load(sys.stdin)["metadata"]["kernel_release"])')
+tiny_stored=$(stored_of tiny-mpi)
+tiny_rel=$(tiny_meta tiny-mpi kernel_release)
+tiny_label="$tiny_pkg $tiny_rel, $(tiny_meta tiny-mpi kernel_boot)"
 
-# Kernel variants (issue 16, docs/kernel.md), KERNELS=1: the default image's initramfs and
-# root with Debian's bzImage instead of its PVH vmlinux; the same spec on the kernel of our own
-# (`[kernel] source`), with the default and a 16 MiB TCG buffer.
+# Kernel variants (issue 16, docs/kernel.md), KERNELS=1: the default image (our own kernel,
+# `[kernel] source`) with each option of issue 16 on its own, and the same image on Debian's
+# kernel package (examples/tiny-mpi-debian.ini: its PVH vmlinux, its bzImage, and with
+# cryptomgr.notests), all interleaved with the default and full Debian.
 variants_json="{}"
 if [ "${KERNELS:-0}" = 1 ]; then
-	tiny_bz=$(ls /var/cache/vmhpc/unpacked/"$("$vmhpc" image show --json tiny-mpi | "$py" -c \
-		'import json,sys; m=json.load(sys.stdin)["metadata"]; print(m["kernel_package"])')"_*/boot/vmlinuz-"$tiny_rel" | head -n1)
-	own_src=examples/tiny-mpi.ini
-	[ -f "$work/tiny-mpi.ini" ] && own_src=$work/tiny-mpi.ini
-	sed 's/^package = .*/source = linux-source-6.1/; s/^name = tiny-mpi/name = tiny-own/' \
-		"$own_src" >"$work/tiny-own.ini"
-	say "vmhpc image build tiny-own (the kernel of our own; built once per machine)"
-	long "$vmhpc" image build "$work/tiny-own.ini" >&2
+	say "vmhpc image build examples/tiny-mpi-debian.ini (the default image on Debian's kernel)"
+	long "$vmhpc" image build examples/tiny-mpi-debian.ini >&2
 	for part in kernel initramfs root; do
-		"$vmhpc" image cat tiny-own "$part" -o "$work/own.$part"
+		"$vmhpc" image cat tiny-mpi-debian "$part" -o "$work/deb.$part"
 	done
-	own_stored=$("$vmhpc" image list --json | "$py" -c \
-		'import json,sys; print(sorted([v for v in json.load(sys.stdin) if v["name"] == "tiny-own"], key=lambda v: v["version"])[-1]["stored_bytes"])')
-	own_rel=$("$vmhpc" image show --json tiny-own | "$py" -c \
-		'import json,sys; print(json.load(sys.stdin)["metadata"]["kernel_release"])')
+	dk_pkg=$(tiny_meta tiny-mpi-debian kernel_package)
+	dk_rel=$(tiny_meta tiny-mpi-debian kernel_release)
+	dk_bz=$(ls /var/cache/vmhpc/unpacked/"$dk_pkg"_*/boot/vmlinuz-"$dk_rel" | head -n1)
+	dk_stored=$(stored_of tiny-mpi-debian)
+	# The initramfs as QEMU gets it is zstd-compressed cpio; the kernel unpacks either.
+	zstd -dc "$work/tiny.initramfs" >"$work/tiny.initramfs.cpio"
 	variants_json=$("$py" -c '
-import json, sys
-w, bz, rel, own_rel, own_stored = sys.argv[1:6]
-print(json.dumps({
-    "tinybz": {"label": f"Debian kernel {rel}, bzImage", "kernel": bz, "four": False},
-    "tinyopts": {"label": f"Debian kernel {rel}, PVH, cryptomgr.notests cgroup.memory=nokmem",
-                 "extra": " cryptomgr.notests cgroup.memory=nokmem", "four": False},
-    "own": {"label": f"own kernel {own_rel}, PVH", "kernel": f"{w}/own.kernel",
-            "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root", "four": True,
-            "stored_bytes": int(own_stored)},
-    "ownopts": {"label": f"own kernel {own_rel}, PVH, cgroup.memory=nokmem", "kernel": f"{w}/own.kernel",
-                "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root",
-                "extra": " cgroup.memory=nokmem", "four": False},
-    "own16": {"label": f"own kernel {own_rel}, PVH, tb-size=16", "kernel": f"{w}/own.kernel",
-              "initrd": f"{w}/own.initramfs", "root": f"{w}/own.root", "tb_mb": 16, "four": True},
-}))' "$work" "$tiny_bz" "$tiny_rel" "$own_rel" "$own_stored")
+import json, os, sys
+w, bz, drel, dstored, rel, irdz, ird = sys.argv[1:8]
+deb = {"kernel": f"{w}/deb.kernel", "initrd": f"{w}/deb.initramfs", "root": f"{w}/deb.root"}
+bal = "virtio-balloon-pci,free-page-reporting=on"
+variants = {
+    "own16": {"label": f"own kernel {rel}, tb-size=16", "tb_mb": 16, "four": True},
+    "ownraw": {"label": f"own kernel {rel}, uncompressed initramfs ({int(ird) // 1024} KiB, "
+                        f"zstd {int(irdz) // 1024} KiB)",
+               "initrd": f"{w}/tiny.initramfs.cpio", "four": False},
+    "ownwait": {"label": f"own kernel {rel}, sampled 6 s after ready", "settle_s": 6,
+                "four": False},
+    "ownbal": {"label": f"own kernel {rel}, free page reporting, sampled 6 s after ready",
+               "devices": [bal], "settle_s": 6, "four": False},
+    "own16bal": {"label": f"own kernel {rel}, tb-size=16 + free page reporting, sampled 6 s after ready",
+                 "tb_mb": 16, "devices": [bal], "settle_s": 6, "four": True},
+    "own256": {"label": f"own kernel {rel}, 256 MiB", "mem_mb": 256, "four": True},
+    "own32": {"label": f"own kernel {rel}, 256 MiB, tb-size=32", "mem_mb": 256, "tb_mb": 32,
+              "four": True},
+    "deb": {"label": f"Debian kernel {drel}, PVH", **deb, "four": False,
+            "stored_bytes": int(dstored)},
+    "debbz": {"label": f"Debian kernel {drel}, bzImage", **deb, "kernel": bz, "four": False},
+    "debnotests": {"label": f"Debian kernel {drel}, PVH, cryptomgr.notests", **deb,
+                   "extra": " cryptomgr.notests", "four": False},
+}
+# KERNEL_VARIANTS=own256,own32,deb picks some (default: all)
+pick = [k for k in os.environ.get("KERNEL_VARIANTS", "").split(",") if k]
+print(json.dumps({k: v for k, v in variants.items() if not pick or k in pick}))' "$work" "$dk_bz" "$dk_rel" "$dk_stored" "$tiny_rel" \
+		"$(stat -c %s "$work/tiny.initramfs")" "$(stat -c %s "$work/tiny.initramfs.cpio")")
 fi
 
 deb_kernel=$(ls "$deb"/tree/boot/vmlinuz-* | sort -V | tail -n1)
@@ -983,7 +1021,7 @@ json.dump({"boots": $boots, "tiny_kernel": "$work/tiny.kernel", "tiny_initrd": "
            "date": "$(date -u +%F)", "qemu": "$(qemu-system-x86_64 --version | head -n1)",
            "tiny_kernel_release": "$tiny_rel", "deb_kernel_release": "$deb_rel",
            "tiny_note": "$tiny_note", "variants": json.loads(sys.argv[2]),
-           "tiny_label": "Debian kernel $tiny_rel, " + ("PVH vmlinux" if open("$work/tiny.kernel", "rb").read(4) == b"\\x7fELF" else "bzImage")},
+           "tiny_label": "$tiny_label"},
           open(sys.argv[1], "w"))
 EOF
 

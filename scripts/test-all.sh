@@ -35,6 +35,12 @@ if [ "$(id -u)" = 0 ] && command -v qemu-system-x86_64 >/dev/null; then
 	strict_skips=1
 fi
 
+# The default image boots the kernel of our own (examples/tiny-mpi.ini, docs/kernel.md): built
+# here, once per machine and cached, so that no test's timeout has to cover the build. A
+# failure shows again in every test that builds the default image.
+echo "== the guest kernel of the default image (vmhpc kernel build: minutes the first time on a machine, cached after)"
+build/vmhpc kernel build >/dev/null || echo "vmhpc kernel build failed: the tests that build the default image will say why"
+
 echo "== test guest for the real-QEMU unit tests"
 guest_failed=0
 GUEST_DIR=$(mktemp -d /tmp/vmhpc-test-guest.XXXXXX) || exit 1

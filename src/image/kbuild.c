@@ -57,6 +57,7 @@ static const char *const required[] = {
     "CONFIG_VIRTIO_FS", /* the job folder */
     "CONFIG_NET",
     "CONFIG_INET",
+    "CONFIG_IPV6", /* net-isolation.sh probes with IPv6 link-local addresses */
     "CONFIG_UNIX",
     "CONFIG_CGROUPS", /* the job cgroup (src/guest/jobcg.c) */
     "CONFIG_MEMCG",
@@ -64,6 +65,7 @@ static const char *const required[] = {
     "CONFIG_SYSVIPC",		/* MPI's shared memory */
     "CONFIG_SHMEM",
     "CONFIG_FUTEX",
+    "CONFIG_POSIX_TIMERS", /* alarm(), setitimer(): busybox nc -w, user programs */
     "CONFIG_EPOLL",
     "CONFIG_EVENTFD",
     "CONFIG_SIGNALFD",
@@ -342,8 +344,12 @@ int kbuild_ensure(const struct kbuild_options *o, char **ret_dir, char **ret_err
 	if (r < 0)
 		return error_set(ret_error, r, "making a work directory in %s: %s", kdir,
 				 strerror(-r));
-	log_info("kernel: building %s %s with %s (fragment %s) in %s", o->source, version,
-		 o->fragment_path, hash, work);
+	/* The one slow step a first image build or `make demo` can take: say what, why, and
+	 * that it is paid once. */
+	log_info("kernel: building the guest kernel from %s %s with %s (fragment %s): once per "
+		 "machine, about 5 min of 2 idle cores (more when busy); then cached in %s for "
+		 "every image",
+		 o->source, version, o->fragment_path, hash, dir);
 	r = build_in(o, tarball, work, ret_error);
 	if (r == 0) {
 		out = fs_path_join(work, "out");

@@ -802,7 +802,7 @@ static void test_argv_full(void **state)
 	    argv_has(argv, "-device", "virtio-net-pci,netdev=net0,romfile=,mac=52:54:00:00:00:01"));
 	assert_true(
 	    argv_has(argv, "-chardev", "socket,id=ctl,path=/run/job1/vm0.ctl,server=on,wait=off"));
-	assert_true(argv_has(argv, "-device", "virtio-serial-pci,id=vser0"));
+	assert_true(argv_has(argv, "-device", "virtio-serial-pci,id=vser0,max_ports=2"));
 	assert_true(argv_has(argv, "-device",
 			     "virtserialport,bus=vser0.0,chardev=ctl,name=org.vmhpc.control"));
 	assert_true(argv_has(argv, "-chardev", "socket,id=qmp,fd=3"));
@@ -880,7 +880,7 @@ static void test_argv_variants(void **state)
 	assert_true(argv_has(argv, "-device", "vhost-user-fs-device,chardev=fs0,tag=job"));
 	assert_true(
 	    argv_has(argv, "-device", "virtio-net-device,netdev=net0,mac=52:54:00:00:00:01"));
-	assert_true(argv_has(argv, "-device", "virtio-serial-device,id=vser0"));
+	assert_true(argv_has(argv, "-device", "virtio-serial-device,id=vser0,max_ports=2"));
 	assert_false(argv_has(argv, "-device", "virtio-pmem-pci,memdev=rootmem,id=root"));
 	qemu_argv_free(argv);
 
