@@ -121,6 +121,8 @@ int run_parse_mem(const char *text, unsigned *ret_mb)
 
 int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret_error)
 {
+	/* One option a line (clang-format packs a table this long into columns). */
+	/* clang-format off */
 	static const struct option options[] = {
 	    {"vms", required_argument, NULL, 'N'},
 	    {"vcpus", required_argument, NULL, 'c'},
@@ -139,6 +141,7 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
+	/* clang-format on */
 	struct run_options o = {
 	    .vms = 2,
 	    .vcpus = 1,

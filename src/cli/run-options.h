@@ -24,10 +24,10 @@ struct run_options {
 	bool share;	       /* false with --no-share */
 	bool oversubscribe;    /* --oversubscribe */
 	bool label;	       /* --label */
-	int shm; /* --shm 1, --no-shm 0, neither RUN_SHM_AUTO: run_shm_wanted() decides */
-	bool json;	       /* --json */
-	const char *accel;     /* --accel kvm|tcg (default: probe) */
-	int argc;	       /* PROGRAM ARGS after "--" (or the first non-option) */
+	int shm;	   /* --shm 1, --no-shm 0, neither RUN_SHM_AUTO: run_shm_wanted() decides */
+	bool json;	   /* --json */
+	const char *accel; /* --accel kvm|tcg (default: probe) */
+	int argc;	   /* PROGRAM ARGS after "--" (or the first non-option) */
 	char **argv;
 };
 

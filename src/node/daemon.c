@@ -1648,8 +1648,8 @@ static void do_feed(int fd, json_t *req, const char *peer)
 
 				r = store_get_compressed_chunk(s, f->refs[i].id, &data, &len);
 				if (r < 0) {
-					node_proto_send(fd, NODE_MSG_ERROR,
-							"chunk unreadable here", 21, timeout);
+					node_proto_send(fd, NODE_MSG_ERROR, "chunk unreadable here",
+							21, timeout);
 					goto out;
 				}
 				buf = data;

@@ -208,8 +208,11 @@ int node_proto_sendv(int fd, enum node_msg_type type, const struct iovec *parts,
 	return 0;
 }
 
-int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_type *ret_type,
-		    char **ret_payload, size_t *ret_len)
+/* One frame from source (the socket itself, or a node_proto_reader's buffer) through take:
+ * its header, then its payload given time for its size. */
+static int recv_frame(int (*take)(void *source, void *dst, size_t len, int64_t deadline_ms),
+		      void *source, uint32_t max_payload, int timeout_ms,
+		      enum node_msg_type *ret_type, char **ret_payload, size_t *ret_len)
 {
 	uint8_t h[NODE_PROTO_HEADER_BYTES];
 	enum node_msg_type type;
@@ -217,7 +220,7 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	char *buf;
 	int r;
 
-	r = recv_all(fd, h, sizeof(h), now_ms() + timeout_ms);
+	r = take(source, h, sizeof(h), now_ms() + timeout_ms);
 	if (r < 0)
 		return r;
 	r = node_proto_header_decode(h, max_payload, &type, &len);
@@ -226,8 +229,8 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	buf = malloc((size_t)len + 1);
 	if (!buf)
 		return -ENOMEM;
-	r = recv_all(fd, buf, len,
-		     now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
+	r = take(source, buf, len,
+		 now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
 	if (r < 0) {
 		free(buf);
 		return r;
@@ -237,6 +240,18 @@ int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_
 	*ret_payload = buf;
 	*ret_len = len;
 	return 0;
+}
+
+static int take_socket(void *source, void *dst, size_t len, int64_t deadline_ms)
+{
+	return recv_all(*(int *)source, dst, len, deadline_ms);
+}
+
+int node_proto_recv(int fd, uint32_t max_payload, int timeout_ms, enum node_msg_type *ret_type,
+		    char **ret_payload, size_t *ret_len)
+{
+	return recv_frame(take_socket, &fd, max_payload, timeout_ms, ret_type, ret_payload,
+			  ret_len);
 }
 
 #define READER_BYTES (256u * 1024)
@@ -322,33 +337,13 @@ static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64
 	return 0;
 }
 
+static int take_reader(void *source, void *dst, size_t len, int64_t deadline_ms)
+{
+	return reader_take(source, dst, len, deadline_ms);
+}
+
 int node_proto_reader_recv(struct node_proto_reader *r, uint32_t max_payload, int timeout_ms,
 			   enum node_msg_type *ret_type, char **ret_payload, size_t *ret_len)
 {
-	uint8_t h[NODE_PROTO_HEADER_BYTES];
-	enum node_msg_type type;
-	uint32_t len;
-	char *buf;
-	int e;
-
-	e = reader_take(r, h, sizeof(h), now_ms() + timeout_ms);
-	if (e < 0)
-		return e;
-	e = node_proto_header_decode(h, max_payload, &type, &len);
-	if (e < 0)
-		return e;
-	buf = malloc((size_t)len + 1);
-	if (!buf)
-		return -ENOMEM;
-	e = reader_take(r, buf, len,
-			now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
-	if (e < 0) {
-		free(buf);
-		return e;
-	}
-	buf[len] = 0;
-	*ret_type = type;
-	*ret_payload = buf;
-	*ret_len = len;
-	return 0;
+	return recv_frame(take_reader, r, max_payload, timeout_ms, ret_type, ret_payload, ret_len);
 }

@@ -246,7 +246,8 @@ int virtiofsd_start(const struct virtiofsd_config *c, pid_t *ret_pid, char **ret
 			r = r < 0 ? r : -EIO;
 			kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
-			return error_set(ret_error, r, "recording virtiofsd's pid: %s", strerror(-r));
+			return error_set(ret_error, r, "recording virtiofsd's pid: %s",
+					 strerror(-r));
 		}
 	}
 	/* EOF: the exec closed the child's end; a report: the step that failed. */

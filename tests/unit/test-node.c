@@ -343,9 +343,9 @@ static void test_proto_reader(void **state)
 		size_t n = (i * 7919u) % 40000 + (i == 1000 ? sizeof(big) - 40000 : 0);
 		uint32_t got;
 
-		assert_int_equal(node_proto_reader_recv(rd, NODE_PROTO_MAX_PAYLOAD, 5000, &type,
-							&payload, &len),
-				 0);
+		assert_int_equal(
+		    node_proto_reader_recv(rd, NODE_PROTO_MAX_PAYLOAD, 5000, &type, &payload, &len),
+		    0);
 		assert_int_equal(type, NODE_MSG_CHUNK);
 		assert_int_equal(len, n + 4);
 		memcpy(&got, payload, 4);
