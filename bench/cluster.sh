@@ -12,6 +12,8 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${VMHPC:=$ROOT/build/vmhpc}"
+# Absolute: slurmd loads the plugin by this path from its own working directory.
+VMHPC=$(realpath "$VMHPC")
 : "${VMHPC_INIT:=$(dirname "$VMHPC")/vmhpc-init}"
 : "${VMHPC_SPANK:=$(dirname "$VMHPC")/vmhpc.so}"
 export VMHPC VMHPC_INIT VMHPC_SPANK
@@ -58,7 +60,8 @@ wait_idle_all() {
 one_start() { # N: seconds from submit to the script's start
 	local n=$1 t0 j
 	t0=$(date +%s.%N)
-	j=$(cd "$job" && sbatch --parsable -N "$n" --vm-image="$REF" --vms-per-node=1 -o /dev/null "$job/start.sh")
+	j=$(cd "$job" && sbatch --parsable -N "$n" --vm-image="$REF" --vms-per-node=1 -o /dev/null "$job/start.sh") ||
+		{ echo "sbatch -N $n failed" >&2; return 1; }
 	[ "$(slurm_wait "$j" 900)" = COMPLETED ] || { echo "job $j: $(slurm_job_field "$j" AdminComment)" >&2; return 1; }
 	wait_idle_all
 	python3 -c 'import sys; print("%.1f" % (float(open(sys.argv[1]).read()) - float(sys.argv[2])))' "$job/started-$j" "$t0"
