@@ -82,30 +82,6 @@ static int wait_fd(int fd, short events, int timeout_ms)
 	return 0;
 }
 
-static int send_all(int fd, const void *data, size_t len, int timeout_ms)
-{
-	const uint8_t *p = data;
-
-	while (len > 0) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		int r;
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			r = wait_fd(fd, POLLOUT, timeout_ms);
-			if (r < 0)
-				return r;
-			continue;
-		}
-		if (n < 0)
-			return -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static int64_t now_ms(void)
 {
 	struct timespec ts;
@@ -149,16 +125,9 @@ static int recv_all(int fd, void *data, size_t len, int64_t deadline_ms)
 int node_proto_send(int fd, enum node_msg_type type, const void *payload, size_t len,
 		    int timeout_ms)
 {
-	uint8_t h[NODE_PROTO_HEADER_BYTES];
-	int r;
+	struct iovec part = {.iov_base = (void *)payload, .iov_len = len};
 
-	if (len > NODE_PROTO_MAX_PAYLOAD)
-		return -EMSGSIZE;
-	node_proto_header_encode(type, (uint32_t)len, h);
-	r = send_all(fd, h, sizeof(h), timeout_ms);
-	if (r < 0 || len == 0)
-		return r;
-	return send_all(fd, payload, len, timeout_ms);
+	return node_proto_sendv(fd, type, &part, len ? 1 : 0, timeout_ms);
 }
 
 int node_proto_sendv(int fd, enum node_msg_type type, const struct iovec *parts, int n,
