@@ -90,32 +90,43 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Receives len bytes by deadline_ms (CLOCK_MONOTONIC): a deadline for the whole, not a
- * timeout between bytes, so that a peer that trickles is as late as a silent one. */
+/* Receives what the socket has, up to len bytes, waiting for some until deadline_ms
+ * (CLOCK_MONOTONIC): how many, or -ETIMEDOUT, -ECONNRESET at end of file, another -errno. */
+static ssize_t recv_some(int fd, void *buf, size_t len, int64_t deadline_ms)
+{
+	for (;;) {
+		ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+		int64_t left;
+		int r;
+
+		if (n > 0)
+			return n;
+		if (n == 0)
+			return -ECONNRESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		left = deadline_ms - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		r = wait_fd(fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* Receives len bytes by deadline_ms: a deadline for the whole, not a timeout between
+ * bytes, so that a peer that trickles is as late as a silent one. */
 static int recv_all(int fd, void *data, size_t len, int64_t deadline_ms)
 {
 	uint8_t *p = data;
 
 	while (len > 0) {
-		ssize_t n = recv(fd, p, len, MSG_DONTWAIT);
-		int64_t left;
-		int r;
+		ssize_t n = recv_some(fd, p, len, deadline_ms);
 
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			left = deadline_ms - now_ms();
-			if (left <= 0)
-				return -ETIMEDOUT;
-			r = wait_fd(fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
-			if (r < 0)
-				return r;
-			continue;
-		}
 		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ECONNRESET;
+			return (int)n;
 		p += n;
 		len -= (size_t)n;
 	}
@@ -264,8 +275,6 @@ static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64
 	while (len > 0) {
 		size_t have = r->end - r->start;
 		ssize_t n;
-		int64_t left;
-		int w;
 
 		if (have > 0) {
 			size_t k = have < len ? have : len;
@@ -279,24 +288,11 @@ static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64
 		r->start = r->end = 0;
 		/* A large remainder goes straight to dst; the buffer is for small frames. */
 		if (len >= READER_BYTES)
-			n = recv(r->fd, p, len, MSG_DONTWAIT);
+			n = recv_some(r->fd, p, len, deadline_ms);
 		else
-			n = recv(r->fd, r->buf, READER_BYTES, MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			left = deadline_ms - now_ms();
-			if (left <= 0)
-				return -ETIMEDOUT;
-			w = wait_fd(r->fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
-			if (w < 0)
-				return w;
-			continue;
-		}
+			n = recv_some(r->fd, r->buf, READER_BYTES, deadline_ms);
 		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ECONNRESET;
+			return (int)n;
 		if (len >= READER_BYTES) {
 			p += n;
 			len -= (size_t)n;
