@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,9 @@ int main(int argc, char **argv)
 	int c;
 
 	log_setup_from_env();
+	/* A closed stdout (`vmhpc run ... | head`) must be an EPIPE that the command handles
+	 * (a job is stopped and torn down), not a signal that kills vmhpc before it cleans up. */
+	signal(SIGPIPE, SIG_IGN);
 	cli_context_init(&ctx);
 	/* '+' stops at the first non-option: the command's own options follow it. */
 	while ((c = getopt_long(argc, argv, "+s:vh", options, NULL)) != -1) {

@@ -524,6 +524,10 @@ static int run_program(struct job *j, const struct run_options *o, const struct 
 	} else if (r == -ECHILD) {
 		log_error("%s\nthe job was stopped: a VM of the job is gone", error);
 		code = 1;
+	} else if (r == -EPIPE) {
+		log_error("the job's output has no reader any more (its pipe was closed, as by "
+			  "`| head`): the job was stopped");
+		code = 128 + SIGPIPE;
 	} else if (r == -ETIMEDOUT) {
 		log_error("time limit of %u s reached: the job was killed", o->time_limit_s);
 		code = EXIT_TIME_LIMIT;

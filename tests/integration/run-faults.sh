@@ -2,7 +2,7 @@
 # `vmhpc run` when things go wrong: a VM killed during the job, a boot that times out, a QEMU
 # that exits while booting, a guest that no longer answers at shutdown (QMP quit, then
 # SIGKILL), Ctrl-C that mpiexec ignores (grace period; a second Ctrl-C), a background process
-# left in a guest, more ranks than VMs over 2 VCPUs each, more ranks than VCPUs (refused), and
+# left in a guest, the output's reader gone (`| head`), more ranks than VMs over 2 VCPUs each, more ranks than VCPUs (refused), and
 # a guest out of memory. Every case must end in bounded time with a message naming what
 # happened, and leave nothing behind.
 . "$(dirname "$0")/lib.sh"
@@ -164,4 +164,24 @@ assert 30 * 1024 < vm["job_mem_peak_kb"] < 128 * 1024 and vm["oom_kills"] == 0, 
 ' || fail "job peak after 30 MiB: $(tail -n 1 "$WORK/fit.err")"
 nothing_left "job peak"
 ok "out of memory in a guest is named with --mem (exit $code); a job's peak memory is reported"
+
+# The job's output piped into a reader that goes away (`| head -2`): the job is stopped and
+# torn down, exit 141 as a shell pipeline's writer has; SIGPIPE killed vmhpc before, and
+# left its job folder, network and zombies to the next run's cleanup.
+cat >"$job/chatty.sh" <<'EOS'
+#!/bin/sh
+i=0
+while [ $i -lt 1000000 ]; do echo "line $i"; i=$((i + 1)); done
+EOS
+chmod +x "$job/chatty.sh"
+set +e
+run --vms 1 -- ./chatty.sh 2>"$WORK/pipe.err" | head -2 >"$WORK/pipe.out"
+code=${PIPESTATUS[0]}
+set -e
+[ "$code" -eq 141 ] || fail "| head: exit $code: $(tail -5 "$WORK/pipe.err")"
+[ "$(cat "$WORK/pipe.out")" = "line 0
+line 1" ] || fail "| head read: $(cat "$WORK/pipe.out")"
+grep -q "the job's output has no reader any more" "$WORK/pipe.err" || fail "no message: $(tail -5 "$WORK/pipe.err")"
+nothing_left "output reader gone"
+ok "the output's reader gone (| head): the job stopped, exit $code, nothing left"
 finish
