@@ -11,7 +11,8 @@
  *       listens on PORT (any address)
  *
  * SHM_SPIN_US sets how long a wait spins before it yields and sleeps (shm_options.spin_us),
- * SHM_CHUNK_BYTES how many bytes a send copies before it publishes them (chunk_bytes).
+ * SHM_CHUNK_BYTES how many bytes a send copies before it publishes them (chunk_bytes),
+ * SHM_COPY=libc copies with the C library's memcpy instead of the channel's (libc_copy).
  * Rank 0 prints one line per size: "SIZE LAT_US BW_MBPS MEAN_LAT_US" (LAT_US: the median
  * half round trip), after "LABEL " with --label LABEL (bench/bypass-vm.sh: lines of two
  * VMs arrive interleaved in the job's output, so each line names its part). Exit 0 only
@@ -248,6 +249,13 @@ static size_t env_size(const char *name)
 	return v && *v ? (size_t)strtoull(v, NULL, 0) : 0;
 }
 
+static bool libc_copy(void)
+{
+	const char *v = getenv("SHM_COPY");
+
+	return v && strcmp(v, "libc") == 0;
+}
+
 static int open_shm(struct transport *t, unsigned rank)
 {
 	const char *path = getenv(SHM_ENV_PATH), *key = getenv(SHM_ENV_KEY);
@@ -266,6 +274,7 @@ static int open_shm(struct transport *t, unsigned rank)
 	o.key = strtoull(key, NULL, 16);
 	o.spin_us = spin ? (unsigned)atoi(spin) : 0;
 	o.chunk_bytes = env_size("SHM_CHUNK_BYTES");
+	o.libc_copy = libc_copy();
 	r = shm_channel_open(path, &o, &t->ch, &error);
 	if (r < 0) {
 		fprintf(stderr, "shm-pingpong: %s\n", error ? error : strerror(-r));
@@ -378,7 +387,8 @@ int main(int argc, char **argv)
 		struct shm_options o = {.node = rank,
 					.key = 1,
 					.spin_us = spin ? (unsigned)atoi(spin) : 0,
-					.chunk_bytes = env_size("SHM_CHUNK_BYTES")};
+					.chunk_bytes = env_size("SHM_CHUNK_BYTES"),
+					.libc_copy = libc_copy()};
 		if (shm_channel_attach(base, size, &o, &t.ch, NULL) < 0)
 			return 1;
 		t.send = shm_tsend;

@@ -81,6 +81,26 @@ _Static_assert(sizeof(struct ring_ctl) == 2 * CACHE_LINE, "head and tail on line
 _Static_assert(sizeof(struct header) <= SHM_HEADER_BYTES, "header fits its area");
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics");
 
+/* The channel's copy: 8-byte words with `rep movsq`, the rest with memcpy. Under TCG, the
+ * accelerator of the machines here, QEMU runs `rep movsq` as one tight loop, while the C
+ * library's SSE2 memcpy costs an emulated instruction per 16 bytes: measured in a guest,
+ * 2.2 against 1.4 GB/s at 1 MiB and 3.4 against 1.7 GB/s at 8 KiB; natively both run at the
+ * same speed (12.5 and 12.7 GB/s on the host). Elsewhere than x86-64, memcpy. */
+static void *copy_words(void *dst, const void *src, size_t len)
+{
+#if defined(__x86_64__)
+	size_t words = len / 8, rest = len % 8;
+	void *d = dst;
+
+	__asm__ volatile("rep movsq" : "+D"(d), "+S"(src), "+c"(words) : : "memory");
+	if (rest)
+		memcpy(d, src, rest);
+	return dst;
+#else
+	return memcpy(dst, src, len);
+#endif
+}
+
 struct shm_channel {
 	uint8_t *base;
 	size_t size_bytes;
@@ -91,7 +111,8 @@ struct shm_channel {
 	unsigned dead_ms;
 	unsigned spin_us, yield_us; /* the backoff's phases */
 	size_t chunk_bytes;	    /* most bytes a send copies before publishing them */
-	uint64_t heartbeat;	    /* our own, mirrored */
+	void *(*copy)(void *, const void *, size_t);
+	uint64_t heartbeat; /* our own, mirrored */
 	/* Per peer, the other side's index as last read: a producer reloads the consumer's
 	 * tail (and a consumer the producer's head) only when the cached one does not
 	 * suffice, so the shared cache lines move once per batch, not once per message. */
@@ -554,6 +575,7 @@ int shm_channel_attach(void *base, size_t size_bytes, const struct shm_options *
 	c->spin_us = options->spin_us ? options->spin_us : SHM_SPIN_US_DEFAULT;
 	c->yield_us = c->spin_us + 180;
 	c->chunk_bytes = options->chunk_bytes ? options->chunk_bytes : SHM_CHUNK_BYTES_DEFAULT;
+	c->copy = options->libc_copy ? memcpy : copy_words;
 	/* Bytes an earlier holder of a peer's slot left for us are not ours: drop them. No
 	 * peer sends to us before it sees us attached with the new generation, and that
 	 * store comes after this. */
@@ -767,23 +789,27 @@ static bool peer_dead_midway(struct shm_channel *c, unsigned peer, uint64_t gen,
 }
 
 /* Copies len bytes into the ring at index pos (wrapping). */
-static void ring_put(uint8_t *data, uint64_t ring, uint64_t pos, const uint8_t *src, size_t len)
+static void ring_put(const struct shm_channel *c, uint8_t *data, uint64_t pos, const uint8_t *src,
+		     size_t len)
 {
-	size_t off = pos & (ring - 1), first = ring - off < len ? ring - off : len;
+	size_t off = pos & (c->ring_bytes - 1),
+	       first = c->ring_bytes - off < len ? c->ring_bytes - off : len;
 
-	memcpy(data + off, src, first);
+	c->copy(data + off, src, first);
 	if (len > first)
-		memcpy(data, src + first, len - first);
+		c->copy(data, src + first, len - first);
 }
 
-static void ring_get(const uint8_t *data, uint64_t ring, uint64_t pos, uint8_t *dst, size_t len)
+static void ring_get(const struct shm_channel *c, const uint8_t *data, uint64_t pos, uint8_t *dst,
+		     size_t len)
 {
-	size_t off = pos & (ring - 1), first = ring - off < len ? ring - off : len;
+	size_t off = pos & (c->ring_bytes - 1),
+	       first = c->ring_bytes - off < len ? c->ring_bytes - off : len;
 
 	if (dst) {
-		memcpy(dst, data + off, first);
+		c->copy(dst, data + off, first);
 		if (len > first)
-			memcpy(dst + first, data, len - first);
+			c->copy(dst + first, data, len - first);
 	}
 }
 
@@ -849,11 +875,11 @@ int shm_send(struct shm_channel *c, unsigned peer, const void *buf, size_t len, 
 			n = c->chunk_bytes;
 		if (sent < sizeof(frame)) {
 			size_t h = sizeof(frame) - sent < n ? sizeof(frame) - sent : n;
-			ring_put(data, c->ring_bytes, head, frame + sent, h);
+			ring_put(c, data, head, frame + sent, h);
 			done = h;
 		}
 		if (n > done)
-			ring_put(data, c->ring_bytes, head + done,
+			ring_put(c, data, head + done,
 				 (const uint8_t *)buf + (sent + done - sizeof(frame)), n - done);
 		atomic_store_explicit(&rc->head, head + n, memory_order_release);
 		sent += n;
@@ -900,7 +926,7 @@ int shm_recv(struct shm_channel *c, unsigned peer, void *buf, size_t cap, size_t
 			return -ETIMEDOUT;
 	}
 	gen = atomic_load_explicit(&c->hdr->slots[peer].generation, memory_order_acquire);
-	ring_get(data, c->ring_bytes, tail, frame, sizeof(frame));
+	ring_get(c, data, tail, frame, sizeof(frame));
 	for (int i = 0; i < 8; i++)
 		len64 |= (uint64_t)frame[i] << (8 * i);
 	if (len64 > SHM_MAX_MESSAGE)
@@ -931,7 +957,7 @@ int shm_recv(struct shm_channel *c, unsigned peer, void *buf, size_t cap, size_t
 		/* The part beyond cap is consumed and dropped. */
 		if (got < cap) {
 			size_t keep = cap - got < n ? cap - got : n;
-			ring_get(data, c->ring_bytes, tail, (uint8_t *)buf + got, keep);
+			ring_get(c, data, tail, (uint8_t *)buf + got, keep);
 		}
 		tail += n;
 		atomic_store_explicit(&rc->tail, tail, memory_order_release);

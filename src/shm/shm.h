@@ -8,6 +8,7 @@
  * return a message in *ret_error (caller frees) naming the region and the fix. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -88,6 +89,8 @@ struct shm_options {
 	size_t chunk_bytes; /* a send publishes its bytes at most this many at a time, so that
 			     * the receiver copies out while the sender copies in; 0: default,
 			     * as much as there is room for (docs/bypass.md, bench/RESULTS.md) */
+	bool libc_copy;	    /* copy with the C library's memcpy, not the channel's own word
+			     * copy (for the bench: docs/bypass.md) */
 };
 
 /* Maps the region at path (a /dev/shm file or a PCI resource2) read-write and attaches as
