@@ -133,6 +133,8 @@ fi # CHANNEL
 osu=$repo/$build/mpi-osu
 [ -x "$osu" ] || { echo "no $osu (Debian's mpich and libmpich-dev are needed to build it)" >&2; exit 1; }
 "$repo/scripts/build-uct-ivshmem.sh" 2>/dev/null
+# tiny-mpi-shm derives from tiny-mpi (built above unless CHANNEL=0; a no-op when it exists).
+"$vmhpc" image build --level 1 examples/tiny-mpi.ini >/dev/null
 "$vmhpc" image build --level 1 examples/tiny-mpi-shm.ini >/dev/null
 cp "$osu" bench/bypass-mpi-vm.sh "$work/job/"
 scale=${OSU_SCALE:-20}

@@ -1,5 +1,6 @@
-/* `vmhpc slurm prolog` (slurm.h): checks the request, has the local node daemon make the
- * image present, forks the job's supervisor and waits until its VMs are ready or failed. */
+/* `vmhpc slurm prolog` (slurm.h): checks the request and the user's right to the image
+ * (slurm-access.c), has the local node daemon make the image present, forks the job's supervisor
+ * and waits until its VMs are ready or failed. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -135,7 +136,8 @@ static int present(struct slurm_job *sj, char **ret_error)
 	double t0 = time_now_s();
 	int r;
 
-	req = json_pack("{s:s, s:s, s:s, s:s}", "op", "present", "ref", sj->image, "job",
+	/* By digest: what the user was allowed to read (slurm_image_authorize), nothing else. */
+	req = json_pack("{s:s, s:s, s:s, s:s}", "op", "present", "ref", sj->image_digest_ref, "job",
 			sj->id_str, "nodes", sj->nodes);
 	if (!req)
 		return -ENOMEM;
@@ -191,6 +193,8 @@ int slurm_prolog_main(int argc, char **argv)
 		return 1;
 	}
 	r = check_request(&sj, &error);
+	if (r == 0)
+		r = slurm_image_authorize(&sj, &error);
 	if (r == 0 && sj.n_hosts > 1)
 		r = cluster_setup(&sj, &error);
 	if (r == 0)

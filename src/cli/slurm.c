@@ -27,6 +27,7 @@ void slurm_job_done(struct slurm_job *sj)
 	free(sj->store_dir);
 	free(sj->image_name);
 	free(sj->source);
+	free(sj->image_digest_ref);
 }
 
 static int env_u32(const char *name, uint32_t *ret)
@@ -58,6 +59,7 @@ int slurm_job_parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 					     {"mem", required_argument, NULL, 'm'},
 					     {"boot-timeout-ms", required_argument, NULL, 'b'},
 					     {"peers", required_argument, NULL, 'p'},
+					     {"registry-insecure", no_argument, NULL, 'I'},
 					     {0}};
 	char err[256];
 	uint32_t u;
@@ -107,6 +109,9 @@ int slurm_job_parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 			break;
 		case 'p':
 			sj->peers = *optarg ? optarg : NULL;
+			break;
+		case 'I':
+			sj->registry_insecure = true;
 			break;
 		default:
 			return 2;

@@ -46,6 +46,7 @@ struct slurm_job {
 	const char *node, *socket, *run_dir, *state_dir, *key, *image, *peers;
 	unsigned vms, vcpus, mem_mb;
 	bool vcpus_set;
+	bool registry_insecure; /* plain HTTP to the image's registry */
 	int boot_timeout_ms;
 	/* from Slurm's prolog environment */
 	uint32_t id;
@@ -59,6 +60,8 @@ struct slurm_job {
 	char **node_addrs; /* underlay IPv4 of each node (a job of several nodes) */
 	char token_hex[SLURMTOKEN_HEX_LEN + 1];
 	char dir[PATH_MAX]; /* state_dir/<job>: pid, lock, ctl.sock, error, supervisor.log */
+	/* from the registry, asked as the job's user: REGISTRY/REPO@sha256:... */
+	char *image_digest_ref;
 	/* from the node daemon's present */
 	char *store_dir, *image_name;
 	uint32_t image_version;
@@ -78,6 +81,12 @@ void slurm_job_done(struct slurm_job *sj);
 /* A failure the prolog cleaned up: logged, written where `vmhpc mpirun` and the admin look
  * (the job's error file, its AdminComment), and the job cancelled. */
 void slurm_job_fail(const struct slurm_job *sj, const char *message);
+
+/* Asks the image's registry, as the job's user and with their own credentials, for the
+ * manifest digest of sj->image: 0 with sj->image_digest_ref set (REGISTRY/REPO@DIGEST, freed
+ * by slurm_job_done), or -EACCES (the user may not read it), -ENOENT, ... with the message in
+ * *ret_error (caller frees). */
+int slurm_image_authorize(struct slurm_job *sj, char **ret_error);
 
 /* Opens (creating) the job's lock file in sj->dir; the supervisor holds it (flock) for its
  * life. 0 with the descriptor in *ret_fd (caller closes), or -errno. */

@@ -469,8 +469,8 @@ static int request(struct oci_client *c, const struct request *q, struct respons
 	r = perform(c, q, resp, ret_error);
 	if (r == 0 && resp->status == 401)
 		return error_set(ret_error, -EACCES,
-				 "registry %s refused the credentials from %s; check the user and "
-				 "password",
+				 "registry %s refused the credentials from %s: a wrong user or "
+				 "password, or one without the right to this repository",
 				 c->registry, c->credentials.source ? c->credentials.source : "?");
 	return r;
 }

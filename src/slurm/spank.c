@@ -17,6 +17,7 @@
  *
  * plugstack.conf: required /usr/lib/x86_64-linux-gnu/slurm-wlm/vmhpc.so [vmhpc=PATH]
  *   [socket=PATH] [run_dir=DIR] [state_dir=DIR] [key=FILE] [peers=FILE] [boot_timeout_ms=N]
+ *   [registry_insecure=1]
  * where "%n" in a path stands for the node's name. */
 #include <errno.h>
 #include <fcntl.h>
@@ -312,6 +313,10 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	argv[n++] = plugin_arg(ac, av, "boot_timeout_ms", "120000");
 	argv[n++] = "--peers";
 	argv[n++] = plugin_arg(ac, av, "peers", "");
+	/* Plain HTTP to the registry, as `vmhpc node --insecure` (a registry on a private
+	 * network): the prolog asks it with the job's user's credentials. */
+	if (strcmp(plugin_arg(ac, av, "registry_insecure", "0"), "1") == 0)
+		argv[n++] = "--registry-insecure";
 	argv[n++] = "--image";
 	argv[n++] = image;
 	if (vms) {

@@ -158,6 +158,9 @@ storage:
 http:
   addr: $CL_REGISTRY
 CONFIG
+	if [ "${CL_REGISTRY_AUTH:-}" = token ]; then
+		cluster_token_start || return 1
+	fi
 	ip netns exec "vh$CL_ID-front" docker-registry serve "$CL_DIR/registry.yml" >"$CL_DIR/registry.log" 2>&1 &
 	CL_REG_PID=$!
 	CL_PIDS+=($!)
@@ -182,6 +185,34 @@ CONFIG
 	[ -S "$CL_DIR/munge.sock" ] || { cluster_log "munged did not start: $(cat "$CL_DIR/munged.log")"; return 1; }
 	cluster_wait_port "" "$CL_FRONT" "$CL_REG_PORT" || { cluster_log "registry: $(cat "$CL_DIR/registry.log")"; return 1; }
 	for i in $(seq 1 "$n"); do cluster_node_start "n$i" || return 1; done
+}
+
+# CL_REGISTRY_AUTH=token: the registry wants Bearer tokens from a token service of the
+# test's own (tests/integration/token-server.py) in the front-end namespace, whose users are
+# CL_TOKEN_USERS (USER:PASSWORD[=REPO-PREFIX,...] each; default one user "node" with every
+# right, whose credentials the node daemons and cluster_push are given).
+CL_NODE_AUTH=node:node-secret
+cluster_token_start() {
+	local i
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$CL_DIR/token.key" -out "$CL_DIR/token.pem" \
+		-subj /CN=vmhpc-cluster-token -days 1 2>/dev/null || return 1
+	openssl x509 -in "$CL_DIR/token.pem" -outform DER -out "$CL_DIR/token.der" || return 1
+	# shellcheck disable=SC2086 # one word a user
+	ip netns exec "vh$CL_ID-front" env TOKEN_BIND="$CL_FRONT" python3 "$(dirname "${BASH_SOURCE[0]}")/../integration/token-server.py" \
+		"$CL_DIR/token.port" "$CL_DIR/token.key" "$CL_DIR/token.der" vmhpc-cluster-issuer \
+		"$CL_NODE_AUTH" ${CL_TOKEN_USERS:-} >"$CL_DIR/token.log" 2>&1 &
+	CL_PIDS+=($!)
+	for i in $(seq 100); do [ -f "$CL_DIR/token.port" ] && break; sleep 0.1; done
+	[ -f "$CL_DIR/token.port" ] || { cluster_log "token service: $(cat "$CL_DIR/token.log")"; return 1; }
+	cat >>"$CL_DIR/registry.yml" <<CONFIG
+auth:
+  token:
+    realm: http://$CL_FRONT:$(cat "$CL_DIR/token.port")/token
+    service: vmhpc-cluster-registry
+    issuer: vmhpc-cluster-issuer
+    rootcertbundle: $CL_DIR/token.pem
+CONFIG
+	export VMHPC_REGISTRY_AUTH=$CL_NODE_AUTH
 }
 
 # The registry down (a fault to test) and up again, on the same folder and address.

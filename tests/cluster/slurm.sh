@@ -109,7 +109,7 @@ CONF
 	: >"$CL_DIR/plugstack.conf"
 	if [ -n "$plugin" ]; then
 		# %n: each node's own daemon socket and run folder (several nodes share this machine).
-		echo "required $plugin vmhpc=$VMHPC socket=$CL_DIR/%n.sock run_dir=$CL_DIR/run-%n state_dir=$CL_DIR/slurm-%n key=$CL_DIR/etc/job.key peers=$CL_DIR/peers boot_timeout_ms=${SL_BOOT_TIMEOUT_MS:-180000}" \
+		echo "required $plugin vmhpc=$VMHPC socket=$CL_DIR/%n.sock run_dir=$CL_DIR/run-%n state_dir=$CL_DIR/slurm-%n key=$CL_DIR/etc/job.key peers=$CL_DIR/peers registry_insecure=1 boot_timeout_ms=${SL_BOOT_TIMEOUT_MS:-180000}" \
 			>"$CL_DIR/plugstack.conf"
 	fi
 	slurmctld -D -i -f "$SLURM_CONF" >>"$CL_DIR/slurmctld.out" 2>&1 &

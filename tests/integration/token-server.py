@@ -5,7 +5,11 @@ credentials USER:PASSWORD answers {"token": JWT}; the JWT is signed RS256 by `op
 with KEY and carries CERT in its x5c header, which the registry checks against its
 rootcertbundle. Wrong or missing credentials get 401.
 
-usage: token-server.py PORT_FILE KEY CERT_DER ISSUER USER:PASSWORD
+usage: token-server.py PORT_FILE KEY CERT_DER ISSUER USER:PASSWORD[=PREFIX,...]...
+
+Each user may be limited to the repositories that start with one of its PREFIXes (the rest
+of the scope is left out of its token, which the registry then refuses); a user without
+"=" gets whatever it asks. TOKEN_BIND (default 127.0.0.1) is the address to listen on.
 """
 import base64
 import http.server
@@ -16,7 +20,11 @@ import sys
 import time
 import urllib.parse
 
-port_file, key, cert_der, issuer, userpass = sys.argv[1:6]
+port_file, key, cert_der, issuer = sys.argv[1:5]
+users = {}  # "user:password" -> None (everything) or a list of repository prefixes
+for spec in sys.argv[5:]:
+    userpass, has_acl, prefixes = spec.partition("=")
+    users[userpass] = prefixes.split(",") if has_acl else None
 
 
 def b64url(data):
@@ -40,11 +48,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlparse(self.path)
         query = urllib.parse.parse_qs(url.query)
         auth = self.headers.get("Authorization", "")
-        want = "Basic " + base64.b64encode(userpass.encode()).decode()
+        userpass = None
+        if auth.startswith("Basic "):
+            try:
+                userpass = base64.b64decode(auth[6:]).decode()
+            except ValueError:
+                userpass = None
         if url.path != "/token":
             self.send_error(404)
             return
-        if auth != want:
+        if userpass not in users:
             self.send_response(401)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -53,6 +66,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for scope in " ".join(query.get("scope", [])).split():
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
+            allowed = users[userpass]
+            if allowed is not None and not any(name.startswith(p) for p in allowed):
+                continue
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         claims = {"iss": issuer, "sub": userpass.split(":")[0],
@@ -66,7 +82,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = http.server.ThreadingHTTPServer((os.environ.get("TOKEN_BIND", "127.0.0.1"), 0), Handler)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.rename(port_file + ".tmp", port_file)
