@@ -410,11 +410,16 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 	if (j->shm_path)
 		snprintf(shm_arg, sizeof(shm_arg), " vmhpc.shm_node=%u", i);
 	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
-	 * They go in SETUP on the control port (try_connect). */
+	 * They go in SETUP on the control port (try_connect).
+	 * Under TCG, noapictimer: the guest kernel calibrates the local APIC timer against the
+	 * PIT for ~0.1 s of emulated time, a quarter of a small guest's boot (TCG has no TSC
+	 * deadline timer, which would skip it); the HPET then drives the ticks (docs/kernel.md,
+	 * bench/RESULTS.md). Under KVM the APIC timer stays. */
 	if (asprintf(&cmdline,
-		     "console=ttyS0 swiotlb=noforce no_timer_check panic=-1%s %s vmhpc.name=%s "
+		     "console=ttyS0 swiotlb=noforce no_timer_check%s panic=-1%s %s vmhpc.name=%s "
 		     "vmhpc.ip=%s/%u "
 		     "%s vmhpc.root=pmem vmhpc.overlay_mb=%u vmhpc.exec_port=%d%s",
+		     j->accel == ACCEL_TCG ? " noapictimer" : "",
 		     has_word(boot_args, "quiet") ? "" : " quiet", boot_args, v->name, v->ip,
 		     subnet_prefix(j), hosts, overlay_mb, JOB_EXEC_PORT, shm_arg) < 0)
 		return -ENOMEM;
