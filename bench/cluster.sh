@@ -2,9 +2,14 @@
 # The Slurm tier's costs on a real Slurm 22.05 test cluster (tests/cluster/slurm.sh):
 #  1. per-job start overhead, submit to the batch script's start (the VMs are ready then),
 #     for NODES_LIST nodes x 1 VM, with the image uncached (every node cache emptied) and
-#     cached, next to one node's `vmhpc run --vms 1` boot;
+#     cached (the median of REPEAT jobs, default 3), next to one node's `vmhpc run --vms 1`
+#     boot (median of REPEAT) and to Slurm's own submit-to-start of a job without VMs on
+#     the same nodes (median of REPEAT): what the VMs add is the difference. The test
+#     cluster's nodes share this machine's cores (a real cluster's do not): N boots at once
+#     take N x one boot's CPU on `nproc` cores;
 #  2. Slurm's throughput of bare jobs (`sbatch --wrap true`) with the plugin loaded and
-#     without it (plugstack.conf emptied, `scontrol reconfigure`).
+#     without it (plugstack.conf emptied), REPEAT rounds of each, alternating, each after an
+#     `scontrol reconfigure`; medians.
 #
 #   sudo bench/cluster.sh            # NODES_LIST="1 2 4" JOBS=40 by default
 #   sudo THROUGHPUT_ONLY=1 bench/cluster.sh   # part 2 alone, on one node
@@ -19,6 +24,7 @@ VMHPC=$(realpath "$VMHPC")
 export VMHPC VMHPC_INIT VMHPC_SPANK
 NODES_LIST=${NODES_LIST:-"1 2 4"}
 JOBS=${JOBS:-40}
+REPEAT=${REPEAT:-3}
 [ "$(id -u)" -eq 0 ] || { echo "run as root (namespaces, slurmd)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/vmhpc-bench.XXXXXX)
@@ -46,7 +52,12 @@ cat >"$job/start.sh" <<EOF
 date +%s.%N >"$job/started-\$SLURM_JOB_ID"
 $VMHPC mpirun ./ring --hello >/dev/null
 EOF
-chmod +x "$job/start.sh"
+cat >"$job/bare.sh" <<EOF
+#!/bin/sh
+date +%s.%N >"$job/started-\$SLURM_JOB_ID"
+EOF
+chmod +x "$job/start.sh" "$job/bare.sh"
+median() { sort -n | awk '{v[NR] = $1} END {printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 wait_idle_all() {
 	for _ in $(seq 600); do
@@ -57,30 +68,52 @@ wait_idle_all() {
 	return 1
 }
 
-one_start() { # N: seconds from submit to the script's start
+one_start() { # N [bare]: seconds from submit to the script's start
 	local n=$1 t0 j
 	t0=$(date +%s.%N)
-	j=$(cd "$job" && sbatch --parsable -N "$n" --vm-image="$REF" --vms-per-node=1 -o /dev/null "$job/start.sh") ||
-		{ echo "sbatch -N $n failed" >&2; return 1; }
+	if [ "${2:-}" = bare ]; then
+		j=$(cd "$job" && sbatch --parsable -N "$n" -o /dev/null "$job/bare.sh")
+	else
+		j=$(cd "$job" && sbatch --parsable -N "$n" --vm-image="$REF" --vms-per-node=1 -o /dev/null "$job/start.sh")
+	fi || { echo "sbatch -N $n failed" >&2; return 1; }
 	[ "$(slurm_wait "$j" 900)" = COMPLETED ] || { echo "job $j: $(slurm_job_field "$j" AdminComment)" >&2; return 1; }
 	wait_idle_all
 	python3 -c 'import sys; print("%.1f" % (float(open(sys.argv[1]).read()) - float(sys.argv[2])))' "$job/started-$j" "$t0"
 }
 
-# One node's own boot of 1 VM, the reference.
-[ -n "${THROUGHPUT_ONLY:-}" ] || run_boot=$(cd "$job" && "$VMHPC" run --vms 1 -n 1 --json --image "tiny-mpi:$ver" -- ./ring --hello 2>&1 >/dev/null |
-	python3 -c 'import json,sys
+# One node's own boot of 1 VM, the reference (median of REPEAT), and the CPU that one such
+# job takes (QEMU, virtiofsd and vmhpc: boot, run and shutdown; the boot is most of it).
+boot_s=()
+cpu_s=()
+for _ in $([ -n "${THROUGHPUT_ONLY:-}" ] || seq "$REPEAT"); do
+	out=$(cd "$job" && python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("cpu", r.ru_utime, r.ru_stime, file=sys.stderr)' "$VMHPC" run --vms 1 -n 1 --json --image "tiny-mpi:$ver" -- ./ring --hello 2>&1 >/dev/null)
+	boot_s+=("$(echo "$out" | python3 -c 'import json,sys
 for l in sys.stdin:
-    if l.startswith("{"): print("%.1f" % json.loads(l)["boot_s"])')
-
-[ -n "${THROUGHPUT_ONLY:-}" ] || echo
-[ -n "${THROUGHPUT_ONLY:-}" ] || echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | one node's vmhpc run boot |"
-[ -n "${THROUGHPUT_ONLY:-}" ] || echo "|---|---|---|---|"
+    if l.startswith("{"): print("%.2f" % json.loads(l)["boot_s"])')")
+	cpu_s+=("$(echo "$out" | awk '$1 == "cpu" {printf "%.2f", $2 + $3}')")
+done
+if [ -z "${THROUGHPUT_ONLY:-}" ]; then
+	run_boot=$(printf '%s\n' "${boot_s[@]}" | median)
+	run_cpu=$(printf '%s\n' "${cpu_s[@]}" | median)
+	cores=$(nproc)
+	echo
+	echo "one node's vmhpc run --vms 1: boot $run_boot s, CPU of the whole job $run_cpu s (medians of $REPEAT); $cores cores here"
+	echo
+	echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | Slurm alone: a job without VMs | cached - Slurm alone | one node's vmhpc run boot | cached / boot | (cached - Slurm alone) / boot |"
+	echo "|---|---|---|---|---|---|---|---|"
+fi
 for n in $NODES_LIST; do
 	cluster_reset_caches >/dev/null
 	unc=$(one_start "$n")
-	cac=$(one_start "$n")
-	echo "| $n | $unc s | $cac s | $run_boot s |"
+	cac=$(for _ in $(seq "$REPEAT"); do one_start "$n"; done | median)
+	bare=$(for _ in $(seq "$REPEAT"); do one_start "$n" bare; done | median)
+	python3 -c 'import sys
+n, unc, cac, bare, boot = sys.argv[1], *map(float, sys.argv[2:])
+print("| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.2fx | %.2fx |" % (n, unc, cac, bare, cac - bare, boot, cac / boot, (cac - bare) / boot))' \
+		"$n" "$unc" "$cac" "$bare" "$run_boot"
 done
 
 throughput() { # the seconds JOBS bare jobs take, submit of the first to the end of the last
@@ -91,13 +124,23 @@ throughput() { # the seconds JOBS bare jobs take, submit of the first to the end
 	while squeue -h | grep -q .; do sleep 0.1; done
 	python3 -c 'import sys,time; print("%.1f" % (time.time() - float(sys.argv[1])))' "$t0"
 }
-with=$(throughput)
-: >"$CL_DIR/plugstack.conf"
-scontrol reconfigure
-sleep 2
-without=$(throughput)
+plugstack=$(cat "$CL_DIR/plugstack.conf")
+with_s=()
+without_s=()
+for _ in $(seq "$REPEAT"); do
+	echo "$plugstack" >"$CL_DIR/plugstack.conf"
+	scontrol reconfigure
+	sleep 2
+	with_s+=("$(throughput)")
+	: >"$CL_DIR/plugstack.conf"
+	scontrol reconfigure
+	sleep 2
+	without_s+=("$(throughput)")
+done
+with=$(printf '%s\n' "${with_s[@]}" | median)
+without=$(printf '%s\n' "${without_s[@]}" | median)
 echo
-echo "| $JOBS bare jobs (sbatch --wrap true) | seconds | jobs/s |"
+echo "| $JOBS bare jobs (sbatch --wrap true), median of $REPEAT alternating rounds | seconds | jobs/s |"
 echo "|---|---|---|"
 python3 -c 'import sys; n=int(sys.argv[1]); w=float(sys.argv[2]); wo=float(sys.argv[3])
 print("| plugin loaded | %.1f | %.2f |" % (w, n / w)); print("| no plugin | %.1f | %.2f |" % (wo, n / wo))

@@ -22,6 +22,8 @@
 #include "registry/reference.h"
 #include "util/cleanup.h"
 #include "util/error.h"
+#include "util/log.h"
+#include "util/time.h"
 
 /* The registry's answers come well within this; a child past it is killed (SIGALRM). */
 #define ACCESS_TIMEOUT_S 60
@@ -98,6 +100,7 @@ int slurm_image_authorize(struct slurm_job *sj, char **ret_error)
 	size_t got = 0;
 	ssize_t n;
 	int fds[2], status, r;
+	double t0 = time_now_s();
 	pid_t pid;
 
 	r = reference_parse(sj->image, &ref, &error);
@@ -157,6 +160,9 @@ int slurm_image_authorize(struct slurm_job *sj, char **ret_error)
 			    text) < 0) {
 		sj->image_digest_ref = NULL;
 		r = -ENOMEM;
+	} else {
+		log_info("job %u: uid %u may read %s (%s), the registry said in %.3f s", sj->id,
+			 (unsigned)sj->uid, sj->image, text, time_now_s() - t0);
 	}
 out:
 	reference_free(ref);

@@ -188,6 +188,8 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 		else
 			console_say("vmhpc.exec_port \"%.64s\" is not 1..65535; using %u", value,
 				    cfg->exec_port);
+	} else if (strcmp(key, "probe") == 0) {
+		cfg->probe = strcmp(value, "1") == 0;
 	} else if (strcmp(key, "shm_node") == 0) {
 		if (cmdline_parse_uint(value, 63, &v)) {
 			cfg->have_shm_node = true;

@@ -35,6 +35,7 @@ struct config {
 	uint16_t exec_port;
 	bool have_shm_node; /* vmhpc.shm_node: the host gave this VM a shared-memory channel */
 	unsigned shm_node;
+	bool probe; /* vmhpc.probe=1: the host's accelerator probe (vm/accel.h): say ready, stop */
 };
 
 /* Reads /proc/cmdline into cfg, which holds the defaults; bad values are said and skipped. */

@@ -88,6 +88,9 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Batch jobs scheduled when submitted, not up to 3 s later (Slurm's default batch_sched_delay;
+# docs/slurm.md): the Slurm tier's start is measured from submit (bench/cluster.sh).
+SchedulerParameters=batch_sched_delay=0
 SwitchType=switch/none
 ReturnToService=2
 PrologFlags=Alloc

@@ -992,6 +992,7 @@ static const char fake_qemu_script[] =
     "abort) echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2\n"
     "       kill -ABRT $$ ;;\n"
     "hang) echo 'SeaBIOS (fake)'; sleep 60 ;;\n"
+    "banner) echo 'SeaBIOS (fake)'; echo 'Linux version (fake)'; sleep 60 ;;\n"
     "ready) echo 'Linux version (fake)'; printf 'vmhpc-init: ready\\r\\n'; sleep 60 ;;\n"
     "panic) echo 'Kernel panic - not syncing (fake)'; exit 0 ;;\n"
     "exit3) echo 'to stderr' >&2; exit 3 ;;\n"
@@ -1162,6 +1163,23 @@ static void test_accel_probe_fake(void **state)
 	assert_false(works);
 	assert_true(now_ms() - t0 < 3000);
 	assert_non_null(strstr(detail, "no ready line within 400 ms"));
+	free(detail);
+
+	/* A KVM guest whose kernel never printed its banner is given up after 3 s, not the
+	 * whole timeout (the firmware's banner does not count)... */
+	t0 = now_ms();
+	assert_int_equal(accel_probe(ACCEL_KVM, NULL, "k", "i", 20000, &works, &detail), 0);
+	assert_false(works);
+	assert_true(now_ms() - t0 >= 2900 && now_ms() - t0 < 8000);
+	assert_non_null(strstr(detail, "printed nothing within 3000 ms"));
+	free(detail);
+	/* ...but one whose kernel has begun gets all of it. */
+	setenv("FAKE_KVM", "banner", 1);
+	t0 = now_ms();
+	assert_int_equal(accel_probe(ACCEL_KVM, NULL, "k", "i", 4000, &works, &detail), 0);
+	assert_false(works);
+	assert_true(now_ms() - t0 >= 3900);
+	assert_non_null(strstr(detail, "no ready line within 4000 ms"));
 	free(detail);
 
 	setenv("FAKE_KVM", "ready", 1);
