@@ -22,6 +22,7 @@
 #include "registry/reference.h"
 #include "util/cleanup.h"
 #include "util/error.h"
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/time.h"
 
@@ -125,11 +126,8 @@ int slurm_image_authorize(struct slurm_job *sj, char **ret_error)
 		child_main(sj, ref, home, fds[1]);
 	}
 	close(fds[1]);
-	while (got < sizeof(answer) - 1 &&
-	       ((n = read(fds[0], answer + got, sizeof(answer) - 1 - got)) > 0 ||
-		(n < 0 && errno == EINTR)))
-		if (n > 0)
-			got += (size_t)n;
+	n = fs_read_full(fds[0], answer, sizeof(answer) - 1);
+	got = n > 0 ? (size_t)n : 0;
 	close(fds[0]);
 	answer[got] = 0;
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)

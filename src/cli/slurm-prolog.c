@@ -238,11 +238,8 @@ int slurm_prolog_main(int argc, char **argv)
 	close(ready[1]);
 	snprintf(pid_text, sizeof(pid_text), "%d\n", (int)pid);
 	fs_write_atomic(pidpath, pid_text, strlen(pid_text), 0644);
-	while (got < sizeof(buf) - 1 &&
-	       ((n = read(ready[0], buf + got, sizeof(buf) - 1 - got)) > 0 ||
-		(n < 0 && errno == EINTR)))
-		if (n > 0)
-			got += (size_t)n;
+	n = fs_read_full(ready[0], buf, sizeof(buf) - 1);
+	got = n > 0 ? (size_t)n : 0;
 	close(ready[0]);
 	buf[got] = 0;
 	if (strcmp(buf, "ok") == 0) {
