@@ -151,7 +151,8 @@ int slurm_image_authorize(struct slurm_job *sj, char **ret_error)
 			      sj->image, ref->registry, text);
 	} else if (r < 0) {
 		r = error_set(ret_error, r, "image %s: %s", sj->image, text);
-	} else if (strncmp(text, "sha256:", 7) != 0 || strlen(text) != OCI_DIGEST_LEN) {
+	} else if (strncmp(text, "sha256:", 7) != 0 || strlen(text) != OCI_DIGEST_LEN ||
+		   strspn(text + 7, "0123456789abcdef") != OCI_DIGEST_LEN - 7) {
 		r = error_set(ret_error, -EPROTO, "image %s: registry %s gave no digest (%s)",
 			      sj->image, ref->registry, text);
 	} else if (asprintf(&sj->image_digest_ref, "%s/%s@%s", ref->registry, ref->repository,
