@@ -46,6 +46,7 @@
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/sock.h"
+#include "util/time.h"
 
 #define MAX_CONNECTIONS	 256
 #define MAX_SOURCES	 64
@@ -184,14 +185,6 @@ static void wait_on_ms(pthread_cond_t *cond, int ms)
 static void wait_ms(int ms)
 {
 	wait_on_ms(&D.cond, ms);
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* json_dumps of v, which it consumes (json_pack's results were leaked where they were
@@ -881,13 +874,17 @@ out:
 	return r;
 }
 
+static void reader_freep(struct node_proto_reader **rd)
+{
+	node_proto_reader_free(*rd);
+}
+
 /* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying). */
-static int fetch_from_peer_with(struct fetch *f, struct store *s, const char *peer,
-				struct node_proto_reader **rd_out, char **ret_error)
+static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
 {
 	_cleanup_free_ char *addr = NULL, *payload = NULL;
 	_cleanup_close_ int fd = -1;
-	struct node_proto_reader *rd = NULL;
+	_cleanup_(reader_freep) struct node_proto_reader *rd = NULL;
 	enum node_msg_type type;
 	json_t *req, *meta = NULL, *want;
 	bool published = false;
@@ -912,7 +909,7 @@ static int fetch_from_peer_with(struct fetch *f, struct store *s, const char *pe
 	if (r < 0)
 		return r == -EACCES ? r : -EPIPE;
 	node_trace("feed-asked", "%s", peer);
-	rd = *rd_out = node_proto_reader_new(fd);
+	rd = node_proto_reader_new(fd);
 	if (!rd)
 		return -ENOMEM;
 	do {
@@ -1034,15 +1031,6 @@ static int fetch_from_peer_with(struct fetch *f, struct store *s, const char *pe
 	if (r < 0)
 		return error_set(ret_error, -EPIPE, "%s ended before sending every chunk", peer);
 	return 0;
-}
-
-static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
-{
-	struct node_proto_reader *rd = NULL;
-	int r = fetch_from_peer_with(f, s, peer, &rd, ret_error);
-
-	node_proto_reader_free(rd);
-	return r;
 }
 
 static void *fetch_thread(void *arg)
@@ -1244,7 +1232,7 @@ static json_t *do_present(json_t *req)
 	struct fetch *f;
 	struct cached *c;
 	bool hit;
-	double t0 = now_s();
+	double t0 = time_now_s();
 	json_t *reply;
 
 	if (!ref)
@@ -1301,7 +1289,7 @@ static json_t *do_present(json_t *req)
 		      "store", D.store_dir, "name", c->name, "version", (int)c->version,
 		      "bytes_received", (json_int_t)(f ? f->bytes_received : 0), "chunks_received",
 		      (json_int_t)(f ? f->chunks_received : 0), "source",
-		      f ? (f->source ? f->source : "?") : "cache", "seconds", now_s() - t0);
+		      f ? (f->source ? f->source : "?") : "cache", "seconds", time_now_s() - t0);
 	fetch_unref(f);
 	pthread_mutex_unlock(&D.lock);
 	return reply;
@@ -1454,7 +1442,7 @@ static char *metrics_text(void)
  * per chunk that arrives while the feed is busy. */
 static int feed_keepalive(int fd, double *last_s, int timeout_ms)
 {
-	double now = now_s();
+	double now = time_now_s();
 
 	if (now - *last_s < KEEPALIVE_MS / 1000.0)
 		return 0;
@@ -1471,7 +1459,7 @@ static void do_feed(int fd, json_t *req, const char *peer)
 	char **hosts = NULL;
 	size_t n_hosts = 0, n_want = 0, sent = 0;
 	bool hit, *want = NULL, *owed = NULL;
-	double last_sent_s = now_s();
+	double last_sent_s = time_now_s();
 	struct fetch *f = NULL;
 	uint32_t *order = NULL;
 	const struct node_tree_ops *tree = NULL;
@@ -1661,7 +1649,7 @@ static void do_feed(int fd, json_t *req, const char *peer)
 			if (r < 0)
 				goto out;
 			node_trace("chunk-sent", "%zu %s", i, peer);
-			last_sent_s = now_s();
+			last_sent_s = time_now_s();
 			pthread_mutex_lock(&D.lock);
 			count(D.sent, peer, len);
 			if (owed[i]) {

@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "util/time.h"
 
 static const char *const type_names[_NODE_MSG_TYPE_MAX] = {
     [NODE_MSG_REQUEST] = "request", [NODE_MSG_REQUEST_MUNGE] = "request-munge",
@@ -82,22 +83,13 @@ static int wait_fd(int fd, short events, int timeout_ms)
 	return 0;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Receives what the socket has, up to len bytes, waiting for some until deadline_ms
  * (CLOCK_MONOTONIC): how many, or -ETIMEDOUT, -ECONNRESET at end of file, another -errno. */
 static ssize_t recv_some(int fd, void *buf, size_t len, int64_t deadline_ms)
 {
 	for (;;) {
 		ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
-		int64_t left;
-		int r;
+		int left, r;
 
 		if (n > 0)
 			return n;
@@ -107,10 +99,10 @@ static ssize_t recv_some(int fd, void *buf, size_t len, int64_t deadline_ms)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK)
 			return -errno;
-		left = deadline_ms - now_ms();
-		if (left <= 0)
+		left = time_remaining_ms(deadline_ms);
+		if (left == 0)
 			return -ETIMEDOUT;
-		r = wait_fd(fd, POLLIN, left > INT32_MAX ? INT32_MAX : (int)left);
+		r = wait_fd(fd, POLLIN, left);
 		if (r < 0)
 			return r;
 	}
@@ -200,7 +192,7 @@ static int recv_frame(int (*take)(void *source, void *dst, size_t len, int64_t d
 	char *buf;
 	int r;
 
-	r = take(source, h, sizeof(h), now_ms() + timeout_ms);
+	r = take(source, h, sizeof(h), time_now_ms() + timeout_ms);
 	if (r < 0)
 		return r;
 	r = node_proto_header_decode(h, max_payload, &type, &len);
@@ -210,7 +202,7 @@ static int recv_frame(int (*take)(void *source, void *dst, size_t len, int64_t d
 	if (!buf)
 		return -ENOMEM;
 	r = take(source, buf, len,
-		 now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
+		 time_now_ms() + timeout_ms + (int64_t)len / NODE_PROTO_SLOW_BYTES_PER_MS);
 	if (r < 0) {
 		free(buf);
 		return r;
@@ -268,8 +260,9 @@ void node_proto_reader_free(struct node_proto_reader *r)
 /* Fills dst with len bytes, first from what r holds, then from the socket by deadline_ms;
  * a read that is not for a larger payload than the buffer refills the buffer as far as the
  * socket allows, so that the next frames need no call. */
-static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64_t deadline_ms)
+static int reader_take(void *source, void *dst, size_t len, int64_t deadline_ms)
 {
+	struct node_proto_reader *r = source;
 	uint8_t *p = dst;
 
 	while (len > 0) {
@@ -302,13 +295,8 @@ static int reader_take(struct node_proto_reader *r, void *dst, size_t len, int64
 	return 0;
 }
 
-static int take_reader(void *source, void *dst, size_t len, int64_t deadline_ms)
-{
-	return reader_take(source, dst, len, deadline_ms);
-}
-
 int node_proto_reader_recv(struct node_proto_reader *r, uint32_t max_payload, int timeout_ms,
 			   enum node_msg_type *ret_type, char **ret_payload, size_t *ret_len)
 {
-	return recv_frame(take_reader, r, max_payload, timeout_ms, ret_type, ret_payload, ret_len);
+	return recv_frame(reader_take, r, max_payload, timeout_ms, ret_type, ret_payload, ret_len);
 }

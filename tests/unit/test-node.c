@@ -302,6 +302,15 @@ static void test_proto_io(void **state)
 	close(sv[0]);
 }
 
+static char payload_src[700000];
+
+/* The payload size of frame i in test_proto_reader: up to 40000 bytes, and one frame
+ * larger than the reader's buffer. */
+static size_t frame_size(uint32_t i)
+{
+	return (i * 7919u) % 40000 + (i == 1000 ? sizeof(payload_src) - 40000 : 0);
+}
+
 /* Many frames, some sent in parts with sendv, read back through a reader: every frame
  * whole and in order whatever the reads cut (small frames share a read, a large one spans
  * several); then a silent peer and a truncated frame, as node_proto_recv. */
@@ -311,17 +320,16 @@ static void test_proto_reader(void **state)
 	char *payload = NULL;
 	size_t len;
 	enum node_msg_type type;
-	static char big[700000];
 	struct node_proto_reader *rd;
 
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	for (size_t i = 0; i < sizeof(big); i++)
-		big[i] = (char)(i * 7);
+	for (size_t i = 0; i < sizeof(payload_src); i++)
+		payload_src[i] = (char)(i * 7);
 	if (fork() == 0) {
 		for (uint32_t i = 0; i < 2000; i++) {
-			size_t n = (i * 7919u) % 40000 + (i == 1000 ? sizeof(big) - 40000 : 0);
+			size_t n = frame_size(i);
 			struct iovec iov[2] = {{.iov_base = &i, .iov_len = 4},
-					       {.iov_base = big, .iov_len = n}};
+					       {.iov_base = payload_src, .iov_len = n}};
 
 			if (i % 3)
 				node_proto_sendv(sv[1], NODE_MSG_CHUNK, iov, 2, 5000);
@@ -329,7 +337,7 @@ static void test_proto_reader(void **state)
 				char *f = malloc(n + 4);
 
 				memcpy(f, &i, 4);
-				memcpy(f + 4, big, n);
+				memcpy(f + 4, payload_src, n);
 				node_proto_send(sv[1], NODE_MSG_CHUNK, f, n + 4, 5000);
 				free(f);
 			}
@@ -340,7 +348,7 @@ static void test_proto_reader(void **state)
 	rd = node_proto_reader_new(sv[0]);
 	assert_non_null(rd);
 	for (uint32_t i = 0; i < 2000; i++) {
-		size_t n = (i * 7919u) % 40000 + (i == 1000 ? sizeof(big) - 40000 : 0);
+		size_t n = frame_size(i);
 		uint32_t got;
 
 		assert_int_equal(
@@ -350,7 +358,7 @@ static void test_proto_reader(void **state)
 		assert_int_equal(len, n + 4);
 		memcpy(&got, payload, 4);
 		assert_int_equal(got, i);
-		assert_memory_equal(payload + 4, big, n);
+		assert_memory_equal(payload + 4, payload_src, n);
 		free(payload);
 	}
 	assert_int_equal(node_proto_reader_recv(rd, 100, 5000, &type, &payload, &len), 0);
