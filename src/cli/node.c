@@ -15,6 +15,7 @@
 #include "node/client.h"
 #include "node/hostlist.h"
 #include "node/node.h"
+#include "registry/reference.h"
 #include "util/cleanup.h"
 #include "util/log.h"
 
@@ -68,6 +69,7 @@ static int daemon_main(int argc, char **argv)
 					     {"slurm-user", required_argument, NULL, 'U'},
 					     {"insecure", no_argument, NULL, 'i'},
 					     {"peer-timeout-ms", required_argument, NULL, 't'},
+					     {"registry", required_argument, NULL, 'r'},
 					     {"help", no_argument, NULL, 'h'},
 					     {0}};
 	struct node_options o = {.cache_dir = "/var/cache/vmhpc/node",
@@ -77,6 +79,9 @@ static int daemon_main(int argc, char **argv)
 				 .slurm_uid = (uid_t)-1,
 				 .peer_timeout_ms = 5000};
 	static char host[256];
+	static const char *registries[NODE_REGISTRIES_MAX + 1];
+	const char *env_auth = getenv("VMHPC_REGISTRY_AUTH");
+	size_t n_registries = 0;
 	int c;
 
 	if (gethostname(host, sizeof(host) - 1) == 0) {
@@ -128,11 +133,26 @@ static int daemon_main(int argc, char **argv)
 		case 't':
 			o.peer_timeout_ms = atoi(optarg);
 			break;
+		case 'r':
+			if (!reference_registry_valid(optarg)) {
+				log_error("--registry %s: write HOST or HOST:PORT, as an image "
+					  "reference names it (e.g. registry.site:5000)",
+					  optarg);
+				return 2;
+			}
+			if (n_registries == NODE_REGISTRIES_MAX) {
+				log_error("--registry %s: at most %d registries", optarg,
+					  NODE_REGISTRIES_MAX);
+				return 2;
+			}
+			registries[n_registries++] = optarg;
+			o.registries = registries;
+			break;
 		case 'h':
 			printf("usage: vmhpc node [--foreground] [--cache DIR] [--cache-max SIZE] "
 			       "[--listen IPV4:PORT] [--socket PATH] [--name NODE] [--peers FILE] "
 			       "[--munge-socket PATH] [--slurm-user USER] [--insecure] "
-			       "[--peer-timeout-ms N]\n"
+			       "[--peer-timeout-ms N] [--registry HOST[:PORT]]...\n"
 			       "       vmhpc node fetch --image REF --nodes HOSTLIST [--job J] "
 			       "[--scheme chain|binomial|central] [--central] [--peers FILE] "
 			       "[--json]\n"
@@ -145,6 +165,15 @@ static int daemon_main(int argc, char **argv)
 	}
 	if (o.peer_timeout_ms < 100)
 		o.peer_timeout_ms = 100;
+	/* $VMHPC_REGISTRY_AUTH is bound to no registry: without a list, a job naming a
+	 * registry of its user's would get the site's password with the first 401. */
+	if (env_auth && *env_auth && n_registries == 0) {
+		log_error("VMHPC_REGISTRY_AUTH is sent to any registry that asks, and a job "
+			  "chooses the registry: name the ones this node may pull from with "
+			  "--registry HOST[:PORT], or give the credentials as the auths of a "
+			  "config.json under DOCKER_CONFIG, which are bound to their registry");
+		return 2;
+	}
 	return node_daemon_run(&o) < 0 ? 1 : 0;
 }
 

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "node/allowlist.h"
 #include "node/auth.h"
 #include "node/client.h"
 #include "node/hostlist.h"
@@ -1237,6 +1238,9 @@ static json_t *do_present(json_t *req)
 
 	if (!ref)
 		return reply_error("present: give \"ref\", an image in a registry");
+	if (node_allowlist_check(D.o->registries, ref, &error) < 0)
+		return reply_error("%s%s: %s", D.o->name ? "node " : "node",
+				   D.o->name ? D.o->name : "", error);
 	if (parse_scheme(req, &tree, &error) < 0)
 		return reply_error("present %s: %s", ref, error);
 	if (parse_nodes(req, &hosts, &n_hosts, &error) < 0)
@@ -1468,6 +1472,11 @@ static void do_feed(int fd, json_t *req, const char *peer)
 	if (!ref || parse_scheme(req, &tree, &error) < 0 ||
 	    parse_nodes(req, &hosts, &n_hosts, &error) < 0 || store_open(D.store_dir, &s) < 0) {
 		node_proto_send(fd, NODE_MSG_ERROR, "bad feed request", 16, timeout);
+		goto out;
+	}
+	/* A peer is root on a node of the site, but its list may differ from this node's. */
+	if (node_allowlist_check(D.o->registries, ref, &error) < 0) {
+		node_proto_send(fd, NODE_MSG_ERROR, error, strlen(error), timeout);
 		goto out;
 	}
 	pthread_mutex_lock(&D.lock);
@@ -1920,6 +1929,10 @@ int node_daemon_run(const struct node_options *o)
 	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
 	if (sig_fd < 0)
 		return log_error_errno(-errno, "signalfd: %m");
+	if (!o->registries || !o->registries[0])
+		log_warning("node %s: no --registry list: jobs may make this node pull from any "
+			    "registry they name",
+			    o->name ? o->name : "?");
 	log_info("node %s: cache %s (max %llu bytes), listening on %s and %s",
 		 o->name ? o->name : "?", o->cache_dir, (unsigned long long)o->cache_max_bytes,
 		 o->listen, o->socket_path);

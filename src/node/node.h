@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#define NODE_REGISTRIES_MAX 32 /* --registry entries */
+
 struct node_options {
 	const char *cache_dir;	  /* the store is <cache_dir>/store */
 	uint64_t cache_max_bytes; /* bound on the store's chunk bytes (compressed) */
@@ -19,7 +21,9 @@ struct node_options {
 	const char *munge_socket; /* NULL: munged's default */
 	uid_t slurm_uid;	  /* besides root, who may ask (unix socket and MUNGE) */
 	bool insecure;		  /* plain HTTP to the registry */
-	int peer_timeout_ms;	  /* a peer silent this long is dead */
+	/* The registries it may pull from (NULL-terminated "host[:port]"); NULL: any. */
+	const char *const *registries;
+	int peer_timeout_ms; /* a peer silent this long is dead */
 };
 
 /* Runs the daemon until SIGTERM or SIGINT; returns 0 or -errno (logged). */

@@ -220,3 +220,8 @@ char *reference_to_string(const struct reference *ref)
 		return NULL;
 	return s;
 }
+
+bool reference_registry_valid(const char *registry)
+{
+	return registry_valid(registry, strlen(registry));
+}

@@ -9,7 +9,8 @@
 #   . tests/cluster/cluster.sh
 #   cluster_up 4 [RATE]       # n1..n4; RATE (e.g. 100mbit) shapes each node's link both ways
 #   cluster_fetch REF n[1-4]  # vmhpc node fetch through the cluster's peers and munged
-#   cluster_node_kill n2 / cluster_node_start n2 [EXTRA-ARGS]
+#   cluster_node_kill n2 / cluster_node_start n2 [EXTRA-ARGS] (each node may pull from
+#   the cluster's registry only, unless CL_ANY_REGISTRY=1)
 # Run directly (`tests/cluster/cluster.sh 4 [RATE]`) it builds a cluster, prints how to use
 # it and waits for Ctrl-C.
 #
@@ -93,13 +94,15 @@ cluster_wait_port() {
 }
 
 cluster_node_start() { # NAME [EXTRA-ARGS...]
-	local n=$1 i=${1#n} ns="vh$CL_ID-$1" pid
+	local n=$1 i=${1#n} ns="vh$CL_ID-$1" pid list=(--registry "$CL_REGISTRY")
 	shift
+	[ -z "${CL_ANY_REGISTRY:-}" ] || list=()
 	ip netns exec "$ns" "$VMHPC" node --foreground --cache "$CL_DIR/cache-$n" \
 		--cache-max "${CL_CACHE_MAX:-2G}" --listen "$CL_NET.$((10 + i)):7420" \
 		--socket "$CL_DIR/$n.sock" --name "$n" --peers "$CL_DIR/peers" \
 		--munge-socket "$CL_DIR/munge.sock" --insecure \
-		--peer-timeout-ms "${CL_PEER_TIMEOUT_MS:-3000}" "$@" >>"$CL_DIR/$n.log" 2>&1 &
+		--peer-timeout-ms "${CL_PEER_TIMEOUT_MS:-3000}" \
+		"${list[@]}" "$@" >>"$CL_DIR/$n.log" 2>&1 &
 	pid=$!
 	echo "$pid" >"$CL_DIR/$n.pid"
 	cluster_wait_port "$ns" "$CL_NET.$((10 + i))" 7420 || {

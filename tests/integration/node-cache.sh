@@ -3,7 +3,8 @@
 # asking for one image at once fetch it once; --cache-max is held by evicting the least
 # recently used image that no job pins; with every image pinned a full cache is a clear
 # error that evicts nothing; the state survives a restart; the cache verifies throughout; a
-# disk that fills mid-fetch is a clear error that leaves nothing half-made.
+# disk that fills mid-fetch is a clear error that leaves nothing half-made; a registry off
+# the node's --registry list is refused before any connection.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -119,4 +120,41 @@ total=$(metric vmhpc_node_cache_bytes)
 VMHPC_STORE="$SMALL/cache/store" "$VMHPC" image verify >"$WORK/verify" 2>&1 ||
 	fail "the cache does not verify after the fetch with room: $(cat "$WORK/verify")"
 ok "with room: b:1 arrived, $got of its $total bytes moved (the rest was kept from the failed fetch); verifies"
+
+# Registries: a node pulls only from its --registry list. A lure in the front-end answers
+# everything with a Basic challenge and logs what it gets. n1, holding the site's
+# credentials, refuses an image there before any connection; started without a list it
+# would connect (the lure sees it), and with the credentials it refuses to start at all.
+LURE_LOG="$WORK/lure.log"
+: >"$LURE_LOG"
+ip netns exec "vh$CL_ID-front" python3 "$VMHPC_SOURCE_ROOT/tests/integration/lure-registry.py" \
+	"$CL_FRONT" "$WORK/lure.port" "$LURE_LOG" 2>"$WORK/lure.err" &
+lure_pid=$!
+on_exit "kill $lure_pid"
+for _ in $(seq 100); do [ -f "$WORK/lure.port" ] && break; sleep 0.1; done
+[ -f "$WORK/lure.port" ] || fail "the lure did not start: $(cat "$WORK/lure.err")"
+LURE="$CL_FRONT:$(cat "$WORK/lure.port")"
+cluster_node_kill n1 TERM
+VMHPC_REGISTRY_AUTH=node:site-secret cluster_node_start n1
+expect_fail "an image in a registry off the list" \
+	"node n1: registry $LURE is not one this node pulls from (its --registry list: $CL_REGISTRY)" \
+	"$VMHPC" node present --socket "$CL_DIR/n1.sock" --image "$LURE/vmhpc/a:1" --job job8
+expect_fail "a fetch of it over TCP" "is not one this node pulls from" \
+	cluster_fetch "$LURE/vmhpc/a:1" n1
+[ ! -s "$LURE_LOG" ] || fail "n1 reached the lure: $(cat "$LURE_LOG")"
+grep -q "$LURE" "$CL_DIR/cache-n1/state.json" && fail "the lure's image is in the state"
+present a:1 job8 >/dev/null || fail "an image of the listed registry was refused"
+ok "with --registry $CL_REGISTRY: an image at $LURE refused (local present, fetch over TCP), the lure got no request; a listed one served"
+cluster_node_kill n1 TERM
+out=$(VMHPC_REGISTRY_AUTH=node:site-secret "$VMHPC" node --foreground --cache "$WORK/nolist" \
+	--listen 127.0.0.1:0 --socket "$WORK/nolist.sock" 2>&1) && fail "a node with VMHPC_REGISTRY_AUTH and no list started"
+case "$out" in *"name the ones this node may pull from with --registry"*) ;; *) fail "no list, credentials: $out" ;; esac
+[ ! -e "$WORK/nolist" ] || fail "the refused daemon made its cache"
+CL_ANY_REGISTRY=1 cluster_node_start n1
+grep -q "no --registry list: jobs may make this node pull from any registry" "$CL_DIR/n1.log" ||
+	fail "a node without a list does not warn: $(tail -3 "$CL_DIR/n1.log")"
+"$VMHPC" node present --socket "$CL_DIR/n1.sock" --image "$LURE/vmhpc/a:1" --job job9 >/dev/null 2>&1 &&
+	fail "the lure served an image"
+grep -q "^GET /v2/vmhpc/a/manifests/1 AUTH=-" "$LURE_LOG" || fail "the lure saw nothing: the check above proves nothing"
+ok "VMHPC_REGISTRY_AUTH without --registry: the daemon refuses to start; without a list (warned) it does reach the lure"
 echo "node-cache: $CHECKS checks passed"

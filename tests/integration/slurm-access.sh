@@ -8,7 +8,9 @@
 #     its repository: cancelled before any VM, "may not read" in AdminComment;
 #  3. no credentials at all, and 4. a wrong password: the same;
 #  5. nothing left, no node drained; the node daemon's own credentials, which slurmd's
-#     environment holds too, never answered for the user (2-4 would have run).
+#     environment holds too, never answered for the user (2-4 would have run);
+#  6. an image in a registry of the user's own: the nodes pull from their --registry list
+#     only, so the job is cancelled and the node credentials never reach it.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -96,5 +98,30 @@ j=$(as_user sbatch --parsable -N 1 --vm-image="$REF" -o "$job/ok-%j.out" "$job/r
 [ "$(slurm_wait "$j" 300)" = COMPLETED ] || fail "alice's second job $j: $(slurm_job_field "$j" AdminComment)"
 nothing_left "a second allowed job"
 ok "alice again after the refusals: job $j COMPLETED; n1 not drained, nothing left"
+
+# 6. A registry of the user's own (a lure that says yes to the user's question and answers
+# everything else with a Basic challenge): the prolog's check passes, but the node daemons
+# pull from their --registry list only: the job is cancelled, and the node credentials
+# never reach the lure.
+: >"$WORK/lure.log"
+ip netns exec "vh$CL_ID-front" python3 "$VMHPC_SOURCE_ROOT/tests/integration/lure-registry.py" \
+	"$CL_FRONT" "$WORK/lure.port" "$WORK/lure.log" 2>"$WORK/lure.err" &
+lure_pid=$!
+on_exit "kill $lure_pid"
+for _ in $(seq 100); do [ -f "$WORK/lure.port" ] && break; sleep 0.1; done
+[ -f "$WORK/lure.port" ] || fail "the lure did not start: $(cat "$WORK/lure.err")"
+LURE="$CL_FRONT:$(cat "$WORK/lure.port")"
+j=$(as_user sbatch --parsable -N 1 --vm-image="$LURE/vmhpc/app:1" -o "$job/lure-%j.out" "$job/ring.sh")
+state=$(slurm_wait "$j" 300)
+comment=$(slurm_job_field "$j" AdminComment)
+case "$state:$comment" in
+CANCELLED:*"registry $LURE is not one this node pulls from"*) ;;
+*) fail "a job naming the user's registry: $j $state, AdminComment '$comment'" ;;
+esac
+grep -q "^HEAD /v2/vmhpc/app/manifests/1 AUTH=-" "$WORK/lure.log" ||
+	fail "the prolog did not ask the lure as the user: $(cat "$WORK/lure.log")"
+grep -v "AUTH=-$" "$WORK/lure.log" && fail "credentials reached the user's registry"
+nothing_left "a job naming the user's registry"
+ok "an image in the user's own registry: the user's check passed, the node refused it (job $j $state); no credentials reached it"
 CHECKS_DONE=1
 finish

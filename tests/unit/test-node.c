@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "node/hostlist.h"
+#include "node/allowlist.h"
 #include "node/policy.h"
 #include "node/proto.h"
 #include "node/tree.h"
@@ -379,6 +380,43 @@ static void test_proto_reader(void **state)
 	close(sv[0]);
 }
 
+static void test_allowlist(void **state)
+{
+	static const char *const site[] = {"registry.site:5000", "Mirror.Site", NULL};
+	static const char *const none[] = {NULL};
+	char *error = NULL;
+
+	(void)state;
+	assert_int_equal(node_allowlist_check(site, "registry.site:5000/a/b:1", &error), 0);
+	assert_int_equal(node_allowlist_check(site,
+					      "mirror.site/a@sha256:"
+					      "0123456789abcdef0123456789abcdef"
+					      "0123456789abcdef0123456789abcdef",
+					      &error),
+			 0);
+	/* The same host on another port, or without the port, is another registry. */
+	assert_int_equal(node_allowlist_check(site, "registry.site/a/b:1", &error), -EPERM);
+	assert_non_null(strstr(error, "registry registry.site is not one this node pulls from"));
+	assert_non_null(strstr(error, "registry.site:5000, Mirror.Site"));
+	free(error);
+	error = NULL;
+	assert_int_equal(node_allowlist_check(site, "registry.site:5001/a:1", &error), -EPERM);
+	free(error);
+	error = NULL;
+	assert_int_equal(node_allowlist_check(site, "evil.example/registry.site/a:1", &error),
+			 -EPERM);
+	free(error);
+	error = NULL;
+	assert_int_equal(node_allowlist_check(site, "no-registry", &error), -EINVAL);
+	assert_non_null(error);
+	free(error);
+	error = NULL;
+	/* No list: every registry. */
+	assert_int_equal(node_allowlist_check(NULL, "any.where:1/a:1", &error), 0);
+	assert_int_equal(node_allowlist_check(none, "any.where:1/a:1", &error), 0);
+	assert_null(error);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -386,6 +424,7 @@ int main(void)
 	    cmocka_unit_test(test_chain),	 cmocka_unit_test(test_policy),
 	    cmocka_unit_test(test_proto_header), cmocka_unit_test(test_proto_fuzz),
 	    cmocka_unit_test(test_proto_io),	 cmocka_unit_test(test_proto_reader),
+	    cmocka_unit_test(test_allowlist),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
