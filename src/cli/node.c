@@ -18,6 +18,7 @@
 #include "registry/reference.h"
 #include "util/cleanup.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #define DEFAULT_SOCKET "/run/vmhpc/node.sock"
 
@@ -187,21 +188,13 @@ struct target {
 	double seconds;
 };
 
-static double mono_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void *ask_node(void *arg)
 {
 	struct target *t = arg;
-	double t0 = mono_s();
+	double t0 = time_now_s();
 
 	node_client_peer(t->addr, t->munge_socket, t->req, 24 * 3600 * 1000, &t->reply, &t->error);
-	t->seconds = mono_s() - t0;
+	t->seconds = time_now_s() - t0;
 	return NULL;
 }
 
@@ -290,14 +283,22 @@ static int fetch_main(int argc, char **argv)
 		t[i].req = json_pack("{s:s, s:s, s:s, s:s?, s:s?}", "op", "present", "ref", image,
 				     "nodes", nodes, "job", job, "scheme", scheme);
 	}
-	t0 = mono_s();
+	t0 = time_now_s();
 	for (size_t i = 0; i < n; i++)
 		pthread_create(&th[i], NULL, ask_node, &t[i]);
 	for (size_t i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	for (size_t i = 0; i < n; i++) {
 		if (!t[i].reply) {
-			log_error("node %s: %s", t[i].node, t[i].error ? t[i].error : "failed");
+			const char *e = t[i].error ? t[i].error : "failed";
+			size_t named = strlen("node ") + strlen(t[i].node);
+
+			/* A daemon's own failures already begin with "node NAME: ". */
+			if (strncmp(e, "node ", 5) == 0 &&
+			    strncmp(e + 5, t[i].node, named - 5) == 0 && e[named] == ':')
+				log_error("%s", e);
+			else
+				log_error("node %s: %s", t[i].node, e);
 			code = 1;
 			continue;
 		}
@@ -306,7 +307,7 @@ static int fetch_main(int argc, char **argv)
 	}
 	if (json) {
 		json_t *out = json_pack("{s:s, s:s, s:f, s:I, s:b, s:[]}", "image", image, "nodes",
-					nodes, "seconds", mono_s() - t0, "bytes_received",
+					nodes, "seconds", time_now_s() - t0, "bytes_received",
 					(json_int_t)total, "ok", code == 0, "per_node");
 
 		for (size_t i = 0; i < n; i++)
@@ -328,7 +329,7 @@ static int fetch_main(int argc, char **argv)
 				       json_integer_value(
 					   json_object_get(t[i].reply, "bytes_received")),
 				       t[i].seconds);
-		printf("%s on %zu nodes in %.2f s, %llu bytes moved\n", image, n, mono_s() - t0,
+		printf("%s on %zu nodes in %.2f s, %llu bytes moved\n", image, n, time_now_s() - t0,
 		       (unsigned long long)total);
 	}
 out:

@@ -49,9 +49,11 @@
 #include "util/sock.h"
 #include "util/time.h"
 
-#define MAX_CONNECTIONS	 256
-#define MAX_SOURCES	 64
-#define KEEPALIVE_MS	 1000
+#define MAX_CONNECTIONS 256
+#define MAX_SOURCES	64
+#define KEEPALIVE_MS	1000
+/* A node that cannot say within this time whether it holds an image does not. */
+#define HOLDER_QUERY_MS	 500
 #define REQUEST_MAX	 (1u << 20)
 #define PRESENT_WAIT_MS	 (24 * 3600 * 1000)
 #define MAX_JOBS_PER_IMG 1024
@@ -880,8 +882,12 @@ static void reader_freep(struct node_proto_reader **rd)
 	node_proto_reader_free(*rd);
 }
 
-/* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying). */
-static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, char **ret_error)
+/* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying).
+ * cached_only: the peer must serve the image from its cache, not fetch it first (a holder
+ * asked in place of the registry, which may have lost it since it said so: fetching it
+ * could ask this node, which waits on it). */
+static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, bool cached_only,
+			   char **ret_error)
 {
 	_cleanup_free_ char *addr = NULL, *payload = NULL;
 	_cleanup_close_ int fd = -1;
@@ -900,9 +906,9 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 	if (r < 0)
 		return -EPIPE;
 	node_trace("parent-connected", "%s", peer);
-	req =
-	    json_pack("{s:s, s:s, s:s?, s:s, s:o}", "op", "feed", "ref", f->ref, "from", D.o->name,
-		      "scheme", f->tree ? f->tree->name : "central", "nodes", json_array());
+	req = json_pack("{s:s, s:s, s:s?, s:s, s:b, s:o}", "op", "feed", "ref", f->ref, "from",
+			D.o->name, "scheme", f->tree ? f->tree->name : "central", "cached_only",
+			cached_only, "nodes", json_array());
 	for (size_t i = 0; i < f->n_hosts; i++)
 		json_array_append_new(json_object_get(req, "nodes"), json_string(f->hosts[i]));
 	r = node_send_signed(fd, D.o->munge_socket, req, timeout, ret_error);
@@ -1034,13 +1040,67 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, c
 	return 0;
 }
 
+struct holder_query {
+	pthread_t thread;
+	bool started;
+	char *addr;
+	const char *ref;
+	bool holds;
+};
+
+static void *holder_query_thread(void *arg)
+{
+	struct holder_query *q = arg;
+	json_t *req = json_pack("{s:s, s:s}", "op", "has", "ref", q->ref), *reply = NULL;
+	char *error = NULL;
+
+	if (req &&
+	    node_client_peer(q->addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error) == 0)
+		q->holds = json_is_true(json_object_get(reply, "cached"));
+	json_decref(req);
+	json_decref(reply);
+	free(error);
+	return NULL;
+}
+
+/* The first node of the job, in hostlist order, that says it holds f's image in its
+ * cache: asked, all at once, by a node that would otherwise pull from the registry, so
+ * that a job whose image some of its nodes hold (an earlier job on them) is rooted there
+ * and the registry is not asked at all. A node that does not answer within
+ * HOLDER_QUERY_MS does not hold it; -1 when none does. */
+static int find_holder(struct fetch *f, int rank, const bool *dead)
+{
+	struct holder_query *q = calloc(f->n_hosts + 1, sizeof(*q));
+	int holder = -1;
+
+	if (!q)
+		return -1;
+	for (size_t i = 0; i < f->n_hosts; i++) {
+		if ((int)i == rank || dead[i] ||
+		    node_peer_address(D.o->peers_file, f->hosts[i], NODE_DEFAULT_PORT, &q[i].addr,
+				      NULL) < 0)
+			continue;
+		q[i].ref = f->ref;
+		q[i].started = pthread_create(&q[i].thread, NULL, holder_query_thread, &q[i]) == 0;
+	}
+	for (size_t i = 0; i < f->n_hosts; i++) {
+		if (q[i].started)
+			pthread_join(q[i].thread, NULL);
+		if (q[i].holds && holder < 0)
+			holder = (int)i;
+		free(q[i].addr);
+	}
+	free(q);
+	return holder;
+}
+
 static void *fetch_thread(void *arg)
 {
 	struct fetch *f = arg;
 	_cleanup_free_ char *error = NULL, *dead_list = NULL;
 	struct store *s = NULL;
-	bool *dead = calloc(f->n_hosts + 1, sizeof(bool));
-	int rank = -1, r;
+	bool *dead = calloc(f->n_hosts + 1, sizeof(bool)), asked_holders = false;
+	int rank = -1, holder = -1, r;
 
 	for (size_t i = 0; i < f->n_hosts; i++)
 		if (D.o->name && strcmp(f->hosts[i], D.o->name) == 0)
@@ -1057,6 +1117,17 @@ static void *fetch_thread(void *arg)
 			      : node_tree_live_parent(f->tree, (size_t)rank, f->n_hosts, dead);
 		char *e = NULL, *nl = NULL;
 
+		/* The root of a tree (or of what is left of it) takes the image from a node of
+		 * the job that holds it, if one does, rather than from the registry. Not with
+		 * "central", where every node is to pull from the registry. */
+		if (src < 0 && f->tree && rank >= 0 && f->n_hosts > 1 && !asked_holders) {
+			asked_holders = true;
+			holder = find_holder(f, rank, dead);
+			node_trace("holders-asked", "%s %d", f->ref, holder);
+		}
+		if (src < 0 && holder >= 0 && !dead[holder])
+			src = holder;
+
 		free(f->source);
 		f->source = strdup(src < 0 ? "registry" : f->hosts[src]);
 		node_trace("fetch-start", "%s from %s", f->ref, f->source);
@@ -1071,7 +1142,7 @@ static void *fetch_thread(void *arg)
 			}
 			break;
 		}
-		r = fetch_from_peer(f, s, f->hosts[src], &e);
+		r = fetch_from_peer(f, s, f->hosts[src], holder >= 0 && src == holder, &e);
 		if (r != -EPIPE) {
 			error = e;
 			break;
@@ -1480,6 +1551,13 @@ static void do_feed(int fd, json_t *req, const char *peer)
 		goto out;
 	}
 	pthread_mutex_lock(&D.lock);
+	if (json_is_true(json_object_get(req, "cached_only")) && !cached_find(ref)) {
+		pthread_mutex_unlock(&D.lock);
+		if (asprintf(&error, "%s does not hold %s any more", D.o->name ? D.o->name : "?",
+			     ref) >= 0)
+			node_proto_send(fd, NODE_MSG_ERROR, error, strlen(error), timeout);
+		goto out;
+	}
 	f = fetch_get(ref, hosts, n_hosts, tree, &hit);
 	if (hit) {
 		/* Serve the cached version through a finished fetch of its own. */
@@ -1781,7 +1859,13 @@ static void *conn_thread(void *arg)
 		reply = do_present(req);
 	else if (strcmp(op, "release") == 0)
 		reply = do_release(req);
-	else if (strcmp(op, "metrics") == 0) {
+	else if (strcmp(op, "has") == 0) {
+		const char *ref = json_string_value(json_object_get(req, "ref"));
+
+		pthread_mutex_lock(&D.lock);
+		reply = json_pack("{s:b, s:b}", "ok", 1, "cached", ref && cached_find(ref));
+		pthread_mutex_unlock(&D.lock);
+	} else if (strcmp(op, "metrics") == 0) {
 		_cleanup_free_ char *m = metrics_text();
 
 		reply = json_pack("{s:b, s:s}", "ok", 1, "metrics", m ? m : "");
@@ -1798,7 +1882,7 @@ static void *conn_thread(void *arg)
 		do_feed(c->fd, req, label);
 		goto out;
 	} else
-		reply = reply_error("unknown op \"%s\" (present, release, metrics)", op);
+		reply = reply_error("unknown op \"%s\" (present, release, has, metrics)", op);
 	text = json_dumps(reply, JSON_COMPACT);
 	if (text)
 		node_proto_send(c->fd, NODE_MSG_REPLY, text, strlen(text), 10000);

@@ -5,7 +5,8 @@
 # credential and a plain user on the local socket are refused and change nothing; a node
 # killed with kill -9 mid-distribution: the others re-parent and finish, and the restarted
 # daemon's cache verifies and completes; a relay stopped (SIGSTOP) or slowed to a trickle
-# mid-distribution is replaced, the fetch completes, and once resumed it corrupts nothing.
+# mid-distribution is replaced, the fetch completes, and once resumed it corrupts nothing; a
+# job whose image one of its nodes holds is rooted there (the registry may be down).
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -43,6 +44,10 @@ for x in stop slow; do
 	small_spec $x "files = $WORK/$x.bin:/opt/$x.bin" >"$WORK/$x.ini"
 	"$VMHPC" image build --level 1 "$WORK/$x.ini" >/dev/null
 done
+# hold: 8 MB of its own, for a job whose image one of its nodes holds.
+head -c 8000000 /dev/urandom >"$WORK/hold.bin"
+small_spec hold "files = $WORK/hold.bin:/opt/hold.bin" >"$WORK/hold.ini"
+"$VMHPC" image build --level 1 "$WORK/hold.ini" >/dev/null
 # small:2: small:1 plus 3 MB of its own, for the second-version goal.
 head -c 3000000 /dev/urandom >"$WORK/v2.bin"
 small_spec small "files = $WORK/v2.bin:/opt/v2.bin" >"$WORK/small2.ini"
@@ -62,6 +67,7 @@ cluster_push small:2 small:2
 cluster_push big:1 big:1
 cluster_push stop:1 stop:1
 cluster_push slow:1 slow:1
+cluster_push hold:1 hold:1
 ok "cluster of 4 nodes, registry and munged up ($CL_DIR)"
 REF="$CL_REGISTRY/vmhpc/small:1"
 
@@ -258,10 +264,25 @@ grep -q "slow:1: parent n2 failed (n2: no whole frame within" "$CL_DIR/n3.log" |
 for n in n1 n2 n3 n4; do verify_cache $n; done
 ok "n2 slowed to 8 kbit/s towards n3: n3 re-parented to n1 after $(jget "$WORK/f6.json" per_node.2.seconds) s; all finished and verify"
 
-# 7. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
+# 7. A node of the job holds the image: the root takes it from there, not from the
+# registry. hold:1 fetched to n3 alone, then the registry stopped: n[1-4] still gets it,
+# n1 from n3 (which moves nothing itself), n2 from n1, n4 from n3; every cache verifies.
+cluster_fetch "$CL_REGISTRY/vmhpc/hold:1" n3 --json >"$WORK/h1.json" || fail "hold:1 to n3: $(cat "$WORK/h1.json")"
+hold_bytes=$(jget "$WORK/h1.json" per_node.0.reply.bytes_received)
+cluster_registry_stop
+cluster_fetch "$CL_REGISTRY/vmhpc/hold:1" 'n[1-4]' --json >"$WORK/h2.json" 2>"$WORK/h2.err" ||
+	fail "hold:1 with n3 holding it and the registry down: $(cat "$WORK/h2.err") $(cat "$WORK/h2.json")"
+srcs=$(for i in 0 1 2 3; do jget "$WORK/h2.json" per_node.$i.reply.source; done | tr '\n' ' ')
+[ "$srcs" = "n3 n1 cache n3 " ] || fail "sources are '$srcs', not rooted at n3 (n3 n1 cache n3)"
+[ "$(jget "$WORK/h2.json" per_node.2.reply.bytes_received)" = 0 ] || fail "n3 received bytes"
+[ "$(jget "$WORK/h2.json" per_node.0.reply.bytes_received)" = "$hold_bytes" ] || fail "n1 did not get all of hold:1"
+for n in n1 n2 n3 n4; do verify_cache $n; done
+ok "hold:1 held by n3, registry down: rooted at n3 (sources $srcs), $hold_bytes bytes each; every cache verifies"
+cluster_registry_start || fail "the registry did not start again"
+
+# 8. No path left: n1 (n2's parent) killed and the registry down: n2's error names n1.
 cluster_node_kill n1 9
-kill -9 "${CL_PIDS[1]}"
-wait "${CL_PIDS[1]}" 2>/dev/null || true
+cluster_registry_stop
 if cluster_fetch "$CL_REGISTRY/vmhpc/other:1" 'n[1-2]' >"$WORK/f7.out" 2>"$WORK/f7.err"; then
 	fail "fetch with no path succeeded"
 fi
