@@ -71,6 +71,7 @@ static int daemon_main(int argc, char **argv)
 					     {"insecure", no_argument, NULL, 'i'},
 					     {"peer-timeout-ms", required_argument, NULL, 't'},
 					     {"registry", required_argument, NULL, 'r'},
+					     {"peer-min-rate", required_argument, NULL, 'R'},
 					     {"help", no_argument, NULL, 'h'},
 					     {0}};
 	struct node_options o = {.cache_dir = "/var/cache/vmhpc/node",
@@ -78,7 +79,8 @@ static int daemon_main(int argc, char **argv)
 				 .listen = "0.0.0.0:7420",
 				 .socket_path = DEFAULT_SOCKET,
 				 .slurm_uid = (uid_t)-1,
-				 .peer_timeout_ms = 5000};
+				 .peer_timeout_ms = 5000,
+				 .peer_min_rate_bytes = 1000 * 1000};
 	static char host[256];
 	static const char *registries[NODE_REGISTRIES_MAX + 1];
 	const char *env_auth = getenv("VMHPC_REGISTRY_AUTH");
@@ -134,6 +136,14 @@ static int daemon_main(int argc, char **argv)
 		case 't':
 			o.peer_timeout_ms = atoi(optarg);
 			break;
+		case 'R':
+			if (parse_size(optarg, &o.peer_min_rate_bytes) < 0) {
+				log_error("--peer-min-rate %s: write bytes per second, e.g. 1M; 0 "
+					  "turns the check off",
+					  optarg);
+				return 2;
+			}
+			break;
 		case 'r':
 			if (!reference_registry_valid(optarg)) {
 				log_error("--registry %s: write HOST or HOST:PORT, as an image "
@@ -153,7 +163,8 @@ static int daemon_main(int argc, char **argv)
 			printf("usage: vmhpc node [--foreground] [--cache DIR] [--cache-max SIZE] "
 			       "[--listen IPV4:PORT] [--socket PATH] [--name NODE] [--peers FILE] "
 			       "[--munge-socket PATH] [--slurm-user USER] [--insecure] "
-			       "[--peer-timeout-ms N] [--registry HOST[:PORT]]...\n"
+			       "[--peer-timeout-ms N] [--peer-min-rate BYTES/S] "
+			       "[--registry HOST[:PORT]]...\n"
 			       "       vmhpc node fetch --image REF --nodes HOSTLIST [--job J] "
 			       "[--scheme chain|binomial|central] [--central] [--peers FILE] "
 			       "[--json]\n"

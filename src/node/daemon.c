@@ -31,6 +31,7 @@
 #include "node/auth.h"
 #include "node/client.h"
 #include "node/hostlist.h"
+#include "node/pace.h"
 #include "node/policy.h"
 #include "node/proto.h"
 #include "node/trace.h"
@@ -53,7 +54,12 @@
 #define MAX_SOURCES	64
 #define KEEPALIVE_MS	1000
 /* A node that cannot say within this time whether it holds an image does not. */
-#define HOLDER_QUERY_MS	 500
+#define HOLDER_QUERY_MS 500
+/* A parent that fed less than --peer-min-rate over this many seconds, while the node that
+ * would replace it holds at least SLOW_GAP_CHUNKS more of the image than this node, is too
+ * slow (docs/node.md): with 64 KiB chunks that is 2 MiB it could have passed on. */
+#define PACE_WINDOW_S	 4
+#define SLOW_GAP_CHUNKS	 32
 #define REQUEST_MAX	 (1u << 20)
 #define PRESENT_WAIT_MS	 (24 * 3600 * 1000)
 #define MAX_JOBS_PER_IMG 1024
@@ -877,23 +883,75 @@ out:
 	return r;
 }
 
+/* How many of f's distinct chunks this node holds (lock held). */
+static size_t fetch_held(const struct fetch *f)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; f->have && i < f->n; i++)
+		n += f->have[i];
+	return n;
+}
+
+/* Whether the parent feeding f is too slow (see PACE_WINDOW_S): it fed less than the
+ * minimum rate, and alt, the node that would replace it, holds SLOW_GAP_CHUNKS more. On
+ * yes, *ret_error says so. */
+static bool parent_too_slow(struct fetch *f, const struct node_pace *pace, const char *peer,
+			    const char *alt, char **ret_error)
+{
+	_cleanup_free_ char *addr = NULL, *error = NULL;
+	json_t *req, *reply = NULL;
+	size_t mine, theirs = 0;
+	int r;
+
+	if (!alt || D.o->peer_min_rate_bytes == 0 ||
+	    !node_pace_below(pace, time_now_ms(), PACE_WINDOW_S, D.o->peer_min_rate_bytes))
+		return false;
+	if (node_peer_address(D.o->peers_file, alt, NODE_DEFAULT_PORT, &addr, NULL) < 0)
+		return false;
+	req = json_pack("{s:s, s:s}", "op", "has", "ref", f->ref);
+	r = req ? node_client_peer(addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error)
+		: -ENOMEM;
+	json_decref(req);
+	pthread_mutex_lock(&D.lock);
+	mine = fetch_held(f);
+	if (r == 0)
+		theirs = json_is_true(json_object_get(reply, "cached"))
+			     ? f->n
+			     : (size_t)json_integer_value(json_object_get(reply, "held"));
+	pthread_mutex_unlock(&D.lock);
+	json_decref(reply);
+	node_trace("pace-check", "%s %s %zu %s %zu", f->ref, peer, mine, alt, theirs);
+	if (r < 0 || theirs < mine + SLOW_GAP_CHUNKS)
+		return false;
+	error_set(ret_error, -EPIPE,
+		  "%s: too slow: less than %llu bytes/s over %d s, while %s holds %zu chunks "
+		  "more than this node",
+		  peer, (unsigned long long)D.o->peer_min_rate_bytes, PACE_WINDOW_S, alt,
+		  theirs - mine);
+	return true;
+}
+
 static void reader_freep(struct node_proto_reader **rd)
 {
 	node_proto_reader_free(*rd);
 }
 
 /* Returns 0, a local error, or -EPIPE when the peer is the problem (dead, slow, lying).
- * cached_only: the peer must serve the image from its cache, not fetch it first (a holder
- * asked in place of the registry, which may have lost it since it said so: fetching it
- * could ask this node, which waits on it). */
+ * alt: the node that would replace the peer (NULL: the registry), asked how far it is when
+ * the peer feeds slowly. cached_only: the peer must serve the image from its cache, not fetch it
+ * first (a holder asked in place of the registry, which may have lost it since it said so: fetching
+ * it could ask this node, which waits on it). */
 static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, bool cached_only,
-			   char **ret_error)
+			   const char *alt, char **ret_error)
 {
 	_cleanup_free_ char *addr = NULL, *payload = NULL;
 	_cleanup_close_ int fd = -1;
 	_cleanup_(reader_freep) struct node_proto_reader *rd = NULL;
 	enum node_msg_type type;
 	json_t *req, *meta = NULL, *want;
+	struct node_pace pace;
+	int64_t last_check_ms;
 	bool published = false;
 	size_t len;
 	int r, timeout = D.o->peer_timeout_ms;
@@ -994,11 +1052,18 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 			return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
 		node_trace("want-sent", "%s %zu bytes", peer, strlen(wt));
 	}
+	node_pace_start(&pace, time_now_ms());
+	last_check_ms = time_now_ms();
 	for (;;) {
 		uint32_t idx;
 
 		free(payload);
 		payload = NULL;
+		if (time_now_ms() - last_check_ms >= 1000) {
+			last_check_ms = time_now_ms();
+			if (parent_too_slow(f, &pace, peer, alt, ret_error))
+				return -EPIPE;
+		}
 		r = node_proto_reader_recv(rd, NODE_PROTO_MAX_PAYLOAD, timeout, &type, &payload,
 					   &len);
 		if (r == -ETIMEDOUT)
@@ -1017,6 +1082,7 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 			return error_set(ret_error, -EPIPE, "%s: %s", peer,
 					 type == NODE_MSG_ERROR ? payload : "unexpected frame");
 		memcpy(&idx, payload, 4);
+		node_pace_add(&pace, time_now_ms(), len);
 		node_trace("chunk-received", "%u %s %zu", idx, peer, len);
 		if (idx >= f->n)
 			return error_set(ret_error, -EPIPE, "%s sent chunk %u of %zu", peer, idx,
@@ -1142,7 +1208,18 @@ static void *fetch_thread(void *arg)
 			}
 			break;
 		}
-		r = fetch_from_peer(f, s, f->hosts[src], holder >= 0 && src == holder, &e);
+		{
+			/* Who would take over from src: its subtree's next parent. */
+			int alt;
+
+			dead[src] = true;
+			alt = node_tree_live_parent(f->tree, (size_t)rank, f->n_hosts, dead);
+			dead[src] = false;
+			if (src == holder)
+				alt = NODE_TREE_REGISTRY;
+			r = fetch_from_peer(f, s, f->hosts[src], holder >= 0 && src == holder,
+					    alt >= 0 ? f->hosts[alt] : NULL, &e);
+		}
 		if (r != -EPIPE) {
 			error = e;
 			break;
@@ -1862,8 +1939,14 @@ static void *conn_thread(void *arg)
 	else if (strcmp(op, "has") == 0) {
 		const char *ref = json_string_value(json_object_get(req, "ref"));
 
+		size_t held = 0;
+
 		pthread_mutex_lock(&D.lock);
-		reply = json_pack("{s:b, s:b}", "ok", 1, "cached", ref && cached_find(ref));
+		for (struct fetch *f = D.fetches; ref && f; f = f->next)
+			if (strcmp(f->ref, ref) == 0)
+				held = fetch_held(f);
+		reply = json_pack("{s:b, s:b, s:I}", "ok", 1, "cached", ref && cached_find(ref),
+				  "held", (json_int_t)held);
 		pthread_mutex_unlock(&D.lock);
 	} else if (strcmp(op, "metrics") == 0) {
 		_cleanup_free_ char *m = metrics_text();

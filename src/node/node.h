@@ -23,7 +23,8 @@ struct node_options {
 	bool insecure;		  /* plain HTTP to the registry */
 	/* The registries it may pull from (NULL-terminated "host[:port]"); NULL: any. */
 	const char *const *registries;
-	int peer_timeout_ms; /* a peer silent this long is dead */
+	uint64_t peer_min_rate_bytes; /* a parent slower than this per second may be replaced */
+	int peer_timeout_ms;	      /* a peer silent this long is dead */
 };
 
 /* Runs the daemon until SIGTERM or SIGINT; returns 0 or -errno (logged). */

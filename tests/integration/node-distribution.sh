@@ -6,6 +6,7 @@
 # killed with kill -9 mid-distribution: the others re-parent and finish, and the restarted
 # daemon's cache verifies and completes; a relay stopped (SIGSTOP) or slowed to a trickle
 # mid-distribution is replaced, the fetch completes, and once resumed it corrupts nothing; a
+# relay whose own download is slow is replaced by pace; a
 # job whose image one of its nodes holds is rooted there (the registry may be down).
 . "$(dirname "$0")/lib.sh"
 set -e
@@ -44,6 +45,10 @@ for x in stop slow; do
 	small_spec $x "files = $WORK/$x.bin:/opt/$x.bin" >"$WORK/$x.ini"
 	"$VMHPC" image build --level 1 "$WORK/$x.ini" >/dev/null
 done
+# slowdl: 6 MB of its own, for a relay whose download is slow.
+head -c 6000000 /dev/urandom >"$WORK/slowdl.bin"
+small_spec slowdl "files = $WORK/slowdl.bin:/opt/slowdl.bin" >"$WORK/slowdl.ini"
+"$VMHPC" image build --level 1 "$WORK/slowdl.ini" >/dev/null
 # hold: 8 MB of its own, for a job whose image one of its nodes holds.
 head -c 8000000 /dev/urandom >"$WORK/hold.bin"
 small_spec hold "files = $WORK/hold.bin:/opt/hold.bin" >"$WORK/hold.ini"
@@ -68,6 +73,7 @@ cluster_push big:1 big:1
 cluster_push stop:1 stop:1
 cluster_push slow:1 slow:1
 cluster_push hold:1 hold:1
+cluster_push slowdl:1 slowdl:1
 ok "cluster of 4 nodes, registry and munged up ($CL_DIR)"
 REF="$CL_REGISTRY/vmhpc/small:1"
 
@@ -263,6 +269,26 @@ grep -q "slow:1: parent n2 failed (n2: no whole frame within" "$CL_DIR/n3.log" |
 	fail "n3's log does not say n2 was too slow: $(grep n2 "$CL_DIR/n3.log" | tail -3)"
 for n in n1 n2 n3 n4; do verify_cache $n; done
 ok "n2 slowed to 8 kbit/s towards n3: n3 re-parented to n1 after $(jget "$WORK/f6.json" per_node.2.seconds) s; all finished and verify"
+
+# 6b. A relay whose own download is slow: n2's link towards it shaped to 4 Mbit/s from the
+# start of slowdl:1's distribution. n2 sends n3 keepalives and what little it gets, never a
+# late frame, so only the pace shows it: n3 sees less than --peer-min-rate (1 MB/s) over 4 s
+# while n1 holds far more, and re-parents to n1; n4 keeps n3; both finish long before n2.
+tc qdisc replace dev "vh${CL_ID}n2" root tbf rate 4mbit burst 16kb latency 100ms
+on_exit "tc qdisc replace dev vh${CL_ID}n2 root tbf rate 100mbit burst 64kb latency 100ms"
+cluster_fetch "$CL_REGISTRY/vmhpc/slowdl:1" 'n[1-4]' --json >"$WORK/f6b.json" 2>"$WORK/f6b.err" ||
+	fail "fetch with a slow-downloading relay failed: $(cat "$WORK/f6b.err") $(cat "$WORK/f6b.json")"
+tc qdisc replace dev "vh${CL_ID}n2" root tbf rate 100mbit burst 64kb latency 100ms
+srcs=$(for i in 0 1 2 3; do jget "$WORK/f6b.json" per_node.$i.reply.source; done | tr '\n' ' ')
+[ "$srcs" = "registry n1 n1 n3 " ] || fail "sources are '$srcs', not n3 re-parented to n1 (registry n1 n1 n3)"
+grep -q "slowdl:1: parent n2 failed (n2: too slow: less than 1000000 bytes/s over 4 s, while n1 holds" "$CL_DIR/n3.log" ||
+	fail "n3's log does not say n2 was too slow: $(grep n2 "$CL_DIR/n3.log" | tail -3)"
+t2=$(jget "$WORK/f6b.json" per_node.1.seconds)
+t4=$(jget "$WORK/f6b.json" per_node.3.seconds)
+python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) + 2 < float(sys.argv[1]) else 1)" "$t2" "$t4" ||
+	fail "n4 ($t4 s) did not finish well before the slow n2 ($t2 s)"
+for n in n1 n2 n3 n4; do verify_cache $n; done
+ok "n2's download at 4 Mbit/s: n3 re-parented to n1 by pace (sources $srcs); n4 done in $t4 s, n2 in $t2 s; all verify"
 
 # 7. A node of the job holds the image: the root takes it from there, not from the
 # registry. hold:1 fetched to n3 alone, then the registry stopped: n[1-4] still gets it,

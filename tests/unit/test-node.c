@@ -16,6 +16,7 @@
 
 #include "node/hostlist.h"
 #include "node/allowlist.h"
+#include "node/pace.h"
 #include "node/policy.h"
 #include "node/proto.h"
 #include "node/tree.h"
@@ -417,6 +418,35 @@ static void test_allowlist(void **state)
 	assert_null(error);
 }
 
+static void test_pace(void **state)
+{
+	struct node_pace p;
+	int64_t t = 100500; /* mid-second: the first second counted began before the start */
+
+	(void)state;
+	node_pace_start(&p, t);
+	/* 2 MB/s for 6 s, in 100 ms steps. */
+	for (int i = 0; i < 60; i++, t += 100) {
+		node_pace_add(&p, t, 200000);
+		/* Not before 5 s (window 4 + 1): a start is not a pace. */
+		if (t - 100500 < 5000)
+			assert_false(node_pace_below(&p, t, 4, 1000000000));
+	}
+	assert_false(node_pace_below(&p, t, 4, 1000000));
+	assert_true(node_pace_below(&p, t, 4, 3000000));
+	/* Then a trickle: 50 kB/s for 5 s. */
+	for (int i = 0; i < 50; i++, t += 100)
+		node_pace_add(&p, t, 5000);
+	assert_true(node_pace_below(&p, t, 4, 1000000));
+	assert_false(node_pace_below(&p, t, 4, 40000));
+	/* Silence: nothing arrived for 20 s, longer than the slots remember. */
+	t += 20000;
+	assert_true(node_pace_below(&p, t, 4, 1));
+	/* Out-of-range windows say nothing. */
+	assert_false(node_pace_below(&p, t, 0, 1));
+	assert_false(node_pace_below(&p, t, NODE_PACE_SLOTS, 1));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -424,7 +454,7 @@ int main(void)
 	    cmocka_unit_test(test_chain),	 cmocka_unit_test(test_policy),
 	    cmocka_unit_test(test_proto_header), cmocka_unit_test(test_proto_fuzz),
 	    cmocka_unit_test(test_proto_io),	 cmocka_unit_test(test_proto_reader),
-	    cmocka_unit_test(test_allowlist),
+	    cmocka_unit_test(test_allowlist),	 cmocka_unit_test(test_pace),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
