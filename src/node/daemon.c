@@ -1938,7 +1938,6 @@ static void *conn_thread(void *arg)
 		reply = do_release(req);
 	else if (strcmp(op, "has") == 0) {
 		const char *ref = json_string_value(json_object_get(req, "ref"));
-
 		size_t held = 0;
 
 		pthread_mutex_lock(&D.lock);
