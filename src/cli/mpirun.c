@@ -40,6 +40,7 @@ int cli_mpirun_main(struct cli_context *ctx, int argc, char **argv)
 					     {"help", no_argument, NULL, 'h'},
 					     {0}};
 	const char *job = getenv("SLURM_JOB_ID"), *dir = getenv("VMHPC_SLURM_JOB_DIR");
+	const char *step_tasks = getenv("SLURM_STEP_NUM_TASKS");
 	_cleanup_free_ char *error = NULL, *sock = NULL, *errpath = NULL, *failed = NULL;
 	_cleanup_close_ int fd = -1, sfd = -1;
 	bool label = false;
@@ -82,6 +83,15 @@ int cli_mpirun_main(struct cli_context *ctx, int argc, char **argv)
 		log_error("vmhpc mpirun runs in the batch script of a Slurm job with VMs "
 			  "(sbatch --vm-image=REGISTRY/REPO:TAG job.sh); SLURM_JOB_ID is not set "
 			  "here. Outside Slurm, use `vmhpc run`");
+		return 2;
+	}
+	/* In a step of several tasks (`srun vmhpc mpirun` with srun's default of a task per
+	 * node or CPU), each task would start the whole MPI job over every VM again. */
+	if (step_tasks && getenv("SLURM_STEP_ID") && strtol(step_tasks, NULL, 10) > 1) {
+		log_error("vmhpc mpirun starts one MPI job over every VM of job %s by itself: run "
+			  "it once, in the batch script or in a step of one task (srun -N 1 -n 1 "
+			  "vmhpc mpirun ...), not in each of this step's %s tasks",
+			  job, step_tasks);
 		return 2;
 	}
 	if (!dir || dir[0] != '/') {

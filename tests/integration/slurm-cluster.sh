@@ -31,9 +31,13 @@ nothing_left_anywhere() {
 	return 0
 }
 
+# The third mpirun runs in a step on the job's third node (srun -r 2), through that node's
+# supervisor: same VMs, same ranks.
 cat >"$job/ring.sh" <<EOF
 #!/bin/sh
-$VMHPC mpirun --label ./ring --hello && $VMHPC mpirun ./ring
+$VMHPC mpirun --label ./ring --hello && $VMHPC mpirun ./ring &&
+srun -N 1 -n 1 -r 2 -o "$job/remote-%j.out" sh -c 'echo "step on \$SLURMD_NODENAME"; exec $VMHPC mpirun --label ./ring --hello' &&
+if srun -o "$job/many-%j.out" $VMHPC mpirun ./ring; then echo "a step of 3 tasks ran mpirun"; exit 1; fi
 EOF
 chmod +x "$job/ring.sh"
 t0=$(date +%s.%N)
@@ -47,6 +51,16 @@ for g in 0 1 2; do
 done
 grep -q "ring of 3 ranks: token 3 (expected 3), allreduce 6 (expected 6): VERIFIED" "$job/ring-$j.out" || fail "ring: $(cat "$job/ring-$j.out")"
 [ "$(stat -c %u "$job/ring-result.txt")" = "$USER_UID" ] || fail "result owned by $(stat -c %u "$job/ring-result.txt")"
+grep -q "^step on n3$" "$job/remote-$j.out" || fail "the step did not run on n3: $(cat "$job/remote-$j.out" 2>&1)"
+for g in 0 1 2; do
+	grep -q "^\[$g@vm$g\] hello from rank $g of 3 on vm$g" "$job/remote-$j.out" ||
+		fail "from n3: rank $g not on vm$g: $(cat "$job/remote-$j.out")"
+done
+ok "srun -r 2 vmhpc mpirun (a step on n3, through n3's supervisor): ranks 0..2 on vm0..vm2"
+[ "$(grep -c "run it once, in the batch script or in a step of one task" "$job/many-$j.out")" = 3 ] ||
+	fail "srun vmhpc mpirun over 3 tasks: $(cat "$job/many-$j.out" 2>&1)"
+grep -q VERIFIED "$job/many-$j.out" && fail "srun vmhpc mpirun over 3 tasks ran the program"
+ok "srun vmhpc mpirun over 3 tasks: each refused (one MPI job per task would run), nothing ran"
 ok "sbatch -N 3 --vms-per-node=1: ranks 0..2 on vm0..vm2 (one per node), ring VERIFIED ($(printf '%.1f' "$(echo "$t1 - $t0" | bc)") s submit to end)"
 for i in 1 2 3; do
 	[ -f "$job/vmhpc-$j.n$i.json" ] || fail "no timings from n$i: $(ls "$job")"
