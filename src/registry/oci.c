@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "registry/certs.h"
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -24,6 +25,8 @@ struct oci_client {
 	char *registry;
 	char *base; /* "https://registry" */
 	bool insecure, push;
+	char *ca_file;		/* the registry's own CA (certs.h); NULL: the system's */
+	const char *default_ca; /* libcurl's own bundle, for requests elsewhere (a token realm) */
 	uint64_t max_rate_bytes;
 	struct auth_credentials credentials; /* user NULL: anonymous */
 	char *authorization;		     /* "Basic ..." or "Bearer ...", sent once known */
@@ -85,6 +88,10 @@ int oci_client_new(const char *registry, const struct oci_options *options, stru
 	c->started_s = time_now_s();
 	if (asprintf(&c->base, "%s://%s", c->insecure ? "http" : "https", registry) < 0)
 		c->base = NULL;
+	if (!c->insecure)
+		c->ca_file = certs_find_ca(registry);
+	if (c->curl)
+		curl_easy_getinfo(c->curl, CURLINFO_CAINFO, &c->default_ca);
 	if (options->credentials && options->credentials->user) {
 		c->credentials.user = strdup(options->credentials->user);
 		c->credentials.password = strdup(options->credentials->password);
@@ -115,6 +122,7 @@ struct oci_client *oci_client_free(struct oci_client *c)
 	free(c->authorization);
 	free(c->registry);
 	free(c->base);
+	free(c->ca_file);
 	free(c);
 	return NULL;
 }
@@ -260,6 +268,14 @@ static int perform(struct oci_client *c, const struct request *q, struct respons
 	curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, 60L);
 	curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "vmhpc/0.1");
+	/* The registry's own CA for the registry only: a token service or a blob store it
+	 * redirects to is checked against the system's. */
+	if (c->ca_file) {
+		bool to_registry = strncmp(q->url, c->base, strlen(c->base)) == 0 &&
+				   strchr("/?", q->url[strlen(c->base)]) != NULL;
+
+		curl_easy_setopt(c->curl, CURLOPT_CAINFO, to_registry ? c->ca_file : c->default_ca);
+	}
 	curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, resp);
 	curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, on_header);
@@ -332,9 +348,12 @@ static int perform(struct oci_client *c, const struct request *q, struct respons
 	case CURLE_SSL_CACERT_BADFILE:
 		r = -EPROTO;
 		error_set(ret_error, r,
-			  "TLS with registry %s failed (%s); a registry that speaks plain HTTP "
-			  "(on loopback, say) needs --insecure",
-			  c->registry, *c->curl_error ? c->curl_error : curl_easy_strerror(rc));
+			  "TLS with registry %s failed (%s); a registry whose certificate a CA of "
+			  "its own signed needs that CA in %s/%s/ca.crt%s; a registry that speaks "
+			  "plain HTTP (on loopback, say) needs --insecure",
+			  c->registry, *c->curl_error ? c->curl_error : curl_easy_strerror(rc),
+			  getenv("VMHPC_CERTS_DIR") ? "$VMHPC_CERTS_DIR" : "/etc/vmhpc/certs.d",
+			  c->registry, c->ca_file ? " (the one there did not verify it)" : "");
 		break;
 	default:
 		r = -EIO;

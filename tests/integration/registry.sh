@@ -3,7 +3,8 @@
 # distribution), started here on 127.0.0.1 with a temp config and storage folder and stopped
 # on exit. Round trip with verify, only missing bytes moving (v2 after v1, re-push),
 # interrupted pull and push resumed, a damaged blob refused, a manifest naming a blob the
-# registry lacks refused, unknown names, a registry that is down, TLS by default, and
+# registry lacks refused, unknown names, a registry that is down, TLS by default (and with a
+# registry's own CA, as docker keeps it in certs.d), and
 # htpasswd (Basic) auth from VMHPC_REGISTRY_AUTH and from a docker config.json.
 . "$(dirname "$0")/lib.sh"
 set -e
@@ -235,6 +236,39 @@ port=$(free_port)
 expect_fail "no registry at all" "cannot reach registry 127.0.0.1:$port" \
 	env VMHPC_STORE="$WORK/store-empty" "$VMHPC" image pull --insecure "127.0.0.1:$port/vmhpc/small:1"
 [ -z "$(VMHPC_STORE="$WORK/store-empty" versions)" ] || fail "a failed pull added a version"
+
+# --- TLS with a site CA: the registry's certificate signed by a CA of the test's own ---------
+# The CA goes where docker and podman keep a registry's (DIR/HOST:PORT/ca.crt); the system's
+# store does not know it.
+mkdir -p "$WORK/tls"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls/ca.key" -out "$WORK/tls/ca.crt" \
+	-subj /CN=vmhpc-test-ca -days 1 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls/other.key" -out "$WORK/tls/other.crt" \
+	-subj /CN=vmhpc-other-ca -days 1 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$WORK/tls/srv.key" -out "$WORK/tls/srv.csr" \
+	-subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$WORK/tls/ext"
+openssl x509 -req -in "$WORK/tls/srv.csr" -CA "$WORK/tls/ca.crt" -CAkey "$WORK/tls/ca.key" \
+	-CAcreateserial -out "$WORK/tls/srv.crt" -days 1 -extfile "$WORK/tls/ext" 2>/dev/null
+start_registry tls "  tls:
+    certificate: $WORK/tls/srv.crt
+    key: $WORK/tls/srv.key"
+TLSREG="127.0.0.1:$(cat "$WORK/reg-tls/port")"
+mkdir -p "$WORK/certs.d/$TLSREG" "$WORK/certs-wrong.d/$TLSREG" "$WORK/certs-none.d"
+cp "$WORK/tls/ca.crt" "$WORK/certs.d/$TLSREG/ca.crt"
+cp "$WORK/tls/other.crt" "$WORK/certs-wrong.d/$TLSREG/ca.crt"
+VMHPC_CERTS_DIR="$WORK/certs.d" "$VMHPC" image push small:1 "$TLSREG/vmhpc/small:1" >/dev/null ||
+	fail "push over TLS with the registry's CA in certs.d"
+VMHPC_CERTS_DIR="$WORK/certs.d" VMHPC_STORE="$WORK/store-tls" "$VMHPC" image pull "$TLSREG/vmhpc/small:1" >/dev/null ||
+	fail "pull over TLS with the registry's CA in certs.d"
+VMHPC_STORE="$WORK/store-tls" "$VMHPC" image verify >/dev/null || fail "the TLS pull does not verify"
+ok "TLS (no --insecure) with the registry's CA in \$VMHPC_CERTS_DIR/$TLSREG/ca.crt: push, pull, verify"
+expect_fail "TLS, CA unknown" "needs that CA in \$VMHPC_CERTS_DIR/$TLSREG/ca.crt;" \
+	env VMHPC_CERTS_DIR="$WORK/certs-none.d" VMHPC_STORE="$WORK/store-empty" "$VMHPC" image pull "$TLSREG/vmhpc/small:1"
+expect_fail "TLS, another CA in certs.d" "(the one there did not verify it)" \
+	env VMHPC_CERTS_DIR="$WORK/certs-wrong.d" VMHPC_STORE="$WORK/store-empty" "$VMHPC" image pull "$TLSREG/vmhpc/small:1"
+[ -z "$(VMHPC_STORE="$WORK/store-empty" versions)" ] || fail "a refused TLS pull added a version"
+stop_registry tls
 
 # --- an independent OCI client copies the artifact; vmhpc pulls the copy -------------------
 if command -v skopeo >/dev/null; then
