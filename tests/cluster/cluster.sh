@@ -218,6 +218,21 @@ CONFIG
 	export VMHPC_REGISTRY_AUTH=$CL_NODE_AUTH
 }
 
+# A lure in the front-end: a registry a user might run to collect the site's password
+# (tests/integration/lure-registry.py). Sets LURE (HOST:PORT) and LURE_LOG (each request it
+# got, with its Authorization header or AUTH=-).
+cluster_lure_start() {
+	local i
+	LURE_LOG="$CL_DIR/lure.log"
+	: >"$LURE_LOG"
+	ip netns exec "vh$CL_ID-front" python3 "$(dirname "${BASH_SOURCE[0]}")/../integration/lure-registry.py" \
+		"$CL_FRONT" "$CL_DIR/lure.port" "$LURE_LOG" 2>"$CL_DIR/lure.err" &
+	CL_PIDS+=($!)
+	for i in $(seq 100); do [ -f "$CL_DIR/lure.port" ] && break; sleep 0.1; done
+	[ -f "$CL_DIR/lure.port" ] || { cluster_log "lure: $(cat "$CL_DIR/lure.err")"; return 1; }
+	LURE="$CL_FRONT:$(cat "$CL_DIR/lure.port")"
+}
+
 # The registry down (a fault to test) and up again, on the same folder and address.
 cluster_registry_stop() {
 	kill -9 "$CL_REG_PID" 2>/dev/null || true

@@ -125,15 +125,7 @@ ok "with room: b:1 arrived, $got of its $total bytes moved (the rest was kept fr
 # everything with a Basic challenge and logs what it gets. n1, holding the site's
 # credentials, refuses an image there before any connection; started without a list it
 # would connect (the lure sees it), and with the credentials it refuses to start at all.
-LURE_LOG="$WORK/lure.log"
-: >"$LURE_LOG"
-ip netns exec "vh$CL_ID-front" python3 "$VMHPC_SOURCE_ROOT/tests/integration/lure-registry.py" \
-	"$CL_FRONT" "$WORK/lure.port" "$LURE_LOG" 2>"$WORK/lure.err" &
-lure_pid=$!
-on_exit "kill $lure_pid"
-for _ in $(seq 100); do [ -f "$WORK/lure.port" ] && break; sleep 0.1; done
-[ -f "$WORK/lure.port" ] || fail "the lure did not start: $(cat "$WORK/lure.err")"
-LURE="$CL_FRONT:$(cat "$WORK/lure.port")"
+cluster_lure_start || fail "the lure did not start"
 cluster_node_kill n1 TERM
 VMHPC_REGISTRY_AUTH=node:site-secret cluster_node_start n1
 expect_fail "an image in a registry off the list" \

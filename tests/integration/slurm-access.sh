@@ -103,14 +103,7 @@ ok "alice again after the refusals: job $j COMPLETED; n1 not drained, nothing le
 # everything else with a Basic challenge): the prolog's check passes, but the node daemons
 # pull from their --registry list only: the job is cancelled, and the node credentials
 # never reach the lure.
-: >"$WORK/lure.log"
-ip netns exec "vh$CL_ID-front" python3 "$VMHPC_SOURCE_ROOT/tests/integration/lure-registry.py" \
-	"$CL_FRONT" "$WORK/lure.port" "$WORK/lure.log" 2>"$WORK/lure.err" &
-lure_pid=$!
-on_exit "kill $lure_pid"
-for _ in $(seq 100); do [ -f "$WORK/lure.port" ] && break; sleep 0.1; done
-[ -f "$WORK/lure.port" ] || fail "the lure did not start: $(cat "$WORK/lure.err")"
-LURE="$CL_FRONT:$(cat "$WORK/lure.port")"
+cluster_lure_start || fail "the lure did not start"
 j=$(as_user sbatch --parsable -N 1 --vm-image="$LURE/vmhpc/app:1" -o "$job/lure-%j.out" "$job/ring.sh")
 state=$(slurm_wait "$j" 300)
 comment=$(slurm_job_field "$j" AdminComment)
@@ -118,9 +111,9 @@ case "$state:$comment" in
 CANCELLED:*"registry $LURE is not one this node pulls from"*) ;;
 *) fail "a job naming the user's registry: $j $state, AdminComment '$comment'" ;;
 esac
-grep -q "^HEAD /v2/vmhpc/app/manifests/1 AUTH=-" "$WORK/lure.log" ||
-	fail "the prolog did not ask the lure as the user: $(cat "$WORK/lure.log")"
-grep -v "AUTH=-$" "$WORK/lure.log" && fail "credentials reached the user's registry"
+grep -q "^HEAD /v2/vmhpc/app/manifests/1 AUTH=-" "$LURE_LOG" ||
+	fail "the prolog did not ask the lure as the user: $(cat "$LURE_LOG")"
+grep -v "AUTH=-$" "$LURE_LOG" && fail "credentials reached the user's registry"
 nothing_left "a job naming the user's registry"
 ok "an image in the user's own registry: the user's check passed, the node refused it (job $j $state); no credentials reached it"
 CHECKS_DONE=1
