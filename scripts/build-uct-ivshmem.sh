@@ -55,6 +55,13 @@ for p in gcc libucx-dev dpkg-dev; do
 	}
 done
 mkdir -p "$cache"
+# One build at a time (tests run in parallel); another may have finished while this waited.
+exec 8>"$cache/.lock"
+flock 8
+if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$key" ]; then
+	log "up to date: $out ($key), made while this waited"
+	exit 0
+fi
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)

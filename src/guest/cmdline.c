@@ -198,6 +198,11 @@ static void parse_key(struct config *cfg, const char *key, const char *value)
 			console_say("vmhpc.shm_node \"%.64s\" is not 0..63; no shared memory",
 				    value);
 		}
+	} else if (strcmp(key, "shm_group") == 0) {
+		if (cmdline_parse_uint(value, 65535, &v))
+			cfg->shm_group = (unsigned)v;
+		else
+			console_say("vmhpc.shm_group \"%.64s\" is not 0..65535; using 0", value);
 	} else {
 		console_say("unknown key vmhpc.%.64s ignored", key);
 	}

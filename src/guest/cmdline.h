@@ -35,6 +35,7 @@ struct config {
 	uint16_t exec_port;
 	bool have_shm_node; /* vmhpc.shm_node: the host gave this VM a shared-memory channel */
 	unsigned shm_node;
+	unsigned shm_group; /* vmhpc.shm_group: this node's in a job across nodes; 0 otherwise */
 	bool probe; /* vmhpc.probe=1: the host's accelerator probe (vm/accel.h): say ready, stop */
 };
 

@@ -549,8 +549,8 @@ int main(int argc, char **argv)
 		static struct shmdev shm;
 		const char *message = NULL;
 
-		if (shmdev_setup(&shm, NULL, cfg.have_shm_node, cfg.shm_node, cfg.token,
-				 sizeof(cfg.token), &message) < 0)
+		if (shmdev_setup(&shm, NULL, cfg.have_shm_node, cfg.shm_node, cfg.shm_group,
+				 cfg.token, sizeof(cfg.token), &message) < 0)
 			console_say("%s", message);
 		else if (shm.present)
 			console_say("shared-memory channel %s, node %u", shm.resource,

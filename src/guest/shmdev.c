@@ -33,7 +33,7 @@ static bool read_hex_file(const char *dir, const char *name, unsigned long *ret)
 }
 
 int shmdev_setup(struct shmdev *d, const char *sysfs_pci, bool have_node, unsigned node,
-		 const uint8_t *token, size_t token_bytes, const char **ret_message)
+		 unsigned group, const uint8_t *token, size_t token_bytes, const char **ret_message)
 {
 	const char *root = sysfs_pci ? sysfs_pci : "/sys/bus/pci/devices";
 	struct dirent *de;
@@ -80,7 +80,7 @@ int shmdev_setup(struct shmdev *d, const char *sysfs_pci, bool have_node, unsign
 	close(fd);
 	if (d->base == MAP_FAILED)
 		d->base = NULL;
-	d->key = shm_token_hash(token, token_bytes);
+	d->key = shm_group_key(token, token_bytes, group);
 	d->node = node;
 	if (d->base && shm_region_check(d->base, d->size_bytes, d->key, NULL) < 0) {
 		*ret_message = "the shared-memory device holds no region of this job: MPI between "

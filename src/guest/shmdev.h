@@ -29,9 +29,10 @@ struct shmdev {
 /* Looks for the device under sysfs_pci (NULL: /sys/bus/pci/devices) and fills d when the
  * host asked for a channel (have_node). Returns 0 when found (or not asked for); -ENODEV with
  * one line in *ret_message (static text, not freed) when asked for and not there; -EPROTO
- * when the region is not this job's. */
+ * when the region is not this job's (group's: shm_group_key). */
 int shmdev_setup(struct shmdev *d, const char *sysfs_pci, bool have_node, unsigned node,
-		 const uint8_t *token, size_t token_bytes, const char **ret_message);
+		 unsigned group, const uint8_t *token, size_t token_bytes,
+		 const char **ret_message);
 
 /* 1 when the shared object at path is vmhpc's UCX transport (it defines uct_ivshmem_init),
  * 0 when not (or unreadable). */

@@ -151,6 +151,17 @@ uint64_t shm_token_hash(const void *token, size_t token_bytes)
 	return h ? h : 1;
 }
 
+uint64_t shm_group_key(const void *token, size_t token_bytes, unsigned group)
+{
+	uint64_t h = shm_token_hash(token, token_bytes);
+
+	if (group == 0)
+		return h;
+	for (unsigned i = 0; i < 4; i++)
+		h = (h ^ ((group >> (8 * i)) & 0xff)) * UINT64_C(0x100000001b3);
+	return h ? h : 1;
+}
+
 static size_t n_rings(unsigned n_nodes)
 {
 	return (size_t)n_nodes * (n_nodes - 1);

@@ -31,6 +31,10 @@
  * secret and not a security measure (only the job's VMs map the region, and they hold the
  * token): it makes a stale region of an earlier job, or another job's, be refused. */
 uint64_t shm_token_hash(const void *token, size_t token_bytes);
+/* The key of group's region: in a job across nodes the VMs of each node share a region of
+ * their own, and its key must differ from the other nodes' (UCX's transport reaches a peer
+ * when their keys are equal). Group 0 is shm_token_hash() itself: a job of one node. */
+uint64_t shm_group_key(const void *token, size_t token_bytes, unsigned group);
 
 /* The size of region (a power of two, as a PCI BAR must be) that gives n_nodes nodes rings of
  * at least ring_bytes each; 0 when n_nodes is 0 or above SHM_MAX_NODES. */

@@ -349,7 +349,7 @@ static int make_shm_region(struct job *j, char **ret_error)
 	if (!j->shm_path)
 		return -ENOMEM;
 	r = shm_region_create(j->shm_path, size, j->n_vms,
-			      shm_token_hash(j->token, sizeof(j->token)), ret_error);
+			      shm_group_key(j->token, sizeof(j->token), j->node_index), ret_error);
 	if (r < 0)
 		return r;
 	j->shm_size_bytes = size;
@@ -405,9 +405,13 @@ static int start_vm(struct job *j, const struct job_config *cfg, unsigned i, con
 		v->virtiofsd_start = qemu_process_start_time(v->virtiofsd);
 	}
 	/* The VM's node in the shared-memory region; the region's key comes from the token,
-	 * which the guest gets in SETUP. */
-	char shm_arg[32] = "";
-	if (j->shm_path)
+	 * which the guest gets in SETUP, and in a job across nodes from this node's index too:
+	 * each node's VMs share a region of their own (shm_group_key). */
+	char shm_arg[64] = "";
+	if (j->shm_path && j->node_index > 0)
+		snprintf(shm_arg, sizeof(shm_arg), " vmhpc.shm_node=%u vmhpc.shm_group=%u", i,
+			 j->node_index);
+	else if (j->shm_path)
 		snprintf(shm_arg, sizeof(shm_arg), " vmhpc.shm_node=%u", i);
 	/* No token and no job folder here: every host user can read this in /proc/PID/cmdline.
 	 * They go in SETUP on the control port (try_connect).
@@ -706,11 +710,6 @@ static int copy_cluster(struct job *j, const struct job_config *cfg, char **ret_
 		return error_set(ret_error, -EPERM,
 				 "a job across nodes needs root: its VXLAN device is made in the "
 				 "node's network namespace");
-	if (cfg->shm)
-		return error_set(
-		    ret_error, -EINVAL,
-		    "the shared-memory channel is for the VMs of one node: leave it off "
-		    "in a job across nodes");
 	j->node_addrs = calloc(c->n_nodes, sizeof(*j->node_addrs));
 	if (!j->node_addrs)
 		return -ENOMEM;

@@ -78,7 +78,9 @@ struct job_config {
 	 * node daemon, a Slurm prolog); see docs/vm.md "Who owns a job's VMs". */
 	bool detachable;
 	/* The shared-memory channel between the job's VMs (docs/bypass.md): with n_vms >= 2,
-	 * a region in the job directory mapped into every VM as ivshmem-plain. */
+	 * a region in the job directory mapped into every VM as ivshmem-plain. In a job across
+	 * nodes each node's VMs share a region of their own (its key differs per node), and
+	 * VMs of different nodes talk over the network. */
 	bool shm;
 	/* NULL: a job of this node alone. Else copied by job_start (its strings too). */
 	const struct job_cluster *cluster;

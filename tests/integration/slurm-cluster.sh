@@ -4,7 +4,9 @@
 # node, on the job's own VXLAN segment; every rank says which VM it ran in; the result is
 # VERIFIED and owned by the job's user; every node wrote its timings; the epilogs leave
 # nothing on any node (no QEMU, supervisor, VXLAN, runtime or state folder) and no node
-# is drained. Then a job whose image one node cannot have: nothing left anywhere.
+# is drained. A step on another node runs mpirun the same way; a step of several tasks may
+# not. 2 nodes x 2 VMs of an image with the bypass: the channel within a node, TCP between.
+# Then a job whose image one node cannot have: nothing left anywhere.
 . "$(dirname "$0")/lib.sh"
 set -e
 
@@ -68,6 +70,35 @@ done
 ok "timings from every node: $(for i in 1 2 3; do python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); print("%s boot %.1f s (image from %s)" % (t["node"], t["boot_s"], t["distribution_source"]))' "$job/vmhpc-$j.n$i.json"; done | tr '\n' ';')"
 nothing_left_anywhere "the 3-node job"
 ok "after the job: nothing left on any node, none drained"
+
+# 2 nodes x 2 VMs of an image with the bypass (examples/tiny-mpi-shm.ini): the VMs of each
+# node share a region of their own (keys differ per node), so UCX takes the channel between
+# the two ranks of a node and TCP between nodes, by itself; the ring verifies and nothing is
+# left.
+"$VMHPC_SOURCE_ROOT/scripts/build-uct-ivshmem.sh" 2>"$WORK/uct.err" ||
+	fail "building the UCX transport: $(cat "$WORK/uct.err")"
+"$VMHPC" image build --level 1 "$VMHPC_SOURCE_ROOT/examples/tiny-mpi-shm.ini" >/dev/null
+cluster_push "$(versions | grep '^tiny-mpi-shm:' | sort -t: -k2 -n | tail -1)" tiny-mpi-shm:1
+printf '#!/bin/sh\nUCX_LOG_LEVEL=info exec ./ring "$@"\n' >"$job/ring-info"
+printf '#!/bin/sh\n%s mpirun --label ./ring-info\n' "$VMHPC" >"$job/shm.sh"
+chmod +x "$job/ring-info" "$job/shm.sh"
+chown "$USER_UID:$USER_GID" "$job/ring-info" "$job/shm.sh"
+j=$(as_user sbatch --parsable -N 2 -c 2 --vm-image="$CL_REGISTRY/vmhpc/tiny-mpi-shm:1" --vms-per-node=2 \
+	--vm-vcpus=1 -o "$job/shm-%j.out" "$job/shm.sh")
+state=$(slurm_wait "$j" 900)
+nodes_idle
+[ "$state" = COMPLETED ] || fail "2x2 job with the bypass $j: $state $(slurm_job_field "$j" AdminComment): $(tail -20 "$job/shm-$j.out" 2>&1)"
+grep -q "ring of 4 ranks: .*VERIFIED" "$job/shm-$j.out" || fail "2x2 ring: $(tail -20 "$job/shm-$j.out")"
+# Each rank's endpoints to the 3 others (not to itself: self/memory0): one to the rank of
+# its own node over the region, two to the other node's over TCP.
+lanes=$(grep 'ep_cfg' "$job/shm-$j.out" | grep -v 'self/memory0' || true)
+[ "$(echo "$lanes" | grep -c .)" -eq 12 ] || fail "not 12 endpoints between ranks: $(grep ep_cfg "$job/shm-$j.out")"
+[ "$(echo "$lanes" | grep -c 'ivshmem/region')" -eq 4 ] ||
+	fail "not one endpoint per rank over the region: $(echo "$lanes" | grep -c 'ivshmem/region') of 12: $lanes"
+[ "$(echo "$lanes" | grep -v 'ivshmem' | grep -c 'tcp/')" -eq 8 ] ||
+	fail "the endpoints between nodes are not TCP alone: $lanes"
+nothing_left_anywhere "the 2x2 job with the bypass"
+ok "2 nodes x 2 VMs with the bypass: ring VERIFIED; each rank reaches its node's other VM over the region (4 endpoints) and the other node's over TCP (8), by itself; nothing left"
 
 # A job that cannot get its image: every node's prolog records it, nothing is left.
 j=$(as_user sbatch --parsable -N 3 --vm-image="$CL_REGISTRY/vmhpc/nosuch:1" -o "$job/f-%j.out" "$job/ring.sh")

@@ -599,13 +599,13 @@ static void test_shmdev_setup(void **state)
 	(void)state;
 	assert_non_null(mkdtemp(root));
 	/* Not asked for (no vmhpc.shm_node): nothing, no message. */
-	assert_int_equal(shmdev_setup(&d, root, false, 0, job_token, sizeof(job_token), &message),
-			 0);
+	assert_int_equal(
+	    shmdev_setup(&d, root, false, 0, 0, job_token, sizeof(job_token), &message), 0);
 	assert_false(d.present);
 	assert_null(message);
 	/* Asked for, no ivshmem device (a virtio-net one only). */
 	fake_pci_device(root, "0000:00:02.0", "0x1af4", "0x1000", 4096);
-	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 0, job_token, sizeof(job_token), &message),
 			 -ENODEV);
 	assert_false(d.present);
 	assert_non_null(strstr(message, "no shared-memory device"));
@@ -616,7 +616,7 @@ static void test_shmdev_setup(void **state)
 	fake_pci_device(root, "0000:00:03.0", "0x1af4", "0x1110", size);
 	snprintf(res, sizeof(res), "%s/0000:00:03.0/resource2", root);
 	message = NULL;
-	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 0, job_token, sizeof(job_token), &message),
 			 -EPROTO);
 	assert_non_null(strstr(message, "no region of this job"));
 	assert_false(d.present);
@@ -625,7 +625,7 @@ static void test_shmdev_setup(void **state)
 	assert_int_equal(
 	    shm_region_create(res, size, 2, shm_token_hash(other, sizeof(other)), &error), 0);
 	message = NULL;
-	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 0, job_token, sizeof(job_token), &message),
 			 -EPROTO);
 	assert_non_null(strstr(message, "uses TCP"));
 	assert_false(d.present);
@@ -638,15 +638,20 @@ static void test_shmdev_setup(void **state)
 	uint32_t version = SHM_VERSION + 1;
 	assert_int_equal(pwrite(fd, &version, sizeof(version), 8), (ssize_t)sizeof(version));
 	message = NULL;
-	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 0, job_token, sizeof(job_token), &message),
 			 -EPROTO);
 	assert_false(d.present);
 	/* The right one: found, the variables for commands set. */
 	version = SHM_VERSION;
 	assert_int_equal(pwrite(fd, &version, sizeof(version), 8), (ssize_t)sizeof(version));
 	close(fd);
+	/* ... but not by a VM of another node of a job across nodes (group 2: its own key). */
 	message = NULL;
-	assert_int_equal(shmdev_setup(&d, root, true, 1, job_token, sizeof(job_token), &message),
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 2, job_token, sizeof(job_token), &message),
+			 -EPROTO);
+	assert_false(d.present);
+	message = NULL;
+	assert_int_equal(shmdev_setup(&d, root, true, 1, 0, job_token, sizeof(job_token), &message),
 			 0);
 	assert_true(d.present);
 	assert_null(message);

@@ -157,6 +157,24 @@ static void test_refusals(void **state)
 	munmap(r.base, r.size);
 }
 
+static void test_group_key(void **state)
+{
+	const uint8_t token[32] = {1, 2, 3};
+	uint64_t k0 = shm_group_key(token, sizeof(token), 0);
+
+	(void)state;
+	/* A job of one node keeps the token's hash; each node of a job across nodes has a
+	 * key of its own, the same wherever it is computed. */
+	assert_true(k0 == shm_token_hash(token, sizeof(token)));
+	assert_true(shm_group_key(token, sizeof(token), 1) != k0);
+	assert_true(shm_group_key(token, sizeof(token), 2) !=
+		    shm_group_key(token, sizeof(token), 1));
+	assert_true(shm_group_key(token, sizeof(token), 256) !=
+		    shm_group_key(token, sizeof(token), 1));
+	assert_true(shm_group_key(token, sizeof(token), 7) ==
+		    shm_group_key(token, sizeof(token), 7));
+}
+
 static void test_region_size(void **state)
 {
 	size_t s = shm_region_size_for(2, 1 << 20);
@@ -528,11 +546,12 @@ static void test_heap(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_refusals),	     cmocka_unit_test(test_region_size),
-	    cmocka_unit_test(test_pingpong),	     cmocka_unit_test(test_open_path),
-	    cmocka_unit_test(test_killed_heartbeat), cmocka_unit_test(test_killed_marked),
-	    cmocka_unit_test(test_stress),	     cmocka_unit_test(test_heap),
-	    cmocka_unit_test(test_attach_race),	     cmocka_unit_test(test_next_set),
+	    cmocka_unit_test(test_group_key),	  cmocka_unit_test(test_refusals),
+	    cmocka_unit_test(test_region_size),	  cmocka_unit_test(test_pingpong),
+	    cmocka_unit_test(test_open_path),	  cmocka_unit_test(test_killed_heartbeat),
+	    cmocka_unit_test(test_killed_marked), cmocka_unit_test(test_stress),
+	    cmocka_unit_test(test_heap),	  cmocka_unit_test(test_attach_race),
+	    cmocka_unit_test(test_next_set),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
