@@ -43,6 +43,7 @@
 #include "guest/jobcg.h"
 #include "guest/service.h"
 #include "guest/shmdev.h"
+#include "shm/shm.h"
 #include "util/cleanup.h"
 #include "util/time.h"
 
@@ -466,6 +467,19 @@ static void write_token_file(const struct config *cfg)
 	explicit_bzero(hex, sizeof(hex));
 }
 
+/* SHM_KEY_FILE: this VM's region key for UCX's transport, which cannot trust its
+ * environment under hydra (src/ucx/uct_ivshmem.c). Not a secret (shm.h). */
+static void write_shm_key(const struct shmdev *shm)
+{
+	char text[32];
+	int n = snprintf(text, sizeof(text), "%016llx\n", (unsigned long long)shm->key);
+	_cleanup_close_ int fd =
+	    open(SHM_KEY_FILE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+
+	if (fd < 0 || write(fd, text, (size_t)n) != n)
+		console_say("writing %s: %s", SHM_KEY_FILE, strerror(errno));
+}
+
 /* Development mode on a host (not PID 1): `VMHPC_TOKEN=HEX vmhpc-init --serve PORT` serves
  * the exec protocol on 127.0.0.1:PORT; SHUTDOWN ends it instead of powering anything off. */
 static int serve_dev(int argc, char **argv)
@@ -552,9 +566,11 @@ int main(int argc, char **argv)
 		if (shmdev_setup(&shm, NULL, cfg.have_shm_node, cfg.shm_node, cfg.shm_group,
 				 cfg.token, sizeof(cfg.token), &message) < 0)
 			console_say("%s", message);
-		else if (shm.present)
+		else if (shm.present) {
 			console_say("shared-memory channel %s, node %u", shm.resource,
 				    cfg.shm_node);
+			write_shm_key(&shm);
+		}
 		sc.shm = &shm;
 	}
 

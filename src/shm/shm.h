@@ -26,6 +26,9 @@
 #define SHM_ENV_PATH "VMHPC_SHM"
 #define SHM_ENV_KEY  "VMHPC_SHM_KEY"
 #define SHM_ENV_NODE "VMHPC_SHM_NODE"
+/* In a VM, its own key as vmhpc-init found it (16 hex digits): what a program should check
+ * the region against before $VMHPC_SHM_KEY, which hydra overwrites with the launching VM's. */
+#define SHM_KEY_FILE "/run/vmhpc/shm.key"
 
 /* The 64-bit key of a job's region: FNV-1a over a fixed prefix and the job's token. Not a
  * secret and not a security measure (only the job's VMs map the region, and they hold the

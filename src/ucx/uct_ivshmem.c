@@ -93,9 +93,29 @@ static unsigned node_of_this_vm(void)
 	return env ? (unsigned)strtoul(env, NULL, 10) : 0;
 }
 
+/* This VM's key: the file vmhpc-init wrote (SHM_KEY_FILE), not $VMHPC_SHM_KEY first, for
+ * the reason node_of_this_vm gives: under hydra every rank has the launching VM's
+ * environment, and in a job across nodes each node's region has a key of its own
+ * (shm_group_key). The environment serves host processes (tests). NULL when neither. */
+static const char *key_of_this_vm(char *buf, size_t size)
+{
+	FILE *f = fopen(SHM_KEY_FILE, "re");
+
+	if (f) {
+		bool ok = fgets(buf, (int)size, f) != NULL;
+
+		fclose(f);
+		buf[strcspn(buf, "\n")] = '\0';
+		if (ok && *buf)
+			return buf;
+	}
+	return getenv(SHM_ENV_KEY);
+}
+
 static void region_map(void)
 {
-	const char *path = getenv(SHM_ENV_PATH), *key = getenv(SHM_ENV_KEY);
+	char key_buf[64];
+	const char *path = getenv(SHM_ENV_PATH), *key = key_of_this_vm(key_buf, sizeof(key_buf));
 	char *error = NULL, *end = NULL;
 	struct stat st;
 	void *base;
