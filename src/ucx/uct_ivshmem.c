@@ -105,9 +105,11 @@ static const char *key_of_this_vm(char *buf, size_t size)
 		bool ok = fgets(buf, (int)size, f) != NULL;
 
 		fclose(f);
-		buf[strcspn(buf, "\n")] = '\0';
-		if (ok && *buf)
-			return buf;
+		if (ok) {
+			buf[strcspn(buf, "\n")] = '\0';
+			if (*buf)
+				return buf;
+		}
 	}
 	return getenv(SHM_ENV_KEY);
 }
