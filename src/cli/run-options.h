@@ -47,3 +47,6 @@ int run_parse_mem(const char *text, unsigned *ret_mb);
  * when the image carries the channel's transport (its metadata "bypass": "ivshmem", from the
  * spec's [image] bypass) and there are 2 or more VMs to share it. */
 bool run_shm_wanted(const struct run_options *o, const json_t *image_metadata);
+/* Whether the image carries the channel's transport (metadata "bypass": "ivshmem"); the
+ * Slurm supervisor asks it for a node's VMs, as run_shm_wanted does for `vmhpc run`. */
+bool run_image_has_bypass(const json_t *image_metadata);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "mpi/launcher.h"
+#include "cli/run-options.h"
 #include "cli/slurm.h"
 #include "slurm/control.h"
 #include "slurm/token.h"
@@ -448,13 +449,8 @@ int slurm_supervise(struct slurm_job *sj, int ready_fd)
 	cfg.owner_gid = sj->gid;
 	cfg.boot_timeout_ms = sj->boot_timeout_ms;
 	/* The bypass between this node's VMs, as `vmhpc run` has it by default: for an image
-	 * that carries the transport ([image] bypass = ivshmem) and two VMs or more here. */
-	{
-		const char *bypass =
-		    json_string_value(json_object_get(sv.image->metadata, "bypass"));
-
-		cfg.shm = sj->vms >= 2 && bypass && strcmp(bypass, "ivshmem") == 0;
-	}
+	 * that carries the transport and two VMs or more here. */
+	cfg.shm = sj->vms >= 2 && run_image_has_bypass(sv.image->metadata);
 	if (sj->n_hosts > 1) {
 		cluster = (struct job_cluster){.node_index = sj->node_index,
 					       .n_nodes = (unsigned)sj->n_hosts,

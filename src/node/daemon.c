@@ -893,34 +893,49 @@ static size_t fetch_held(const struct fetch *f)
 	return n;
 }
 
+/* Asks node peer (a name of the job's hostlist) whether it holds ref: cached, or, while it
+ * fetches it, how many of its chunks it holds. 0, or -errno when it did not answer within
+ * HOLDER_QUERY_MS. */
+static int peer_has(const char *peer, const char *ref, bool *ret_cached, size_t *ret_held)
+{
+	_cleanup_free_ char *addr = NULL, *error = NULL;
+	json_t *req, *reply = NULL;
+	int r;
+
+	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, NULL);
+	if (r < 0)
+		return r;
+	req = json_pack("{s:s, s:s}", "op", "has", "ref", ref);
+	r = req ? node_client_peer(addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error)
+		: -ENOMEM;
+	json_decref(req);
+	if (r == 0) {
+		*ret_cached = json_is_true(json_object_get(reply, "cached"));
+		*ret_held = (size_t)json_integer_value(json_object_get(reply, "held"));
+	}
+	json_decref(reply);
+	return r;
+}
+
 /* Whether the parent feeding f is too slow (see PACE_WINDOW_S): it fed less than the
  * minimum rate, and alt, the node that would replace it, holds SLOW_GAP_CHUNKS more. On
  * yes, *ret_error says so. */
 static bool parent_too_slow(struct fetch *f, const struct node_pace *pace, const char *peer,
 			    const char *alt, char **ret_error)
 {
-	_cleanup_free_ char *addr = NULL, *error = NULL;
-	json_t *req, *reply = NULL;
 	size_t mine, theirs = 0;
+	bool cached = false;
 	int r;
 
 	if (!alt || D.o->peer_min_rate_bytes == 0 ||
 	    !node_pace_below(pace, time_now_ms(), PACE_WINDOW_S, D.o->peer_min_rate_bytes))
 		return false;
-	if (node_peer_address(D.o->peers_file, alt, NODE_DEFAULT_PORT, &addr, NULL) < 0)
-		return false;
-	req = json_pack("{s:s, s:s}", "op", "has", "ref", f->ref);
-	r = req ? node_client_peer(addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error)
-		: -ENOMEM;
-	json_decref(req);
+	r = peer_has(alt, f->ref, &cached, &theirs);
 	pthread_mutex_lock(&D.lock);
 	mine = fetch_held(f);
-	if (r == 0)
-		theirs = json_is_true(json_object_get(reply, "cached"))
-			     ? f->n
-			     : (size_t)json_integer_value(json_object_get(reply, "held"));
+	if (r == 0 && cached)
+		theirs = f->n;
 	pthread_mutex_unlock(&D.lock);
-	json_decref(reply);
 	node_trace("pace-check", "%s %s %zu %s %zu", f->ref, peer, mine, alt, theirs);
 	if (r < 0 || theirs < mine + SLOW_GAP_CHUNKS)
 		return false;
@@ -1109,23 +1124,17 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 struct holder_query {
 	pthread_t thread;
 	bool started;
-	char *addr;
-	const char *ref;
+	const char *peer, *ref;
 	bool holds;
 };
 
 static void *holder_query_thread(void *arg)
 {
 	struct holder_query *q = arg;
-	json_t *req = json_pack("{s:s, s:s}", "op", "has", "ref", q->ref), *reply = NULL;
-	char *error = NULL;
+	size_t held;
 
-	if (req &&
-	    node_client_peer(q->addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error) == 0)
-		q->holds = json_is_true(json_object_get(reply, "cached"));
-	json_decref(req);
-	json_decref(reply);
-	free(error);
+	if (peer_has(q->peer, q->ref, &q->holds, &held) < 0)
+		q->holds = false;
 	return NULL;
 }
 
@@ -1142,10 +1151,9 @@ static int find_holder(struct fetch *f, int rank, const bool *dead)
 	if (!q)
 		return -1;
 	for (size_t i = 0; i < f->n_hosts; i++) {
-		if ((int)i == rank || dead[i] ||
-		    node_peer_address(D.o->peers_file, f->hosts[i], NODE_DEFAULT_PORT, &q[i].addr,
-				      NULL) < 0)
+		if ((int)i == rank || dead[i])
 			continue;
+		q[i].peer = f->hosts[i];
 		q[i].ref = f->ref;
 		q[i].started = pthread_create(&q[i].thread, NULL, holder_query_thread, &q[i]) == 0;
 	}
@@ -1154,7 +1162,6 @@ static int find_holder(struct fetch *f, int rank, const bool *dead)
 			pthread_join(q[i].thread, NULL);
 		if (q[i].holds && holder < 0)
 			holder = (int)i;
-		free(q[i].addr);
 	}
 	free(q);
 	return holder;
