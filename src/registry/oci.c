@@ -268,8 +268,9 @@ static int perform(struct oci_client *c, const struct request *q, struct respons
 	curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(c->curl, CURLOPT_LOW_SPEED_TIME, 60L);
 	curl_easy_setopt(c->curl, CURLOPT_USERAGENT, "vmhpc/0.1");
-	/* The registry's own CA for the registry only: a token service or a blob store it
-	 * redirects to is checked against the system's. */
+	/* The registry's own CA for the registry only: a token service elsewhere is checked
+	 * against the system's. Chosen per request: a redirect that libcurl follows within it
+	 * (blobs sent to an object store) keeps the registry's CA (docs/registry.md, Limit). */
 	if (c->ca_file) {
 		bool to_registry = strncmp(q->url, c->base, strlen(c->base)) == 0 &&
 				   strchr("/?", q->url[strlen(c->base)]) != NULL;
