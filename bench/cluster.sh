@@ -6,7 +6,9 @@
 #     boot (median of REPEAT) and to Slurm's own submit-to-start of a job without VMs on
 #     the same nodes (median of REPEAT): what the VMs add is the difference. The test
 #     cluster's nodes share this machine's cores (a real cluster's do not): N boots at once
-#     take N x one boot's CPU on `nproc` cores;
+#     take N x one boot's CPU on `nproc` cores. So each row also has one node's `vmhpc run
+#     --vms N` boot (median of REPEAT): N guests booting at once on the same cores, the
+#     same CPU as N nodes x 1 VM here; the start over it is what the tier itself adds;
 #  2. Slurm's throughput of bare jobs (`sbatch --wrap true`) with the plugin loaded and
 #     without it (plugstack.conf emptied), REPEAT rounds of each, alternating, each after an
 #     `scontrol reconfigure`; medians.
@@ -83,17 +85,19 @@ one_start() { # N [bare]: seconds from submit to the script's start
 
 # One node's own boot of 1 VM, the reference (median of REPEAT), and the CPU that one such
 # job takes (QEMU, virtiofsd and vmhpc: boot, run and shutdown; the boot is most of it).
+run_one() { # VMS: one `vmhpc run --vms VMS` of the ring; prints "BOOT_S CPU_S"
+	cd "$job" && python3 -c 'import json, resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True).stdout
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+boot = [json.loads(l)["boot_s"] for l in out.splitlines() if l.startswith("{")][0]
+print("%.2f %.2f" % (boot, r.ru_utime + r.ru_stime))' "$VMHPC" run --vms "$1" -n "$1" --oversubscribe --json --image "tiny-mpi:$ver" -- ./ring --hello
+}
 boot_s=()
 cpu_s=()
 for _ in $([ -n "${THROUGHPUT_ONLY:-}" ] || seq "$REPEAT"); do
-	out=$(cd "$job" && python3 -c 'import resource, subprocess, sys
-subprocess.run(sys.argv[1:])
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print("cpu", r.ru_utime, r.ru_stime, file=sys.stderr)' "$VMHPC" run --vms 1 -n 1 --json --image "tiny-mpi:$ver" -- ./ring --hello 2>&1 >/dev/null)
-	boot_s+=("$(echo "$out" | python3 -c 'import json,sys
-for l in sys.stdin:
-    if l.startswith("{"): print("%.2f" % json.loads(l)["boot_s"])')")
-	cpu_s+=("$(echo "$out" | awk '$1 == "cpu" {printf "%.2f", $2 + $3}')")
+	read -r b c < <(run_one 1)
+	boot_s+=("$b")
+	cpu_s+=("$c")
 done
 if [ -z "${THROUGHPUT_ONLY:-}" ]; then
 	run_boot=$(printf '%s\n' "${boot_s[@]}" | median)
@@ -102,18 +106,19 @@ if [ -z "${THROUGHPUT_ONLY:-}" ]; then
 	echo
 	echo "one node's vmhpc run --vms 1: boot $run_boot s, CPU of the whole job $run_cpu s (medians of $REPEAT); $cores cores here"
 	echo
-	echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | Slurm alone: a job without VMs | cached - Slurm alone | one node's vmhpc run boot | cached / boot | (cached - Slurm alone) / boot |"
-	echo "|---|---|---|---|---|---|---|---|"
+	echo "| nodes x 1 VM | uncached: submit to start | cached: submit to start | Slurm alone: a job without VMs | cached - Slurm alone | one node's vmhpc run boot | cached / boot | (cached - Slurm alone) / boot | one node booting N VMs at once (same CPU) | cached / that |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
 fi
 for n in $NODES_LIST; do
 	cluster_reset_caches >/dev/null
 	unc=$(one_start "$n")
 	cac=$(for _ in $(seq "$REPEAT"); do one_start "$n"; done | median)
 	bare=$(for _ in $(seq "$REPEAT"); do one_start "$n" bare; done | median)
+	same_cpu=$(for _ in $(seq "$REPEAT"); do run_one "$n" | cut -d' ' -f1; done | median)
 	python3 -c 'import sys
-n, unc, cac, bare, boot = sys.argv[1], *map(float, sys.argv[2:])
-print("| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.2fx | %.2fx |" % (n, unc, cac, bare, cac - bare, boot, cac / boot, (cac - bare) / boot))' \
-		"$n" "$unc" "$cac" "$bare" "$run_boot"
+n, unc, cac, bare, boot, same = sys.argv[1], *map(float, sys.argv[2:])
+print("| %s | %.1f s | %.1f s | %.1f s | %.1f s | %.1f s | %.2fx | %.2fx | %.1f s | %.2fx |" % (n, unc, cac, bare, cac - bare, boot, cac / boot, (cac - bare) / boot, same, cac / same))' \
+		"$n" "$unc" "$cac" "$bare" "$run_boot" "$same_cpu"
 done
 
 throughput() { # the seconds JOBS bare jobs take, submit of the first to the end of the last

@@ -19,6 +19,7 @@
 #include "cli/run-options.h"
 #include "cli/slurm.h"
 #include "slurm/control.h"
+#include "slurm/options.h"
 #include "slurm/token.h"
 #include "store/catalog.h"
 #include "util/cleanup.h"
@@ -448,9 +449,11 @@ int slurm_supervise(struct slurm_job *sj, int ready_fd)
 	cfg.owner_uid = sj->uid;
 	cfg.owner_gid = sj->gid;
 	cfg.boot_timeout_ms = sj->boot_timeout_ms;
-	/* The bypass between this node's VMs, as `vmhpc run` has it by default: for an image
-	 * that carries the transport and two VMs or more here. */
-	cfg.shm = sj->vms >= 2 && run_image_has_bypass(sv.image->metadata);
+	/* The bypass between this node's VMs as --vm-shm says; by default as `vmhpc run` has
+	 * it: for an image that carries the transport and two VMs or more here. */
+	cfg.shm = sj->shm != SLURMOPT_SHM_AUTO
+		      ? sj->shm != 0
+		      : sj->vms >= 2 && run_image_has_bypass(sv.image->metadata);
 	if (sj->n_hosts > 1) {
 		cluster = (struct job_cluster){.node_index = sj->node_index,
 					       .n_nodes = (unsigned)sj->n_hosts,

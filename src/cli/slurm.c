@@ -57,6 +57,7 @@ int slurm_job_parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 					     {"vms-per-node", required_argument, NULL, 'v'},
 					     {"vcpus", required_argument, NULL, 'c'},
 					     {"mem", required_argument, NULL, 'm'},
+					     {"shm", required_argument, NULL, 'H'},
 					     {"boot-timeout-ms", required_argument, NULL, 'b'},
 					     {"peers", required_argument, NULL, 'p'},
 					     {"registry-insecure", no_argument, NULL, 'I'},
@@ -65,8 +66,10 @@ int slurm_job_parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 	uint32_t u;
 	int c;
 
-	*sj = (struct slurm_job){
-	    .vms = 1, .mem_mb = SLURMOPT_DEFAULT_MEM_MB, .boot_timeout_ms = 120000};
+	*sj = (struct slurm_job){.vms = 1,
+				 .mem_mb = SLURMOPT_DEFAULT_MEM_MB,
+				 .shm = SLURMOPT_SHM_AUTO,
+				 .boot_timeout_ms = 120000};
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -102,6 +105,10 @@ int slurm_job_parse(int argc, char **argv, struct slurm_job *sj, bool need_env)
 			break;
 		case 'm':
 			if (slurmopt_parse_mem_mb(optarg, &sj->mem_mb, err, sizeof(err)) < 0)
+				goto bad;
+			break;
+		case 'H':
+			if (slurmopt_parse_shm(optarg, &sj->shm, err, sizeof(err)) < 0)
 				goto bad;
 			break;
 		case 'b':
@@ -179,6 +186,16 @@ static int run_slurm_client(char *const argv[])
 /* A failure the prolog cleaned up: said where the user and the admin look (the job's
  * AdminComment, shown by scontrol and sacct; an error file that `vmhpc mpirun` prints), and
  * the job is cancelled: it cannot run without its VMs. The node stays in service. */
+const char *slurm_without_own_node(const struct slurm_job *sj, const char *message)
+{
+	size_t n = strlen(sj->node);
+
+	if (strncmp(message, "node ", 5) == 0 && strncmp(message + 5, sj->node, n) == 0 &&
+	    strncmp(message + 5 + n, ": ", 2) == 0)
+		return message + 5 + n + 2;
+	return message;
+}
+
 void slurm_job_fail(const struct slurm_job *sj, const char *message)
 {
 	_cleanup_free_ char *path = fs_path_join(sj->dir, "error"), *comment = NULL, *jobarg = NULL;

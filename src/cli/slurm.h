@@ -46,6 +46,7 @@ struct slurm_job {
 	const char *node, *socket, *run_dir, *state_dir, *key, *image, *peers;
 	unsigned vms, vcpus, mem_mb;
 	bool vcpus_set;
+	int shm;		/* --vm-shm: 1 on, 0 off, SLURMOPT_SHM_AUTO */
 	bool registry_insecure; /* plain HTTP to the image's registry */
 	int boot_timeout_ms;
 	/* from Slurm's prolog environment */
@@ -81,6 +82,10 @@ void slurm_job_done(struct slurm_job *sj);
 /* A failure the prolog cleaned up: logged, written where `vmhpc mpirun` and the admin look
  * (the job's error file, its AdminComment), and the job cancelled. */
 void slurm_job_fail(const struct slurm_job *sj, const char *message);
+
+/* message past a leading "node NAME: " that names this node (the node daemon begins its own
+ * errors so; the AdminComment names the node already), else message itself. */
+const char *slurm_without_own_node(const struct slurm_job *sj, const char *message);
 
 /* Asks the image's registry, as the job's user and with their own credentials, for the
  * manifest digest of sj->image: 0 with sj->image_digest_ref set (REGISTRY/REPO@DIGEST, freed

@@ -82,6 +82,24 @@ bad:
 		    value ? value : "");
 }
 
+int slurmopt_parse_shm(const char *value, int *ret, char *err, size_t err_len)
+{
+	static const struct {
+		const char *word;
+		int v;
+	} words[] = {{"on", 1}, {"off", 0}, {"auto", SLURMOPT_SHM_AUTO}};
+
+	for (size_t i = 0; value && i < sizeof(words) / sizeof(words[0]); i++)
+		if (strcmp(value, words[i].word) == 0) {
+			*ret = words[i].v;
+			return 0;
+		}
+	return fail(err, err_len,
+		    "--vm-shm=%s: give on, off or auto (the default: the channel when the image "
+		    "carries it and a node has 2 VMs or more)",
+		    value ? value : "");
+}
+
 int slurmopt_check_image(const char *value, char *err, size_t err_len)
 {
 	if (!value || !*value)

@@ -1,5 +1,5 @@
 /* The values of the SPANK plugin's options (--vm-image, --vms-per-node, --vm-vcpus,
- * --vm-mem) and of what Slurm tells a prolog of the job's allocation, parsed and checked.
+ * --vm-mem, --vm-shm) and of what Slurm tells a prolog of the job's allocation, parsed and checked.
  * Pure functions with no allocation and no Slurm dependency: the plugin links this file
  * alone (docs/slurm.md says why it does not load the rest of vmhpc into Slurm's daemons),
  * `vmhpc slurm prolog` checks the same values again, and tests/unit/test-slurm.c tests it.
@@ -21,6 +21,12 @@ int slurmopt_parse_count(const char *option, const char *value, unsigned max, un
 
 /* --vm-mem: megabytes, as "512", "512M", "2G" (binary units, as Slurm's --mem). 0 or -EINVAL. */
 int slurmopt_parse_mem_mb(const char *value, unsigned *ret_mb, char *err, size_t err_len);
+
+/* --vm-shm: whether a node's VMs share the bypass channel (docs/bypass.md), as `vmhpc run`'s
+ * --shm / --no-shm: "on" 1, "off" 0, "auto" SLURMOPT_SHM_AUTO (the channel when the image
+ * carries its transport and a node has 2+ VMs). 0 or -EINVAL. */
+#define SLURMOPT_SHM_AUTO (-1)
+int slurmopt_parse_shm(const char *value, int *ret, char *err, size_t err_len);
 
 /* --vm-image: a registry reference REGISTRY/REPO[:TAG] (no blanks, at least one '/', at most
  * SLURMOPT_MAX_IMAGE_LEN bytes, no option-like leading '-'). 0 or -EINVAL. */

@@ -40,11 +40,11 @@ SPANK_PLUGIN(vmhpc, 1);
 
 #define ARG_MAX_LEN 4096
 
-enum opt_id { OPT_IMAGE = 1, OPT_VMS, OPT_VCPUS, OPT_MEM };
+enum opt_id { OPT_IMAGE = 1, OPT_VMS, OPT_VCPUS, OPT_MEM, OPT_SHM };
 
 /* The submitting command's view of the options (local and allocator contexts only). */
 static struct {
-	bool image, vms, vcpus, mem;
+	bool image, vms, vcpus, mem, shm;
 	unsigned n_vms, n_vcpus, mem_mb;
 } submit;
 
@@ -52,7 +52,7 @@ static int opt_cb(int val, const char *optarg, int remote)
 {
 	char err[256] = "";
 	unsigned v;
-	int r = 0;
+	int r = 0, shm;
 
 	switch (val) {
 	case OPT_IMAGE:
@@ -76,6 +76,10 @@ static int opt_cb(int val, const char *optarg, int remote)
 		submit.mem = r == 0;
 		submit.mem_mb = v;
 		break;
+	case OPT_SHM:
+		r = slurmopt_parse_shm(optarg, &shm, err, sizeof(err));
+		submit.shm = r == 0;
+		break;
 	default:
 		return -1;
 	}
@@ -98,6 +102,10 @@ static struct spank_option options[] = {
      "VMs x VCPUs may not exceed the cores Slurm gives the job on a node",
      1, OPT_VCPUS, opt_cb},
     {"vm-mem", "SIZE", "Memory of each VM, e.g. 512M or 2G (default 256M)", 1, OPT_MEM, opt_cb},
+    {"vm-shm", "on|off|auto",
+     "Shared-memory channel between the VMs of a node, which MPI then uses instead of TCP "
+     "(default auto: when the image carries it and a node has 2 VMs or more)",
+     1, OPT_SHM, opt_cb},
     SPANK_OPTIONS_TABLE_END};
 
 int slurm_spank_init(spank_t sp, int ac, char **av)
@@ -123,9 +131,9 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 
 	if (ctx != S_CTX_LOCAL && ctx != S_CTX_ALLOCATOR)
 		return 0;
-	if (!submit.image && (submit.vms || submit.vcpus || submit.mem)) {
-		slurm_error("vmhpc: --vms-per-node, --vm-vcpus and --vm-mem describe the VMs of "
-			    "--vm-image; give --vm-image=REGISTRY/REPO:TAG too");
+	if (!submit.image && (submit.vms || submit.vcpus || submit.mem || submit.shm)) {
+		slurm_error("vmhpc: --vms-per-node, --vm-vcpus, --vm-mem and --vm-shm describe the "
+			    "VMs of --vm-image; give --vm-image=REGISTRY/REPO:TAG too");
 		return -1;
 	}
 	if (submit.image && submit.vms && submit.vcpus &&
@@ -282,7 +290,8 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	char node_buf[256], sock[ARG_MAX_LEN], run_dir[ARG_MAX_LEN], state_dir[ARG_MAX_LEN];
 	const char *node = node_name(NULL, node_buf, sizeof(node_buf));
 	const char *image = node_opt(sp, OPT_IMAGE), *vms = node_opt(sp, OPT_VMS),
-		   *vcpus = node_opt(sp, OPT_VCPUS), *mem = node_opt(sp, OPT_MEM);
+		   *vcpus = node_opt(sp, OPT_VCPUS), *mem = node_opt(sp, OPT_MEM),
+		   *shm = node_opt(sp, OPT_SHM);
 	const char *argv[40];
 	int n = 0, status, out[2], r;
 	pid_t pid;
@@ -330,6 +339,10 @@ static int run_helper(int ac, char **av, const char *verb, spank_t sp)
 	if (mem) {
 		argv[n++] = "--mem";
 		argv[n++] = mem;
+	}
+	if (shm) {
+		argv[n++] = "--shm";
+		argv[n++] = shm;
 	}
 	argv[n] = NULL;
 

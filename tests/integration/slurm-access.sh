@@ -108,7 +108,7 @@ j=$(as_user sbatch --parsable -N 1 --vm-image="$LURE/vmhpc/app:1" -o "$job/lure-
 state=$(slurm_wait "$j" 300)
 comment=$(slurm_job_field "$j" AdminComment)
 case "$state:$comment" in
-CANCELLED:*"registry $LURE is not one this node pulls from"*) ;;
+CANCELLED:"vmhpc: n1: image $LURE/vmhpc/app:1: registry $LURE is not one this node pulls from"*) ;;
 *) fail "a job naming the user's registry: $j $state, AdminComment '$comment'" ;;
 esac
 grep -q "^HEAD /v2/vmhpc/app/manifests/1 AUTH=-" "$LURE_LOG" ||

@@ -5,7 +5,8 @@
 # VERIFIED and owned by the job's user; every node wrote its timings; the epilogs leave
 # nothing on any node (no QEMU, supervisor, VXLAN, runtime or state folder) and no node
 # is drained. A step on another node runs mpirun the same way; a step of several tasks may
-# not. 2 nodes x 2 VMs of an image with the bypass: the channel within a node, TCP between.
+# not. 2 nodes x 2 VMs of an image with the bypass: the channel within a node, TCP between;
+# with --vm-shm=off TCP alone.
 # Then a job whose image one node cannot have: nothing left anywhere.
 . "$(dirname "$0")/lib.sh"
 set -e
@@ -101,6 +102,21 @@ for r in 0 1 2 3; do
 done
 nothing_left_anywhere "the 2x2 job with the bypass"
 ok "2 nodes x 2 VMs with the bypass: ring VERIFIED; each rank reaches its node's other VM over the region and the other node's over TCP, by itself; nothing left"
+# The same job with --vm-shm=off: no region, so every rank reaches every other over TCP.
+j=$(as_user sbatch --parsable -N 2 -c 2 --vm-image="$CL_REGISTRY/vmhpc/tiny-mpi-shm:1" --vms-per-node=2 \
+	--vm-vcpus=1 --vm-shm=off -o "$job/noshm-%j.out" "$job/shm.sh")
+state=$(slurm_wait "$j" 900)
+nodes_idle
+[ "$state" = COMPLETED ] || fail "2x2 job with --vm-shm=off $j: $state $(slurm_job_field "$j" AdminComment): $(tail -20 "$job/noshm-$j.out" 2>&1)"
+grep -q "ring of 4 ranks: .*VERIFIED" "$job/noshm-$j.out" || fail "2x2 ring with --vm-shm=off: $(tail -20 "$job/noshm-$j.out")"
+grep 'ep_cfg' "$job/noshm-$j.out" | grep -q 'ivshmem/region' &&
+	fail "--vm-shm=off, yet UCX took the channel: $(grep 'ivshmem/region' "$job/noshm-$j.out" | head -3)"
+for r in 0 1 2 3; do
+	grep "^\[$r@vm$r\].*ep_cfg" "$job/noshm-$j.out" | grep -q 'tag(tcp/eth0) ' ||
+		fail "--vm-shm=off: rank $r has no configuration over TCP: $(grep "^\[$r@" "$job/noshm-$j.out" | head -5)"
+done
+nothing_left_anywhere "the 2x2 job with --vm-shm=off"
+ok "2 nodes x 2 VMs, --vm-shm=off: ring VERIFIED, every rank over TCP alone, no region; nothing left"
 
 # A job that cannot get its image: every node's prolog records it, nothing is left.
 j=$(as_user sbatch --parsable -N 3 --vm-image="$CL_REGISTRY/vmhpc/nosuch:1" -o "$job/f-%j.out" "$job/ring.sh")

@@ -174,6 +174,8 @@ expect_fail "--vm-vcpus=0" "give a whole number" as_user sbatch -N 1 --vm-image=
 expect_fail "--vm-mem=lots" "--vm-mem=lots" as_user sbatch -N 1 --vm-image="$REF" --vm-mem=lots "$job/sleep.sh"
 expect_fail "--vm-image without a registry" "REGISTRY/REPOSITORY" as_user sbatch -N 1 --vm-image=tiny-mpi "$job/sleep.sh"
 expect_fail "--vms-per-node without --vm-image" "give --vm-image" as_user sbatch -N 1 --vms-per-node=2 "$job/sleep.sh"
+expect_fail "--vm-shm=maybe" "give on, off or auto" as_user sbatch -N 1 --vm-image="$REF" --vm-shm=maybe "$job/sleep.sh"
+expect_fail "--vm-shm without --vm-image" "give --vm-image" as_user sbatch -N 1 --vm-shm=off "$job/sleep.sh"
 # At the node: more VCPUs than the job's cores there; more memory than the node has.
 j=$(as_user sbatch --parsable -N 1 -c 1 --vm-image="$REF" --vms-per-node=2 --vm-vcpus=1 -o "$job/b1-%j.out" "$job/sleep.sh")
 [ "$(slurm_wait "$j" 60)" = CANCELLED ] || fail "too many VCPUs: $(slurm_job_field "$j" JobState)"

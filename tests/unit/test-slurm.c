@@ -59,6 +59,25 @@ static void test_mem(void **state)
 	assert_int_equal(slurmopt_parse_mem_mb("", &mb, err, sizeof(err)), -EINVAL);
 }
 
+static void test_shm(void **state)
+{
+	char err[256];
+	int v = 7;
+
+	assert_int_equal(slurmopt_parse_shm("on", &v, err, sizeof(err)), 0);
+	assert_int_equal(v, 1);
+	assert_int_equal(slurmopt_parse_shm("off", &v, err, sizeof(err)), 0);
+	assert_int_equal(v, 0);
+	assert_int_equal(slurmopt_parse_shm("auto", &v, err, sizeof(err)), 0);
+	assert_int_equal(v, SLURMOPT_SHM_AUTO);
+	v = 7;
+	assert_int_equal(slurmopt_parse_shm("yes please", &v, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "--vm-shm=yes please: give on, off or auto"));
+	assert_int_equal(slurmopt_parse_shm("", &v, err, sizeof(err)), -EINVAL);
+	assert_int_equal(slurmopt_parse_shm(NULL, &v, err, sizeof(err)), -EINVAL);
+	assert_int_equal(v, 7);
+}
+
 static void test_image(void **state)
 {
 	char err[256];
@@ -173,9 +192,10 @@ static void test_control(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_counts), cmocka_unit_test(test_mem),
-	    cmocka_unit_test(test_image),  cmocka_unit_test(test_cpus_on_node),
-	    cmocka_unit_test(test_token),  cmocka_unit_test(test_control),
+	    cmocka_unit_test(test_counts),	 cmocka_unit_test(test_mem),
+	    cmocka_unit_test(test_shm),		 cmocka_unit_test(test_image),
+	    cmocka_unit_test(test_cpus_on_node), cmocka_unit_test(test_token),
+	    cmocka_unit_test(test_control),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
