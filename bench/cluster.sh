@@ -13,7 +13,7 @@
 #     without it (plugstack.conf emptied), REPEAT rounds of each, alternating, each after an
 #     `scontrol reconfigure`; medians.
 #
-#   sudo bench/cluster.sh            # NODES_LIST="1 2 4" JOBS=40 by default
+#   sudo bench/cluster.sh            # NODES_LIST="1 2 4" JOBS=200 by default
 #   sudo THROUGHPUT_ONLY=1 bench/cluster.sh   # part 2 alone, on one node
 # Prints Markdown tables for bench/RESULTS.md.
 set -eu
@@ -25,7 +25,7 @@ VMHPC=$(realpath "$VMHPC")
 : "${VMHPC_SPANK:=$(dirname "$VMHPC")/vmhpc.so}"
 export VMHPC VMHPC_INIT VMHPC_SPANK
 NODES_LIST=${NODES_LIST:-"1 2 4"}
-JOBS=${JOBS:-40}
+JOBS=${JOBS:-200} # a round of 40 lasts ~1 s, no longer than the sbatch loop: noise
 REPEAT=${REPEAT:-3}
 [ "$(id -u)" -eq 0 ] || { echo "run as root (namespaces, slurmd)" >&2; exit 1; }
 
@@ -87,7 +87,8 @@ one_start() { # N [bare]: seconds from submit to the script's start
 # job takes (QEMU, virtiofsd and vmhpc: boot, run and shutdown; the boot is most of it).
 run_one() { # VMS: one `vmhpc run --vms VMS` of the ring; prints "BOOT_S CPU_S"
 	cd "$job" && python3 -c 'import json, resource, subprocess, sys
-out = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True).stdout
+# --json writes its record to stderr, after the progress lines.
+out = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 boot = [json.loads(l)["boot_s"] for l in out.splitlines() if l.startswith("{")][0]
 print("%.2f %.2f" % (boot, r.ru_utime + r.ru_stime))' "$VMHPC" run --vms "$1" -n "$1" --oversubscribe --json --image "tiny-mpi:$ver" -- ./ring --hello
