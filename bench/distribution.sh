@@ -9,7 +9,8 @@
 #
 #   sudo VMHPC=build/vmhpc bench/distribution.sh [RATE] [LARGE_MB]
 # RATE defaults to 100mbit; LARGE_MB (default 300) sizes the larger image (tiny-mpi plus
-# random bytes). Prints a Markdown table for bench/RESULTS.md.
+# random bytes). CL_TMPFS=4G puts every node's cache on memory instead of this machine's one
+# disk (tests/cluster/cluster.sh). Prints a Markdown table for bench/RESULTS.md.
 set -eu
 : "${VMHPC:=$(cd "$(dirname "$0")/.." && pwd)/build/vmhpc}"
 : "${VMHPC_INIT:=$(dirname "$VMHPC")/vmhpc-init}"

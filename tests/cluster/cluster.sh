@@ -11,6 +11,9 @@
 #   cluster_fetch REF n[1-4]  # vmhpc node fetch through the cluster's peers and munged
 #   cluster_node_kill n2 / cluster_node_start n2 [EXTRA-ARGS] (each node may pull from
 #   the cluster's registry only, unless CL_ANY_REGISTRY=1)
+# CL_TMPFS=SIZE (e.g. 4G) puts the cluster's folder, so every node's cache and the registry's
+# storage, on a tmpfs of its own: benchmarks use it to tell what one shared disk costs (real
+# nodes have a disk each).
 # Run directly (`tests/cluster/cluster.sh 4 [RATE]`) it builds a cluster, prints how to use
 # it and waits for Ctrl-C.
 #
@@ -68,6 +71,9 @@ cluster_down() {
 	ip netns del "vh$CL_ID-front" 2>/dev/null || true
 	ip link del "vh${CL_ID}fe" 2>/dev/null || true
 	ip link del "$CL_BR" 2>/dev/null || true
+	if [ -n "$CL_DIR" ] && mountpoint -q "$CL_DIR"; then
+		umount "$CL_DIR" 2>/dev/null || umount -l "$CL_DIR" || true
+	fi
 	if [ -n "$CL_DIR" ]; then rm -rf "$CL_DIR" || true; fi
 	if [ -n "$CL_CLAIM" ]; then
 		rmdir "$CL_CLAIM" 2>/dev/null || true
@@ -123,6 +129,9 @@ cluster_up() { # N [RATE]
 	CL_RATE=${2:-}
 	cluster_pick_id || return 1
 	CL_DIR=$(mktemp -d /tmp/vmhpc-cluster.XXXXXX)
+	if [ -n "${CL_TMPFS:-}" ]; then
+		mount -t tmpfs -o "size=$CL_TMPFS" vmhpc-cluster "$CL_DIR" || return 1
+	fi
 	chmod 755 "$CL_DIR"
 	# munged with a key of its own, on a socket of its own.
 	dd if=/dev/urandom of="$CL_DIR/munge.key" bs=1024 count=1 status=none
