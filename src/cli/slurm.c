@@ -183,9 +183,6 @@ static int run_slurm_client(char *const argv[])
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 }
 
-/* A failure the prolog cleaned up: said where the user and the admin look (the job's
- * AdminComment, shown by scontrol and sacct; an error file that `vmhpc mpirun` prints), and
- * the job is cancelled: it cannot run without its VMs. The node stays in service. */
 const char *slurm_without_own_node(const struct slurm_job *sj, const char *message)
 {
 	size_t n = strlen(sj->node);
@@ -196,6 +193,9 @@ const char *slurm_without_own_node(const struct slurm_job *sj, const char *messa
 	return message;
 }
 
+/* A failure the prolog cleaned up: said where the user and the admin look (the job's
+ * AdminComment, shown by scontrol and sacct; an error file that `vmhpc mpirun` prints), and
+ * the job is cancelled: it cannot run without its VMs. The node stays in service. */
 void slurm_job_fail(const struct slurm_job *sj, const char *message)
 {
 	_cleanup_free_ char *path = fs_path_join(sj->dir, "error"), *comment = NULL, *jobarg = NULL;

@@ -1,5 +1,6 @@
 /* The values of the SPANK plugin's options (--vm-image, --vms-per-node, --vm-vcpus,
- * --vm-mem, --vm-shm) and of what Slurm tells a prolog of the job's allocation, parsed and checked.
+ * --vm-mem, --vm-shm) and of what Slurm tells a prolog of the job's allocation, parsed and
+ * checked.
  * Pure functions with no allocation and no Slurm dependency: the plugin links this file
  * alone (docs/slurm.md says why it does not load the rest of vmhpc into Slurm's daemons),
  * `vmhpc slurm prolog` checks the same values again, and tests/unit/test-slurm.c tests it.
