@@ -526,8 +526,10 @@ def tiny_argv(accel, kernel, initrd, root, ctl, token, extra="", tb_mb=None, mem
             # IO-APIC timer check can fail and panic ("IO-APIC + timer doesn't work!"; seen
             # with 4 VMs at a load average of 15). noapictimer under TCG, as `vmhpc run`
             # has it too: no APIC timer calibration (docs/kernel.md).
+            # percpu_alloc=page as `vmhpc run` has it too (docs/kernel.md: no 4 MiB array
+            # beside a second percpu chunk).
             "-append", f"console=ttyS0 swiotlb=noforce no_timer_check"
-                       f"{' noapictimer' if accel == 'tcg' else ''} panic=-1 quiet vmhpc.root=pmem "
+                       f"{' noapictimer' if accel == 'tcg' else ''} panic=-1 percpu_alloc=page quiet vmhpc.root=pmem "
                        f"vmhpc.token={token}{extra}",
             "-object", f"memory-backend-file,id=pm0,mem-path={root},share=on,readonly=on,"
                        f"size={os.path.getsize(root)}",
