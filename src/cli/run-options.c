@@ -247,16 +247,11 @@ int run_options_parse(int argc, char **argv, struct run_options *ret, char **ret
 	return 0;
 }
 
-bool run_image_has_bypass(const json_t *image_metadata)
+bool run_shm_wanted(int shm, unsigned vms, const json_t *image_metadata)
 {
 	const char *bypass = json_string_value(json_object_get(image_metadata, "bypass"));
 
-	return bypass && strcmp(bypass, "ivshmem") == 0;
-}
-
-bool run_shm_wanted(const struct run_options *o, const json_t *image_metadata)
-{
-	if (o->shm != RUN_SHM_AUTO)
-		return o->shm != 0;
-	return o->vms >= 2 && run_image_has_bypass(image_metadata);
+	if (shm != RUN_SHM_AUTO)
+		return shm != 0;
+	return vms >= 2 && bypass && strcmp(bypass, "ivshmem") == 0;
 }

@@ -43,10 +43,8 @@ int run_parse_mem(const char *text, unsigned *ret_mb);
 
 #define RUN_SHM_AUTO (-1)
 
-/* Whether the job's VMs get the shared-memory channel: as --shm/--no-shm say; without either,
- * when the image carries the channel's transport (its metadata "bypass": "ivshmem", from the
- * spec's [image] bypass) and there are 2 or more VMs to share it. */
-bool run_shm_wanted(const struct run_options *o, const json_t *image_metadata);
-/* Whether the image carries the channel's transport (metadata "bypass": "ivshmem"); the
- * Slurm supervisor asks it for a node's VMs, as run_shm_wanted does for `vmhpc run`. */
-bool run_image_has_bypass(const json_t *image_metadata);
+/* Whether vms VMs (of `vmhpc run`, or of a node of a Slurm job) get the shared-memory
+ * channel: as shm says (1 on, 0 off: --shm/--no-shm, --vm-shm); for RUN_SHM_AUTO, when the
+ * image carries the channel's transport (its metadata "bypass": "ivshmem", from the spec's
+ * [image] bypass) and there are 2 or more VMs to share it. */
+bool run_shm_wanted(int shm, unsigned vms, const json_t *image_metadata);

@@ -623,7 +623,7 @@ int cli_run_main(struct cli_context *ctx, int argc, char **argv)
 	cfg.workdir = workdir;
 	cfg.accel = o.accel;
 	cfg.unprivileged = geteuid() != 0;
-	cfg.shm = run_shm_wanted(&o, m->metadata);
+	cfg.shm = run_shm_wanted(o.shm, o.vms, m->metadata);
 	cfg.boot_timeout_ms = getenv("VMHPC_BOOT_TIMEOUT_MS")
 				  ? atoi(getenv("VMHPC_BOOT_TIMEOUT_MS"))
 				  : BOOT_TIMEOUT_MS_DEFAULT;

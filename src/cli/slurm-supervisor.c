@@ -449,11 +449,9 @@ int slurm_supervise(struct slurm_job *sj, int ready_fd)
 	cfg.owner_uid = sj->uid;
 	cfg.owner_gid = sj->gid;
 	cfg.boot_timeout_ms = sj->boot_timeout_ms;
-	/* The bypass between this node's VMs as --vm-shm says; by default as `vmhpc run` has
-	 * it: for an image that carries the transport and two VMs or more here. */
-	cfg.shm = sj->shm != SLURMOPT_SHM_AUTO
-		      ? sj->shm != 0
-		      : sj->vms >= 2 && run_image_has_bypass(sv.image->metadata);
+	/* The bypass between this node's VMs as --vm-shm says, by `vmhpc run`'s rule. */
+	_Static_assert(SLURMOPT_SHM_AUTO == RUN_SHM_AUTO, "--vm-shm=auto is run's auto");
+	cfg.shm = run_shm_wanted(sj->shm, sj->vms, sv.image->metadata);
 	if (sj->n_hosts > 1) {
 		cluster = (struct job_cluster){.node_index = sj->node_index,
 					       .n_nodes = (unsigned)sj->n_hosts,

@@ -47,18 +47,18 @@ static void test_shm_default(void **state)
 
 	(void)state;
 	assert_int_equal(PARSE(&o, &err, "--", "./ring"), 0);
-	assert_true(run_shm_wanted(&o, carries));
-	assert_false(run_shm_wanted(&o, plain));
-	assert_false(run_shm_wanted(&o, other));
-	assert_false(run_shm_wanted(&o, NULL));
+	assert_true(run_shm_wanted(o.shm, o.vms, carries));
+	assert_false(run_shm_wanted(o.shm, o.vms, plain));
+	assert_false(run_shm_wanted(o.shm, o.vms, other));
+	assert_false(run_shm_wanted(o.shm, o.vms, NULL));
 	assert_int_equal(PARSE(&o, &err, "--vms", "1", "--", "./ring"), 0);
-	assert_false(run_shm_wanted(&o, carries));
+	assert_false(run_shm_wanted(o.shm, o.vms, carries));
 	assert_int_equal(PARSE(&o, &err, "--no-shm", "--", "./ring"), 0);
-	assert_false(run_shm_wanted(&o, carries));
+	assert_false(run_shm_wanted(o.shm, o.vms, carries));
 	assert_int_equal(PARSE(&o, &err, "--shm", "--", "./ring"), 0);
-	assert_true(run_shm_wanted(&o, plain));
+	assert_true(run_shm_wanted(o.shm, o.vms, plain));
 	assert_int_equal(PARSE(&o, &err, "--shm", "--no-shm", "--", "./ring"), 0);
-	assert_false(run_shm_wanted(&o, carries));
+	assert_false(run_shm_wanted(o.shm, o.vms, carries));
 	json_decref(carries);
 	json_decref(plain);
 	json_decref(other);
