@@ -302,14 +302,8 @@ static int fetch_main(int argc, char **argv)
 	for (size_t i = 0; i < n; i++) {
 		if (!t[i].reply) {
 			const char *e = t[i].error ? t[i].error : "failed";
-			size_t named = strlen("node ") + strlen(t[i].node);
 
-			/* A daemon's own failures already begin with "node NAME: ". */
-			if (strncmp(e, "node ", 5) == 0 &&
-			    strncmp(e + 5, t[i].node, named - 5) == 0 && e[named] == ':')
-				log_error("%s", e);
-			else
-				log_error("node %s: %s", t[i].node, e);
+			log_error("node %s: %s", t[i].node, node_error_past_name(t[i].node, e));
 			code = 1;
 			continue;
 		}

@@ -150,7 +150,7 @@ static int present(struct slurm_job *sj, char **ret_error)
 					 "this node (contrib/vmhpc-node.service)",
 					 sj->socket, error ? error : strerror(-r));
 		return error_set(ret_error, r, "image %s: %s", sj->image,
-				 error ? slurm_without_own_node(sj, error) : strerror(-r));
+				 error ? node_error_past_name(sj->node, error) : strerror(-r));
 	}
 	sj->distribution_s = time_now_s() - t0;
 	sj->image_name = strdup(json_string_value(json_object_get(reply, "name")) ?: "");

@@ -183,16 +183,6 @@ static int run_slurm_client(char *const argv[])
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 }
 
-const char *slurm_without_own_node(const struct slurm_job *sj, const char *message)
-{
-	size_t n = strlen(sj->node);
-
-	if (strncmp(message, "node ", 5) == 0 && strncmp(message + 5, sj->node, n) == 0 &&
-	    strncmp(message + 5 + n, ": ", 2) == 0)
-		return message + 5 + n + 2;
-	return message;
-}
-
 /* A failure the prolog cleaned up: said where the user and the admin look (the job's
  * AdminComment, shown by scontrol and sacct; an error file that `vmhpc mpirun` prints), and
  * the job is cancelled: it cannot run without its VMs. The node stays in service. */

@@ -83,10 +83,6 @@ void slurm_job_done(struct slurm_job *sj);
  * (the job's error file, its AdminComment), and the job cancelled. */
 void slurm_job_fail(const struct slurm_job *sj, const char *message);
 
-/* message past a leading "node NAME: " that names this node (the node daemon begins its own
- * errors so; the AdminComment names the node already), else message itself. */
-const char *slurm_without_own_node(const struct slurm_job *sj, const char *message);
-
 /* Asks the image's registry, as the job's user and with their own credentials, for the
  * manifest digest of sj->image: 0 with sj->image_digest_ref set (REGISTRY/REPO@DIGEST, freed
  * by slurm_job_done), or -EACCES (the user may not read it), -ENOENT, ... with the message in

@@ -189,3 +189,13 @@ int node_client_peer(const char *addr, const char *munge_socket, json_t *req, in
 		return r;
 	return read_reply(fd, timeout_ms, ret_reply, ret_error);
 }
+
+const char *node_error_past_name(const char *node, const char *error)
+{
+	size_t n = strlen(node);
+
+	if (strncmp(error, "node ", 5) == 0 && strncmp(error + 5, node, n) == 0 &&
+	    strncmp(error + 5 + n, ": ", 2) == 0)
+		return error + 5 + n + 2;
+	return error;
+}

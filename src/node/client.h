@@ -24,3 +24,6 @@ int node_client_local(const char *path, json_t *req, int timeout_ms, json_t **re
 /* The same over TCP to addr, signed with MUNGE. */
 int node_client_peer(const char *addr, const char *munge_socket, json_t *req, int timeout_ms,
 		     json_t **ret_reply, char **ret_error);
+/* A daemon's error text past the "node NAME: " with which node's daemon begins its own
+ * failures (its caller names the node itself), else error itself; points into error. */
+const char *node_error_past_name(const char *node, const char *error);

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "node/client.h"
 #include "node/hostlist.h"
 #include "node/allowlist.h"
 #include "node/pace.h"
@@ -447,14 +448,28 @@ static void test_pace(void **state)
 	assert_false(node_pace_below(&p, t, NODE_PACE_SLOTS, 1));
 }
 
+/* A daemon's own failures begin with its name; callers that name the node drop it. */
+static void test_error_past_name(void **state)
+{
+	(void)state;
+	assert_string_equal(node_error_past_name("n1", "node n1: registry R is not one"),
+			    "registry R is not one");
+	/* Another node's name, a longer name sharing the prefix, or no ": " stay whole. */
+	assert_string_equal(node_error_past_name("n1", "node n2: gone"), "node n2: gone");
+	assert_string_equal(node_error_past_name("n1", "node n12: gone"), "node n12: gone");
+	assert_string_equal(node_error_past_name("n1", "node n1 gone"), "node n1 gone");
+	assert_string_equal(node_error_past_name("n1", "timed out"), "timed out");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_hostlist),	 cmocka_unit_test(test_tree),
-	    cmocka_unit_test(test_chain),	 cmocka_unit_test(test_policy),
-	    cmocka_unit_test(test_proto_header), cmocka_unit_test(test_proto_fuzz),
-	    cmocka_unit_test(test_proto_io),	 cmocka_unit_test(test_proto_reader),
-	    cmocka_unit_test(test_allowlist),	 cmocka_unit_test(test_pace),
+	    cmocka_unit_test(test_hostlist),	    cmocka_unit_test(test_tree),
+	    cmocka_unit_test(test_chain),	    cmocka_unit_test(test_policy),
+	    cmocka_unit_test(test_proto_header),    cmocka_unit_test(test_proto_fuzz),
+	    cmocka_unit_test(test_proto_io),	    cmocka_unit_test(test_proto_reader),
+	    cmocka_unit_test(test_allowlist),	    cmocka_unit_test(test_pace),
+	    cmocka_unit_test(test_error_past_name),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
