@@ -84,12 +84,19 @@ printf '#!/bin/sh\nUCX_LOG_LEVEL=info exec ./ring "$@"\n' >"$job/ring-info"
 printf '#!/bin/sh\n%s mpirun --label ./ring-info\n' "$VMHPC" >"$job/shm.sh"
 chmod +x "$job/ring-info" "$job/shm.sh"
 chown "$USER_UID:$USER_GID" "$job/ring-info" "$job/shm.sh"
-j=$(as_user sbatch --parsable -N 2 -c 2 --vm-image="$CL_REGISTRY/vmhpc/tiny-mpi-shm:1" --vms-per-node=2 \
-	--vm-vcpus=1 -o "$job/shm-%j.out" "$job/shm.sh")
-state=$(slurm_wait "$j" 900)
-nodes_idle
-[ "$state" = COMPLETED ] || fail "2x2 job with the bypass $j: $state $(slurm_job_field "$j" AdminComment): $(tail -20 "$job/shm-$j.out" 2>&1)"
-grep -q "ring of 4 ranks: .*VERIFIED" "$job/shm-$j.out" || fail "2x2 ring: $(tail -20 "$job/shm-$j.out")"
+# run_2x2 NAME [SBATCH-OPTIONS]: the ring over 2 nodes x 2 VMs of tiny-mpi-shm, output in
+# $job/NAME-JOB.out; fails unless the job completes and the ring verifies. Sets j.
+run_2x2() {
+	local name=$1 state
+	shift
+	j=$(as_user sbatch --parsable -N 2 -c 2 --vm-image="$CL_REGISTRY/vmhpc/tiny-mpi-shm:1" \
+		--vms-per-node=2 --vm-vcpus=1 "$@" -o "$job/$name-%j.out" "$job/shm.sh")
+	state=$(slurm_wait "$j" 900)
+	nodes_idle
+	[ "$state" = COMPLETED ] || fail "2x2 job $name $j: $state $(slurm_job_field "$j" AdminComment): $(tail -20 "$job/$name-$j.out" 2>&1)"
+	grep -q "ring of 4 ranks: .*VERIFIED" "$job/$name-$j.out" || fail "2x2 ring $name: $(tail -20 "$job/$name-$j.out")"
+}
+run_2x2 shm
 # UCX reports each endpoint configuration once per rank (not once per endpoint): besides
 # the one to itself (self/memory0), each rank has exactly two, one over the region (to the
 # one other rank of its node: another node's region has another key, so it cannot be for a
@@ -103,12 +110,7 @@ done
 nothing_left_anywhere "the 2x2 job with the bypass"
 ok "2 nodes x 2 VMs with the bypass: ring VERIFIED; each rank reaches its node's other VM over the region and the other node's over TCP, by itself; nothing left"
 # The same job with --vm-shm=off: no region, so every rank reaches every other over TCP.
-j=$(as_user sbatch --parsable -N 2 -c 2 --vm-image="$CL_REGISTRY/vmhpc/tiny-mpi-shm:1" --vms-per-node=2 \
-	--vm-vcpus=1 --vm-shm=off -o "$job/noshm-%j.out" "$job/shm.sh")
-state=$(slurm_wait "$j" 900)
-nodes_idle
-[ "$state" = COMPLETED ] || fail "2x2 job with --vm-shm=off $j: $state $(slurm_job_field "$j" AdminComment): $(tail -20 "$job/noshm-$j.out" 2>&1)"
-grep -q "ring of 4 ranks: .*VERIFIED" "$job/noshm-$j.out" || fail "2x2 ring with --vm-shm=off: $(tail -20 "$job/noshm-$j.out")"
+run_2x2 noshm --vm-shm=off
 grep 'ep_cfg' "$job/noshm-$j.out" | grep -q 'ivshmem/region' &&
 	fail "--vm-shm=off, yet UCX took the channel: $(grep 'ivshmem/region' "$job/noshm-$j.out" | head -3)"
 for r in 0 1 2 3; do
