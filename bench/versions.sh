@@ -7,7 +7,8 @@
 # down the chain, and then once more. For each: the version's unique bytes (chunks no other
 # version has, as stored), the chunk bytes each node took in (`bytes_received`), and what
 # each node's link really carried in (its eth0's rx_bytes: the manifest, the protocol, MUNGE,
-# TCP/IP headers included); the table shows the most any node's link carried.
+# TCP/IP headers included): the most of any node fed by another node, and the root's, which
+# pulls from the registry (the OCI manifest and the config blob come whole from there).
 #
 #   sudo bench/versions.sh            # N=8 RATE=100mbit EXTRA_KB="100 3000"
 # Prints a Markdown table for bench/RESULTS.md.
@@ -41,8 +42,11 @@ rx_all() { # every node's eth0 rx_bytes, one per line
 		ip netns exec "vh$CL_ID-n$i" cat /sys/class/net/eth0/statistics/rx_bytes
 	done
 }
-max_delta() { # BEFORE-FILE AFTER-FILE: the largest per-node difference
-	paste "$1" "$2" | awk '{d = $2 - $1; if (d > m) m = d} END {print m + 0}'
+max_delta() { # BEFORE-FILE AFTER-FILE [FIRST-LINE]: the largest per-node difference from that node on
+	paste "$1" "$2" | awk -v from="${3:-1}" 'NR >= from {d = $2 - $1; if (d > m) m = d} END {print m + 0}'
+}
+root_delta() { # BEFORE-FILE AFTER-FILE: n1's (the root's: the registry's link to it)
+	paste "$1" "$2" | awk 'NR == 1 {print $2 - $1}'
 }
 max_received() { # FETCH-JSON: the most chunk bytes any node took in
 	python3 -c 'import json,sys; print(max(p["reply"]["bytes_received"] for p in json.load(open(sys.argv[1]))["per_node"]))' "$1"
@@ -55,8 +59,8 @@ cluster_up "$N" "$RATE"
 cluster_push "tiny-mpi:$v1" tiny-mpi:1
 cluster_fetch "$CL_REGISTRY/vmhpc/tiny-mpi:1" "n[1-$N]" >/dev/null
 
-echo "| new version | its unique bytes | most chunk bytes a node took in | most bytes a node's link carried in | link / unique | the same version again: chunk bytes / link bytes (most of any node) |"
-echo "|---|---|---|---|---|---|"
+echo "| new version | its unique bytes | most chunk bytes a node took in | most bytes a node's link from another node carried in (n2-n$N) | link / unique | the root's link from the registry (n1) | link / unique | the same version again: chunk bytes / link bytes (most of any node) |"
+echo "|---|---|---|---|---|---|---|---|"
 tag=2
 for kb in $EXTRA_KB; do
 	head -c "$((kb * 1000))" /dev/urandom >"$WORK/extra.bin"
@@ -71,9 +75,10 @@ for kb in $EXTRA_KB; do
 	cluster_fetch "$CL_REGISTRY/vmhpc/tiny-mpi:$tag" "n[1-$N]" --json >"$WORK/f2.json"
 	rx_all >"$WORK/rx2"
 	python3 -c 'import sys
-kb, u, r, l, r2, l2, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-print("| tiny-mpi + %d kB of its own, to %s nodes | %d | %d | %d | %.2fx | %d / %d |" % (kb, n, u, r, l, l / u, r2, l2))' \
-		"$kb" "$unique" "$(max_received "$WORK/f1.json")" "$(max_delta "$WORK/rx0" "$WORK/rx1")" \
+kb, u, r, l, lr, r2, l2, n = [int(a) for a in sys.argv[1:8]] + [sys.argv[8]]
+print("| tiny-mpi + %d kB of its own, to %s nodes | %d | %d | %d | %.2fx | %d | %.2fx | %d / %d |" % (kb, n, u, r, l, l / u, lr, lr / u, r2, l2))' \
+		"$kb" "$unique" "$(max_received "$WORK/f1.json")" "$(max_delta "$WORK/rx0" "$WORK/rx1" 2)" \
+		"$(root_delta "$WORK/rx0" "$WORK/rx1")" \
 		"$(max_received "$WORK/f2.json")" "$(max_delta "$WORK/rx1" "$WORK/rx2")" "$N"
 	tag=$((tag + 1))
 done

@@ -31,6 +31,7 @@
 #include "node/auth.h"
 #include "node/client.h"
 #include "node/hostlist.h"
+#include "node/meta.h"
 #include "node/pace.h"
 #include "node/policy.h"
 #include "node/proto.h"
@@ -89,7 +90,11 @@ struct fetch {
 	uint16_t *pending;
 	struct stashed *stash;
 	uint64_t stash_bytes;
-	char *meta; /* the META payload for children */
+	/* What the children get (docs/node.md "Protocol"): the META document (manifest, NUL,
+	 * sizes), and the payload it came in from this node's parent, passed on as it is to a
+	 * child that holds the same base. */
+	char *doc, *wire;
+	size_t doc_len, wire_len;
 	bool done, failed;
 	char *error;
 	char *name;
@@ -108,6 +113,10 @@ struct cached {
 	int64_t last_used;
 	char **jobs;
 	size_t n_jobs;
+	/* The SHA-256 of its manifest's text, once computed: what a feed's META may be a
+	 * difference from (base_text_of). */
+	uint8_t text_id[STORE_ID_BYTES];
+	bool text_id_known;
 };
 
 struct counter {
@@ -580,7 +589,8 @@ static void fetch_unref(struct fetch *f)
 		free(f->stash[i].buf);
 	free(f->stash);
 	free(f->pending);
-	free(f->meta);
+	free(f->doc);
+	free(f->wire);
 	free(f->error);
 	free(f->name);
 	free(f->source);
@@ -593,11 +603,10 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 {
 	struct manifest *m = NULL;
 	struct store_chunk_ref *refs = NULL;
-	_cleanup_free_ char *why = NULL;
+	_cleanup_free_ char *why = NULL, *doc = NULL;
 	uint64_t need = 0;
-	size_t n = 0;
+	size_t n = 0, doc_len = 0;
 	bool *have;
-	json_t *jsizes;
 	int r;
 
 	r = manifest_from_json(manifest_text, len, &m, &why);
@@ -625,9 +634,30 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 					f->ref);
 	}
 	pthread_mutex_unlock(&D.lock);
+	/* The children may have the manifest now, before this node re-hashes what it holds
+	 * (~0.15 s for tiny-mpi's 850 chunks): they re-hash theirs meanwhile. A relay has
+	 * published its parent's META already (fetch_from_peer). */
+	if (!f->doc) {
+		r = node_meta_join(manifest_text, len, sizes, n, &doc, &doc_len);
+		if (r < 0) {
+			manifest_free(m);
+			free(refs);
+			return r;
+		}
+		pthread_mutex_lock(&D.lock);
+		if (!f->doc) {
+			f->doc = TAKE_PTR(doc);
+			f->doc_len = doc_len;
+			wake();
+		}
+		pthread_mutex_unlock(&D.lock);
+	}
 	have = calloc(n + 1, sizeof(*have));
-	if (!have)
+	if (!have) {
+		manifest_free(m);
+		free(refs);
 		return -ENOMEM;
+	}
 	/* What is here already counts only once re-hashed. */
 	for (size_t i = 0; i < n; i++) {
 		void *plain = NULL;
@@ -640,9 +670,6 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 			need += sizes[i];
 		free(plain);
 	}
-	jsizes = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(jsizes, json_integer((json_int_t)sizes[i]));
 	pthread_mutex_lock(&D.lock);
 	f->m = m;
 	f->refs = refs;
@@ -653,13 +680,6 @@ static int fetch_set_manifest(struct fetch *f, struct store *s, const char *mani
 	f->sizes = malloc((n + 1) * sizeof(*sizes));
 	if (f->sizes)
 		memcpy(f->sizes, sizes, n * sizeof(*sizes));
-	/* A relay has published its parent's META already (fetch_from_peer). */
-	if (!f->meta)
-		f->meta = dumps_take(
-		    json_pack("{s:s%, s:o}", "manifest", manifest_text, len, "sizes", jsizes),
-		    JSON_COMPACT);
-	else
-		json_decref(jsizes);
 	r = make_room(s, need, ret_error);
 	wake();
 	pthread_mutex_unlock(&D.lock);
@@ -947,6 +967,154 @@ static bool parent_too_slow(struct fetch *f, const struct node_pace *pace, const
 	return true;
 }
 
+/* ---- META bases: versions both ends hold, that a META may be a difference from ---- */
+
+/* At most this many offered per feed: each costs the child a manifest's load and hash. */
+#define META_BASES_MAX 3
+
+struct meta_base {
+	char *ref, *text;
+	size_t len;
+	uint8_t id[STORE_ID_BYTES];
+};
+
+static void meta_bases_free(struct meta_base *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(b[i].ref);
+		free(b[i].text);
+	}
+}
+
+/* What a child offers for one feed. */
+struct meta_offer {
+	struct meta_base b[META_BASES_MAX];
+	size_t n;
+};
+
+static void meta_offer_done(struct meta_offer *o)
+{
+	meta_bases_free(o->b, o->n);
+}
+
+/* A cached version's manifest as this node writes it (lock not held): both ends of a feed
+ * make it the same way from the same version, so its SHA-256 names it on both. */
+static int base_text_of(struct store *s, const char *ref, struct meta_base *ret)
+{
+	_cleanup_free_ char *name = NULL;
+	struct manifest *m = NULL;
+	struct cached *c;
+	uint32_t version;
+	int r;
+
+	pthread_mutex_lock(&D.lock);
+	c = cached_find(ref);
+	name = c ? strdup(c->name) : NULL;
+	version = c ? c->version : 0;
+	pthread_mutex_unlock(&D.lock);
+	if (!name)
+		return -ENOENT;
+	r = catalog_load(s, name, version, &m, NULL);
+	if (r < 0)
+		return r;
+	*ret = (struct meta_base){.ref = strdup(ref)};
+	r = manifest_to_json(m, &ret->text);
+	manifest_free(m);
+	if (r < 0 || !ret->ref) {
+		meta_bases_free(ret, 1);
+		return r < 0 ? r : -ENOMEM;
+	}
+	ret->len = strlen(ret->text);
+	store_id_compute(ret->text, ret->len, ret->id);
+	pthread_mutex_lock(&D.lock);
+	c = cached_find(ref);
+	if (c && c->version == version) {
+		memcpy(c->text_id, ret->id, STORE_ID_BYTES);
+		c->text_id_known = true;
+	}
+	pthread_mutex_unlock(&D.lock);
+	return 0;
+}
+
+/* How much of a reference names its repository (what comes before its tag or digest). */
+static size_t repository_len(const char *ref)
+{
+	const char *at = strchr(ref, '@'), *slash = strrchr(ref, '/'), *colon;
+
+	if (at)
+		return (size_t)(at - ref);
+	colon = strrchr(slash ? slash : ref, ':');
+	return colon ? (size_t)(colon - ref) : strlen(ref);
+}
+
+/* The bases a child offers its parent for ref, loaded into out (caller frees with
+ * meta_bases_free): cached versions of ref's repository, then of any, most recently used
+ * first. Returns how many. */
+static size_t meta_bases_offer(struct store *s, const char *ref, struct meta_base *out)
+{
+	char *pick[META_BASES_MAX];
+	size_t n_pick = 0, n = 0, rlen = repository_len(ref);
+
+	pthread_mutex_lock(&D.lock);
+	for (int same_repo = 1; same_repo >= 0; same_repo--)
+		while (n_pick < META_BASES_MAX) {
+			struct cached *best = NULL;
+
+			for (size_t i = 0; i < D.n_images; i++) {
+				struct cached *c = &D.images[i];
+				bool same = repository_len(c->ref) == rlen &&
+					    strncmp(c->ref, ref, rlen) == 0,
+				     taken = strcmp(c->ref, ref) == 0;
+
+				for (size_t k = 0; k < n_pick && !taken; k++)
+					taken = strcmp(pick[k], c->ref) == 0;
+				if (!taken && same == same_repo &&
+				    (!best || c->last_used > best->last_used))
+					best = c;
+			}
+			if (!best || !(pick[n_pick] = strdup(best->ref)))
+				break;
+			n_pick++;
+		}
+	pthread_mutex_unlock(&D.lock);
+	for (size_t k = 0; k < n_pick; k++) {
+		if (base_text_of(s, pick[k], &out[n]) == 0)
+			n++;
+		free(pick[k]);
+	}
+	return n;
+}
+
+/* The first of a child's offered bases ([{"ref", "id"}]) that this node holds with the same
+ * text: 0 with it in *ret (caller frees with meta_bases_free), -ENOENT when none. */
+static int meta_base_find(struct store *s, json_t *offered, struct meta_base *ret)
+{
+	json_t *b;
+	size_t i;
+
+	json_array_foreach(offered, i, b)
+	{
+		const char *ref = json_string_value(json_object_get(b, "ref"));
+		const char *hex = json_string_value(json_object_get(b, "id"));
+		uint8_t id[STORE_ID_BYTES];
+		struct cached *c;
+		bool differs;
+
+		if (i >= META_BASES_MAX || !ref || !hex || store_id_from_hex(hex, id) < 0)
+			continue;
+		pthread_mutex_lock(&D.lock);
+		c = cached_find(ref);
+		differs = !c || (c->text_id_known && memcmp(c->text_id, id, STORE_ID_BYTES) != 0);
+		pthread_mutex_unlock(&D.lock);
+		if (differs || base_text_of(s, ref, ret) < 0)
+			continue;
+		if (memcmp(ret->id, id, STORE_ID_BYTES) == 0)
+			return 0;
+		meta_bases_free(ret, 1);
+	}
+	return -ENOENT;
+}
+
 static void reader_freep(struct node_proto_reader **rd)
 {
 	node_proto_reader_free(*rd);
@@ -960,30 +1128,39 @@ static void reader_freep(struct node_proto_reader **rd)
 static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, bool cached_only,
 			   const char *alt, char **ret_error)
 {
-	_cleanup_free_ char *addr = NULL, *payload = NULL;
+	_cleanup_free_ char *addr = NULL, *payload = NULL, *doc = NULL;
 	_cleanup_close_ int fd = -1;
 	_cleanup_(reader_freep) struct node_proto_reader *rd = NULL;
+	_cleanup_(meta_offer_done) struct meta_offer offer = {0};
 	enum node_msg_type type;
-	json_t *req, *meta = NULL, *want;
+	json_t *req, *want;
 	struct node_pace pace;
 	int64_t last_check_ms;
 	bool published = false;
-	size_t len;
+	size_t len, doc_len = 0;
 	int r, timeout = D.o->peer_timeout_ms;
 
 	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, ret_error);
 	if (r < 0)
 		return -EPIPE;
+	offer.n = meta_bases_offer(s, f->ref, offer.b);
 	node_trace("parent-connect", "%s", peer);
 	r = node_connect_tcp(addr, timeout, &fd, ret_error);
 	if (r < 0)
 		return -EPIPE;
 	node_trace("parent-connected", "%s", peer);
-	req = json_pack("{s:s, s:s, s:s?, s:s, s:b, s:o}", "op", "feed", "ref", f->ref, "from",
+	req = json_pack("{s:s, s:s, s:s?, s:s, s:b, s:o, s:o}", "op", "feed", "ref", f->ref, "from",
 			D.o->name, "scheme", f->tree ? f->tree->name : "central", "cached_only",
-			cached_only, "nodes", json_array());
+			cached_only, "nodes", json_array(), "bases", json_array());
 	for (size_t i = 0; i < f->n_hosts; i++)
 		json_array_append_new(json_object_get(req, "nodes"), json_string(f->hosts[i]));
+	for (size_t i = 0; i < offer.n; i++) {
+		char hex[STORE_ID_HEX_LEN + 1];
+
+		store_id_to_hex(offer.b[i].id, hex);
+		json_array_append_new(json_object_get(req, "bases"),
+				      json_pack("{s:s, s:s}", "ref", offer.b[i].ref, "id", hex));
+	}
 	r = node_send_signed(fd, D.o->munge_socket, req, timeout, ret_error);
 	json_decref(req);
 	if (r < 0)
@@ -1004,45 +1181,76 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 				 timeout);
 	if (r < 0)
 		return error_set(ret_error, -EPIPE, "%s: %s", peer, strerror(-r));
+	if (type == NODE_MSG_META_JSON)
+		return error_set(ret_error, -EPIPE,
+				 "%s runs an older vmhpc node (it sent the manifest as JSON); run "
+				 "one vmhpc version on every node",
+				 peer);
 	if (type != NODE_MSG_META)
 		return error_set(ret_error, -EPIPE, "%s: %s", peer,
 				 type == NODE_MSG_ERROR || type == NODE_MSG_REPLY ? payload
 										  : "no manifest");
-	node_trace("meta-received", "%s %zu bytes", peer, len);
-	/* The children get the META as it came, before this node parses it and looks for
-	 * what it holds already: otherwise every hop of a chain adds that time before the
-	 * last node can ask for its first chunk (~0.1 s a hop, docs/node.md). It holds no
-	 * chunk, only the manifest that the children check as this node does; a manifest
-	 * that turns out bad is withdrawn below, and a child that got it fails on it too. */
+	{
+		uint8_t base_id[STORE_ID_BYTES];
+		const struct meta_base *base = NULL;
+		int has_base = node_meta_base(payload, len, base_id);
+
+		for (size_t i = 0; has_base > 0 && i < offer.n; i++)
+			if (memcmp(offer.b[i].id, base_id, STORE_ID_BYTES) == 0)
+				base = &offer.b[i];
+		node_trace("meta-received", "%s %zu bytes, base %s", peer, len,
+			   base ? base->ref : "none");
+		r = has_base < 0 || (has_base > 0 && !base)
+			? -EBADMSG
+			: node_meta_decode(payload, len, base ? base->text : NULL,
+					   base ? base->len : 0, &doc, &doc_len);
+		if (r == -ENOMEM)
+			return r;
+		if (r < 0)
+			return error_set(
+			    ret_error, -EPIPE, "%s sent a manifest that does not decode (%s)", peer,
+			    has_base > 0 && !base ? "against a base this node did not offer"
+						  : strerror(-r));
+	}
+	/* The children get the META now, before this node parses the manifest and re-hashes
+	 * what it holds already: otherwise every hop of a chain adds that time before the last
+	 * node can ask for its first chunk (~0.1 s a hop, docs/node.md); decoding took ~1 ms.
+	 * It holds no chunk, only the manifest that the children check as this node does; a
+	 * manifest that turns out bad is withdrawn below, and a child that got it fails on it
+	 * too. */
 	pthread_mutex_lock(&D.lock);
-	if (!f->meta && !f->m) {
-		f->meta = strndup(payload, len);
-		published = f->meta != NULL;
-		wake();
+	if (!f->doc && !f->m) {
+		f->doc = malloc(doc_len + 1);
+		f->wire = malloc(len);
+		if (f->doc && f->wire) {
+			memcpy(f->doc, doc, doc_len + 1);
+			f->doc_len = doc_len;
+			memcpy(f->wire, payload, len);
+			f->wire_len = len;
+			published = true;
+			wake();
+		} else {
+			free(f->doc);
+			free(f->wire);
+			f->doc = f->wire = NULL;
+		}
 	}
 	pthread_mutex_unlock(&D.lock);
-	meta = json_loadb(payload, len, 0, NULL);
 	{
-		const char *mt = json_string_value(json_object_get(meta, "manifest"));
-		json_t *js = json_object_get(meta, "sizes"), *v;
-		size_t n = json_array_size(js), i;
-		uint64_t *sizes = calloc(n + 1, sizeof(*sizes));
+		_cleanup_free_ uint64_t *sizes = NULL;
+		size_t manifest_len, n;
 
-		if (!mt || !sizes) {
-			free(sizes);
-			json_decref(meta);
-			r = error_set(ret_error, -EPIPE, "%s sent a bad manifest", peer);
-		} else {
-			json_array_foreach(js, i, v) sizes[i] = (uint64_t)json_integer_value(v);
-			r = fetch_set_manifest(f, s, mt, strlen(mt), sizes, n, ret_error);
-			free(sizes);
-			json_decref(meta);
-		}
+		r = node_meta_split(doc, doc_len, &manifest_len, &sizes, &n);
+		if (r == -EBADMSG)
+			r = error_set(ret_error, -EBADMSG, "%s sent a bad manifest", peer);
+		else if (r == 0)
+			r = fetch_set_manifest(f, s, doc, manifest_len, sizes, n, ret_error);
 		if (r < 0 && published) {
 			pthread_mutex_lock(&D.lock);
 			if (!f->m) {
-				free(f->meta);
-				f->meta = NULL;
+				free(f->doc);
+				free(f->wire);
+				f->doc = f->wire = NULL;
 			}
 			pthread_mutex_unlock(&D.lock);
 		}
@@ -1609,6 +1817,47 @@ static int feed_keepalive(int fd, double *last_s, int timeout_ms)
 	return node_proto_send(fd, NODE_MSG_REPLY, "{\"keepalive\":1}", 15, timeout_ms);
 }
 
+/* The META payload for a child that offered bases (caller frees): the one this node got
+ * from its parent when it is against one of them, else doc encoded against the first of
+ * them this node holds too, else the parent's when it is against none, else doc alone. */
+static int meta_for_child(struct store *s, json_t *offered, const char *doc, size_t doc_len,
+			  const char *wire, size_t wire_len, char **ret, size_t *ret_len)
+{
+	struct meta_base base;
+	uint8_t wire_base[STORE_ID_BYTES];
+	int wire_has_base = wire ? node_meta_base(wire, wire_len, wire_base) : -ENOENT;
+	bool pass_on = false;
+	json_t *b;
+	size_t i;
+	int r;
+
+	json_array_foreach(offered, i, b)
+	{
+		const char *hex = json_string_value(json_object_get(b, "id"));
+		uint8_t id[STORE_ID_BYTES];
+
+		if (wire_has_base > 0 && i < META_BASES_MAX && hex &&
+		    store_id_from_hex(hex, id) == 0 && memcmp(id, wire_base, STORE_ID_BYTES) == 0)
+			pass_on = true;
+	}
+	if (!pass_on && meta_base_find(s, offered, &base) == 0) {
+		r = node_meta_encode(doc, doc_len, base.text, base.len, ret, ret_len);
+		meta_bases_free(&base, 1);
+		return r;
+	}
+	/* Against a base the child holds, or against none when this node holds none of its
+	 * bases: what came from the parent is what this node would make. */
+	if (pass_on || wire_has_base == 0) {
+		*ret = malloc(wire_len);
+		if (!*ret)
+			return -ENOMEM;
+		memcpy(*ret, wire, wire_len);
+		*ret_len = wire_len;
+		return 0;
+	}
+	return node_meta_encode(doc, doc_len, NULL, 0, ret, ret_len);
+}
+
 /* Feeds a child: META, then every chunk it wants as soon as it is here and verified. */
 static void do_feed(int fd, json_t *req, const char *peer)
 {
@@ -1653,23 +1902,24 @@ static void do_feed(int fd, json_t *req, const char *peer)
 		f = calloc(1, sizeof(*f));
 		if (f && catalog_load(s, c->name, c->version, &m, NULL) == 0 &&
 		    manifest_distinct_chunks(m, &f->refs, &f->n) == 0 &&
-		    manifest_to_json(m, &text) == 0) {
-			json_t *js = json_array();
-
+		    manifest_to_json(m, &text) == 0 &&
+		    (f->sizes = calloc(f->n + 1, sizeof(*f->sizes))) &&
+		    (f->have = calloc(f->n + 1, sizeof(bool)))) {
 			f->users = 1;
 			f->m = m;
 			f->done = true;
-			f->have = calloc(f->n + 1, sizeof(bool));
 			for (size_t i = 0; i < f->n; i++) {
-				uint64_t b = 0;
-
 				f->have[i] = true;
-				store_chunk_stored_bytes(s, f->refs[i].id, &b);
-				json_array_append_new(js, json_integer((json_int_t)b));
+				store_chunk_stored_bytes(s, f->refs[i].id, &f->sizes[i]);
 			}
-			f->meta = dumps_take(json_pack("{s:s, s:o}", "manifest", text, "sizes", js),
-					     JSON_COMPACT);
+			if (node_meta_join(text, strlen(text), f->sizes, f->n, &f->doc,
+					   &f->doc_len) < 0)
+				f->failed = true;
 		} else {
+			if (f) {
+				free(f->refs);
+				free(f->sizes);
+			}
 			manifest_free(m);
 			free(f);
 			f = NULL;
@@ -1682,24 +1932,40 @@ static void do_feed(int fd, json_t *req, const char *peer)
 	}
 	/* Wait for the manifest, keeping the child's timeout at bay. */
 	for (;;) {
-		_cleanup_free_ char *meta = NULL;
+		_cleanup_free_ char *doc = NULL, *wire = NULL, *payload = NULL;
+		size_t doc_len = 0, wire_len = 0, len = 0;
 		bool failed;
 
 		pthread_mutex_lock(&D.lock);
-		if (!f->meta && !f->failed)
+		if (!f->doc && !f->failed)
 			wait_ms(KEEPALIVE_MS);
-		meta = f->meta ? strdup(f->meta) : NULL;
 		failed = f->failed;
+		if (f->doc && (doc = malloc(f->doc_len + 1))) {
+			memcpy(doc, f->doc, f->doc_len + 1);
+			doc_len = f->doc_len;
+			if (f->wire && (wire = malloc(f->wire_len))) {
+				memcpy(wire, f->wire, f->wire_len);
+				wire_len = f->wire_len;
+			}
+		}
 		pthread_mutex_unlock(&D.lock);
 		if (failed) {
-			node_proto_send(fd, NODE_MSG_ERROR, f->error, strlen(f->error), timeout);
+			node_proto_send(fd, NODE_MSG_ERROR, f->error ? f->error : "failed",
+					strlen(f->error ? f->error : "failed"), timeout);
 			goto out;
 		}
-		if (meta) {
-			r = node_proto_send(fd, NODE_MSG_META, meta, strlen(meta), timeout);
+		if (doc) {
+			r = meta_for_child(s, json_object_get(req, "bases"), doc, doc_len, wire,
+					   wire_len, &payload, &len);
+			if (r < 0) {
+				node_proto_send(fd, NODE_MSG_ERROR, "cannot encode the manifest",
+						26, timeout);
+				goto out;
+			}
+			r = node_proto_send(fd, NODE_MSG_META, payload, len, timeout);
 			if (r < 0)
 				goto out;
-			node_trace("meta-sent", "%s", peer);
+			node_trace("meta-sent", "%s %zu bytes", peer, len);
 			break;
 		}
 		if (feed_keepalive(fd, &last_sent_s, timeout) < 0)

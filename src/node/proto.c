@@ -12,9 +12,10 @@
 
 static const char *const type_names[_NODE_MSG_TYPE_MAX] = {
     [NODE_MSG_REQUEST] = "request", [NODE_MSG_REQUEST_MUNGE] = "request-munge",
-    [NODE_MSG_REPLY] = "reply",	    [NODE_MSG_META] = "meta",
+    [NODE_MSG_REPLY] = "reply",	    [NODE_MSG_META_JSON] = "meta-json",
     [NODE_MSG_WANT] = "want",	    [NODE_MSG_CHUNK] = "chunk",
     [NODE_MSG_END] = "end",	    [NODE_MSG_ERROR] = "error",
+    [NODE_MSG_META] = "meta",
 };
 
 const char *node_msg_type_to_string(enum node_msg_type type)

@@ -18,11 +18,12 @@ enum node_msg_type {
 	NODE_MSG_REQUEST = 1,	/* JSON {"op": ...} on the unix socket (peer credentials) */
 	NODE_MSG_REQUEST_MUNGE, /* a MUNGE credential whose payload is the JSON request (TCP) */
 	NODE_MSG_REPLY,		/* JSON answer {"ok": true|false, "error": "...", ...} */
-	NODE_MSG_META,		/* feed: JSON {"manifest": TEXT, "sizes": [compressed bytes]} */
+	NODE_MSG_META_JSON,	/* feed: the whole manifest as JSON, from a vmhpc before META */
 	NODE_MSG_WANT,		/* feed: JSON [indices of distinct chunks the child lacks] */
 	NODE_MSG_CHUNK,		/* feed: u32 index + the chunk's zstd frame as stored */
 	NODE_MSG_END,		/* feed: every wanted chunk was sent */
 	NODE_MSG_ERROR,		/* feed: the sender gives up; payload is the reason */
+	NODE_MSG_META,		/* feed: manifest and sizes, zstd, maybe against a base (meta.h) */
 	_NODE_MSG_TYPE_MAX,
 };
 

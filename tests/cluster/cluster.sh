@@ -70,7 +70,7 @@ cluster_down() {
 	done
 	ip netns del "vh$CL_ID-front" 2>/dev/null || true
 	ip link del "vh${CL_ID}fe" 2>/dev/null || true
-	ip link del "$CL_BR" 2>/dev/null || true
+	[ -z "${CL_BR:-}" ] || ip link del "$CL_BR" 2>/dev/null || true
 	if [ -n "$CL_DIR" ] && mountpoint -q "$CL_DIR"; then
 		umount "$CL_DIR" 2>/dev/null || umount -l "$CL_DIR" || true
 	fi

@@ -16,11 +16,13 @@
 
 #include "node/client.h"
 #include "node/hostlist.h"
+#include "node/meta.h"
 #include "node/allowlist.h"
 #include "node/pace.h"
 #include "node/policy.h"
 #include "node/proto.h"
 #include "node/tree.h"
+#include "util/cleanup.h"
 
 static void expect_hosts(const char *text, const char *joined)
 {
@@ -246,7 +248,8 @@ static void test_proto_fuzz(void **state)
 		int r;
 
 		if (i % 2) {
-			node_proto_header_encode((enum node_msg_type)(1 + i % 8), (uint32_t)x, h);
+			node_proto_header_encode(
+			    (enum node_msg_type)(1 + i % (_NODE_MSG_TYPE_MAX - 1)), (uint32_t)x, h);
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 			h[x % NODE_PROTO_HEADER_BYTES] ^= (uint8_t)(x >> 8);
 		} else
@@ -461,6 +464,93 @@ static void test_error_past_name(void **state)
 	assert_string_equal(node_error_past_name("n1", "timed out"), "timed out");
 }
 
+/* A manifest-like text of n entries with random hex ids, seeded; one with change set
+ * differs in every 50th entry and has extra more. */
+static char *fake_manifest(size_t n, uint64_t seed, bool change, size_t extra)
+{
+	size_t cap = (n + extra) * 100 + 64, len = 0;
+	char *t = malloc(cap);
+	uint64_t x = 0x2545f4914f6cdd1dull;
+
+	len += (size_t)sprintf(t + len, "{\n \"parts\": [\n");
+	for (size_t i = 0; i < n + extra; i++) {
+		uint64_t a, b;
+
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		a = x;
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		b = x;
+		if (i >= n || (change && i % 50 == 0))
+			a ^= seed, b ^= seed * 3;
+		len += (size_t)sprintf(t + len, "  [\"%016llx%016llx%016llx%016llx\", %zu],\n",
+				       (unsigned long long)a, (unsigned long long)b,
+				       (unsigned long long)(a * 7), (unsigned long long)(b * 5),
+				       (size_t)(a % 65536));
+	}
+	sprintf(t + len, " ]\n}\n");
+	return t;
+}
+
+/* META documents and payloads: round trips with and without a base, a difference that is a
+ * fraction of the whole, and every way a payload can be wrong. */
+static void test_meta(void **state)
+{
+	uint64_t sizes[3] = {70770, 0, 123}, *got = NULL;
+	_cleanup_free_ char *old = fake_manifest(1000, 11, false, 0);
+	_cleanup_free_ char *new = fake_manifest(1000, 11, true, 10);
+	char *doc = NULL, *payload = NULL, *out = NULL, *alone = NULL;
+	size_t doc_len, len, out_len, alone_len, mlen, n;
+	uint8_t id[STORE_ID_BYTES];
+
+	(void)state;
+	assert_int_equal(node_meta_join(new, strlen(new), sizes, 3, &doc, &doc_len), 0);
+	assert_int_equal(node_meta_split(doc, doc_len, &mlen, &got, &n), 0);
+	assert_int_equal(mlen, strlen(new));
+	assert_int_equal(n, 3);
+	assert_memory_equal(got, sizes, sizeof(sizes));
+	free(got);
+	assert_int_equal(node_meta_split(new, strlen(new), &mlen, &got, &n), -EBADMSG);
+
+	/* Alone and against the old version: both decode to the document. */
+	assert_int_equal(node_meta_encode(doc, doc_len, NULL, 0, &alone, &alone_len), 0);
+	assert_int_equal(node_meta_base(alone, alone_len, id), 0);
+	assert_int_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len), 0);
+	assert_int_equal(out_len, doc_len);
+	assert_memory_equal(out, doc, doc_len);
+	free(out);
+	assert_int_equal(node_meta_encode(doc, doc_len, old, strlen(old), &payload, &len), 0);
+	assert_int_equal(node_meta_base(payload, len, id), 1);
+	assert_int_equal(node_meta_decode(payload, len, old, strlen(old), &out, &out_len), 0);
+	assert_memory_equal(out, doc, doc_len);
+	free(out);
+	/* ~1/50 of the entries changed: the difference is a small part of the whole. */
+	print_message("META: document %zu bytes, alone %zu, against the old version %zu\n", doc_len,
+		      alone_len, len);
+	assert_true(len * 5 < alone_len);
+	assert_true(alone_len < doc_len);
+
+	/* A base is needed and missing, or not the one named; none is named and one given. */
+	assert_int_equal(node_meta_decode(payload, len, NULL, 0, &out, &out_len), -EINVAL);
+	assert_int_equal(node_meta_decode(payload, len, new, strlen(new), &out, &out_len), -EINVAL);
+	assert_int_equal(node_meta_decode(alone, alone_len, old, strlen(old), &out, &out_len),
+			 -EINVAL);
+	/* Short, truncated, a flipped byte in the frame or in the document's id, a length that
+	 * lies: never a document. */
+	assert_int_equal(node_meta_base(payload, NODE_META_HEADER_BYTES - 1, id), -EBADMSG);
+	assert_int_equal(node_meta_decode(alone, alone_len - 1, NULL, 0, &out, &out_len), -EBADMSG);
+	for (size_t k = STORE_ID_BYTES; k < alone_len; k += 97) {
+		alone[k] ^= 0x20;
+		assert_int_not_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len),
+				     0);
+		alone[k] ^= 0x20;
+	}
+	alone[2 * STORE_ID_BYTES + 7] = 0x7f;
+	assert_int_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len), -EBADMSG);
+	free(alone);
+	free(payload);
+	free(doc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -469,7 +559,7 @@ int main(void)
 	    cmocka_unit_test(test_proto_header),    cmocka_unit_test(test_proto_fuzz),
 	    cmocka_unit_test(test_proto_io),	    cmocka_unit_test(test_proto_reader),
 	    cmocka_unit_test(test_allowlist),	    cmocka_unit_test(test_pace),
-	    cmocka_unit_test(test_error_past_name),
+	    cmocka_unit_test(test_error_past_name), cmocka_unit_test(test_meta),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
