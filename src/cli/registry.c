@@ -182,7 +182,7 @@ int cli_image_push(struct cli_context *ctx, int argc, char **argv)
 	struct oci_client *c = NULL;
 	struct manifest *m = NULL;
 	struct store *s = NULL;
-	struct push_stats st;
+	struct push_stats st = {0};
 	uint32_t version;
 	char b[3][HUMANIZE_BYTES_LEN];
 	double t0 = time_now_s();
@@ -228,14 +228,21 @@ int cli_image_push(struct cli_context *ctx, int argc, char **argv)
 					"registry and the next push sends only the rest\n");
 		goto out;
 	}
+	if (st.patch_error) {
+		log_warning("%s:%u is pushed, its patch is not (%s): pullers that hold an earlier "
+			    "version fetch its whole manifest",
+			    m->name, m->version, st.patch_error);
+		free(st.patch_error);
+	}
 	if (args.json) {
 		print_json(json_pack(
-		    "{s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:o}", "image", m->name,
-		    "version", (int)m->version, "reference", where, "digest", st.digest, "chunks",
-		    (json_int_t)st.chunks, "chunks_uploaded", (json_int_t)st.chunks_uploaded,
-		    "chunk_bytes", (json_int_t)st.chunk_bytes, "chunk_bytes_uploaded",
-		    (json_int_t)st.chunk_bytes_uploaded, "metadata_bytes",
-		    (json_int_t)st.metadata_bytes, "http", traffic_json(c, time_now_s() - t0)));
+		    "{s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:o}", "image",
+		    m->name, "version", (int)m->version, "reference", where, "digest", st.digest,
+		    "chunks", (json_int_t)st.chunks, "chunks_uploaded",
+		    (json_int_t)st.chunks_uploaded, "chunk_bytes", (json_int_t)st.chunk_bytes,
+		    "chunk_bytes_uploaded", (json_int_t)st.chunk_bytes_uploaded, "metadata_bytes",
+		    (json_int_t)st.metadata_bytes, "patch_base", (int)st.patch_base, "patch_bytes",
+		    (json_int_t)st.patch_bytes, "http", traffic_json(c, time_now_s() - t0)));
 	} else {
 		printf("pushed %s:%u to %s\n", m->name, m->version, where);
 		printf("  chunks     %zu (%s), %zu uploaded (%s), %zu already there\n", st.chunks,
@@ -244,6 +251,9 @@ int cli_image_push(struct cli_context *ctx, int argc, char **argv)
 		       st.chunks - st.chunks_uploaded);
 		printf("  metadata   %s uploaded (config and manifest)\n",
 		       humanize_bytes(st.metadata_bytes, b[2]));
+		if (st.patch_base)
+			printf("  patch      against %s:%u, %s uploaded\n", m->name, st.patch_base,
+			       humanize_bytes(st.patch_bytes, b[0]));
 		print_traffic(c, time_now_s() - t0);
 		printf("  digest     %s\n", st.digest);
 	}
@@ -298,14 +308,15 @@ int cli_image_pull(struct cli_context *ctx, int argc, char **argv)
 	}
 	if (args.json) {
 		print_json(json_pack(
-		    "{s:s, s:i, s:b, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "image",
-		    res.name, "version", (int)res.version, "added", res.added, "reference", where,
-		    "digest", res.digest, "chunks", (json_int_t)res.chunks, "chunks_fetched",
+		    "{s:s, s:i, s:b, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}",
+		    "image", res.name, "version", (int)res.version, "added", res.added, "reference",
+		    where, "digest", res.digest, "chunks", (json_int_t)res.chunks, "chunks_fetched",
 		    (json_int_t)res.chunks_fetched, "chunks_present",
 		    (json_int_t)res.chunks_present, "chunks_repaired",
 		    (json_int_t)res.chunks_repaired, "chunk_bytes", (json_int_t)res.chunk_bytes,
 		    "chunk_bytes_fetched", (json_int_t)res.chunk_bytes_fetched, "metadata_bytes",
-		    (json_int_t)res.metadata_bytes, "http", traffic_json(c, time_now_s() - t0)));
+		    (json_int_t)res.metadata_bytes, "patched", res.patched, "http",
+		    traffic_json(c, time_now_s() - t0)));
 	} else {
 		if (res.added)
 			printf("pulled %s as %s:%u\n", where, res.name, res.version);
@@ -317,8 +328,9 @@ int cli_image_pull(struct cli_context *ctx, int argc, char **argv)
 		       humanize_bytes(res.chunk_bytes_fetched, b[1]), res.chunks_present);
 		if (res.chunks_repaired)
 			printf(", %zu damaged here and fetched again", res.chunks_repaired);
-		printf("\n  metadata   %s fetched (manifest and config)\n",
-		       humanize_bytes(res.metadata_bytes, b[2]));
+		printf("\n  metadata   %s fetched (%s)\n", humanize_bytes(res.metadata_bytes, b[2]),
+		       res.patched ? "its patch against a version this store holds"
+				   : "manifest and config");
 		print_traffic(c, time_now_s() - t0);
 		printf("  digest     %s\n", res.digest);
 	}

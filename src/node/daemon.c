@@ -32,6 +32,7 @@
 #include "node/client.h"
 #include "node/hostlist.h"
 #include "node/meta.h"
+#include "store/delta.h"
 #include "node/pace.h"
 #include "node/policy.h"
 #include "node/proto.h"
@@ -40,6 +41,7 @@
 #include "registry/artifact.h"
 #include "registry/auth.h"
 #include "registry/oci.h"
+#include "registry/patch.h"
 #include "registry/reference.h"
 #include "store/catalog.h"
 #include "store/manifest.h"
@@ -834,139 +836,6 @@ static void *registry_worker(void *arg)
 	return NULL;
 }
 
-static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_error)
-{
-	_cleanup_free_ char *oci_json = NULL, *config = NULL, *why = NULL;
-	struct reference *ref = NULL;
-	struct oci_client *c = NULL;
-	struct artifact *a = NULL;
-	uint64_t *sizes = NULL;
-	size_t oci_len = 0, config_len = 0, n_workers = 0;
-	struct registry_job job = {0};
-	pthread_t workers[REGISTRY_STREAMS];
-	int r;
-
-	r = open_registry(f->ref, &ref, &c, ret_error);
-	if (r < 0)
-		return r;
-	r = oci_manifest_get(c, ref->repository, reference_target(ref), OCI_MEDIA_TYPE_MANIFEST,
-			     &oci_json, &oci_len, ret_error);
-	if (r < 0)
-		goto out;
-	node_trace("registry-manifest", "%s", f->ref);
-	r = artifact_parse(oci_json, oci_len, &a, &why);
-	if (r < 0) {
-		r = error_set(ret_error, r, "the manifest of %s: %s", f->ref, why);
-		goto out;
-	}
-	r = oci_blob_get(c, ref->repository, a->config.digest, a->config.size_bytes,
-			 (void **)&config, &config_len, ret_error);
-	if (r < 0)
-		goto out;
-	sizes = calloc(a->n_chunks + 1, sizeof(*sizes));
-	if (!sizes) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < a->n_chunks; i++)
-		sizes[i] = a->chunks[i].size_bytes;
-	node_trace("registry-config", "%s", f->ref);
-	r = fetch_set_manifest(f, s, config, config_len, sizes, a->n_chunks, ret_error);
-	node_trace("manifest-set", "%s %zu chunks", f->ref, a->n_chunks);
-	if (r < 0)
-		goto out;
-	job.f = f;
-	job.a = a;
-	for (size_t w = 0; w < REGISTRY_STREAMS && w < f->n; w++)
-		if (pthread_create(&workers[n_workers], NULL, registry_worker, &job) == 0)
-			n_workers++;
-	for (size_t w = 0; w < n_workers; w++)
-		pthread_join(workers[w], NULL);
-	if (job.error) {
-		r = error_set(ret_error, job.error, "%s",
-			      job.error_text ? job.error_text : "fetch");
-		goto out;
-	}
-	pthread_mutex_lock(&D.lock);
-	for (size_t i = 0; i < f->n; i++)
-		if (!f->have[i])
-			r = -EIO;
-	pthread_mutex_unlock(&D.lock);
-	if (r < 0)
-		r = error_set(ret_error, r, "%s: not every chunk arrived", f->ref);
-out:
-	free(job.error_text);
-	free(sizes);
-	artifact_free(a);
-	oci_client_free(c);
-	reference_free(ref);
-	return r;
-}
-
-/* How many of f's distinct chunks this node holds (lock held). */
-static size_t fetch_held(const struct fetch *f)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; f->have && i < f->n; i++)
-		n += f->have[i];
-	return n;
-}
-
-/* Asks node peer (a name of the job's hostlist) whether it holds ref: cached, or, while it
- * fetches it, how many of its chunks it holds. 0, or -errno when it did not answer within
- * HOLDER_QUERY_MS. */
-static int peer_has(const char *peer, const char *ref, bool *ret_cached, size_t *ret_held)
-{
-	_cleanup_free_ char *addr = NULL, *error = NULL;
-	json_t *req, *reply = NULL;
-	int r;
-
-	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, NULL);
-	if (r < 0)
-		return r;
-	req = json_pack("{s:s, s:s}", "op", "has", "ref", ref);
-	r = req ? node_client_peer(addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error)
-		: -ENOMEM;
-	json_decref(req);
-	if (r == 0) {
-		*ret_cached = json_is_true(json_object_get(reply, "cached"));
-		*ret_held = (size_t)json_integer_value(json_object_get(reply, "held"));
-	}
-	json_decref(reply);
-	return r;
-}
-
-/* Whether the parent feeding f is too slow (see PACE_WINDOW_S): it fed less than the
- * minimum rate, and alt, the node that would replace it, holds SLOW_GAP_CHUNKS more. On
- * yes, *ret_error says so. */
-static bool parent_too_slow(struct fetch *f, const struct node_pace *pace, const char *peer,
-			    const char *alt, char **ret_error)
-{
-	size_t mine, theirs = 0;
-	bool cached = false;
-	int r;
-
-	if (!alt || D.o->peer_min_rate_bytes == 0 ||
-	    !node_pace_below(pace, time_now_ms(), PACE_WINDOW_S, D.o->peer_min_rate_bytes))
-		return false;
-	r = peer_has(alt, f->ref, &cached, &theirs);
-	pthread_mutex_lock(&D.lock);
-	mine = fetch_held(f);
-	if (r == 0 && cached)
-		theirs = f->n;
-	pthread_mutex_unlock(&D.lock);
-	node_trace("pace-check", "%s %s %zu %s %zu", f->ref, peer, mine, alt, theirs);
-	if (r < 0 || theirs < mine + SLOW_GAP_CHUNKS)
-		return false;
-	error_set(ret_error, -EPIPE,
-		  "%s: too slow: less than %llu bytes/s over %d s, while %s holds %zu chunks "
-		  "more than this node",
-		  peer, (unsigned long long)D.o->peer_min_rate_bytes, PACE_WINDOW_S, alt,
-		  theirs - mine);
-	return true;
-}
-
 /* ---- META bases: versions both ends hold, that a META may be a difference from ---- */
 
 /* At most this many offered per feed: each costs the child a manifest's load and hash. */
@@ -1115,6 +984,178 @@ static int meta_base_find(struct store *s, json_t *offered, struct meta_base *re
 	return -ENOENT;
 }
 
+/* The version ref names rebuilt from its patch against a version this node holds
+ * (registry/patch.h), when the registry has one: a few KB instead of the version's whole
+ * OCI manifest and config (~230 KB for tiny-mpi). 0 with the artifact and config, else
+ * -ENOENT (no base here, no patch there, or one that does not rebuild the version: then the
+ * whole version is fetched, as without patches). */
+static int fetch_patch(struct fetch *f, struct store *s, struct oci_client *c,
+		       const struct reference *ref, struct artifact **ret_a, char **ret_config,
+		       size_t *ret_config_len)
+{
+	_cleanup_(meta_offer_done) struct meta_offer offer = {0};
+	char digest[OCI_DIGEST_LEN + 1];
+
+	offer.n = meta_bases_offer(s, f->ref, offer.b);
+	if (offer.n == 0)
+		return -ENOENT;
+	if (ref->digest)
+		snprintf(digest, sizeof(digest), "%s", ref->digest);
+	else if (oci_manifest_head(c, ref->repository, ref->tag, OCI_MEDIA_TYPE_MANIFEST, digest,
+				   NULL) < 0)
+		return -ENOENT;
+	for (size_t i = 0; i < offer.n; i++) {
+		_cleanup_free_ char *error = NULL;
+		int r = patch_pull(s, c, ref->repository, digest, offer.b[i].text, offer.b[i].len,
+				   ret_a, ret_config, ret_config_len, &error);
+
+		if (r == 0) {
+			node_trace("registry-patch", "%s against %s", f->ref, offer.b[i].ref);
+			return 0;
+		}
+		if (r != -ENOENT)
+			log_warning("fetching %s: not through its patch against %s (%s); fetching "
+				    "its whole manifest",
+				    f->ref, offer.b[i].ref, error ? error : strerror(-r));
+	}
+	return -ENOENT;
+}
+
+static int fetch_from_registry(struct fetch *f, struct store *s, char **ret_error)
+{
+	_cleanup_free_ char *oci_json = NULL, *config = NULL, *why = NULL;
+	struct reference *ref = NULL;
+	struct oci_client *c = NULL;
+	struct artifact *a = NULL;
+	uint64_t *sizes = NULL;
+	size_t oci_len = 0, config_len = 0, n_workers = 0;
+	struct registry_job job = {0};
+	pthread_t workers[REGISTRY_STREAMS];
+	int r;
+
+	r = open_registry(f->ref, &ref, &c, ret_error);
+	if (r < 0)
+		return r;
+	if (fetch_patch(f, s, c, ref, &a, &config, &config_len) < 0) {
+		r = oci_manifest_get(c, ref->repository, reference_target(ref),
+				     OCI_MEDIA_TYPE_MANIFEST, &oci_json, &oci_len, ret_error);
+		if (r < 0)
+			goto out;
+		node_trace("registry-manifest", "%s", f->ref);
+		r = artifact_parse(oci_json, oci_len, &a, &why);
+		if (r < 0) {
+			r = error_set(ret_error, r, "the manifest of %s: %s", f->ref, why);
+			goto out;
+		}
+		r = oci_blob_get(c, ref->repository, a->config.digest, a->config.size_bytes,
+				 (void **)&config, &config_len, ret_error);
+		if (r < 0)
+			goto out;
+	}
+	sizes = calloc(a->n_chunks + 1, sizeof(*sizes));
+	if (!sizes) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < a->n_chunks; i++)
+		sizes[i] = a->chunks[i].size_bytes;
+	node_trace("registry-config", "%s", f->ref);
+	r = fetch_set_manifest(f, s, config, config_len, sizes, a->n_chunks, ret_error);
+	node_trace("manifest-set", "%s %zu chunks", f->ref, a->n_chunks);
+	if (r < 0)
+		goto out;
+	job.f = f;
+	job.a = a;
+	for (size_t w = 0; w < REGISTRY_STREAMS && w < f->n; w++)
+		if (pthread_create(&workers[n_workers], NULL, registry_worker, &job) == 0)
+			n_workers++;
+	for (size_t w = 0; w < n_workers; w++)
+		pthread_join(workers[w], NULL);
+	if (job.error) {
+		r = error_set(ret_error, job.error, "%s",
+			      job.error_text ? job.error_text : "fetch");
+		goto out;
+	}
+	pthread_mutex_lock(&D.lock);
+	for (size_t i = 0; i < f->n; i++)
+		if (!f->have[i])
+			r = -EIO;
+	pthread_mutex_unlock(&D.lock);
+	if (r < 0)
+		r = error_set(ret_error, r, "%s: not every chunk arrived", f->ref);
+out:
+	free(job.error_text);
+	free(sizes);
+	artifact_free(a);
+	oci_client_free(c);
+	reference_free(ref);
+	return r;
+}
+
+/* How many of f's distinct chunks this node holds (lock held). */
+static size_t fetch_held(const struct fetch *f)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; f->have && i < f->n; i++)
+		n += f->have[i];
+	return n;
+}
+
+/* Asks node peer (a name of the job's hostlist) whether it holds ref: cached, or, while it
+ * fetches it, how many of its chunks it holds. 0, or -errno when it did not answer within
+ * HOLDER_QUERY_MS. */
+static int peer_has(const char *peer, const char *ref, bool *ret_cached, size_t *ret_held)
+{
+	_cleanup_free_ char *addr = NULL, *error = NULL;
+	json_t *req, *reply = NULL;
+	int r;
+
+	r = node_peer_address(D.o->peers_file, peer, NODE_DEFAULT_PORT, &addr, NULL);
+	if (r < 0)
+		return r;
+	req = json_pack("{s:s, s:s}", "op", "has", "ref", ref);
+	r = req ? node_client_peer(addr, D.o->munge_socket, req, HOLDER_QUERY_MS, &reply, &error)
+		: -ENOMEM;
+	json_decref(req);
+	if (r == 0) {
+		*ret_cached = json_is_true(json_object_get(reply, "cached"));
+		*ret_held = (size_t)json_integer_value(json_object_get(reply, "held"));
+	}
+	json_decref(reply);
+	return r;
+}
+
+/* Whether the parent feeding f is too slow (see PACE_WINDOW_S): it fed less than the
+ * minimum rate, and alt, the node that would replace it, holds SLOW_GAP_CHUNKS more. On
+ * yes, *ret_error says so. */
+static bool parent_too_slow(struct fetch *f, const struct node_pace *pace, const char *peer,
+			    const char *alt, char **ret_error)
+{
+	size_t mine, theirs = 0;
+	bool cached = false;
+	int r;
+
+	if (!alt || D.o->peer_min_rate_bytes == 0 ||
+	    !node_pace_below(pace, time_now_ms(), PACE_WINDOW_S, D.o->peer_min_rate_bytes))
+		return false;
+	r = peer_has(alt, f->ref, &cached, &theirs);
+	pthread_mutex_lock(&D.lock);
+	mine = fetch_held(f);
+	if (r == 0 && cached)
+		theirs = f->n;
+	pthread_mutex_unlock(&D.lock);
+	node_trace("pace-check", "%s %s %zu %s %zu", f->ref, peer, mine, alt, theirs);
+	if (r < 0 || theirs < mine + SLOW_GAP_CHUNKS)
+		return false;
+	error_set(ret_error, -EPIPE,
+		  "%s: too slow: less than %llu bytes/s over %d s, while %s holds %zu chunks "
+		  "more than this node",
+		  peer, (unsigned long long)D.o->peer_min_rate_bytes, PACE_WINDOW_S, alt,
+		  theirs - mine);
+	return true;
+}
+
 static void reader_freep(struct node_proto_reader **rd)
 {
 	node_proto_reader_free(*rd);
@@ -1193,7 +1234,7 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 	{
 		uint8_t base_id[STORE_ID_BYTES];
 		const struct meta_base *base = NULL;
-		int has_base = node_meta_base(payload, len, base_id);
+		int has_base = delta_base(payload, len, base_id);
 
 		for (size_t i = 0; has_base > 0 && i < offer.n; i++)
 			if (memcmp(offer.b[i].id, base_id, STORE_ID_BYTES) == 0)
@@ -1202,8 +1243,8 @@ static int fetch_from_peer(struct fetch *f, struct store *s, const char *peer, b
 			   base ? base->ref : "none");
 		r = has_base < 0 || (has_base > 0 && !base)
 			? -EBADMSG
-			: node_meta_decode(payload, len, base ? base->text : NULL,
-					   base ? base->len : 0, &doc, &doc_len);
+			: delta_decode(payload, len, base ? base->text : NULL, base ? base->len : 0,
+				       &doc, &doc_len);
 		if (r == -ENOMEM)
 			return r;
 		if (r < 0)
@@ -1825,7 +1866,7 @@ static int meta_for_child(struct store *s, json_t *offered, const char *doc, siz
 {
 	struct meta_base base;
 	uint8_t wire_base[STORE_ID_BYTES];
-	int wire_has_base = wire ? node_meta_base(wire, wire_len, wire_base) : -ENOENT;
+	int wire_has_base = wire ? delta_base(wire, wire_len, wire_base) : -ENOENT;
 	bool pass_on = false;
 	json_t *b;
 	size_t i;
@@ -1841,7 +1882,7 @@ static int meta_for_child(struct store *s, json_t *offered, const char *doc, siz
 			pass_on = true;
 	}
 	if (!pass_on && meta_base_find(s, offered, &base) == 0) {
-		r = node_meta_encode(doc, doc_len, base.text, base.len, ret, ret_len);
+		r = delta_encode(doc, doc_len, base.text, base.len, ret, ret_len);
 		meta_bases_free(&base, 1);
 		return r;
 	}
@@ -1855,7 +1896,7 @@ static int meta_for_child(struct store *s, json_t *offered, const char *doc, siz
 		*ret_len = wire_len;
 		return 0;
 	}
-	return node_meta_encode(doc, doc_len, NULL, 0, ret, ret_len);
+	return delta_encode(doc, doc_len, NULL, 0, ret, ret_len);
 }
 
 /* Feeds a child: META, then every chunk it wants as soon as it is here and verified. */

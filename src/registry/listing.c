@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "registry/artifact.h"
+#include "registry/patch.h"
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/fsutil.h"
@@ -83,6 +84,8 @@ int listing_load(struct oci_client *c, const char *repo, const char *cache_dir, 
 		size_t oci_len = 0, config_len = 0;
 		bool cached;
 
+		if (patch_tag_is(tags[i])) /* a version's patch, not a version */
+			continue;
 		r = oci_manifest_get(c, repo, tags[i], OCI_MEDIA_TYPE_MANIFEST, &oci, &oci_len,
 				     ret_error);
 		if (r == -ENOENT) { /* untagged since the list was made */

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "registry/artifact.h"
+#include "registry/patch.h"
+#include "store/catalog.h"
 #include "store/manifest.h"
 #include "store/transfer.h"
 #include "util/cleanup.h"
@@ -67,6 +69,79 @@ static int fetch_chunk(struct store *s, struct oci_client *c, const char *repo,
 	return 0;
 }
 
+/* At most this many of the store's versions are tried as a patch's base: each costs a GET. */
+#define PATCH_BASES_MAX 4
+
+/* The versions of s a patch may be against: the newest of each name, newest first (a patch
+ * is against the version before its own, which a puller of the same image has). Their
+ * texts go to texts[] (caller frees each); returns how many. */
+static size_t patch_bases(struct store *s, char **texts)
+{
+	struct catalog_entry *entries = NULL;
+	struct manifest *best[PATCH_BASES_MAX] = {0};
+	size_t n = 0, k = 0;
+
+	if (catalog_list(s, &entries, &n) < 0)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		struct manifest *m = NULL;
+		bool newest = true;
+
+		for (size_t j = 0; j < n; j++)
+			if (strcmp(entries[j].name, entries[i].name) == 0 &&
+			    entries[j].version > entries[i].version)
+				newest = false;
+		if (!newest || catalog_load(s, entries[i].name, entries[i].version, &m, NULL) < 0)
+			continue;
+		/* Insert by creation time, newest first, keeping PATCH_BASES_MAX. */
+		for (size_t j = 0; j < PATCH_BASES_MAX && m; j++)
+			if (!best[j] || m->created_s > best[j]->created_s) {
+				struct manifest *t = best[j];
+
+				best[j] = m;
+				m = t;
+			}
+		manifest_free(m);
+	}
+	catalog_entries_free(entries, n);
+	for (size_t j = 0; j < PATCH_BASES_MAX && best[j]; j++) {
+		if (manifest_to_json(best[j], &texts[k]) == 0)
+			k++;
+		manifest_free(best[j]);
+	}
+	return k;
+}
+
+/* repo:reference rebuilt from its patch against a version s holds, when the registry has
+ * one: 0 with the artifact, its config and the manifest's digest; -ENOENT otherwise (the
+ * whole manifest is then fetched). */
+static int pull_through_patch(struct store *s, struct oci_client *c, const char *repo,
+			      const char *reference, struct artifact **ret_a, char **ret_config,
+			      size_t *ret_len, char digest[OCI_DIGEST_LEN + 1])
+{
+	char *texts[PATCH_BASES_MAX] = {0};
+	size_t n = patch_bases(s, texts);
+	int r = -ENOENT;
+
+	if (n > 0 && strncmp(reference, "sha256:", 7) == 0)
+		snprintf(digest, OCI_DIGEST_LEN + 1, "%s", reference);
+	else if (n > 0 &&
+		 oci_manifest_head(c, repo, reference, OCI_MEDIA_TYPE_MANIFEST, digest, NULL) < 0)
+		n = 0;
+	for (size_t i = 0; i < n && r < 0; i++) {
+		_cleanup_free_ char *error = NULL;
+
+		r = patch_pull(s, c, repo, digest, texts[i], strlen(texts[i]), ret_a, ret_config,
+			       ret_len, &error);
+		if (r < 0 && r != -ENOENT)
+			log_warning("pull: not through its patch (%s); fetching the whole manifest",
+				    error ? error : strerror(-r));
+	}
+	for (size_t i = 0; i < PATCH_BASES_MAX; i++)
+		free(texts[i]);
+	return r < 0 ? -ENOENT : 0;
+}
+
 int pull_image(struct store *s, struct oci_client *c, const char *repo, const char *reference,
 	       struct pull_result *ret, char **ret_error)
 {
@@ -79,6 +154,14 @@ int pull_image(struct store *s, struct oci_client *c, const char *repo, const ch
 	size_t oci_len = 0, config_len = 0, n = 0;
 	int r;
 
+	uint64_t received = oci_client_stats(c)->bytes_received;
+
+	if (pull_through_patch(s, c, repo, reference, &a, &config_json, &config_len, res.digest) ==
+	    0) {
+		res.metadata_bytes = oci_client_stats(c)->bytes_received - received;
+		res.patched = true;
+		goto have_config;
+	}
 	r = oci_manifest_get(c, repo, reference, OCI_MEDIA_TYPE_MANIFEST, &oci_json, &oci_len,
 			     ret_error);
 	if (r == -ENOENT) {
@@ -103,6 +186,7 @@ int pull_image(struct store *s, struct oci_client *c, const char *repo, const ch
 		goto out;
 	}
 	res.metadata_bytes += config_len;
+have_config:
 	r = manifest_from_json(config_json, config_len, &m, &why);
 	if (r < 0) {
 		r = error_set(ret_error, -EBADMSG, "the vmhpc manifest (config %s) of %s:%s: %s",

@@ -24,6 +24,8 @@ struct pull_result {
 	uint64_t chunk_bytes;	/* compressed bytes of all its chunks */
 	uint64_t chunk_bytes_fetched;
 	uint64_t metadata_bytes;	 /* OCI manifest and config fetched */
+	bool patched;			 /* through a patch (registry/patch.h): metadata_bytes
+					    are the patch's and the HEAD's */
 	char digest[OCI_DIGEST_LEN + 1]; /* the OCI manifest's digest */
 };
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "registry/artifact.h"
+#include "store/catalog.h"
 #include "util/cleanup.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -25,6 +26,45 @@ static int put_if_missing(struct oci_client *c, const char *repo, const char *di
 	if (r == 0)
 		*ret_sent = true;
 	return r;
+}
+
+/* The newest version of m's name below m's in s: the base of m's patch. NULL when none. */
+static struct manifest *previous_version(struct store *s, const struct manifest *m)
+{
+	struct catalog_entry *entries = NULL;
+	struct manifest *base = NULL;
+	uint32_t best = 0;
+	size_t n = 0;
+
+	if (catalog_list(s, &entries, &n) < 0)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(entries[i].name, m->name) == 0 && entries[i].version < m->version &&
+		    entries[i].version > best)
+			best = entries[i].version;
+	catalog_entries_free(entries, n);
+	if (best && catalog_load(s, m->name, best, &base, NULL) < 0)
+		base = NULL;
+	return base;
+}
+
+/* After m itself: its patch against the version before it, for pullers that hold that one.
+ * Its failure is reported, not fatal: the version is pushed whole. */
+static void push_patch(struct store *s, const struct manifest *m, struct oci_client *c,
+		       const char *repo, const struct artifact_blob *blobs, size_t n,
+		       const char *digest, size_t oci_size, struct push_stats *st)
+{
+	struct manifest *base = previous_version(s, m);
+	char *error = NULL;
+
+	if (!base)
+		return;
+	if (patch_push(s, c, repo, m, blobs, n, digest, oci_size, base, &st->patch_bytes, &error) ==
+	    0)
+		st->patch_base = base->version;
+	else
+		st->patch_error = error ? error : strdup("failed");
+	manifest_free(base);
 }
 
 int push_image(struct store *s, const struct manifest *m, struct oci_client *c, const char *repo,
@@ -121,18 +161,18 @@ int push_image(struct store *s, const struct manifest *m, struct oci_client *c, 
 		char current[OCI_DIGEST_LEN + 1];
 
 		/* The tag already names this very manifest: nothing to send. */
-		if (oci_manifest_head(c, repo, tag, OCI_MEDIA_TYPE_MANIFEST, current, NULL) == 0 &&
-		    strcmp(current, st.digest) == 0) {
-			*ret_stats = st;
-			goto out;
+		if (oci_manifest_head(c, repo, tag, OCI_MEDIA_TYPE_MANIFEST, current, NULL) != 0 ||
+		    strcmp(current, st.digest) != 0) {
+			/* The tag moves last: until here, nothing a puller could see has
+			 * changed. */
+			r = oci_manifest_put(c, repo, tag, OCI_MEDIA_TYPE_MANIFEST, oci_json,
+					     strlen(oci_json), ret_error);
+			if (r < 0)
+				goto out;
+			st.metadata_bytes += strlen(oci_json);
 		}
 	}
-	/* The tag moves last: until here, nothing a puller could see has changed. */
-	r = oci_manifest_put(c, repo, tag, OCI_MEDIA_TYPE_MANIFEST, oci_json, strlen(oci_json),
-			     ret_error);
-	if (r < 0)
-		goto out;
-	st.metadata_bytes += strlen(oci_json);
+	push_patch(s, m, c, repo, blobs, n, st.digest, strlen(oci_json), &st);
 	*ret_stats = st;
 out:
 	free(blobs);

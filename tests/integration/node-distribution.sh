@@ -153,10 +153,11 @@ ok "refused requests changed nothing (state, images) and were counted"
 
 # A second version after the first: each node (each link of the chain) moves at most 1.1x
 # the bytes only small:2 has, in chunks and in what its link really carried (rx_bytes:
-# the manifest, sent as a difference from small:1's, the protocol, TCP/IP). Not n1's: it
-# pulls from the registry, which sends the OCI manifest and config whole (docs/node.md).
+# the manifest, sent as a difference from small:1's, the protocol, TCP/IP). n1 pulls from
+# the registry: small:2's patch against small:1 (docs/registry.md), not its whole OCI
+# manifest and config.
 rx_of() { ip netns exec "vh$CL_ID-$1" cat /sys/class/net/eth0/statistics/rx_bytes; }
-for n in n2 n3 n4; do eval "rx0_$n=$(rx_of $n)"; done
+for n in n1 n2 n3 n4; do eval "rx0_$n=$(rx_of $n)"; done
 cluster_fetch "$CL_REGISTRY/vmhpc/small:2" 'n[1-4]' --json >"$WORK/fv2.json" || fail "small:2: $(cat "$WORK/fv2.json")"
 for i in 0 1 2 3; do
 	b=$(jget "$WORK/fv2.json" per_node.$i.reply.bytes_received)
@@ -164,7 +165,7 @@ for i in 0 1 2 3; do
 		fail "node $i received $b bytes of small:2, more than 1.1x its $unique2 own bytes"
 done
 links=
-for n in n2 n3 n4; do
+for n in n1 n2 n3 n4; do
 	eval "l=\$((\$(rx_of $n) - rx0_$n))"
 	python3 -c 'import sys; sys.exit(0 if int(sys.argv[1]) <= 1.1 * int(sys.argv[2]) else 1)' "$l" "$unique2" ||
 		fail "$n's link carried $l bytes for small:2, more than 1.1x its $unique2 own bytes"

@@ -147,7 +147,30 @@ at_most "$moved" "$unique2" 1.1 || fail "pull of v2 received $moved bytes; v2 ha
 [ "$(jget "$WORK/pull2.json" version)" = 2 ] || fail "v2 was pulled as version $(jget "$WORK/pull2.json" version)"
 cmp "$STORE1/manifests/small/2.json" "$STORE2/manifests/small/2.json" || fail "the pulled v2 manifest differs"
 VMHPC_STORE="$STORE2" "$VMHPC" image verify >/dev/null || fail "verify after pulling v2 fails"
-ok "pull v2 after v1: received $moved bytes (chunks $(jget "$WORK/pull2.json" chunk_bytes_fetched), manifest+config $(jget "$WORK/pull2.json" metadata_bytes)) for $unique2 bytes only v2 has ($(python3 -c "print('%.3f' % ($moved / $unique2))")x)"
+[ "$(jget "$WORK/pull2.json" patched)" = true ] || fail "pull of v2 did not go through its patch against v1: $(cat "$WORK/pull2.json")"
+ok "pull v2 after v1: received $moved bytes (chunks $(jget "$WORK/pull2.json" chunk_bytes_fetched), its patch $(jget "$WORK/pull2.json" metadata_bytes)) for $unique2 bytes only v2 has ($(python3 -c "print('%.3f' % ($moved / $unique2))")x)"
+
+# A patch that does not rebuild its version (here: one layer dropped, pushed under the
+# patch's tag by anyone who may push) is refused, and the whole version is fetched.
+[ "$(jget "$WORK/push2.json" patch_base)" = 1 ] || fail "push of v2 made no patch against v1: $(cat "$WORK/push2.json")"
+base_id=$(sha256sum <"$STORE1/manifests/small/1.json" | cut -c1-16)
+ptag="sha256-$(jget "$WORK/push2.json" digest | cut -d: -f2).$base_id.patch"
+curl -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REG/v2/vmhpc/small/manifests/$ptag" >"$WORK/patch.json" ||
+	fail "no patch under $ptag"
+python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m["layers"]=m["layers"][1:]; sys.stdout.write(json.dumps(m))' "$WORK/patch.json" >"$WORK/forged.json"
+curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$WORK/forged.json" \
+	"http://$REG/v2/vmhpc/small/manifests/$ptag" >/dev/null || fail "could not put the forged patch"
+STOREF="$WORK/store-forged"
+VMHPC_STORE="$STOREF" "$VMHPC" image pull --insecure "$REG/vmhpc/small:1" >/dev/null || fail "pull v1 into store-forged"
+VMHPC_STORE="$STOREF" "$VMHPC" image pull --insecure --json "$REG/vmhpc/small:2" >"$WORK/pullf.json" 2>"$WORK/pullf.err" ||
+	fail "pull v2 with a forged patch: $(cat "$WORK/pullf.err")"
+[ "$(jget "$WORK/pullf.json" patched)" = false ] || fail "a forged patch was used: $(cat "$WORK/pullf.json")"
+grep -q "not through its patch" "$WORK/pullf.err" || fail "the forged patch was not reported: $(cat "$WORK/pullf.err")"
+cmp "$STORE1/manifests/small/2.json" "$STOREF/manifests/small/2.json" || fail "v2 pulled past a forged patch differs"
+VMHPC_STORE="$STOREF" "$VMHPC" image verify >/dev/null || fail "verify after pulling past a forged patch fails"
+curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$WORK/patch.json" \
+	"http://$REG/v2/vmhpc/small/manifests/$ptag" >/dev/null || fail "could not put the patch back"
+ok "a forged patch is refused ($(grep -o 'not through its patch.*' "$WORK/pullf.err" | head -c 160)) and v2 comes whole, the same"
 
 # --- the registry's versions as candidates of the image manager's matching -------------------
 STORE4="$WORK/store4"

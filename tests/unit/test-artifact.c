@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "registry/artifact.h"
+#include "registry/patch.h"
 
 static struct manifest *sample(void)
 {
@@ -128,11 +129,41 @@ static void test_bad(void **state)
 	}
 }
 
+/* A patch's tag: the version's digest, 16 hex of the base's id; recognised, and nothing
+ * else is. */
+static void test_patch_tag(void **state)
+{
+	char d[OCI_DIGEST_LEN + 1] = "sha256:", want[PATCH_TAG_MAX] = "sha256-";
+	uint8_t base[STORE_ID_BYTES];
+	char tag[PATCH_TAG_MAX], bad_tag[PATCH_TAG_MAX];
+
+	(void)state;
+	for (int i = 0; i < 64; i++)
+		d[7 + i] = want[7 + i] = "0123456789abcdef"[i % 16];
+	strcat(want, ".abababababababab.patch");
+	memset(base, 0xab, sizeof(base));
+	patch_tag(d, base, tag);
+	assert_string_equal(tag, want);
+	assert_true(patch_tag_is(tag));
+	assert_false(patch_tag_is("latest"));
+	assert_false(patch_tag_is("2"));
+	strcpy(bad_tag, tag);
+	bad_tag[10] = 'G';
+	assert_false(patch_tag_is(bad_tag));
+	strcpy(bad_tag, tag);
+	bad_tag[71] = '-';
+	assert_false(patch_tag_is(bad_tag));
+	strcpy(bad_tag, tag);
+	bad_tag[strlen(bad_tag) - 1] = 'x';
+	assert_false(patch_tag_is(bad_tag));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_round_trip),
 	    cmocka_unit_test(test_bad),
+	    cmocka_unit_test(test_patch_tag),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,6 +17,7 @@
 #include "node/client.h"
 #include "node/hostlist.h"
 #include "node/meta.h"
+#include "store/delta.h"
 #include "node/allowlist.h"
 #include "node/pace.h"
 #include "node/policy.h"
@@ -512,15 +513,15 @@ static void test_meta(void **state)
 	assert_int_equal(node_meta_split(new, strlen(new), &mlen, &got, &n), -EBADMSG);
 
 	/* Alone and against the old version: both decode to the document. */
-	assert_int_equal(node_meta_encode(doc, doc_len, NULL, 0, &alone, &alone_len), 0);
-	assert_int_equal(node_meta_base(alone, alone_len, id), 0);
-	assert_int_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len), 0);
+	assert_int_equal(delta_encode(doc, doc_len, NULL, 0, &alone, &alone_len), 0);
+	assert_int_equal(delta_base(alone, alone_len, id), 0);
+	assert_int_equal(delta_decode(alone, alone_len, NULL, 0, &out, &out_len), 0);
 	assert_int_equal(out_len, doc_len);
 	assert_memory_equal(out, doc, doc_len);
 	free(out);
-	assert_int_equal(node_meta_encode(doc, doc_len, old, strlen(old), &payload, &len), 0);
-	assert_int_equal(node_meta_base(payload, len, id), 1);
-	assert_int_equal(node_meta_decode(payload, len, old, strlen(old), &out, &out_len), 0);
+	assert_int_equal(delta_encode(doc, doc_len, old, strlen(old), &payload, &len), 0);
+	assert_int_equal(delta_base(payload, len, id), 1);
+	assert_int_equal(delta_decode(payload, len, old, strlen(old), &out, &out_len), 0);
 	assert_memory_equal(out, doc, doc_len);
 	free(out);
 	/* ~1/50 of the entries changed: the difference is a small part of the whole. */
@@ -530,22 +531,20 @@ static void test_meta(void **state)
 	assert_true(alone_len < doc_len);
 
 	/* A base is needed and missing, or not the one named; none is named and one given. */
-	assert_int_equal(node_meta_decode(payload, len, NULL, 0, &out, &out_len), -EINVAL);
-	assert_int_equal(node_meta_decode(payload, len, new, strlen(new), &out, &out_len), -EINVAL);
-	assert_int_equal(node_meta_decode(alone, alone_len, old, strlen(old), &out, &out_len),
-			 -EINVAL);
+	assert_int_equal(delta_decode(payload, len, NULL, 0, &out, &out_len), -EINVAL);
+	assert_int_equal(delta_decode(payload, len, new, strlen(new), &out, &out_len), -EINVAL);
+	assert_int_equal(delta_decode(alone, alone_len, old, strlen(old), &out, &out_len), -EINVAL);
 	/* Short, truncated, a flipped byte in the frame or in the document's id, a length that
 	 * lies: never a document. */
-	assert_int_equal(node_meta_base(payload, NODE_META_HEADER_BYTES - 1, id), -EBADMSG);
-	assert_int_equal(node_meta_decode(alone, alone_len - 1, NULL, 0, &out, &out_len), -EBADMSG);
+	assert_int_equal(delta_base(payload, DELTA_HEADER_BYTES - 1, id), -EBADMSG);
+	assert_int_equal(delta_decode(alone, alone_len - 1, NULL, 0, &out, &out_len), -EBADMSG);
 	for (size_t k = STORE_ID_BYTES; k < alone_len; k += 97) {
 		alone[k] ^= 0x20;
-		assert_int_not_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len),
-				     0);
+		assert_int_not_equal(delta_decode(alone, alone_len, NULL, 0, &out, &out_len), 0);
 		alone[k] ^= 0x20;
 	}
 	alone[2 * STORE_ID_BYTES + 7] = 0x7f;
-	assert_int_equal(node_meta_decode(alone, alone_len, NULL, 0, &out, &out_len), -EBADMSG);
+	assert_int_equal(delta_decode(alone, alone_len, NULL, 0, &out, &out_len), -EBADMSG);
 	free(alone);
 	free(payload);
 	free(doc);
