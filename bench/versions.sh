@@ -82,4 +82,5 @@ print("| tiny-mpi + %d kB of its own, to %s nodes | %d | %d | %d | %.2fx | %d | 
 		"$(max_received "$WORK/f2.json")" "$(max_delta "$WORK/rx1" "$WORK/rx2")" "$N"
 	tag=$((tag + 1))
 done
+echo "floor: ~1.045x (Ethernet, IP and TCP headers are 66 of every 1514 bytes on the wire; a relay's link also brings the ACKs of what it sends on)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), links $RATE; $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
