@@ -142,6 +142,28 @@ print(d.decode())
 PY
 grep -q "peers must send a MUNGE credential" "$WORK/plain.out" || fail "plain request: $(cat "$WORK/plain.out")"
 ok "a request without a credential is refused: $(cat "$WORK/plain.out")"
+# A holder asked (cached_only) for an image it does not hold: the race where it evicted the
+# image between its `has` answer and the feed (docs/node.md). It refuses at once, with a
+# reason, and starts no fetch of its own (which could ask the asker, which waits on it).
+reg_before=$(metric n1 'vmhpc_node_received_bytes_total{source="registry"}')
+munge -S "$CL_DIR/munge.sock" -s "{\"op\": \"feed\", \"ref\": \"$CL_REGISTRY/vmhpc/hold:1\", \"nodes\": [\"n1\", \"n2\"], \"scheme\": \"chain\", \"from\": \"n2\", \"cached_only\": true}" >"$WORK/feed.cred" ||
+	fail "munge could not sign a feed request"
+python3 - "$CL_NET.11" "$WORK/feed.cred" >"$WORK/feed.out" <<'PY'
+import socket, struct, sys
+cred = open(sys.argv[2], "rb").read().strip()
+s = socket.create_connection((sys.argv[1], 7420)); s.settimeout(10)
+s.sendall(struct.pack("<IHHI", 0x4e484d56, 2, 0, len(cred)) + cred)
+h = b""
+while len(h) < 12: h += s.recv(12 - len(h))
+t, n = struct.unpack("<H", h[4:6])[0], struct.unpack("<I", h[8:12])[0]; d = b""
+while len(d) < n: d += s.recv(n - len(d))
+print(t, d.decode())
+PY
+grep -q "^8 n1 does not hold $CL_REGISTRY/vmhpc/hold:1 any more" "$WORK/feed.out" || fail "a cached_only feed of an image n1 lacks: $(cat "$WORK/feed.out")"
+sleep 0.5
+[ "$(metric n1 'vmhpc_node_received_bytes_total{source="registry"}')" = "$reg_before" ] || fail "a refused cached_only feed made n1 fetch"
+[ -z "$(VMHPC_STORE="$CL_DIR/cache-n1/store" "$VMHPC" image list 2>/dev/null | grep '^hold ')" ] || fail "a refused cached_only feed left hold on n1"
+ok "a holder asked for an image it no longer holds refuses at once and fetches nothing: $(cat "$WORK/feed.out")"
 # A plain user on the local socket.
 expect_fail "a plain user on the node's socket is refused" "only root or the Slurm user" \
 	setpriv --reuid=65534 --regid=65534 --clear-groups "$VMHPC" node present \
