@@ -67,7 +67,7 @@ static json_t *descriptor(const char *media_type, const char *digest, uint64_t s
 			 (json_int_t)size_bytes);
 }
 
-int patch_push(struct store *s, struct oci_client *c, const char *repo, const struct manifest *m,
+int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	       const struct artifact_blob *blobs, size_t n, const char *digest, uint64_t oci_size,
 	       const struct manifest *base, uint64_t *ret_bytes, char **ret_error)
 {
@@ -83,7 +83,6 @@ int patch_push(struct store *s, struct oci_client *c, const char *repo, const st
 	bool exists = false;
 	int r;
 
-	(void)s;
 	*ret_bytes = 0;
 	r = manifest_to_json(m, &text);
 	if (r == 0)

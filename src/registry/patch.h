@@ -33,10 +33,10 @@ void patch_tag(const char *digest, const uint8_t base_id[STORE_ID_BYTES], char o
 /* Whether tag has the form of a patch's tag (listings skip them: they are not versions). */
 bool patch_tag_is(const char *tag);
 
-/* Pushes the patch of version m against base (both versions of s) to repo, after m itself
+/* Pushes the patch of version m against base (an earlier version) to repo, after m itself
  * was pushed as digest (oci_size bytes) with its chunks' blobs (ascending id, n of them).
  * *ret_bytes: what it uploaded (0 when the registry had it all). */
-int patch_push(struct store *s, struct oci_client *c, const char *repo, const struct manifest *m,
+int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	       const struct artifact_blob *blobs, size_t n, const char *digest, uint64_t oci_size,
 	       const struct manifest *base, uint64_t *ret_bytes, char **ret_error);
 

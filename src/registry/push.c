@@ -59,8 +59,7 @@ static void push_patch(struct store *s, const struct manifest *m, struct oci_cli
 
 	if (!base)
 		return;
-	if (patch_push(s, c, repo, m, blobs, n, digest, oci_size, base, &st->patch_bytes, &error) ==
-	    0)
+	if (patch_push(c, repo, m, blobs, n, digest, oci_size, base, &st->patch_bytes, &error) == 0)
 		st->patch_base = base->version;
 	else
 		st->patch_error = error ? error : strdup("failed");
