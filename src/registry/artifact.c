@@ -13,7 +13,7 @@
 /* Sizes above this are not a chunk or a config of ours (a chunk is at most 16 MiB plain). */
 #define BLOB_MAX_BYTES (64ull * 1024 * 1024)
 
-static json_t *descriptor(const char *media_type, const struct artifact_blob *b)
+json_t *artifact_descriptor(const char *media_type, const struct artifact_blob *b)
 {
 	return json_pack("{s:s, s:s, s:I}", "mediaType", media_type, "digest", b->digest, "size",
 			 (json_int_t)b->size_bytes);
@@ -38,13 +38,13 @@ int artifact_build(const struct manifest *m, const struct artifact_blob *config,
 				m->name, "org.vmhpc.image.version", version);
 	root = json_pack("{s:i, s:s, s:s, s:o, s:o, s:o}", "schemaVersion", 2, "mediaType",
 			 OCI_MEDIA_TYPE_MANIFEST, "artifactType", ARTIFACT_TYPE, "config",
-			 descriptor(ARTIFACT_CONFIG_MEDIA_TYPE, config), "layers", layers,
+			 artifact_descriptor(ARTIFACT_CONFIG_MEDIA_TYPE, config), "layers", layers,
 			 "annotations", annotations);
 	if (!root)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++)
-		if (json_array_append_new(layers,
-					  descriptor(ARTIFACT_CHUNK_MEDIA_TYPE, &chunks[i])) < 0) {
+		if (json_array_append_new(
+			layers, artifact_descriptor(ARTIFACT_CHUNK_MEDIA_TYPE, &chunks[i])) < 0) {
 			json_decref(root);
 			return -ENOMEM;
 		}
@@ -75,9 +75,8 @@ static bool digest_valid(const char *s)
 	return true;
 }
 
-/* Reads a descriptor of media type want; what names the descriptor in messages. */
-static int read_descriptor(json_t *d, const char *want, const char *what, struct artifact_blob *ret,
-			   char **ret_error)
+int artifact_read_descriptor(json_t *d, const char *want, const char *what,
+			     struct artifact_blob *ret, char **ret_error)
 {
 	const char *type = json_string_value(json_object_get(d, "mediaType"));
 	const char *digest = json_string_value(json_object_get(d, "digest"));
@@ -126,8 +125,8 @@ int artifact_parse(const char *text, size_t len, struct artifact **ret, char **r
 		r = -ENOMEM;
 		goto out;
 	}
-	r = read_descriptor(json_object_get(root, "config"), ARTIFACT_CONFIG_MEDIA_TYPE,
-			    "its config", &a->config, ret_error);
+	r = artifact_read_descriptor(json_object_get(root, "config"), ARTIFACT_CONFIG_MEDIA_TYPE,
+				     "its config", &a->config, ret_error);
 	if (r == -EBADMSG && ret_error && *ret_error) {
 		char *inner = TAKE_PTR(*ret_error);
 
@@ -151,8 +150,8 @@ int artifact_parse(const char *text, size_t len, struct artifact **ret, char **r
 		char what[48];
 
 		snprintf(what, sizeof(what), "layer %zu", i);
-		r = read_descriptor(json_array_get(layers, i), ARTIFACT_CHUNK_MEDIA_TYPE, what,
-				    &a->chunks[i], ret_error);
+		r = artifact_read_descriptor(json_array_get(layers, i), ARTIFACT_CHUNK_MEDIA_TYPE,
+					     what, &a->chunks[i], ret_error);
 		if (r < 0)
 			goto out;
 	}

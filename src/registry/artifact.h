@@ -4,6 +4,7 @@
  * order of manifest_distinct_chunks). docs/registry.md has the layout. Pure: no I/O. */
 #pragma once
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,12 @@ struct artifact {
  * whose distinct chunks (ascending id) were stored as chunks[0..n). */
 int artifact_build(const struct manifest *m, const struct artifact_blob *config,
 		   const struct artifact_blob *chunks, size_t n, char **ret_json);
+/* A descriptor {"mediaType", "digest", "size"} of blob b (NULL without memory). */
+json_t *artifact_descriptor(const char *media_type, const struct artifact_blob *b);
+/* Reads descriptor d, which must have media type want, a sha256 digest and a size of at most
+ * 64 MiB, into ret; -EBADMSG with *ret_error (caller frees; what names d in it) otherwise. */
+int artifact_read_descriptor(json_t *d, const char *want, const char *what,
+			     struct artifact_blob *ret, char **ret_error);
 /* Parses an OCI manifest and checks that it is a vmhpc image (media types, digests,
  * sizes); -EBADMSG with *ret_error (caller frees) otherwise. Free with artifact_free(). */
 int artifact_parse(const char *text, size_t len, struct artifact **ret, char **ret_error);

@@ -10,9 +10,6 @@
 #include "util/cleanup.h"
 #include "util/error.h"
 
-/* A layer or a patch's config above this is not one of ours (a chunk is <= 16 MiB plain). */
-#define PATCH_BLOB_MAX_BYTES (64ull * 1024 * 1024)
-
 void patch_tag(const char *digest, const uint8_t base_id[STORE_ID_BYTES], char out[PATCH_TAG_MAX])
 {
 	char hex[STORE_ID_HEX_LEN + 1];
@@ -61,12 +58,6 @@ static int chunks_beyond(const struct store_chunk_ref *refs, size_t n, const str
 	return count;
 }
 
-static json_t *descriptor(const char *media_type, const char *digest, uint64_t size_bytes)
-{
-	return json_pack("{s:s, s:s, s:I}", "mediaType", media_type, "digest", digest, "size",
-			 (json_int_t)size_bytes);
-}
-
 int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	       const struct artifact_blob *blobs, size_t n, const char *digest, uint64_t oci_size,
 	       const struct manifest *base, uint64_t *ret_bytes, char **ret_error)
@@ -74,9 +65,9 @@ int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	_cleanup_free_ char *text = NULL, *base_text = NULL, *payload = NULL, *json = NULL;
 	_cleanup_free_ struct store_chunk_ref *refs = NULL;
 	_cleanup_free_ bool *beyond = NULL;
-	char config_digest[OCI_DIGEST_LEN + 1], json_digest[OCI_DIGEST_LEN + 1],
-	    current[OCI_DIGEST_LEN + 1], base_annotation[8 + STORE_ID_HEX_LEN + 1],
-	    tag[PATCH_TAG_MAX];
+	struct artifact_blob config, subject;
+	char json_digest[OCI_DIGEST_LEN + 1], current[OCI_DIGEST_LEN + 1],
+	    base_annotation[8 + STORE_ID_HEX_LEN + 1], tag[PATCH_TAG_MAX];
 	uint8_t base_id[STORE_ID_BYTES];
 	size_t payload_len = 0, rn = 0;
 	json_t *root, *layers;
@@ -106,10 +97,10 @@ int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 		return error_set(ret_error, r, "the patch of %s:%u: %s", m->name, m->version,
 				 strerror(-r));
 	store_id_compute(base_text, strlen(base_text), base_id);
-	oci_digest(payload, payload_len, config_digest);
-	r = oci_blob_exists(c, repo, config_digest, &exists, ret_error);
+	oci_digest(payload, payload_len, config.digest);
+	r = oci_blob_exists(c, repo, config.digest, &exists, ret_error);
 	if (r == 0 && !exists) {
-		r = oci_blob_put(c, repo, config_digest, payload, payload_len, ret_error);
+		r = oci_blob_put(c, repo, config.digest, payload, payload_len, ret_error);
 		if (r == 0)
 			*ret_bytes += payload_len;
 	}
@@ -119,17 +110,20 @@ int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	strcpy(base_annotation, "sha256:");
 	store_id_to_hex(base_id, base_annotation + 7);
 	layers = json_array();
+	config.size_bytes = payload_len;
+	snprintf(subject.digest, sizeof(subject.digest), "%s", digest);
+	subject.size_bytes = oci_size;
 	root = json_pack("{s:i, s:s, s:s, s:o, s:o, s:o, s:{s:s}}", "schemaVersion", 2, "mediaType",
 			 OCI_MEDIA_TYPE_MANIFEST, "artifactType", PATCH_ARTIFACT_TYPE, "config",
-			 descriptor(PATCH_CONFIG_MEDIA_TYPE, config_digest, payload_len), "layers",
-			 layers, "subject", descriptor(OCI_MEDIA_TYPE_MANIFEST, digest, oci_size),
+			 artifact_descriptor(PATCH_CONFIG_MEDIA_TYPE, &config), "layers", layers,
+			 "subject", artifact_descriptor(OCI_MEDIA_TYPE_MANIFEST, &subject),
 			 "annotations", PATCH_BASE_ANNOTATION, base_annotation);
 	if (!root)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++)
-		if (beyond[i] && json_array_append_new(
-				     layers, descriptor(ARTIFACT_CHUNK_MEDIA_TYPE, blobs[i].digest,
-							blobs[i].size_bytes)) < 0) {
+		if (beyond[i] &&
+		    json_array_append_new(
+			layers, artifact_descriptor(ARTIFACT_CHUNK_MEDIA_TYPE, &blobs[i])) < 0) {
 			json_decref(root);
 			return -ENOMEM;
 		}
@@ -148,28 +142,6 @@ int patch_push(struct oci_client *c, const char *repo, const struct manifest *m,
 	return r;
 }
 
-static bool digest_valid(const char *d)
-{
-	return d && strlen(d) == OCI_DIGEST_LEN && strncmp(d, "sha256:", 7) == 0 &&
-	       all_hex(d + 7, 64);
-}
-
-/* One descriptor of a patch: media type as expected, a sha256 digest, a sane size. */
-static int parse_descriptor(json_t *d, const char *media_type, struct artifact_blob *ret)
-{
-	const char *mt = json_string_value(json_object_get(d, "mediaType"));
-	const char *digest = json_string_value(json_object_get(d, "digest"));
-	json_t *size = json_object_get(d, "size");
-
-	if (!mt || strcmp(mt, media_type) != 0 || !digest_valid(digest) || !json_is_integer(size) ||
-	    json_integer_value(size) < 0 ||
-	    (uint64_t)json_integer_value(size) > PATCH_BLOB_MAX_BYTES)
-		return -EBADMSG;
-	strcpy(ret->digest, digest);
-	ret->size_bytes = (uint64_t)json_integer_value(size);
-	return 0;
-}
-
 /* The patch's OCI manifest: its config and layers, checked to be a patch of digest against
  * the base with id base_id. */
 static int parse_patch(const char *text, size_t len, const char *digest,
@@ -181,6 +153,7 @@ static int parse_patch(const char *text, size_t len, const char *digest,
 	char want_base[8 + STORE_ID_HEX_LEN + 1];
 	struct artifact_blob *out = NULL;
 	size_t i, n;
+	int r;
 
 	strcpy(want_base, "sha256:");
 	store_id_to_hex(base_id, want_base + 7);
@@ -199,19 +172,27 @@ static int parse_patch(const char *text, size_t len, const char *digest,
 	}
 	n = json_array_size(layers);
 	out = calloc(n + 1, sizeof(*out));
-	if (!out || !json_is_array(layers) ||
-	    parse_descriptor(json_object_get(root, "config"), PATCH_CONFIG_MEDIA_TYPE, ret_config) <
-		0) {
-		free(out);
+	if (!out) {
 		json_decref(root);
-		return out ? error_set(ret_why, -EBADMSG, "a bad config descriptor") : -ENOMEM;
+		return -ENOMEM;
 	}
-	json_array_foreach(layers, i,
-			   l) if (parse_descriptor(l, ARTIFACT_CHUNK_MEDIA_TYPE, &out[i]) < 0)
+	r = artifact_read_descriptor(json_object_get(root, "config"), PATCH_CONFIG_MEDIA_TYPE,
+				     "its config", ret_config, ret_why);
+	if (r == 0 && !json_is_array(layers))
+		r = error_set(ret_why, -EBADMSG, "its layers are not a list");
+	json_array_foreach(layers, i, l)
 	{
+		char what[48];
+
+		if (r < 0)
+			break;
+		snprintf(what, sizeof(what), "layer %zu", i);
+		r = artifact_read_descriptor(l, ARTIFACT_CHUNK_MEDIA_TYPE, what, &out[i], ret_why);
+	}
+	if (r < 0) {
 		free(out);
 		json_decref(root);
-		return error_set(ret_why, -EBADMSG, "layer %zu is not a chunk", i);
+		return r;
 	}
 	json_decref(root);
 	*ret_layers = out;
